@@ -1,0 +1,316 @@
+//! Configuring the layer: [`AsyncRequestLayerBuilder`] and the [`ConfigError`] `build()` returns.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderName, StatusCode};
+
+use crate::callback_url::{self, Origin};
+use crate::config::Config;
+use crate::delivery::Delivery;
+use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
+use crate::ids::{IdGenerator, MAX_SAFE_ID};
+use crate::signature::{decode_whsec, Signer};
+use crate::sink::{CallbackSink, HttpSink};
+use crate::AsyncRequestLayer;
+
+/// Default limit on the request body of an async request (2 MiB, as axum's default body limit).
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+/// Default limit on the inner response body carried in a notification (1 MiB).
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// Builds an [`AsyncRequestLayer`]; made by [`AsyncRequestLayer::builder`].
+///
+/// Every method takes and returns the builder; [`build`](Self::build) checks the whole
+/// configuration and reports the first problem as a [`ConfigError`].
+///
+/// | method | default |
+/// |---|---|
+/// | [`instance_id`](Self::instance_id) | `0` |
+/// | [`default_callback_url`](Self::default_callback_url) | none: requests must name one |
+/// | [`signing_key`](Self::signing_key) | none: no `Elements-Webhook-Signature` |
+/// | [`standard_webhooks_secret`](Self::standard_webhooks_secret) | none: no `webhook-*` headers |
+/// | [`allow_private_callbacks`](Self::allow_private_callbacks) | `false` |
+/// | [`sink`](Self::sink) | [`HttpSink::new()`] |
+/// | [`async_header`](Self::async_header) | `Elements-Async-Request` |
+/// | [`callback_url_header`](Self::callback_url_header) | `Elements-Async-Callback-Url` |
+/// | [`receipt_status`](Self::receipt_status) | `202 Accepted` |
+/// | [`max_request_bytes`](Self::max_request_bytes) | [`DEFAULT_MAX_REQUEST_BYTES`] (2 MiB) |
+/// | [`max_response_bytes`](Self::max_response_bytes) | [`DEFAULT_MAX_RESPONSE_BYTES`] (1 MiB) |
+pub struct AsyncRequestLayerBuilder {
+    instance_id: u64,
+    default_callback_url: Option<String>,
+    signing_key: Option<Vec<u8>>,
+    standard_secrets: Vec<String>,
+    allow_private_callbacks: bool,
+    delivery: Option<Delivery>,
+    async_header: HeaderName,
+    callback_header: HeaderName,
+    receipt_status: StatusCode,
+    max_request_bytes: usize,
+    max_response_bytes: usize,
+}
+
+impl fmt::Debug for AsyncRequestLayerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncRequestLayerBuilder")
+            .field("instance_id", &self.instance_id)
+            .field("default_callback_url", &self.default_callback_url)
+            .field(
+                "signing_key",
+                &self.signing_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("standard_webhooks_secrets", &self.standard_secrets.len())
+            .field("allow_private_callbacks", &self.allow_private_callbacks)
+            .field("async_header", &self.async_header)
+            .field("callback_header", &self.callback_header)
+            .field("receipt_status", &self.receipt_status)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AsyncRequestLayerBuilder {
+    fn default() -> Self {
+        Self {
+            instance_id: 0,
+            default_callback_url: None,
+            signing_key: None,
+            standard_secrets: Vec::new(),
+            allow_private_callbacks: false,
+            delivery: None,
+            async_header: ELEMENTS_ASYNC_REQUEST,
+            callback_header: ELEMENTS_ASYNC_CALLBACK_URL,
+            receipt_status: StatusCode::ACCEPTED,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
+impl AsyncRequestLayerBuilder {
+    /// The `instanceId` written into every notification (at most 2^53 − 1).
+    pub fn instance_id(mut self, instance_id: u64) -> Self {
+        self.instance_id = instance_id;
+        self
+    }
+
+    /// Where notifications go when a request names no callback URL. This is trusted operator
+    /// configuration: it may point at private addresses. Checked by [`build`](Self::build).
+    pub fn default_callback_url(mut self, url: impl Into<String>) -> Self {
+        self.default_callback_url = Some(url.into());
+        self
+    }
+
+    /// Turns on the Elements scheme: `Elements-Webhook-Signature: sha256=<base64 HMAC-SHA256>`
+    /// keyed with these bytes.
+    pub fn signing_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.signing_key = Some(key.as_ref().to_vec());
+        self
+    }
+
+    /// Turns on the Standard Webhooks scheme with a `whsec_<base64>` secret. Call it again to add
+    /// more secrets (key rotation): every callback then carries one signature per secret.
+    /// A malformed secret is reported by [`build`](Self::build).
+    pub fn standard_webhooks_secret(mut self, secret: impl Into<String>) -> Self {
+        self.standard_secrets.push(secret.into());
+        self
+    }
+
+    /// Lets callback URLs from requests target loopback, private and other non-public addresses
+    /// and `localhost`. For development and tests; off by default.
+    pub fn allow_private_callbacks(mut self, allow: bool) -> Self {
+        self.allow_private_callbacks = allow;
+        self
+    }
+
+    /// The transport for callbacks (default [`HttpSink::new()`]).
+    pub fn sink<K: CallbackSink>(mut self, sink: K) -> Self {
+        self.delivery = Some(Delivery::new(sink, Signer::default()));
+        self
+    }
+
+    /// The request header that asks for the async path (default `Elements-Async-Request`).
+    pub fn async_header(mut self, name: HeaderName) -> Self {
+        self.async_header = name;
+        self
+    }
+
+    /// The request header that carries the callback URL (default `Elements-Async-Callback-Url`).
+    pub fn callback_url_header(mut self, name: HeaderName) -> Self {
+        self.callback_header = name;
+        self
+    }
+
+    /// The status of the receipt (default `202 Accepted`); must be a `2xx`.
+    pub fn receipt_status(mut self, status: StatusCode) -> Self {
+        self.receipt_status = status;
+        self
+    }
+
+    /// The largest request body an async request may carry; larger ones get `413`,
+    /// code `request_too_large`. Synchronous requests are never buffered or limited by the layer.
+    pub fn max_request_bytes(mut self, limit: usize) -> Self {
+        self.max_request_bytes = limit;
+        self
+    }
+
+    /// The largest inner response body carried in a notification; a larger one makes the event
+    /// `failed` with code `response_too_large`.
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
+    }
+
+    /// Checks the configuration and builds the layer.
+    pub fn build(self) -> Result<AsyncRequestLayer, ConfigError> {
+        if self.instance_id > MAX_SAFE_ID {
+            return Err(ConfigError::new(format!(
+                "instance_id {} is above 2^53 - 1, which JavaScript receivers cannot read exactly",
+                self.instance_id
+            )));
+        }
+        if !self.receipt_status.is_success() {
+            return Err(ConfigError::new(format!(
+                "receipt_status must be a 2xx status, not {}",
+                self.receipt_status
+            )));
+        }
+        if self.async_header == self.callback_header {
+            return Err(ConfigError::new(
+                "async_header and callback_url_header must differ",
+            ));
+        }
+        let default_callback = self
+            .default_callback_url
+            .as_deref()
+            .map(|url| {
+                callback_url::validate(url.as_bytes(), Origin::Operator, true).map_err(|refusal| {
+                    ConfigError::new(format!("default_callback_url: {}", refusal.message))
+                })
+            })
+            .transpose()?;
+        let standard_keys = self
+            .standard_secrets
+            .iter()
+            .map(|secret| {
+                decode_whsec(secret)
+                    .map_err(|why| ConfigError::new(format!("standard_webhooks_secret: {why}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let signer = Signer::new(self.signing_key.as_deref(), &standard_keys);
+        let delivery = self
+            .delivery
+            .unwrap_or_else(|| Delivery::new(HttpSink::new(), Signer::default()))
+            .with_signer(signer);
+        Ok(AsyncRequestLayer::from_config(Arc::new(Config {
+            async_header: self.async_header,
+            callback_header: self.callback_header,
+            receipt_status: self.receipt_status,
+            instance_id: self.instance_id,
+            default_callback,
+            allow_private_callbacks: self.allow_private_callbacks,
+            max_request_bytes: self.max_request_bytes,
+            max_response_bytes: self.max_response_bytes,
+            delivery,
+            ids: IdGenerator::global(),
+        })))
+    }
+}
+
+/// A configuration problem found by [`AsyncRequestLayerBuilder::build`] (or when making a
+/// verifier from a malformed secret). The message says which setting and why; it never contains a
+/// secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid async request configuration: {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(builder: AsyncRequestLayerBuilder) -> String {
+        builder.build().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_default_urls_fail_at_build() {
+        for url in [
+            "",
+            "hooks.example.com/in",
+            "ftp://example.com/",
+            "https://user:pw@example.com/",
+        ] {
+            let message = error(AsyncRequestLayer::builder().default_callback_url(url));
+            assert!(message.contains("default_callback_url"), "{url}: {message}");
+        }
+    }
+
+    #[test]
+    fn private_default_urls_are_trusted() {
+        AsyncRequestLayer::builder()
+            .default_callback_url("http://127.0.0.1:9000/hooks")
+            .build()
+            .unwrap();
+    }
+
+    #[test]
+    fn malformed_secrets_fail_at_build_without_echoing_them() {
+        for secret in [
+            "C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "whsec_***not-base64***",
+            "whsec_",
+        ] {
+            let message = error(AsyncRequestLayer::builder().standard_webhooks_secret(secret));
+            assert!(message.contains("standard_webhooks_secret"), "{message}");
+            assert!(!message.contains(secret), "{message}");
+        }
+    }
+
+    #[test]
+    fn other_settings_are_checked() {
+        assert!(error(AsyncRequestLayer::builder().instance_id(1 << 53)).contains("instance_id"));
+        assert!(error(
+            AsyncRequestLayer::builder()
+                .receipt_status(StatusCode::OK)
+                .receipt_status(StatusCode::FOUND)
+        )
+        .contains("receipt_status"));
+        assert!(
+            error(AsyncRequestLayer::builder().callback_url_header(ELEMENTS_ASYNC_REQUEST))
+                .contains("differ")
+        );
+    }
+
+    #[test]
+    fn debug_redacts_the_signing_key() {
+        let builder = AsyncRequestLayer::builder()
+            .signing_key("event-signature-key")
+            .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD");
+        let text = format!("{builder:?}");
+        assert!(!text.contains("event-signature-key"));
+        assert!(!text.contains("C2FVsBQ"));
+        let layer = builder.build().unwrap();
+        let text = format!("{layer:?}");
+        assert!(!text.contains("event-signature-key"));
+        assert!(!text.contains("C2FVsBQ"));
+    }
+}

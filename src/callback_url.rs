@@ -1,0 +1,217 @@
+//! Validation of callback URLs.
+//!
+//! A URL from a request header is untrusted: it must be an absolute `http`/`https` URL of at most
+//! [`MAX_CALLBACK_URL_BYTES`], without credentials, whose host is a plausible DNS name or an IP
+//! literal; unless private callbacks are allowed, an IP literal must be public (see
+//! [`crate::address`]) and the name `localhost` (or `*.localhost`) is refused. IPv4 literals are
+//! read in every spelling resolvers accept (`127.1`, `0x7f.0.0.1`, `2130706433`), so an odd
+//! spelling cannot slip a private address past the check.
+
+use std::net::IpAddr;
+
+use http::Uri;
+
+use crate::address::{is_public, parse_ipv4_lenient};
+use crate::refusal::{Refusal, RefusalCode};
+
+/// Longest callback URL accepted, in bytes.
+pub const MAX_CALLBACK_URL_BYTES: usize = 2048;
+
+/// Where a callback URL came from, which decides how far it is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// From a request header: chosen by the client.
+    Request,
+    /// The operator's configured default: trusted configuration.
+    Operator,
+}
+
+/// Parses and checks a callback URL.
+pub(crate) fn validate(raw: &[u8], origin: Origin, allow_private: bool) -> Result<Uri, Refusal> {
+    let invalid = |why: &str| {
+        Refusal::new(
+            RefusalCode::InvalidCallbackUrl,
+            format!("The callback URL {why}."),
+        )
+    };
+    if raw.len() > MAX_CALLBACK_URL_BYTES {
+        return Err(invalid(&format!(
+            "is longer than {MAX_CALLBACK_URL_BYTES} bytes"
+        )));
+    }
+    let text = std::str::from_utf8(raw).map_err(|_| invalid("is not valid UTF-8"))?;
+    let uri: Uri = text
+        .trim()
+        .parse()
+        .map_err(|_| invalid("is not a valid absolute URL"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        Some(_) => return Err(invalid("must use the http or https scheme")),
+        None => return Err(invalid("must be absolute (http:// or https://)")),
+    }
+    let authority = uri.authority().ok_or_else(|| invalid("has no host"))?;
+    if authority.as_str().contains('@') {
+        return Err(invalid("must not contain credentials"));
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(invalid("has no host"));
+    }
+    let ip = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(IpAddr::V6(
+            inner
+                .parse()
+                .map_err(|_| invalid("has a malformed IPv6 address"))?,
+        ))
+    } else {
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(invalid(
+                "has a host with characters not allowed in a DNS name",
+            ));
+        }
+        match parse_ipv4_lenient(host) {
+            Some(Ok(v4)) => Some(IpAddr::V4(v4)),
+            Some(Err(())) => return Err(invalid("has a malformed IPv4 address")),
+            None => None,
+        }
+    };
+    if origin == Origin::Request && !allow_private {
+        let forbidden = |what: &str| {
+            Refusal::new(
+                RefusalCode::ForbiddenCallbackUrl,
+                format!("The callback URL points at {what}, which callbacks may not reach."),
+            )
+        };
+        match ip {
+            Some(ip) if !is_public(ip) => return Err(forbidden("a non-public address")),
+            Some(_) => {}
+            None => {
+                let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+                if name == "localhost" || name.ends_with(".localhost") {
+                    return Err(forbidden("localhost"));
+                }
+            }
+        }
+    }
+    Ok(uri)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(url: &str) -> Result<Uri, RefusalCode> {
+        validate(url.as_bytes(), Origin::Request, false).map_err(|r| r.code)
+    }
+
+    #[test]
+    fn accepts_public_http_and_https_urls() {
+        for url in [
+            "https://hooks.example.com/in",
+            "http://hooks.example.com:8080/a/b?c=d",
+            "https://8.8.8.8/x",
+            "https://[2606:4700:4700::1111]/x",
+            "  https://example.com/padded  ",
+        ] {
+            assert!(check(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn refuses_malformed_urls_as_invalid() {
+        let long = format!("https://example.com/{}", "a".repeat(MAX_CALLBACK_URL_BYTES));
+        for url in [
+            "",
+            "not a url",
+            "/relative/path",
+            "example.com/in",
+            "ftp://example.com/",
+            "javascript:alert(1)",
+            "https://",
+            "https://user:pw@example.com/",
+            "https://a@127.0.0.1/",
+            "https://[::1/",
+            "https://256.1.1.1/",
+            "https://exa%6dple.com/",
+            "https://1.2.3.4.5/",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                check(url).unwrap_err(),
+                RefusalCode::InvalidCallbackUrl,
+                "{url:?}"
+            );
+        }
+        assert_eq!(
+            validate(b"https://ex\xffample.com/", Origin::Request, false)
+                .unwrap_err()
+                .code,
+            RefusalCode::InvalidCallbackUrl
+        );
+    }
+
+    #[test]
+    fn refuses_private_targets_in_every_spelling() {
+        for url in [
+            "http://127.0.0.1/",
+            "http://127.1:8080/",
+            "http://2130706433/",
+            "http://0x7f000001/",
+            "http://0177.0.0.1/",
+            "http://127.0.0.1./",
+            "http://[::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://[::ffff:7f00:1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.1/",
+            "http://192.168.0.1/",
+            "http://172.16.0.1/",
+            "http://100.64.0.1/",
+            "http://[fd00::1]/",
+            "http://[fe80::1]/",
+            "http://0.0.0.0/",
+            "http://255.255.255.255/",
+            "http://224.0.0.1/",
+            "http://192.0.2.1/",
+            "http://localhost/",
+            "http://LOCALHOST./",
+            "http://api.localhost/",
+            "HTTP://LocalHost:3000/",
+        ] {
+            assert_eq!(
+                check(url).unwrap_err(),
+                RefusalCode::ForbiddenCallbackUrl,
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn private_targets_are_allowed_when_configured_or_from_the_operator() {
+        for url in ["http://127.0.0.1:9/", "http://localhost/", "http://[::1]/"] {
+            assert!(
+                validate(url.as_bytes(), Origin::Request, true).is_ok(),
+                "{url}"
+            );
+            assert!(
+                validate(url.as_bytes(), Origin::Operator, false).is_ok(),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn length_limit_is_inclusive() {
+        let prefix = "https://example.com/";
+        let exact = format!(
+            "{prefix}{}",
+            "a".repeat(MAX_CALLBACK_URL_BYTES - prefix.len())
+        );
+        assert!(check(&exact).is_ok());
+        let over = format!("{exact}a");
+        assert_eq!(check(&over).unwrap_err(), RefusalCode::InvalidCallbackUrl);
+    }
+}

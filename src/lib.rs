@@ -1,0 +1,125 @@
+//! Run any endpoint of a tower-based HTTP service (axum, tonic, hyper) as an *asynchronous
+//! request*.
+//!
+//! A client sends an ordinary request with `Elements-Async-Request: True` (and optionally
+//! `Elements-Async-Callback-Url: <url>`). The layer answers at once with a receipt,
+//! `202 {"eventId":1028,"eventStatus":"dispatched"}`, runs the endpoint in a spawned task, and
+//! delivers its real response to the callback URL as a signed notification:
+//!
+//! ```json
+//! {"eventId":1028,"instanceId":30,"eventStatus":"completed","statusCode":200,
+//!  "response":{"…":"…"},"notificationId":1084}
+//! ```
+//!
+//! Requests without the header pass straight through, untouched.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{routing::post, Json, Router};
+//! use tower_async_request::{sink::ChannelSink, AsyncRequestLayer};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! async fn copy_folder() -> Json<serde_json::Value> {
+//!     Json(serde_json::json!({ "copied": true }))
+//! }
+//!
+//! let (sink, mut callbacks) = ChannelSink::new(1024);
+//! let layer = AsyncRequestLayer::builder()
+//!     .instance_id(30)
+//!     .default_callback_url("https://hooks.example.com/in")
+//!     .signing_key("event-signature-key")
+//!     .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+//!     .sink(sink) // or leave it out: HttpSink posts over HTTP(S)
+//!     .build()?;
+//!
+//! let app = Router::new()
+//!     .route("/hubs/documents/folders/copy", post(copy_folder))
+//!     .layer(layer);
+//!
+//! // An async request gets its receipt at once...
+//! use tower::ServiceExt;
+//! let request = http::Request::post("/hubs/documents/folders/copy")
+//!     .header("Elements-Async-Request", "True")
+//!     .body(axum::body::Body::empty())?;
+//! let receipt = app.oneshot(request).await?;
+//! assert_eq!(receipt.status(), http::StatusCode::ACCEPTED);
+//!
+//! // ...and the real response follows as a signed callback.
+//! let callback = callbacks.recv().await.expect("a callback");
+//! assert_eq!(callback.uri(), "https://hooks.example.com/in");
+//! assert!(callback.headers().contains_key("elements-webhook-signature"));
+//! assert!(callback.headers().contains_key("webhook-signature"));
+//! # Ok(())
+//! # }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
+//! ```
+//!
+//! # Where things happen
+//!
+//! | step | module |
+//! |---|---|
+//! | sync or async, or a refusal | `classify`, `callback_url`, `address`, `refusal` |
+//! | body read, ids taken, work spawned, receipt sent | `dispatch`, `receipt`, `ids` |
+//! | the work run to an outcome (errors, panics, size limit) | `job` |
+//! | the notification JSON | [`notification`] |
+//! | signing and sending one attempt | `signature`, `delivery`, [`sink`] |
+//! | verifying a callback on the receiving side | [`verify`] |
+//!
+//! # Wire contract
+//!
+//! | request | answer |
+//! |---|---|
+//! | no `Elements-Async-Request`, or `false` (any case) | the inner service's own response |
+//! | `true` (any case, whitespace ignored), valid | `202`, `{"eventId":N,"eventStatus":"dispatched"}` |
+//! | any other value, or the header twice | `400`, `invalid_async_header` |
+//! | no callback URL and no default | `400`, `missing_callback_url` |
+//! | callback URL not absolute `http(s)`, over 2048 bytes, with credentials | `400`, `invalid_callback_url` |
+//! | callback URL names a non-public address (unless allowed) | `400`, `forbidden_callback_url` |
+//! | request body over `max_request_bytes` | `413`, `request_too_large` |
+//!
+//! Refusals carry `{"code":"…","message":"…"}` and never reach the inner service.
+
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations,
+    rust_2018_idioms
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod address;
+mod body;
+mod builder;
+mod callback_url;
+mod classify;
+mod config;
+mod delivery;
+mod dispatch;
+mod future;
+pub mod header;
+mod ids;
+mod job;
+mod layer;
+pub mod notification;
+mod receipt;
+mod refusal;
+mod service;
+mod signature;
+pub mod sink;
+pub mod verify;
+
+pub use self::body::{RequestBody, ResponseBody};
+pub use self::builder::{
+    AsyncRequestLayerBuilder, ConfigError, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
+};
+pub use self::callback_url::MAX_CALLBACK_URL_BYTES;
+pub use self::future::ResponseFuture;
+pub use self::ids::{EventId, NotificationId, MAX_SAFE_ID};
+pub use self::layer::AsyncRequestLayer;
+pub use self::refusal::RefusalCode;
+pub use self::service::AsyncRequest;
+
+/// Boxed error type used for inner service and body errors.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,359 @@
+//! The notification: what a receiver gets when an event's work ends.
+//!
+//! ```json
+//! {"eventId":1028,"instanceId":30,"eventStatus":"completed","statusCode":200,
+//!  "response":{"…":"…"},"notificationId":1084}
+//! ```
+//!
+//! `response` is the inner body: parsed JSON when the inner response says JSON
+//! (`application/json` or `…+json`) and parses; a JSON string for other UTF-8 text; `null` for an
+//! empty body; base64 text with `"responseEncoding":"base64"` beside it for bytes that are not
+//! UTF-8. An inner `4xx`/`5xx` is still `completed`. When the work produced no response the event
+//! is `failed` with `"error":{"code","message"}` and no `response`.
+//!
+//! The sender writes the JSON once into one buffer ([`Outcome::to_json`]); receivers read it with
+//! [`Notification`].
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::ids::{EventId, NotificationId};
+
+/// Whether an event's work ran to a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EventStatus {
+    /// Accepted; the work has not finished (the receipt says this).
+    Dispatched,
+    /// The inner service produced a response (of any HTTP status).
+    Completed,
+    /// The work produced no response; see [`FailureCode`].
+    Failed,
+}
+
+/// Why an event failed, the `error.code` of a `failed` notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FailureCode {
+    /// The inner service returned an error instead of a response.
+    InnerError,
+    /// The inner service panicked (the layer caught it and keeps working).
+    Panic,
+    /// The job ran longer than its timeout.
+    Timeout,
+    /// The inner response body was larger than `max_response_bytes`.
+    ResponseTooLarge,
+    /// The process ended before the job did (reported on restart by a durable store).
+    Interrupted,
+}
+
+impl FailureCode {
+    /// The stable snake_case code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InnerError => "inner_error",
+            Self::Panic => "panic",
+            Self::Timeout => "timeout",
+            Self::ResponseTooLarge => "response_too_large",
+            Self::Interrupted => "interrupted",
+        }
+    }
+}
+
+impl fmt::Display for FailureCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `error` object of a failed notification.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationError {
+    /// Stable code.
+    pub code: FailureCode,
+    /// Sentence for a human.
+    pub message: String,
+}
+
+/// A notification as a receiver reads it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Notification {
+    /// The event this notification ends.
+    pub event_id: EventId,
+    /// The configured instance id of the sender.
+    pub instance_id: u64,
+    /// `completed` or `failed`.
+    pub event_status: EventStatus,
+    /// HTTP status of the inner response, when completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// The inner body (see the module docs), when completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<serde_json::Value>,
+    /// `"base64"` when `response` holds base64 text of a non-UTF-8 body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_encoding: Option<String>,
+    /// Why the event failed, when failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<NotificationError>,
+    /// Identifies this notification; stays the same across retries.
+    pub notification_id: NotificationId,
+}
+
+impl Notification {
+    /// The response body as bytes: JSON re-serialized, text as UTF-8, base64 decoded, `null` as
+    /// empty. `None` when the event failed.
+    pub fn response_bytes(&self) -> Option<Vec<u8>> {
+        let response = self.response.as_ref()?;
+        Some(match response {
+            serde_json::Value::Null => Vec::new(),
+            serde_json::Value::String(text)
+                if self.response_encoding.as_deref() == Some("base64") =>
+            {
+                STANDARD.decode(text).ok()?
+            }
+            serde_json::Value::String(text) => text.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        })
+    }
+}
+
+/// How an event's work ended, before it is written as JSON.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    Completed {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+    Failed {
+        code: FailureCode,
+        message: String,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    event_id: EventId,
+    instance_id: u64,
+    event_status: EventStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Response<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_encoding: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<WireError<'a>>,
+    notification_id: NotificationId,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Response<'a> {
+    Json(&'a RawValue),
+    Text(&'a str),
+    Base64(String),
+    Null(()),
+}
+
+#[derive(Serialize)]
+struct WireError<'a> {
+    code: FailureCode,
+    message: &'a str,
+}
+
+impl Outcome {
+    pub(crate) fn failed(code: FailureCode, message: impl Into<String>) -> Self {
+        Self::Failed {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Writes the notification JSON for this outcome.
+    pub(crate) fn to_json(
+        &self,
+        event_id: EventId,
+        instance_id: u64,
+        notification_id: NotificationId,
+    ) -> Bytes {
+        let mut wire = Wire {
+            event_id,
+            instance_id,
+            event_status: EventStatus::Completed,
+            status_code: None,
+            response: None,
+            response_encoding: None,
+            error: None,
+            notification_id,
+        };
+        let capacity = match self {
+            Self::Completed {
+                status,
+                content_type,
+                body,
+            } => {
+                wire.status_code = Some(status.as_u16());
+                let (response, encoding) = response_value(content_type.as_ref(), body);
+                wire.response = Some(response);
+                wire.response_encoding = encoding;
+                body.len() + body.len() / 3 + 160
+            }
+            Self::Failed { code, message } => {
+                wire.event_status = EventStatus::Failed;
+                wire.error = Some(WireError {
+                    code: *code,
+                    message,
+                });
+                message.len() + 192
+            }
+        };
+        let mut out = Vec::with_capacity(capacity);
+        serde_json::to_writer(&mut out, &wire).expect("serializing to a Vec cannot fail");
+        Bytes::from(out)
+    }
+}
+
+fn response_value<'a>(
+    content_type: Option<&HeaderValue>,
+    body: &'a [u8],
+) -> (Response<'a>, Option<&'static str>) {
+    if body.is_empty() {
+        return (Response::Null(()), None);
+    }
+    if content_type.is_some_and(says_json) {
+        if let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
+            return (Response::Json(raw), None);
+        }
+    }
+    match std::str::from_utf8(body) {
+        Ok(text) => (Response::Text(text), None),
+        Err(_) => (Response::Base64(STANDARD.encode(body)), Some("base64")),
+    }
+}
+
+/// `application/json` or any `…+json` media type, parameters ignored.
+fn says_json(content_type: &HeaderValue) -> bool {
+    let Ok(text) = content_type.to_str() else {
+        return false;
+    };
+    let essence = text.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5
+            && essence.is_char_boundary(essence.len() - 5)
+            && essence[essence.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn completed(content_type: Option<&'static str>, body: &'static [u8]) -> Value {
+        let outcome = Outcome::Completed {
+            status: StatusCode::OK,
+            content_type: content_type.map(HeaderValue::from_static),
+            body: Bytes::from_static(body),
+        };
+        serde_json::from_slice(&outcome.to_json(EventId::new(1028), 30, NotificationId::new(1084)))
+            .unwrap()
+    }
+
+    #[test]
+    fn json_body_is_embedded_as_json_in_field_order() {
+        let outcome = Outcome::Completed {
+            status: StatusCode::OK,
+            content_type: Some(HeaderValue::from_static("application/json; charset=utf-8")),
+            body: Bytes::from_static(br#"{"events":[1,2]}"#),
+        };
+        let json = outcome.to_json(EventId::new(1028), 30, NotificationId::new(1084));
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"eventId":1028,"instanceId":30,"eventStatus":"completed","statusCode":200,"response":{"events":[1,2]},"notificationId":1084}"#
+        );
+    }
+
+    #[test]
+    fn plus_json_media_types_count_as_json() {
+        assert_eq!(
+            completed(Some("application/problem+json"), br#"{"a":1}"#)["response"],
+            json!({"a": 1})
+        );
+        assert_eq!(
+            completed(Some("APPLICATION/JSON"), b"[1]")["response"],
+            json!([1])
+        );
+    }
+
+    #[test]
+    fn invalid_json_and_text_become_a_string() {
+        assert_eq!(
+            completed(Some("application/json"), b"{not json")["response"],
+            json!("{not json")
+        );
+        assert_eq!(
+            completed(Some("text/plain"), b"hello \xe2\x9c\x93")["response"],
+            json!("hello ✓")
+        );
+        assert_eq!(
+            completed(None, br#"{"a":1}"#)["response"],
+            json!(r#"{"a":1}"#)
+        );
+    }
+
+    #[test]
+    fn empty_body_is_null() {
+        let value = completed(Some("application/json"), b"");
+        assert!(value.as_object().unwrap().contains_key("response"));
+        assert_eq!(value["response"], Value::Null);
+        assert!(value.get("responseEncoding").is_none());
+    }
+
+    #[test]
+    fn binary_body_is_base64_with_encoding() {
+        let value = completed(Some("application/octet-stream"), b"\xff\x00\xfe");
+        assert_eq!(value["response"], json!("/wD+"));
+        assert_eq!(value["responseEncoding"], json!("base64"));
+        let parsed: Notification = serde_json::from_value(value).unwrap();
+        assert_eq!(parsed.response_bytes().unwrap(), b"\xff\x00\xfe");
+    }
+
+    #[test]
+    fn error_statuses_are_still_completed() {
+        let outcome = Outcome::Completed {
+            status: StatusCode::NOT_FOUND,
+            content_type: None,
+            body: Bytes::from_static(b"missing"),
+        };
+        let value: Value =
+            serde_json::from_slice(&outcome.to_json(EventId::new(1), 2, NotificationId::new(3)))
+                .unwrap();
+        assert_eq!(value["eventStatus"], "completed");
+        assert_eq!(value["statusCode"], 404);
+    }
+
+    #[test]
+    fn failure_has_error_and_no_response() {
+        let outcome = Outcome::failed(FailureCode::ResponseTooLarge, "too big");
+        let json = outcome.to_json(EventId::new(1), 2, NotificationId::new(3));
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"eventId":1,"instanceId":2,"eventStatus":"failed","error":{"code":"response_too_large","message":"too big"},"notificationId":3}"#
+        );
+        let parsed: Notification = serde_json::from_slice(&json).unwrap();
+        assert_eq!(parsed.event_status, EventStatus::Failed);
+        assert_eq!(parsed.error.unwrap().code, FailureCode::ResponseTooLarge);
+        assert!(parsed.response.is_none());
+    }
+}

@@ -1,0 +1,92 @@
+//! Refusals: the layer's own answers when it will not take an async request.
+//!
+//! A refusal is a response, never an error of the service: `4xx`/`5xx` with a JSON body
+//! `{"code":"<stable snake_case code>","message":"<sentence for a human>"}`. The inner service is
+//! not called and nothing is recorded.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Why the layer refused an async request; each kind has a stable `code` in the JSON body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusalCode {
+    /// The async header has a value other than `true` or `false`. `400`.
+    InvalidAsyncHeader,
+    /// No callback URL in the request and no default configured. `400`.
+    MissingCallbackUrl,
+    /// The callback URL is not an absolute `http`/`https` URL, is too long or is malformed. `400`.
+    InvalidCallbackUrl,
+    /// The callback URL names a non-public address and private callbacks are not allowed. `400`.
+    ForbiddenCallbackUrl,
+    /// The request body of an async request exceeds `max_request_bytes`. `413`.
+    RequestTooLarge,
+    /// The request body of an async request could not be read. `400`.
+    RequestBodyError,
+}
+
+impl RefusalCode {
+    /// The stable snake_case code put in the JSON body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidAsyncHeader => "invalid_async_header",
+            Self::MissingCallbackUrl => "missing_callback_url",
+            Self::InvalidCallbackUrl => "invalid_callback_url",
+            Self::ForbiddenCallbackUrl => "forbidden_callback_url",
+            Self::RequestTooLarge => "request_too_large",
+            Self::RequestBodyError => "request_body_error",
+        }
+    }
+
+    /// The HTTP status the refusal is sent with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// A refusal: its code and a message for a human.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub(crate) code: RefusalCode,
+    pub(crate) message: String,
+}
+
+impl Refusal {
+    pub(crate) fn new(code: RefusalCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<Bytes> {
+        let body = serde_json::json!({ "code": self.code.as_str(), "message": self.message });
+        let mut response = Response::new(Bytes::from(body.to_string()));
+        *response.status_mut() = self.code.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_is_a_json_body_with_code_and_message() {
+        let response = Refusal::new(RefusalCode::RequestTooLarge, "too \"big\"").into_response();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"code": "request_too_large", "message": "too \"big\""})
+        );
+    }
+}

@@ -1,0 +1,217 @@
+//! Signing notifications (sender side). Receivers verify with [`crate::verify`].
+//!
+//! Two schemes, either or both:
+//!
+//! - **Elements**: `Elements-Webhook-Signature: sha256=<base64(HMAC-SHA256(key, body))>`.
+//! - **Standard Webhooks**: `webhook-id`, `webhook-timestamp` and
+//!   `webhook-signature: v1,<base64(HMAC-SHA256(secret, "id.timestamp.body"))>`, one signature per
+//!   configured secret, space-separated, so receivers can rotate secrets.
+//!
+//! Keys are absorbed into HMAC state once, at `build()`; each signature clones that state instead
+//! of re-keying.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, HeaderValue};
+use sha2::Sha256;
+
+use crate::header::{ELEMENTS_WEBHOOK_SIGNATURE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+use crate::ids::NotificationId;
+
+pub(crate) type HmacSha256 = Hmac<Sha256>;
+
+/// Prefix of a Standard Webhooks secret.
+pub(crate) const WHSEC_PREFIX: &str = "whsec_";
+
+pub(crate) fn keyed(key: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length")
+}
+
+/// Decodes a `whsec_<base64>` secret into its key bytes.
+pub(crate) fn decode_whsec(secret: &str) -> Result<Vec<u8>, &'static str> {
+    let encoded = secret
+        .strip_prefix(WHSEC_PREFIX)
+        .ok_or("a Standard Webhooks secret must start with \"whsec_\"")?;
+    let key = STANDARD
+        .decode(encoded)
+        .map_err(|_| "a Standard Webhooks secret must be standard base64 after \"whsec_\"")?;
+    if key.is_empty() {
+        return Err("a Standard Webhooks secret must not be empty");
+    }
+    Ok(key)
+}
+
+/// Signs notification bodies with the configured keys.
+#[derive(Clone, Default)]
+pub(crate) struct Signer {
+    elements: Option<HmacSha256>,
+    standard: Vec<HmacSha256>,
+}
+
+impl fmt::Debug for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Signer")
+            .field(
+                "elements_key",
+                &self.elements.as_ref().map(|_| "<redacted>"),
+            )
+            .field("standard_webhooks_secrets", &self.standard.len())
+            .finish()
+    }
+}
+
+impl Signer {
+    pub(crate) fn new(elements_key: Option<&[u8]>, standard_keys: &[Vec<u8>]) -> Self {
+        Self {
+            elements: elements_key.map(keyed),
+            standard: standard_keys.iter().map(|key| keyed(key)).collect(),
+        }
+    }
+
+    /// Adds the signature headers of every configured scheme for one attempt.
+    pub(crate) fn sign(
+        &self,
+        headers: &mut HeaderMap,
+        notification_id: NotificationId,
+        timestamp: u64,
+        body: &[u8],
+    ) {
+        if let Some(key) = &self.elements {
+            headers.insert(ELEMENTS_WEBHOOK_SIGNATURE, elements_signature(key, body));
+        }
+        if !self.standard.is_empty() {
+            let id = notification_id.to_string();
+            let timestamp = timestamp.to_string();
+            let mut value = String::with_capacity(48 * self.standard.len());
+            for key in &self.standard {
+                if !value.is_empty() {
+                    value.push(' ');
+                }
+                value.push_str("v1,");
+                STANDARD.encode_string(standard_mac(key, &id, &timestamp, body), &mut value);
+            }
+            headers.insert(WEBHOOK_ID, header_value(id));
+            headers.insert(WEBHOOK_TIMESTAMP, header_value(timestamp));
+            headers.insert(WEBHOOK_SIGNATURE, header_value(value));
+        }
+    }
+}
+
+pub(crate) fn elements_signature(key: &HmacSha256, body: &[u8]) -> HeaderValue {
+    let mut mac = key.clone();
+    mac.update(body);
+    let mut value = String::from("sha256=");
+    STANDARD.encode_string(mac.finalize().into_bytes(), &mut value);
+    header_value(value)
+}
+
+pub(crate) fn standard_mac(key: &HmacSha256, id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
+    let mut mac = key.clone();
+    standard_update(&mut mac, id, timestamp, body);
+    mac.finalize().into_bytes().into()
+}
+
+pub(crate) fn standard_update(mac: &mut HmacSha256, id: &str, timestamp: &str, body: &[u8]) {
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+}
+
+fn header_value(text: String) -> HeaderValue {
+    HeaderValue::try_from(text).expect("base64, digits and ASCII punctuation are valid header text")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn vectors() -> Value {
+        serde_json::from_str(include_str!("../tests/data/signatures.json")).unwrap()
+    }
+
+    #[test]
+    fn elements_scheme_matches_every_vector() {
+        let vectors = vectors();
+        for case in vectors["elements_webhook_signature"]["cases"]
+            .as_array()
+            .unwrap()
+        {
+            let signer = Signer::new(Some(case["key"].as_str().unwrap().as_bytes()), &[]);
+            let mut headers = HeaderMap::new();
+            signer.sign(
+                &mut headers,
+                NotificationId::new(1),
+                0,
+                case["body"].as_str().unwrap().as_bytes(),
+            );
+            assert_eq!(
+                headers[ELEMENTS_WEBHOOK_SIGNATURE],
+                case["expected"].as_str().unwrap()
+            );
+            assert!(!headers.contains_key(WEBHOOK_SIGNATURE));
+        }
+    }
+
+    #[test]
+    fn standard_scheme_matches_every_vector() {
+        let vectors = vectors();
+        for case in vectors["standard_webhooks"]["cases"].as_array().unwrap() {
+            let key = decode_whsec(case["secret"].as_str().unwrap()).unwrap();
+            let mac = standard_mac(
+                &keyed(&key),
+                case["id"].as_str().unwrap(),
+                &case["timestamp"].as_u64().unwrap().to_string(),
+                case["body"].as_str().unwrap().as_bytes(),
+            );
+            let mut expected = String::from("v1,");
+            STANDARD.encode_string(mac, &mut expected);
+            assert_eq!(expected, case["expected"].as_str().unwrap());
+        }
+    }
+
+    #[test]
+    fn both_schemes_and_rotation_sign_one_attempt() {
+        let vectors = vectors();
+        let case = &vectors["standard_webhooks"]["cases"][1];
+        let secret = decode_whsec(case["secret"].as_str().unwrap()).unwrap();
+        let other = decode_whsec("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let signer = Signer::new(Some(b"event-signature-key"), &[secret, other]);
+        let mut headers = HeaderMap::new();
+        let body = case["body"].as_str().unwrap().as_bytes();
+        signer.sign(&mut headers, NotificationId::new(1084), 1_764_000_000, body);
+        assert_eq!(headers[WEBHOOK_ID], "1084");
+        assert_eq!(headers[WEBHOOK_TIMESTAMP], "1764000000");
+        let signatures = headers[WEBHOOK_SIGNATURE].to_str().unwrap();
+        let parts: Vec<&str> = signatures.split(' ').collect();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], case["expected"].as_str().unwrap());
+        assert_ne!(parts[1], parts[0]);
+        assert_eq!(
+            headers[ELEMENTS_WEBHOOK_SIGNATURE],
+            vectors["elements_webhook_signature"]["cases"][1]["expected"]
+                .as_str()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn malformed_secrets_are_refused() {
+        assert!(decode_whsec("C2FVsBQIhrscChlQIMV+b5sSYspob7oD").is_err());
+        assert!(decode_whsec("whsec_not base64!").is_err());
+        assert!(decode_whsec("whsec_").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_keys() {
+        let signer = Signer::new(Some(b"super-secret-key"), &[b"another-secret".to_vec()]);
+        let text = format!("{signer:?}");
+        assert!(!text.contains("super-secret"));
+        assert!(text.contains("redacted"));
+    }
+}

@@ -1,0 +1,383 @@
+//! Verifying callbacks (receiver side).
+//!
+//! A receiver written with this crate needs no other code to check that a callback is genuine:
+//! [`ElementsVerifier`] checks `Elements-Webhook-Signature`, [`StandardWebhooksVerifier`] checks
+//! the `webhook-*` headers including the timestamp tolerance (default five minutes, against replay).
+//! Comparisons are constant-time.
+//!
+//! # Example
+//!
+//! ```
+//! use tower_async_request::verify::{ElementsVerifier, StandardWebhooksVerifier};
+//! # use http::{HeaderMap, HeaderName};
+//! # fn handle(headers: &HeaderMap, body: &[u8]) {
+//! let elements = ElementsVerifier::new("event-signature-key");
+//! let standard = StandardWebhooksVerifier::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+//!     .expect("a well-formed secret");
+//!
+//! if elements.verify(headers, body).is_ok() && standard.verify(headers, body).is_ok() {
+//!     // The callback came from the layer configured with these keys.
+//! }
+//! # }
+//! ```
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use hmac::Mac;
+use http::{HeaderMap, HeaderName};
+
+use crate::header::{ELEMENTS_WEBHOOK_SIGNATURE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+use crate::signature::{decode_whsec, keyed, standard_update, HmacSha256};
+use crate::ConfigError;
+
+/// Default tolerance between a Standard Webhooks timestamp and the receiver's clock.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
+
+/// Why a callback failed verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// A required header is absent.
+    MissingHeader(&'static str),
+    /// A header is present but not in the expected format.
+    MalformedHeader(&'static str),
+    /// The `webhook-timestamp` is further from now than the tolerance.
+    TimestampOutOfTolerance,
+    /// No signature matches the body under any configured key.
+    SignatureMismatch,
+}
+
+impl fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::MissingHeader(name) => write!(f, "the {name} header is missing"),
+            Self::MalformedHeader(name) => write!(f, "the {name} header is malformed"),
+            Self::TimestampOutOfTolerance => {
+                f.write_str("the webhook-timestamp is outside the accepted tolerance")
+            }
+            Self::SignatureMismatch => f.write_str("no signature matches the body"),
+        }
+    }
+}
+
+impl std::error::Error for VerifyError {}
+
+/// Verifies the Elements scheme: `Elements-Webhook-Signature: sha256=<base64>`.
+#[derive(Clone)]
+pub struct ElementsVerifier {
+    key: HmacSha256,
+}
+
+impl fmt::Debug for ElementsVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ElementsVerifier")
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ElementsVerifier {
+    /// A verifier for the signing key the sender was configured with.
+    pub fn new(key: impl AsRef<[u8]>) -> Self {
+        Self {
+            key: keyed(key.as_ref()),
+        }
+    }
+
+    /// Checks the `Elements-Webhook-Signature` header against the exact body bytes.
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), VerifyError> {
+        const NAME: &str = "Elements-Webhook-Signature";
+        let value = headers
+            .get(ELEMENTS_WEBHOOK_SIGNATURE)
+            .ok_or(VerifyError::MissingHeader(NAME))?;
+        self.verify_signature(value.as_bytes(), body)
+    }
+
+    /// Checks one header value (`sha256=<base64>`) against the exact body bytes.
+    pub fn verify_signature(&self, signature: &[u8], body: &[u8]) -> Result<(), VerifyError> {
+        const NAME: &str = "Elements-Webhook-Signature";
+        let encoded = signature
+            .strip_prefix(b"sha256=")
+            .ok_or(VerifyError::MalformedHeader(NAME))?;
+        let expected = STANDARD
+            .decode(encoded)
+            .map_err(|_| VerifyError::MalformedHeader(NAME))?;
+        let mut mac = self.key.clone();
+        mac.update(body);
+        mac.verify_slice(&expected)
+            .map_err(|_| VerifyError::SignatureMismatch)
+    }
+}
+
+/// Verifies the Standard Webhooks scheme (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+#[derive(Clone)]
+pub struct StandardWebhooksVerifier {
+    keys: Vec<HmacSha256>,
+    tolerance: Duration,
+}
+
+impl fmt::Debug for StandardWebhooksVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StandardWebhooksVerifier")
+            .field("secrets", &self.keys.len())
+            .field("tolerance", &self.tolerance)
+            .finish()
+    }
+}
+
+impl StandardWebhooksVerifier {
+    /// A verifier for one `whsec_…` secret.
+    pub fn new(secret: &str) -> Result<Self, ConfigError> {
+        Self {
+            keys: Vec::new(),
+            tolerance: DEFAULT_TOLERANCE,
+        }
+        .with_secret(secret)
+    }
+
+    /// Also accepts signatures made with `secret` (during key rotation).
+    pub fn with_secret(mut self, secret: &str) -> Result<Self, ConfigError> {
+        let key = decode_whsec(secret).map_err(ConfigError::new)?;
+        self.keys.push(keyed(&key));
+        Ok(self)
+    }
+
+    /// How far `webhook-timestamp` may be from now (default [`DEFAULT_TOLERANCE`]).
+    pub fn tolerance(mut self, tolerance: Duration) -> Self {
+        self.tolerance = tolerance;
+        self
+    }
+
+    /// Verifies a callback against the current time.
+    pub fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), VerifyError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        self.verify_at(headers, body, now)
+    }
+
+    /// Verifies a callback as if the current time were `now` (Unix seconds).
+    pub fn verify_at(&self, headers: &HeaderMap, body: &[u8], now: u64) -> Result<(), VerifyError> {
+        let id = header_text(headers, WEBHOOK_ID, "webhook-id")?;
+        let timestamp = header_text(headers, WEBHOOK_TIMESTAMP, "webhook-timestamp")?;
+        let signatures = header_text(headers, WEBHOOK_SIGNATURE, "webhook-signature")?;
+        let sent: u64 = timestamp
+            .parse()
+            .map_err(|_| VerifyError::MalformedHeader("webhook-timestamp"))?;
+        if now.abs_diff(sent) > self.tolerance.as_secs() {
+            return Err(VerifyError::TimestampOutOfTolerance);
+        }
+        self.verify_signatures(id, timestamp, signatures, body)
+    }
+
+    /// Checks a `webhook-signature` value without looking at the clock.
+    pub fn verify_signatures(
+        &self,
+        id: &str,
+        timestamp: &str,
+        signatures: &str,
+        body: &[u8],
+    ) -> Result<(), VerifyError> {
+        let mut signed = Vec::with_capacity(self.keys.len());
+        for key in &self.keys {
+            let mut mac = key.clone();
+            standard_update(&mut mac, id, timestamp, body);
+            signed.push(mac);
+        }
+        for candidate in signatures.split(' ') {
+            let Some(encoded) = candidate.strip_prefix("v1,") else {
+                continue; // other versions are not ours to judge
+            };
+            let Ok(decoded) = STANDARD.decode(encoded) else {
+                continue;
+            };
+            if decoded.is_empty() {
+                continue;
+            }
+            if signed
+                .iter()
+                .any(|mac| mac.clone().verify_slice(&decoded).is_ok())
+            {
+                return Ok(());
+            }
+        }
+        Err(VerifyError::SignatureMismatch)
+    }
+}
+
+fn header_text<'a>(
+    headers: &'a HeaderMap,
+    header: HeaderName,
+    name: &'static str,
+) -> Result<&'a str, VerifyError> {
+    headers
+        .get(header)
+        .ok_or(VerifyError::MissingHeader(name))?
+        .to_str()
+        .map_err(|_| VerifyError::MalformedHeader(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use serde_json::Value;
+
+    fn vectors() -> Value {
+        serde_json::from_str(include_str!("../tests/data/signatures.json")).unwrap()
+    }
+
+    fn standard_headers(id: &str, timestamp: u64, signature: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(WEBHOOK_ID, HeaderValue::from_str(id).unwrap());
+        headers.insert(WEBHOOK_TIMESTAMP, timestamp.into());
+        headers.insert(WEBHOOK_SIGNATURE, HeaderValue::from_str(signature).unwrap());
+        headers
+    }
+
+    #[test]
+    fn elements_verifier_accepts_every_vector_and_rejects_tampering() {
+        let vectors = vectors();
+        for case in vectors["elements_webhook_signature"]["cases"]
+            .as_array()
+            .unwrap()
+        {
+            let verifier = ElementsVerifier::new(case["key"].as_str().unwrap());
+            let body = case["body"].as_str().unwrap().as_bytes();
+            let expected = case["expected"].as_str().unwrap().as_bytes();
+            assert_eq!(verifier.verify_signature(expected, body), Ok(()));
+            let mut tampered = body.to_vec();
+            tampered.push(b' ');
+            assert_eq!(
+                verifier.verify_signature(expected, &tampered),
+                Err(VerifyError::SignatureMismatch)
+            );
+        }
+        let verifier = ElementsVerifier::new("k");
+        assert_eq!(
+            verifier.verify(&HeaderMap::new(), b"{}"),
+            Err(VerifyError::MissingHeader("Elements-Webhook-Signature"))
+        );
+        assert_eq!(
+            verifier.verify_signature(b"md5=abc", b"{}"),
+            Err(VerifyError::MalformedHeader("Elements-Webhook-Signature"))
+        );
+    }
+
+    #[test]
+    fn standard_verifier_accepts_every_vector() {
+        let vectors = vectors();
+        for case in vectors["standard_webhooks"]["cases"].as_array().unwrap() {
+            let verifier = StandardWebhooksVerifier::new(case["secret"].as_str().unwrap()).unwrap();
+            let timestamp = case["timestamp"].as_u64().unwrap();
+            let headers = standard_headers(
+                case["id"].as_str().unwrap(),
+                timestamp,
+                case["expected"].as_str().unwrap(),
+            );
+            let body = case["body"].as_str().unwrap().as_bytes();
+            assert_eq!(verifier.verify_at(&headers, body, timestamp), Ok(()));
+        }
+    }
+
+    #[test]
+    fn standard_verifier_rejects_every_must_reject_vector() {
+        let vectors = vectors();
+        for case in vectors["standard_webhooks"]["must_reject"]
+            .as_array()
+            .unwrap()
+        {
+            let verifier = StandardWebhooksVerifier::new(case["secret"].as_str().unwrap()).unwrap();
+            let timestamp = case["timestamp"].as_u64().unwrap();
+            let headers = standard_headers(
+                case["id"].as_str().unwrap(),
+                timestamp,
+                case["signature"].as_str().unwrap(),
+            );
+            let body = case["body"].as_str().unwrap().as_bytes();
+            assert_eq!(
+                verifier.verify_at(&headers, body, timestamp),
+                Err(VerifyError::SignatureMismatch),
+                "{}",
+                case["why"]
+            );
+        }
+    }
+
+    #[test]
+    fn standard_verifier_enforces_the_timestamp_tolerance() {
+        let vectors = vectors();
+        let case = &vectors["standard_webhooks"]["cases"][0];
+        let verifier = StandardWebhooksVerifier::new(case["secret"].as_str().unwrap()).unwrap();
+        let timestamp = case["timestamp"].as_u64().unwrap();
+        let headers = standard_headers(
+            case["id"].as_str().unwrap(),
+            timestamp,
+            case["expected"].as_str().unwrap(),
+        );
+        let body = case["body"].as_str().unwrap().as_bytes();
+        assert_eq!(verifier.verify_at(&headers, body, timestamp + 300), Ok(()));
+        assert_eq!(verifier.verify_at(&headers, body, timestamp - 300), Ok(()));
+        assert_eq!(
+            verifier.verify_at(&headers, body, timestamp + 301),
+            Err(VerifyError::TimestampOutOfTolerance)
+        );
+        assert_eq!(
+            verifier.verify_at(&headers, body, timestamp - 301),
+            Err(VerifyError::TimestampOutOfTolerance)
+        );
+        let strict = verifier.tolerance(Duration::from_secs(10));
+        assert_eq!(
+            strict.verify_at(&headers, body, timestamp + 11),
+            Err(VerifyError::TimestampOutOfTolerance)
+        );
+    }
+
+    #[test]
+    fn standard_verifier_accepts_any_rotated_secret_and_any_listed_signature() {
+        let vectors = vectors();
+        let case = &vectors["standard_webhooks"]["cases"][0];
+        let (id, timestamp) = (
+            case["id"].as_str().unwrap(),
+            case["timestamp"].as_u64().unwrap(),
+        );
+        let body = case["body"].as_str().unwrap().as_bytes();
+        let listed = format!(
+            "v2,abc v1,R3PTzyfHASBKHH98a7yexTwaJ4yNIcGhFQc1yuN+BPU= {}",
+            case["expected"].as_str().unwrap()
+        );
+        let headers = standard_headers(id, timestamp, &listed);
+        let rotated = StandardWebhooksVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .unwrap()
+            .with_secret(case["secret"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(rotated.verify_at(&headers, body, timestamp), Ok(()));
+        let other_only =
+            StandardWebhooksVerifier::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        assert_eq!(
+            other_only.verify_at(&headers, body, timestamp),
+            Err(VerifyError::SignatureMismatch)
+        );
+    }
+
+    #[test]
+    fn standard_verifier_reports_missing_and_malformed_headers() {
+        let verifier =
+            StandardWebhooksVerifier::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        assert_eq!(
+            verifier.verify_at(&HeaderMap::new(), b"", 0),
+            Err(VerifyError::MissingHeader("webhook-id"))
+        );
+        let mut headers = standard_headers("1", 0, "v1,abc");
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from_static("yesterday"));
+        assert_eq!(
+            verifier.verify_at(&headers, b"", 0),
+            Err(VerifyError::MalformedHeader("webhook-timestamp"))
+        );
+        assert!(StandardWebhooksVerifier::new("not-a-secret").is_err());
+    }
+}
