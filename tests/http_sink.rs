@@ -1,0 +1,140 @@
+//! `HttpSink` against real receivers on 127.0.0.1:0.
+
+use std::time::Duration;
+
+use axum::{
+    body::Bytes,
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Redirect},
+    routing::post,
+    Router,
+};
+use tokio::{net::TcpListener, sync::mpsc};
+use tower_async_request::{
+    sink::{CallbackSink, HttpSink, SinkErrorKind},
+    verify::{ElementsVerifier, StandardWebhooksVerifier},
+    AsyncRequestLayer,
+};
+
+async fn serve(router: Router) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+fn post_to(url: String, body: &'static str) -> http::Request<Bytes> {
+    http::Request::post(url)
+        .header("content-type", "application/json")
+        .body(Bytes::from_static(body.as_bytes()))
+        .unwrap()
+}
+
+/// A receiver that forwards what it gets over a channel and answers `status`.
+async fn recording_receiver(status: StatusCode) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let router = Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                tx.send((headers, body)).unwrap();
+                status
+            }
+        }),
+    );
+    (serve(router).await, rx)
+}
+
+#[tokio::test]
+async fn posts_the_exact_request_and_reports_the_answer() {
+    let (addr, mut received) = recording_receiver(StatusCode::NO_CONTENT).await;
+    let answer = HttpSink::new()
+        .send(post_to(format!("http://{addr}/hook"), r#"{"eventId":1}"#))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::NO_CONTENT);
+    let (headers, body) = received.recv().await.unwrap();
+    assert_eq!(body, r#"{"eventId":1}"#);
+    assert_eq!(headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn reports_error_statuses_and_keeps_a_short_answer_body() {
+    let router = Router::new().route("/hook", post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "x".repeat(10_000)) }));
+    let addr = serve(router).await;
+    let answer = HttpSink::new().send(post_to(format!("http://{addr}/hook"), "{}")).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.body().len(), 4096);
+}
+
+#[tokio::test]
+async fn never_follows_redirects() {
+    let (target, mut redirected) = recording_receiver(StatusCode::OK).await;
+    let location = format!("http://{target}/hook");
+    let router = Router::new().route("/hook", post(move || async move { Redirect::temporary(&location).into_response() }));
+    let addr = serve(router).await;
+    let answer = HttpSink::new().send(post_to(format!("http://{addr}/hook"), "{}")).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert!(redirected.try_recv().is_err(), "the redirect target must not be contacted");
+}
+
+#[tokio::test]
+async fn a_slow_receiver_is_a_timeout() {
+    let router = Router::new().route(
+        "/hook",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            StatusCode::OK
+        }),
+    );
+    let addr = serve(router).await;
+    let error = HttpSink::new()
+        .timeout(Duration::from_millis(200))
+        .send(post_to(format!("http://{addr}/hook"), "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), SinkErrorKind::Timeout);
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let error = HttpSink::new().send(post_to(format!("http://{addr}/hook"), "{}")).await.unwrap_err();
+    assert_eq!(error.kind(), SinkErrorKind::Connect);
+}
+
+#[tokio::test]
+async fn the_layer_delivers_a_signed_callback_through_the_default_http_sink() {
+    let (receiver, mut received) = recording_receiver(StatusCode::OK).await;
+    let layer = AsyncRequestLayer::builder()
+        .instance_id(7)
+        .default_callback_url(format!("http://{receiver}/hook"))
+        .signing_key("event-signature-key")
+        .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+        .build()
+        .unwrap();
+    let app = serve(Router::new().route("/work", post(|body: String| async move { format!("got {body}") })).layer(layer)).await;
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let request = http::Request::post(format!("http://{app}/work"))
+        .header("Elements-Async-Request", "true")
+        .body(http_body_util::Full::new(Bytes::from_static(b"payload")))
+        .unwrap();
+    let receipt = client.request(request).await.unwrap();
+    assert_eq!(receipt.status(), StatusCode::ACCEPTED);
+
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(10), received.recv()).await.unwrap().unwrap();
+    ElementsVerifier::new("event-signature-key").verify(&headers, &body).unwrap();
+    StandardWebhooksVerifier::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+        .unwrap()
+        .verify(&headers, &body)
+        .unwrap();
+    let notification: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(notification["instanceId"], 7);
+    assert_eq!(notification["statusCode"], 200);
+    assert_eq!(notification["response"], "got payload");
+    assert_eq!(headers["elements-event-id"], notification["eventId"].to_string());
+}
