@@ -19,7 +19,10 @@ use tower_async_request::{sink::ChannelSink, AsyncRequestLayer, RequestBody};
 /// Polls a future that completes without waiting (every service here does) to its output.
 fn now<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
         Poll::Ready(output) => output,
         Poll::Pending => panic!("the benchmarked service was expected to answer at once"),
     }
@@ -60,15 +63,27 @@ fn passthrough(c: &mut Criterion) {
     // What axum itself charges for any layer added with `Router::layer` (a layer that does nothing).
     let mut noop = Router::new()
         .route("/hubs/documents/folders/copy", post(|| async { "ok" }))
-        .layer(tower::util::MapRequestLayer::new(|request: Request<Body>| request));
-    group.bench_function("axum_bare", |b| b.iter(|| now(bare.call(request())).unwrap()));
-    group.bench_function("axum_noop_layer", |b| b.iter(|| now(noop.call(request())).unwrap()));
-    group.bench_function("axum_layered", |b| b.iter(|| now(layered.call(request())).unwrap()));
+        .layer(tower::util::MapRequestLayer::new(
+            |request: Request<Body>| request,
+        ));
+    group.bench_function("axum_bare", |b| {
+        b.iter(|| now(bare.call(request())).unwrap())
+    });
+    group.bench_function("axum_noop_layer", |b| {
+        b.iter(|| now(noop.call(request())).unwrap())
+    });
+    group.bench_function("axum_layered", |b| {
+        b.iter(|| now(layered.call(request())).unwrap())
+    });
 
     let mut bare_fn = tower::service_fn(handler::<Body>);
     let mut layered_fn = layer().layer(tower::service_fn(handler::<RequestBody<Body>>));
-    group.bench_function("service_fn_bare", |b| b.iter(|| now(bare_fn.call(request())).unwrap()));
-    group.bench_function("service_fn_layered", |b| b.iter(|| now(layered_fn.call(request())).unwrap()));
+    group.bench_function("service_fn_bare", |b| {
+        b.iter(|| now(bare_fn.call(request())).unwrap())
+    });
+    group.bench_function("service_fn_layered", |b| {
+        b.iter(|| now(layered_fn.call(request())).unwrap())
+    });
     group.finish();
 }
 

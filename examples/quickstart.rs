@@ -28,7 +28,10 @@ const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 /// The endpoint: pretends to copy a folder and reports what it created.
 async fn copy_folder(Json(request): Json<Value>) -> Json<Value> {
     tokio::time::sleep(Duration::from_millis(200)).await; // the "long" work
-    let to = request["to"].as_str().unwrap_or("/TestFolderCopy").to_owned();
+    let to = request["to"]
+        .as_str()
+        .unwrap_or("/TestFolderCopy")
+        .to_owned();
     let lower = to.to_lowercase();
     Json(json!({ "events": [
         { "path": lower, "metadata": { "path": to, "name": to.trim_start_matches('/'), "type": "folder" } },
@@ -45,7 +48,11 @@ struct Received {
 }
 
 /// The webhook receiver: verifies both signature schemes and passes the notification on.
-async fn receive(State(tx): State<mpsc::Sender<Received>>, headers: HeaderMap, body: Bytes) -> &'static str {
+async fn receive(
+    State(tx): State<mpsc::Sender<Received>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> &'static str {
     let elements = ElementsVerifier::new(SIGNING_KEY)
         .verify(&headers, &body)
         .map_err(|e| e.to_string());
@@ -55,7 +62,13 @@ async fn receive(State(tx): State<mpsc::Sender<Received>>, headers: HeaderMap, b
         .map_err(|e| e.to_string());
     match serde_json::from_slice::<Notification>(&body) {
         Ok(notification) => {
-            let _ = tx.send(Received { notification, elements, standard }).await;
+            let _ = tx
+                .send(Received {
+                    notification,
+                    elements,
+                    standard,
+                })
+                .await;
             "ok"
         }
         Err(error) => {
@@ -75,9 +88,13 @@ async fn serve(router: Router) -> Result<std::net::SocketAddr, std::io::Error> {
 async fn run() -> Result<(), String> {
     // 2. The receiver.
     let (tx, mut rx) = mpsc::channel(8);
-    let receiver = serve(Router::new().route("/webhooks", post(receive)).with_state(tx))
-        .await
-        .map_err(|e| format!("could not start the receiver: {e}"))?;
+    let receiver = serve(
+        Router::new()
+            .route("/webhooks", post(receive))
+            .with_state(tx),
+    )
+    .await
+    .map_err(|e| format!("could not start the receiver: {e}"))?;
 
     // 1. The app, with the layer in one line.
     let layer = AsyncRequestLayer::builder()
@@ -87,9 +104,13 @@ async fn run() -> Result<(), String> {
         .allow_private_callbacks(true) // the receiver is on loopback in this demo
         .build()
         .map_err(|e| e.to_string())?;
-    let app = serve(Router::new().route("/hubs/documents/folders/copy", post(copy_folder)).layer(layer))
-        .await
-        .map_err(|e| format!("could not start the app: {e}"))?;
+    let app = serve(
+        Router::new()
+            .route("/hubs/documents/folders/copy", post(copy_folder))
+            .layer(layer),
+    )
+    .await
+    .map_err(|e| format!("could not start the app: {e}"))?;
 
     // 3. The client.
     let callback_url = format!("http://{receiver}/webhooks");
@@ -105,7 +126,10 @@ async fn run() -> Result<(), String> {
         .body(Full::new(Bytes::from(request_body)))
         .map_err(|e| e.to_string())?;
     let client = Client::builder(TokioExecutor::new()).build_http();
-    let response = client.request(request).await.map_err(|e| format!("request failed: {e}"))?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
     let status = response.status();
     let receipt_bytes = response
         .into_body()
@@ -113,10 +137,13 @@ async fn run() -> Result<(), String> {
         .await
         .map_err(|e| format!("receipt body failed: {e}"))?
         .to_bytes();
-    let receipt: Value = serde_json::from_slice(&receipt_bytes).map_err(|e| format!("receipt is not JSON: {e}"))?;
+    let receipt: Value =
+        serde_json::from_slice(&receipt_bytes).map_err(|e| format!("receipt is not JSON: {e}"))?;
     println!("\n← {status} (at once; the work runs in the background)\n  {receipt}");
     if status != http::StatusCode::ACCEPTED || receipt["eventStatus"] != "dispatched" {
-        return Err(format!("expected a 202 receipt with eventStatus dispatched, got {status} {receipt}"));
+        return Err(format!(
+            "expected a 202 receipt with eventStatus dispatched, got {status} {receipt}"
+        ));
     }
 
     let received = tokio::time::timeout(Duration::from_secs(10), rx.recv())

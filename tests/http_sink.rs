@@ -31,7 +31,12 @@ fn post_to(url: String, body: &'static str) -> http::Request<Bytes> {
 }
 
 /// A receiver that forwards what it gets over a channel and answers `status`.
-async fn recording_receiver(status: StatusCode) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<(HeaderMap, Bytes)>) {
+async fn recording_receiver(
+    status: StatusCode,
+) -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<(HeaderMap, Bytes)>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let router = Router::new().route(
         "/hook",
@@ -61,9 +66,15 @@ async fn posts_the_exact_request_and_reports_the_answer() {
 
 #[tokio::test]
 async fn reports_error_statuses_and_keeps_a_short_answer_body() {
-    let router = Router::new().route("/hook", post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "x".repeat(10_000)) }));
+    let router = Router::new().route(
+        "/hook",
+        post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "x".repeat(10_000)) }),
+    );
     let addr = serve(router).await;
-    let answer = HttpSink::new().send(post_to(format!("http://{addr}/hook"), "{}")).await.unwrap();
+    let answer = HttpSink::new()
+        .send(post_to(format!("http://{addr}/hook"), "{}"))
+        .await
+        .unwrap();
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.body().len(), 4096);
 }
@@ -72,11 +83,20 @@ async fn reports_error_statuses_and_keeps_a_short_answer_body() {
 async fn never_follows_redirects() {
     let (target, mut redirected) = recording_receiver(StatusCode::OK).await;
     let location = format!("http://{target}/hook");
-    let router = Router::new().route("/hook", post(move || async move { Redirect::temporary(&location).into_response() }));
+    let router = Router::new().route(
+        "/hook",
+        post(move || async move { Redirect::temporary(&location).into_response() }),
+    );
     let addr = serve(router).await;
-    let answer = HttpSink::new().send(post_to(format!("http://{addr}/hook"), "{}")).await.unwrap();
+    let answer = HttpSink::new()
+        .send(post_to(format!("http://{addr}/hook"), "{}"))
+        .await
+        .unwrap();
     assert_eq!(answer.status(), StatusCode::TEMPORARY_REDIRECT);
-    assert!(redirected.try_recv().is_err(), "the redirect target must not be contacted");
+    assert!(
+        redirected.try_recv().is_err(),
+        "the redirect target must not be contacted"
+    );
 }
 
 #[tokio::test]
@@ -102,7 +122,10 @@ async fn a_closed_port_is_a_connect_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let error = HttpSink::new().send(post_to(format!("http://{addr}/hook"), "{}")).await.unwrap_err();
+    let error = HttpSink::new()
+        .send(post_to(format!("http://{addr}/hook"), "{}"))
+        .await
+        .unwrap_err();
     assert_eq!(error.kind(), SinkErrorKind::Connect);
 }
 
@@ -116,9 +139,18 @@ async fn the_layer_delivers_a_signed_callback_through_the_default_http_sink() {
         .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
         .build()
         .unwrap();
-    let app = serve(Router::new().route("/work", post(|body: String| async move { format!("got {body}") })).layer(layer)).await;
+    let app = serve(
+        Router::new()
+            .route(
+                "/work",
+                post(|body: String| async move { format!("got {body}") }),
+            )
+            .layer(layer),
+    )
+    .await;
 
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
     let request = http::Request::post(format!("http://{app}/work"))
         .header("Elements-Async-Request", "true")
         .body(http_body_util::Full::new(Bytes::from_static(b"payload")))
@@ -126,8 +158,13 @@ async fn the_layer_delivers_a_signed_callback_through_the_default_http_sink() {
     let receipt = client.request(request).await.unwrap();
     assert_eq!(receipt.status(), StatusCode::ACCEPTED);
 
-    let (headers, body) = tokio::time::timeout(Duration::from_secs(10), received.recv()).await.unwrap().unwrap();
-    ElementsVerifier::new("event-signature-key").verify(&headers, &body).unwrap();
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    ElementsVerifier::new("event-signature-key")
+        .verify(&headers, &body)
+        .unwrap();
     StandardWebhooksVerifier::new("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
         .unwrap()
         .verify(&headers, &body)
@@ -136,5 +173,8 @@ async fn the_layer_delivers_a_signed_callback_through_the_default_http_sink() {
     assert_eq!(notification["instanceId"], 7);
     assert_eq!(notification["statusCode"], 200);
     assert_eq!(notification["response"], "got payload");
-    assert_eq!(headers["elements-event-id"], notification["eventId"].to_string());
+    assert_eq!(
+        headers["elements-event-id"],
+        notification["eventId"].to_string()
+    );
 }
