@@ -11,7 +11,7 @@
 //! UTF-8. An inner `4xx`/`5xx` is still `completed`. When the work produced no response the event
 //! is `failed` with `"error":{"code","message"}` and no `response`.
 //!
-//! The sender writes the JSON once into one buffer ([`Outcome::to_json`]); receivers read it with
+//! The sender writes the JSON once, into one buffer sized for it; receivers read it with
 //! [`Notification`].
 
 use std::fmt;
