@@ -2,22 +2,30 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
+use tokio::sync::OnceCell;
 
 use crate::callback_url::{self, Origin};
 use crate::config::Config;
-use crate::delivery::Delivery;
+use crate::delivery::{DeadLetterHook, Delivery};
 use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
-use crate::ids::{IdGenerator, MAX_SAFE_ID};
+use crate::ids::MAX_SAFE_ID;
+use crate::recovery::start_recovery;
+use crate::retry::DeliveryPolicy;
+use crate::runner::{Runner, DEFAULT_MAX_IN_FLIGHT};
 use crate::signature::{decode_whsec, Signer};
-use crate::sink::{CallbackSink, HttpSink};
+use crate::sink::{CallbackSink, DynSink, HttpSink, DEFAULT_ATTEMPT_TIMEOUT};
+use crate::store::{EventStore, MemoryStore, NotificationRecord};
 use crate::AsyncRequestLayer;
 
 /// Default limit on the request body of an async request (2 MiB, as axum's default body limit).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 /// Default limit on the inner response body carried in a notification (1 MiB).
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Default time a job may run before its event fails with code `timeout` (15 minutes).
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// Builds an [`AsyncRequestLayer`]; made by [`AsyncRequestLayer::builder`].
 ///
@@ -37,13 +45,25 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// | [`receipt_status`](Self::receipt_status) | `202 Accepted` |
 /// | [`max_request_bytes`](Self::max_request_bytes) | [`DEFAULT_MAX_REQUEST_BYTES`] (2 MiB) |
 /// | [`max_response_bytes`](Self::max_response_bytes) | [`DEFAULT_MAX_RESPONSE_BYTES`] (1 MiB) |
+/// | [`retry_schedule`](Self::retry_schedule) | [`DEFAULT_RETRY_SCHEDULE`](crate::retry::DEFAULT_RETRY_SCHEDULE): 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ±20 % |
+/// | [`attempt_timeout`](Self::attempt_timeout) | [`DEFAULT_ATTEMPT_TIMEOUT`] (15 s) |
+/// | [`max_in_flight`](Self::max_in_flight) | [`DEFAULT_MAX_IN_FLIGHT`](crate::DEFAULT_MAX_IN_FLIGHT) (10 000) |
+/// | [`job_timeout`](Self::job_timeout) | [`DEFAULT_JOB_TIMEOUT`] (15 min) |
+/// | [`store`](Self::store) | [`MemoryStore::new()`] |
+/// | [`on_dead_letter`](Self::on_dead_letter) | none |
 pub struct AsyncRequestLayerBuilder {
     instance_id: u64,
     default_callback_url: Option<String>,
     signing_key: Option<Vec<u8>>,
     standard_secrets: Vec<String>,
     allow_private_callbacks: bool,
-    delivery: Option<Delivery>,
+    sink: Option<(Arc<dyn DynSink>, &'static str)>,
+    store: Option<(Arc<dyn EventStore>, &'static str)>,
+    retry_schedule: Vec<Duration>,
+    attempt_timeout: Duration,
+    max_in_flight: usize,
+    job_timeout: Option<Duration>,
+    on_dead_letter: Option<DeadLetterHook>,
     async_header: HeaderName,
     callback_header: HeaderName,
     receipt_status: StatusCode,
@@ -67,6 +87,12 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
             .field("receipt_status", &self.receipt_status)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_response_bytes", &self.max_response_bytes)
+            .field("sink", &self.sink.as_ref().map(|(_, name)| name))
+            .field("store", &self.store.as_ref().map(|(_, name)| name))
+            .field("retry_schedule", &self.retry_schedule)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("job_timeout", &self.job_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -79,7 +105,13 @@ impl Default for AsyncRequestLayerBuilder {
             signing_key: None,
             standard_secrets: Vec::new(),
             allow_private_callbacks: false,
-            delivery: None,
+            sink: None,
+            store: None,
+            retry_schedule: DeliveryPolicy::default().schedule,
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            job_timeout: Some(DEFAULT_JOB_TIMEOUT),
+            on_dead_letter: None,
             async_header: ELEMENTS_ASYNC_REQUEST,
             callback_header: ELEMENTS_ASYNC_CALLBACK_URL,
             receipt_status: StatusCode::ACCEPTED,
@@ -125,9 +157,55 @@ impl AsyncRequestLayerBuilder {
         self
     }
 
-    /// The transport for callbacks (default [`HttpSink::new()`]).
+    /// The transport for callbacks (default [`HttpSink::new()`] with the
+    /// [`attempt_timeout`](Self::attempt_timeout)).
     pub fn sink<K: CallbackSink>(mut self, sink: K) -> Self {
-        self.delivery = Some(Delivery::new(sink, Signer::default()));
+        self.sink = Some((Arc::new(sink), std::any::type_name::<K>()));
+        self
+    }
+
+    /// Where each event's life is recorded (default [`MemoryStore::new()`]). A durable store
+    /// (`store::RedbStore`, feature `redb`) keeps the delivery promise across a crash.
+    pub fn store<T: EventStore>(mut self, store: T) -> Self {
+        self.store = Some((Arc::new(store), std::any::type_name::<T>()));
+        self
+    }
+
+    /// The delays before retry 1, 2, …; a notification gets `1 + len` attempts. Each delay gets
+    /// ±20 % jitter and is lengthened to a receiver's `Retry-After` on `429`/`503` (capped at
+    /// [`MAX_RETRY_AFTER`](crate::retry::MAX_RETRY_AFTER)). An empty schedule means one attempt.
+    pub fn retry_schedule(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        self.retry_schedule = delays.into_iter().collect();
+        self
+    }
+
+    /// How long one delivery attempt may take before it counts as failed and is retried.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The most unfinished events at once — jobs running plus notifications not yet delivered
+    /// or dead. At the bound, async requests get `503` with `Retry-After`, code `overloaded`;
+    /// synchronous requests are never limited.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max;
+        self
+    }
+
+    /// How long a job may run before its event fails with code `timeout`.
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = Some(timeout);
+        self
+    }
+
+    /// Called with each notification that becomes a dead letter, for example to alert on it.
+    /// It runs on the delivery task: keep it short.
+    pub fn on_dead_letter(
+        mut self,
+        hook: impl Fn(&NotificationRecord) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_dead_letter = Some(Arc::new(hook));
         self
     }
 
@@ -177,6 +255,18 @@ impl AsyncRequestLayerBuilder {
                 self.receipt_status
             )));
         }
+        if self.max_in_flight == 0 || self.max_in_flight > u32::MAX as usize {
+            return Err(ConfigError::new(format!(
+                "max_in_flight must be between 1 and {}, not {}",
+                u32::MAX,
+                self.max_in_flight
+            )));
+        }
+        if self.attempt_timeout.is_zero() || self.job_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(
+                "attempt_timeout and job_timeout must be longer than zero",
+            ));
+        }
         if self.async_header == self.callback_header {
             return Err(ConfigError::new(
                 "async_header and callback_url_header must differ",
@@ -200,11 +290,31 @@ impl AsyncRequestLayerBuilder {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let signer = Signer::new(self.signing_key.as_deref(), &standard_keys);
-        let delivery = self
-            .delivery
-            .unwrap_or_else(|| Delivery::new(HttpSink::new(), Signer::default()))
-            .with_signer(signer);
-        Ok(AsyncRequestLayer::from_config(Arc::new(Config {
+        let (sink, sink_type) = self.sink.unwrap_or_else(|| {
+            let sink = HttpSink::new().timeout(self.attempt_timeout);
+            (Arc::new(sink), std::any::type_name::<HttpSink>())
+        });
+        let (store, store_type) = self.store.unwrap_or_else(|| {
+            (
+                Arc::new(MemoryStore::new()),
+                std::any::type_name::<MemoryStore>(),
+            )
+        });
+        let counters = Arc::default();
+        let delivery = Delivery {
+            sink,
+            sink_type,
+            signer,
+            policy: DeliveryPolicy {
+                schedule: self.retry_schedule,
+                ..DeliveryPolicy::default()
+            },
+            attempt_timeout: self.attempt_timeout,
+            store: store.clone(),
+            counters: Arc::clone(&counters),
+            on_dead_letter: self.on_dead_letter,
+        };
+        let config = Arc::new(Config {
             async_header: self.async_header,
             callback_header: self.callback_header,
             receipt_status: self.receipt_status,
@@ -213,9 +323,16 @@ impl AsyncRequestLayerBuilder {
             allow_private_callbacks: self.allow_private_callbacks,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
+            job_timeout: self.job_timeout,
+            runner: Runner::new(self.max_in_flight as u32),
             delivery,
-            ids: IdGenerator::global(),
-        })))
+            store,
+            store_type,
+            counters,
+            recovered: OnceCell::new(),
+        });
+        start_recovery(&config);
+        Ok(AsyncRequestLayer::from_config(config))
     }
 }
 

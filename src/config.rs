@@ -1,11 +1,18 @@
-//! The resolved configuration every clone of the layer and service shares through one `Arc`.
+//! The resolved configuration every clone of the layer, service and handle shares through one
+//! `Arc`: settings, the job runner, the delivery engine and the store.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderName, StatusCode, Uri};
+use tokio::sync::OnceCell;
 
 use crate::delivery::Delivery;
-use crate::ids::IdGenerator;
+use crate::metrics::Counters;
+use crate::runner::Runner;
+use crate::store::EventStore;
 
-#[derive(Debug)]
 pub(crate) struct Config {
     pub(crate) async_header: HeaderName,
     pub(crate) callback_header: HeaderName,
@@ -15,6 +22,31 @@ pub(crate) struct Config {
     pub(crate) allow_private_callbacks: bool,
     pub(crate) max_request_bytes: usize,
     pub(crate) max_response_bytes: usize,
+    pub(crate) job_timeout: Option<Duration>,
+    pub(crate) runner: Runner,
     pub(crate) delivery: Delivery,
-    pub(crate) ids: &'static IdGenerator,
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) store_type: &'static str,
+    pub(crate) counters: Arc<Counters>,
+    /// Set once what an earlier process left unfinished has been read from the store.
+    pub(crate) recovered: OnceCell<()>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("async_header", &self.async_header)
+            .field("callback_header", &self.callback_header)
+            .field("receipt_status", &self.receipt_status)
+            .field("instance_id", &self.instance_id)
+            .field("default_callback", &self.default_callback)
+            .field("allow_private_callbacks", &self.allow_private_callbacks)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("job_timeout", &self.job_timeout)
+            .field("runner", &self.runner)
+            .field("delivery", &self.delivery)
+            .field("store", &self.store_type)
+            .finish_non_exhaustive()
+    }
 }

@@ -1,33 +1,34 @@
-//! Delivery: signing a notification for an attempt, handing it to the sink, and judging the
-//! answer.
+//! Delivery: getting a notification to its receiver, with retries, or recording it as dead.
 //!
-//! The stages are small and typed so retries slot in between them: [`Delivery::prepare`] builds
-//! the signed request for one attempt (each attempt is re-signed with its own timestamp and keeps
-//! the notification id), the sink sends it, and [`AttemptOutcome::judge`] decides what the answer
-//! means. Today a notification gets one attempt whose outcome is logged.
+//! A pipeline of small typed stages, run for each attempt:
+//! [`Delivery::prepare`] signs the request for this attempt (its own Standard Webhooks timestamp,
+//! the same notification id), the sink sends it within the attempt timeout, and
+//! [`AttemptOutcome::judge`] says what the answer means. [`Delivery::run`] loops over attempts on
+//! the schedule of [`crate::retry`], records every step in the event store, and ends with
+//! *delivered* or *dead*.
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use tracing::Instrument;
 
 use crate::header::ELEMENTS_EVENT_ID;
-use crate::ids::{EventId, NotificationId};
+use crate::metrics::Counters;
+use crate::retry::{parse_retry_after, DeliveryPolicy};
 use crate::signature::Signer;
-use crate::sink::{CallbackSink, DynSink, SinkError, SinkErrorKind};
+use crate::sink::{DynSink, SinkError, SinkErrorKind};
+use crate::store::{unix_ms, DeliveryState, EventStore, NotificationRecord};
 
 const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
-/// A notification ready to be delivered: where, which ids, and the exact JSON body.
-#[derive(Debug, Clone)]
-pub(crate) struct PendingNotification {
-    pub(crate) target: Uri,
-    pub(crate) event_id: EventId,
-    pub(crate) notification_id: NotificationId,
-    pub(crate) body: Bytes,
-}
+/// Called with every notification that becomes a dead letter.
+pub(crate) type DeadLetterHook = Arc<dyn Fn(&NotificationRecord) + Send + Sync>;
 
 /// What one attempt's answer means for the notification.
 #[derive(Debug)]
@@ -35,8 +36,11 @@ pub(crate) enum AttemptOutcome {
     /// The receiver answered `2xx`.
     Delivered(StatusCode),
     /// A non-`2xx` answer (`3xx` included: redirects are not followed) that a later attempt may
-    /// fix.
-    Rejected(StatusCode),
+    /// fix, with the `Retry-After` it asked for on `429`/`503`.
+    Rejected {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
     /// No answer (connection error, timeout) that a later attempt may fix.
     Unreachable(SinkError),
     /// An answer or error after which retrying is pointless: `410 Gone`, a forbidden target, a
@@ -45,13 +49,26 @@ pub(crate) enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
-    pub(crate) fn judge(result: Result<Response<Bytes>, SinkError>) -> Self {
+    pub(crate) fn judge(result: Result<Response<Bytes>, SinkError>, now: SystemTime) -> Self {
         match result {
             Ok(answer) if answer.status().is_success() => Self::Delivered(answer.status()),
             Ok(answer) if answer.status() == StatusCode::GONE => {
                 Self::Final("the receiver answered 410 Gone".to_owned())
             }
-            Ok(answer) => Self::Rejected(answer.status()),
+            Ok(answer) => {
+                let status = answer.status();
+                let retry_after = matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                )
+                .then(|| answer.headers().get(header::RETRY_AFTER))
+                .flatten()
+                .and_then(|value| parse_retry_after(value, now));
+                Self::Rejected {
+                    status,
+                    retry_after,
+                }
+            }
             Err(error)
                 if matches!(
                     error.kind(),
@@ -65,12 +82,16 @@ impl AttemptOutcome {
     }
 }
 
-/// Signs and sends notifications through the configured sink.
-#[derive(Clone)]
+/// Signs, sends and retries notifications; records each step in the store.
 pub(crate) struct Delivery {
-    sink: Arc<dyn DynSink>,
-    sink_type: &'static str,
-    signer: Signer,
+    pub(crate) sink: Arc<dyn DynSink>,
+    pub(crate) sink_type: &'static str,
+    pub(crate) signer: Signer,
+    pub(crate) policy: DeliveryPolicy,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) on_dead_letter: Option<DeadLetterHook>,
 }
 
 impl fmt::Debug for Delivery {
@@ -78,33 +99,23 @@ impl fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("sink", &self.sink_type)
             .field("signer", &self.signer)
-            .finish()
+            .field("policy", &self.policy)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish_non_exhaustive()
     }
 }
 
 impl Delivery {
-    pub(crate) fn new<K: CallbackSink>(sink: K, signer: Signer) -> Self {
-        Self {
-            sink: Arc::new(sink),
-            sink_type: std::any::type_name::<K>(),
-            signer,
-        }
-    }
-
-    pub(crate) fn with_signer(mut self, signer: Signer) -> Self {
-        self.signer = signer;
-        self
-    }
-
     /// The signed request for one attempt made at `timestamp` (Unix seconds).
     pub(crate) fn prepare(
         &self,
-        notification: &PendingNotification,
+        notification: &NotificationRecord,
+        target: &Uri,
         timestamp: u64,
     ) -> Request<Bytes> {
         let mut request = Request::new(notification.body.clone());
         *request.method_mut() = Method::POST;
-        *request.uri_mut() = notification.target.clone();
+        *request.uri_mut() = target.clone();
         let headers = request.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -122,90 +133,212 @@ impl Delivery {
     }
 
     /// Makes one attempt now.
-    pub(crate) async fn attempt(&self, notification: &PendingNotification) -> AttemptOutcome {
-        let request = self.prepare(notification, unix_now());
-        AttemptOutcome::judge(self.sink.send_boxed(request).await)
+    pub(crate) async fn attempt(
+        &self,
+        notification: &NotificationRecord,
+        target: &Uri,
+    ) -> AttemptOutcome {
+        let now = SystemTime::now();
+        let timestamp = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let request = self.prepare(notification, target, timestamp);
+        let result =
+            match tokio::time::timeout(self.attempt_timeout, self.sink.send_boxed(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(SinkError::new(
+                    SinkErrorKind::Timeout,
+                    format!("no answer within {:?}", self.attempt_timeout),
+                )),
+            };
+        AttemptOutcome::judge(result, now)
     }
 
-    /// Delivers a notification and logs how it went.
-    pub(crate) async fn deliver(&self, notification: PendingNotification) {
-        match self.attempt(&notification).await {
-            AttemptOutcome::Delivered(status) => {
-                tracing::debug!(%status, "callback delivered");
+    /// Delivers a pending notification: attempts on schedule until it is delivered or dead.
+    pub(crate) async fn run(&self, mut notification: NotificationRecord) {
+        let target = match notification.target.parse::<Uri>() {
+            Ok(target) => target,
+            Err(_) => {
+                notification.last_error = Some("the stored callback URL is not a valid URI".into());
+                return self.bury(notification).await;
             }
-            AttemptOutcome::Rejected(status) => {
-                tracing::warn!(%status, target = %notification.target, "callback rejected by the receiver");
+        };
+        loop {
+            let wait = notification.next_attempt_at_ms.saturating_sub(unix_ms());
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
             }
-            AttemptOutcome::Unreachable(error) => {
-                tracing::warn!(%error, target = %notification.target, "callback receiver unreachable");
+            notification.attempts += 1;
+            let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
+            let (retry_after, error) = match self
+                .attempt(&notification, &target)
+                .instrument(span)
+                .await
+            {
+                AttemptOutcome::Delivered(status) => {
+                    tracing::debug!(%status, attempts = notification.attempts, "callback delivered");
+                    if let Err(error) = self.store.delivered(notification.notification_id).await {
+                        tracing::error!(%error, "could not record a delivery; it may be repeated after a restart");
+                    }
+                    Counters::sub(&self.counters.pending);
+                    Counters::add(&self.counters.delivered);
+                    return;
+                }
+                AttemptOutcome::Final(reason) => {
+                    notification.last_error = Some(reason);
+                    return self.bury(notification).await;
+                }
+                AttemptOutcome::Rejected {
+                    status,
+                    retry_after,
+                } => (retry_after, format!("the receiver answered {status}")),
+                AttemptOutcome::Unreachable(error) => (None, error.to_string()),
+            };
+            let delay = self
+                .policy
+                .delay_before(notification.attempts, retry_after, random_unit());
+            notification.last_error = Some(error);
+            let Some(delay) = delay else {
+                return self.bury(notification).await;
+            };
+            notification.next_attempt_at_ms = unix_ms() + delay.as_millis() as u64;
+            tracing::warn!(
+                error = notification.last_error.as_deref().unwrap_or_default(),
+                attempts = notification.attempts,
+                retry_in = ?delay,
+                target = %target,
+                "callback attempt failed; retrying",
+            );
+            if let Err(error) = self.store.attempted(&notification).await {
+                tracing::error!(%error, "could not record a failed attempt");
             }
-            AttemptOutcome::Final(reason) => {
-                tracing::warn!(%reason, target = %notification.target, "callback not delivered");
-            }
+            Counters::add(&self.counters.retries);
+        }
+    }
+
+    /// Records a notification as a dead letter.
+    async fn bury(&self, mut notification: NotificationRecord) {
+        notification.state = DeliveryState::Dead;
+        tracing::error!(
+            error = notification.last_error.as_deref().unwrap_or_default(),
+            attempts = notification.attempts,
+            target = %notification.target,
+            "callback not delivered; kept as a dead letter",
+        );
+        if let Err(error) = self.store.dead(&notification).await {
+            tracing::error!(%error, "could not record a dead letter");
+        }
+        Counters::sub(&self.counters.pending);
+        Counters::add(&self.counters.dead);
+        if let Some(hook) = &self.on_dead_letter {
+            hook(&notification);
         }
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// A uniform number in `[0, 1)` for jitter; randomly keyed per process, no extra dependency.
+fn random_unit() -> f64 {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = KEYS.get_or_init(RandomState::new).build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{EventId, NotificationId};
     use crate::sink::ChannelSink;
+    use crate::store::MemoryStore;
 
-    fn answer(status: u16) -> Result<Response<Bytes>, SinkError> {
+    fn answer(
+        status: u16,
+        retry_after: Option<&'static str>,
+    ) -> Result<Response<Bytes>, SinkError> {
         let mut response = Response::new(Bytes::new());
         *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(value) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(value));
+        }
         Ok(response)
+    }
+
+    fn judge(result: Result<Response<Bytes>, SinkError>) -> AttemptOutcome {
+        AttemptOutcome::judge(result, SystemTime::UNIX_EPOCH)
     }
 
     #[test]
     fn only_2xx_is_delivered_and_410_is_final() {
         assert!(matches!(
-            AttemptOutcome::judge(answer(200)),
+            judge(answer(200, None)),
             AttemptOutcome::Delivered(_)
         ));
         assert!(matches!(
-            AttemptOutcome::judge(answer(204)),
+            judge(answer(204, None)),
             AttemptOutcome::Delivered(_)
         ));
         for status in [301, 302, 307, 400, 429, 500, 503] {
             assert!(
-                matches!(AttemptOutcome::judge(answer(status)), AttemptOutcome::Rejected(s) if s.as_u16() == status)
+                matches!(judge(answer(status, None)), AttemptOutcome::Rejected { status: s, retry_after: None } if s.as_u16() == status)
             );
         }
-        assert!(matches!(
-            AttemptOutcome::judge(answer(410)),
-            AttemptOutcome::Final(_)
-        ));
+        assert!(matches!(judge(answer(410, None)), AttemptOutcome::Final(_)));
         let forbidden = SinkError::new(SinkErrorKind::Forbidden, "private");
-        assert!(matches!(
-            AttemptOutcome::judge(Err(forbidden)),
-            AttemptOutcome::Final(_)
-        ));
+        assert!(matches!(judge(Err(forbidden)), AttemptOutcome::Final(_)));
         let refused = SinkError::new(SinkErrorKind::Connect, "refused");
         assert!(matches!(
-            AttemptOutcome::judge(Err(refused)),
+            judge(Err(refused)),
             AttemptOutcome::Unreachable(_)
         ));
+    }
+
+    #[test]
+    fn retry_after_is_read_only_on_429_and_503() {
+        let asked = |status| match judge(answer(status, Some("42"))) {
+            AttemptOutcome::Rejected { retry_after, .. } => retry_after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(asked(429), Some(Duration::from_secs(42)));
+        assert_eq!(asked(503), Some(Duration::from_secs(42)));
+        assert_eq!(asked(500), None);
+    }
+
+    #[test]
+    fn random_units_are_in_range_and_vary() {
+        let values: Vec<f64> = (0..100).map(|_| random_unit()).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        assert!(values.windows(2).any(|w| w[0] != w[1]));
     }
 
     #[tokio::test]
     async fn prepared_request_is_a_signed_json_post_to_the_target() {
         let (sink, mut callbacks) = ChannelSink::new(1);
-        let delivery = Delivery::new(sink, Signer::new(Some(b"event-signature-key"), &[]));
-        let notification = PendingNotification {
-            target: "https://hooks.example.com/in".parse().unwrap(),
+        let delivery = Delivery {
+            sink: Arc::new(sink),
+            sink_type: "ChannelSink",
+            signer: Signer::new(Some(b"event-signature-key"), &[]),
+            policy: DeliveryPolicy::default(),
+            attempt_timeout: Duration::from_secs(5),
+            store: Arc::new(MemoryStore::new()),
+            counters: Arc::default(),
+            on_dead_letter: None,
+        };
+        let notification = NotificationRecord {
             event_id: EventId::new(1028),
             notification_id: NotificationId::new(1084),
+            target: "https://hooks.example.com/in".into(),
             body: Bytes::from_static(b"{}"),
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            last_error: None,
+            state: DeliveryState::Pending,
         };
+        let target = notification.target.parse().unwrap();
         assert!(matches!(
-            delivery.attempt(&notification).await,
+            delivery.attempt(&notification, &target).await,
             AttemptOutcome::Delivered(_)
         ));
         let sent = callbacks.recv().await.unwrap();

@@ -1,10 +1,11 @@
 //! Dispatch: what happens to an accepted async request before the client gets its receipt.
 //!
 //! Read the whole request body (a connection may close once the client has its `202`, so the
-//! body cannot be left for later), take the event and notification ids, call the readied inner
-//! service, and spawn one task that runs the job and delivers its notification — carrying the
-//! caller's tracing span. If the client goes away while its body is being read, this future is
-//! dropped and nothing was recorded or started.
+//! body cannot be left for later), take ids from the store and commit the event as *dispatched*,
+//! call the readied inner service, and spawn one task that runs the job and delivers its
+//! notification — carrying the caller's tracing span. The receipt is sent only after the store
+//! has committed the event. If the client goes away before that, this future is dropped and
+//! nothing was recorded or started.
 
 use std::sync::Arc;
 
@@ -17,11 +18,14 @@ use tracing::Instrument;
 
 use crate::body::RequestBody;
 use crate::config::Config;
-use crate::delivery::PendingNotification;
 use crate::job;
+use crate::metrics::Counters;
 use crate::receipt::receipt;
+use crate::recovery::ensure_recovered;
 use crate::refusal::{Refusal, RefusalCode};
+use crate::runner::Permit;
 use crate::service::request_too_large;
+use crate::store::{unix_ms, EventRecord, StoreError};
 use crate::BoxError;
 
 pub(crate) async fn dispatch<S, ReqBody, ResBody>(
@@ -29,6 +33,7 @@ pub(crate) async fn dispatch<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
     callback: Uri,
     config: Arc<Config>,
+    permit: Permit,
     parent: tracing::Span,
 ) -> Response<Bytes>
 where
@@ -57,8 +62,19 @@ where
     let trailers = collected.trailers().cloned();
     let request = Request::from_parts(parts, RequestBody::buffered(collected.to_bytes(), trailers));
 
-    let event_id = config.ids.event_id();
-    let notification_id = config.ids.notification_id();
+    let event = match record_dispatched(&config, &callback).await {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(%error, "could not record an async request; refusing it");
+            return Refusal::new(
+                RefusalCode::StoreUnavailable,
+                "The service could not record the request; nothing was started. Retry later.",
+            )
+            .into_response();
+        }
+    };
+    Counters::add(&config.counters.accepted);
+    let (event_id, notification_id) = (event.event_id, event.notification_id);
     let span = tracing::info_span!(
         parent: &parent,
         "async_request",
@@ -69,16 +85,33 @@ where
     let work = span.in_scope(|| ready.call(request));
     let shared = config.clone();
     let job = async move {
-        let outcome = job::run(work, shared.max_response_bytes).await;
-        let body = outcome.to_json(event_id, shared.instance_id, notification_id);
-        let notification = PendingNotification {
-            target: callback,
-            event_id,
-            notification_id,
-            body,
-        };
-        shared.delivery.deliver(notification).await;
+        let _permit = permit;
+        Counters::add(&shared.counters.running);
+        if let Err(error) = shared.store.running(event_id).await {
+            tracing::warn!(%error, "could not record that the job started");
+        }
+        let outcome = job::run(work, shared.max_response_bytes, shared.job_timeout).await;
+        Counters::sub(&shared.counters.running);
+        job::conclude(&shared, event_id, notification_id, event.target, outcome).await;
     };
     tokio::spawn(job.instrument(span));
     receipt(config.receipt_status, event_id)
+}
+
+/// Takes ids and commits the event; the receipt may be sent once this returns.
+async fn record_dispatched(
+    config: &Arc<Config>,
+    callback: &Uri,
+) -> Result<EventRecord, StoreError> {
+    ensure_recovered(config).await?;
+    let (event_id, notification_id) = config.store.allocate_ids().await?;
+    let event = EventRecord {
+        event_id,
+        notification_id,
+        target: callback.to_string(),
+        accepted_at_ms: unix_ms(),
+        running: false,
+    };
+    config.store.dispatched(&event).await?;
+    Ok(event)
 }

@@ -74,6 +74,21 @@ impl IdGenerator {
         }
     }
 
+    /// A generator that starts at the clock, or above `floor` if that is higher (a durable store
+    /// passes the next id it persisted, so ids never repeat even if the clock moved back).
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
+    pub(crate) fn starting_above(floor: u64) -> Self {
+        let generator = Self::starting_at(SystemTime::now());
+        generator.next.fetch_max(floor, Ordering::Relaxed);
+        generator
+    }
+
+    /// The next id this generator would hand out (every id it handed out is below it).
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
+    pub(crate) fn peek(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
+    }
+
     /// The generator every layer of this process shares.
     pub(crate) fn global() -> &'static Self {
         static GLOBAL: OnceLock<IdGenerator> = OnceLock::new();

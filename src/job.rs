@@ -1,25 +1,85 @@
 //! The job: the inner service's work for one accepted event, run in a spawned task.
 //!
-//! It drives the inner response future, catches a panic (the layer keeps working), reads the
-//! response body up to `max_response_bytes`, and turns whatever happened into an [`Outcome`] for
-//! the notification.
+//! [`run`] drives the inner response future (within the job timeout), catches a panic (the layer
+//! keeps working), reads the response body up to `max_response_bytes`, and turns whatever
+//! happened into an [`Outcome`]. [`conclude`] writes that outcome as the notification, records it
+//! as pending, and hands it to delivery.
 
 use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{header, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 
+use crate::config::Config;
+use crate::ids::{EventId, NotificationId};
+use crate::metrics::Counters;
 use crate::notification::{FailureCode, Outcome};
+use crate::store::{unix_ms, DeliveryState, NotificationRecord};
 use crate::BoxError;
 
-/// Runs the work behind one event to its outcome.
-pub(crate) async fn run<F, B, E>(work: F, max_response_bytes: usize) -> Outcome
+/// Runs the work behind one event to its outcome, giving up after `timeout`.
+pub(crate) async fn run<F, B, E>(
+    work: F,
+    max_response_bytes: usize,
+    timeout: Option<Duration>,
+) -> Outcome
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+    E: Into<BoxError>,
+{
+    let Some(limit) = timeout else {
+        return run_to_end(work, max_response_bytes).await;
+    };
+    tokio::time::timeout(limit, run_to_end(work, max_response_bytes))
+        .await
+        .unwrap_or_else(|_| {
+            Outcome::failed(
+                FailureCode::Timeout,
+                format!("the job did not finish within {limit:?}"),
+            )
+        })
+}
+
+/// Ends an event: counts its outcome, records its notification as pending and delivers it.
+pub(crate) async fn conclude(
+    config: &Config,
+    event_id: EventId,
+    notification_id: NotificationId,
+    target: String,
+    outcome: Outcome,
+) {
+    let counter = match outcome {
+        Outcome::Completed { .. } => &config.counters.completed,
+        Outcome::Failed { .. } => &config.counters.failed,
+    };
+    Counters::add(counter);
+    let notification = NotificationRecord {
+        event_id,
+        notification_id,
+        target,
+        body: outcome.to_json(event_id, config.instance_id, notification_id),
+        attempts: 0,
+        next_attempt_at_ms: unix_ms(),
+        last_error: None,
+        state: DeliveryState::Pending,
+    };
+    if let Err(error) = config.store.finished(&notification).await {
+        tracing::error!(%error, "could not record a finished event; delivering anyway");
+    }
+    Counters::add(&config.counters.pending);
+    config.delivery.run(notification).await;
+}
+
+async fn run_to_end<F, B, E>(work: F, max_response_bytes: usize) -> Outcome
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Body,
@@ -119,7 +179,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_becomes_completed_with_status_and_body() {
-        match run(async { ok("done") }, 1024).await {
+        match run(async { ok("done") }, 1024, None).await {
             Outcome::Completed {
                 status,
                 body,
@@ -136,7 +196,7 @@ mod tests {
     #[tokio::test]
     async fn an_inner_error_becomes_failed_inner_error() {
         let work = async { Err::<Response<Full<Bytes>>, _>(std::io::Error::other("db down")) };
-        match run(work, 1024).await {
+        match run(work, 1024, None).await {
             Outcome::Failed { code, message } => {
                 assert_eq!(code, FailureCode::InnerError);
                 assert_eq!(message, "db down");
@@ -153,7 +213,7 @@ mod tests {
             }
             ok("unreachable")
         };
-        match run(work, 1024).await {
+        match run(work, 1024, None).await {
             Outcome::Failed { code, message } => {
                 assert_eq!(code, FailureCode::Panic);
                 assert!(!message.contains("secret"));
@@ -162,10 +222,29 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_job_past_its_timeout_becomes_failed_timeout() {
+        let work = async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            ok("late")
+        };
+        let outcome = run(work, 1024, Some(Duration::from_secs(1))).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Failed {
+                    code: FailureCode::Timeout,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_body_over_the_limit_becomes_response_too_large() {
         for limit in [3, 4] {
-            let outcome = run(async { ok("12345") }, limit).await;
+            let outcome = run(async { ok("12345") }, limit, None).await;
             assert!(
                 matches!(
                     outcome,
@@ -178,7 +257,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            run(async { ok("12345") }, 5).await,
+            run(async { ok("12345") }, 5, None).await,
             Outcome::Completed { .. }
         ));
     }

@@ -5,6 +5,7 @@ use tower_layer::Layer;
 
 use crate::builder::AsyncRequestLayerBuilder;
 use crate::config::Config;
+use crate::handle::AsyncRequestHandle;
 use crate::service::AsyncRequest;
 
 /// Applies [`AsyncRequest`] to a service; see the [crate docs](crate) for an example.
@@ -19,6 +20,11 @@ impl AsyncRequestLayer {
     /// Starts configuring a layer.
     pub fn builder() -> AsyncRequestLayerBuilder {
         AsyncRequestLayerBuilder::default()
+    }
+
+    /// A handle for graceful shutdown, dead letters, redelivery and counters.
+    pub fn handle(&self) -> AsyncRequestHandle {
+        AsyncRequestHandle::new(self.config.clone())
     }
 
     pub(crate) fn from_config(config: Arc<Config>) -> Self {

@@ -98,27 +98,37 @@ mod config;
 mod delivery;
 mod dispatch;
 mod future;
+mod handle;
 pub mod header;
 mod ids;
 mod job;
 mod layer;
+mod metrics;
 pub mod notification;
 mod receipt;
+mod recovery;
 mod refusal;
+pub mod retry;
+mod runner;
 mod service;
 mod signature;
 pub mod sink;
+pub mod store;
 pub mod verify;
 
 pub use self::body::{RequestBody, ResponseBody};
 pub use self::builder::{
-    AsyncRequestLayerBuilder, ConfigError, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES,
+    AsyncRequestLayerBuilder, ConfigError, DEFAULT_JOB_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
 };
 pub use self::callback_url::MAX_CALLBACK_URL_BYTES;
 pub use self::future::ResponseFuture;
+pub use self::handle::{AsyncRequestHandle, RedeliverError, ShutdownReport};
 pub use self::ids::{EventId, NotificationId, MAX_SAFE_ID};
 pub use self::layer::AsyncRequestLayer;
+pub use self::metrics::Metrics;
 pub use self::refusal::RefusalCode;
+pub use self::runner::DEFAULT_MAX_IN_FLIGHT;
 pub use self::service::AsyncRequest;
 
 /// Boxed error type used for inner service and body errors.

@@ -23,6 +23,12 @@ pub enum RefusalCode {
     RequestTooLarge,
     /// The request body of an async request could not be read. `400`.
     RequestBodyError,
+    /// The layer already holds its maximum of unfinished events. `503` with `Retry-After`.
+    Overloaded,
+    /// The layer is shutting down and takes no new async work. `503`.
+    ShuttingDown,
+    /// The event store could not record the event, so it was not accepted. `503`.
+    StoreUnavailable,
 }
 
 impl RefusalCode {
@@ -35,6 +41,9 @@ impl RefusalCode {
             Self::ForbiddenCallbackUrl => "forbidden_callback_url",
             Self::RequestTooLarge => "request_too_large",
             Self::RequestBodyError => "request_body_error",
+            Self::Overloaded => "overloaded",
+            Self::ShuttingDown => "shutting_down",
+            Self::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -42,6 +51,9 @@ impl RefusalCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Overloaded | Self::ShuttingDown | Self::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -70,6 +82,12 @@ impl Refusal {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if self.code == RefusalCode::Overloaded {
+            // Unfinished events end as jobs finish and callbacks land; a second is a fair guess.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }
@@ -88,5 +106,15 @@ mod tests {
             body,
             serde_json::json!({"code": "request_too_large", "message": "too \"big\""})
         );
+        assert!(!response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn overload_is_503_with_retry_after() {
+        let response = Refusal::new(RefusalCode::Overloaded, "busy").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let response = Refusal::new(RefusalCode::ShuttingDown, "bye").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -102,6 +102,10 @@ where
                         request_too_large(self.config.max_request_bytes).into_response(),
                     );
                 }
+                let permit = match self.config.runner.admit() {
+                    Ok(permit) => permit,
+                    Err(refusal) => return ResponseFuture::answer(refusal.into_response()),
+                };
                 // Only the instance that was polled ready may be called: keep a fresh clone here
                 // and hand the ready one to the dispatch, which calls it once the body is read.
                 let fresh = self.inner.clone();
@@ -112,6 +116,7 @@ where
                     request,
                     callback,
                     self.config.clone(),
+                    permit,
                     parent,
                 )))
             }

@@ -1,0 +1,78 @@
+//! Recovery: on start-up, finish what an earlier process left in the store.
+//!
+//! Events that were dispatched or running when that process died get a `failed` notification with
+//! code `interrupted` (under the notification id they were given at dispatch); pending
+//! notifications resume their schedule where it stopped. The store is read once, before this
+//! process records its first event, so new events are never mistaken for old ones.
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::job::conclude;
+use crate::metrics::Counters;
+use crate::notification::{FailureCode, Outcome};
+use crate::store::{Recovery, StoreError};
+
+/// Reads the store once (later calls return at once) and starts finishing what it holds.
+pub(crate) async fn ensure_recovered(config: &Arc<Config>) -> Result<(), StoreError> {
+    config
+        .recovered
+        .get_or_try_init(|| async {
+            let recovery = config.store.recover().await?;
+            if !recovery.unfinished.is_empty() || !recovery.pending.is_empty() {
+                tracing::info!(
+                    interrupted = recovery.unfinished.len(),
+                    pending = recovery.pending.len(),
+                    "resuming work an earlier process left unfinished",
+                );
+                tokio::spawn(resume(config.clone(), recovery));
+            }
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Starts recovery in the background if a runtime is at hand (otherwise the first async request
+/// or handle call does it).
+pub(crate) fn start_recovery(config: &Arc<Config>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let config = config.clone();
+        runtime.spawn(async move {
+            if let Err(error) = ensure_recovered(&config).await {
+                tracing::error!(%error, "could not read unfinished work from the event store");
+            }
+        });
+    }
+}
+
+async fn resume(config: Arc<Config>, recovery: Recovery) {
+    for event in recovery.unfinished {
+        let permit = config.runner.wait_for_permit().await;
+        let config = config.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = Outcome::failed(
+                FailureCode::Interrupted,
+                "the process ended before the job finished",
+            );
+            conclude(
+                &config,
+                event.event_id,
+                event.notification_id,
+                event.target,
+                outcome,
+            )
+            .await;
+        });
+    }
+    for notification in recovery.pending {
+        let permit = config.runner.wait_for_permit().await;
+        let config = config.clone();
+        Counters::add(&config.counters.pending);
+        tokio::spawn(async move {
+            let _permit = permit;
+            config.delivery.run(notification).await;
+        });
+    }
+}

@@ -1,0 +1,113 @@
+//! The job runner's limits: how many events may be unfinished at once, and whether new async work
+//! is taken at all.
+//!
+//! An event holds one permit from its receipt until its notification is delivered or dead, so
+//! `max_in_flight` bounds running jobs *and* undelivered notifications together: memory stays
+//! bounded however long a receiver is down. At the bound, and while shutting down, new async
+//! requests are refused with `503`; synchronous traffic never asks for a permit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::refusal::{Refusal, RefusalCode};
+
+/// Default bound on unfinished events.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+
+#[derive(Debug)]
+pub(crate) struct Runner {
+    permits: Arc<Semaphore>,
+    max_in_flight: u32,
+    shutting_down: AtomicBool,
+}
+
+/// Held by an event until it is finished for good.
+pub(crate) type Permit = OwnedSemaphorePermit;
+
+impl Runner {
+    pub(crate) fn new(max_in_flight: u32) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_in_flight as usize)),
+            max_in_flight,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// A permit for a new event, or the refusal to send instead.
+    pub(crate) fn admit(&self) -> Result<Permit, Refusal> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Refusal::new(
+                RefusalCode::ShuttingDown,
+                "The service is shutting down and takes no new async requests.",
+            ));
+        }
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            Refusal::new(
+                RefusalCode::Overloaded,
+                format!(
+                    "The service already holds its maximum of {} unfinished async requests; retry later.",
+                    self.max_in_flight
+                ),
+            )
+        })
+    }
+
+    /// A permit for recovered or redelivered work, waiting for one if needed.
+    pub(crate) async fn wait_for_permit(&self) -> Permit {
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Events holding a permit now.
+    pub(crate) fn in_flight(&self) -> u64 {
+        u64::from(self.max_in_flight) - self.permits.available_permits() as u64
+    }
+
+    pub(crate) fn stop_admitting(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+
+    /// Waits until no event is unfinished or `deadline` passes; true when drained.
+    pub(crate) async fn drained(&self, deadline: Duration) -> bool {
+        match tokio::time::timeout(deadline, self.permits.acquire_many(self.max_in_flight)).await {
+            Ok(Ok(all)) => {
+                drop(all);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn admits_up_to_the_bound_then_refuses_overloaded() {
+        let runner = Runner::new(2);
+        let first = runner.admit().unwrap();
+        let _second = runner.admit().unwrap();
+        assert_eq!(runner.admit().unwrap_err().code, RefusalCode::Overloaded);
+        assert_eq!(runner.in_flight(), 2);
+        drop(first);
+        assert!(runner.admit().is_ok());
+    }
+
+    #[tokio::test]
+    async fn shutting_down_refuses_and_drains() {
+        let runner = Runner::new(4);
+        let permit = runner.admit().unwrap();
+        runner.stop_admitting();
+        assert_eq!(runner.admit().unwrap_err().code, RefusalCode::ShuttingDown);
+        assert!(!runner.drained(Duration::from_millis(20)).await);
+        drop(permit);
+        assert!(runner.drained(Duration::from_secs(5)).await);
+    }
+}

@@ -1,0 +1,552 @@
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    unix_ms, DeliveryState, EventRecord, EventStore, NotificationRecord, Recovery, StoreError,
+    StoreFuture,
+};
+use crate::ids::{EventId, IdGenerator, NotificationId};
+
+const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const NEXT_ID: &str = "next_id";
+
+/// Most writes folded into one transaction.
+const MAX_BATCH: usize = 4096;
+
+/// The embedded durable store: an event's life in a [redb](https://www.redb.org) file, so the
+/// delivery promise holds across a crash (`kill -9`) and restart.
+///
+/// Every write is committed (fsync) before the future that asked for it resolves, so a receipt is
+/// only sent for an event that is on disk. Writes from concurrent requests are *group-committed*:
+/// one writer thread folds every write waiting at that moment into one transaction, so throughput
+/// does not collapse to one fsync per request. Ids continue above the highest one persisted, so
+/// they never repeat across restarts.
+///
+/// Dead letters stay in the file until redelivered.
+///
+/// # Example
+///
+/// ```no_run
+/// use tower_async_request::{store::RedbStore, AsyncRequestLayer};
+///
+/// let layer = AsyncRequestLayer::builder()
+///     .default_callback_url("https://hooks.example.com/in")
+///     .store(RedbStore::open("async-requests.redb")?)
+///     .build()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Arc<Database>,
+    ids: Arc<IdGenerator>,
+    // Both are `Some` until drop, which closes the queue and waits for the writer to finish, so
+    // the file is released when the store is gone.
+    writes: Option<mpsc::UnboundedSender<Write>>,
+    writer: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        self.writes = None;
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Op {
+    Dispatched(EventRecord),
+    Running(EventId),
+    Finished(NotificationRecord),
+    Attempted(NotificationRecord),
+    Delivered(NotificationId),
+    Dead(NotificationRecord),
+    Revive(NotificationId),
+}
+
+#[derive(Debug)]
+struct Write {
+    op: Op,
+    done: oneshot::Sender<Result<Option<NotificationRecord>, String>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredEvent {
+    notification_id: u64,
+    target: String,
+    accepted_at_ms: u64,
+    running: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredNotification {
+    event_id: u64,
+    target: String,
+    attempts: u32,
+    next_attempt_at_ms: u64,
+    last_error: Option<String>,
+    dead: bool,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let db = Database::create(path).map_err(StoreError::new)?;
+        let txn = db.begin_write().map_err(StoreError::new)?;
+        let floor = {
+            txn.open_table(EVENTS).map_err(StoreError::new)?;
+            txn.open_table(NOTIFICATIONS).map_err(StoreError::new)?;
+            let meta = txn.open_table(META).map_err(StoreError::new)?;
+            let floor = meta
+                .get(NEXT_ID)
+                .map_err(StoreError::new)?
+                .map_or(0, |v| v.value());
+            floor
+        };
+        txn.commit().map_err(StoreError::new)?;
+        let db = Arc::new(db);
+        let ids = Arc::new(IdGenerator::starting_above(floor));
+        let (writes, queue) = mpsc::unbounded_channel();
+        let (writer_db, writer_ids) = (db.clone(), ids.clone());
+        let writer = thread::Builder::new()
+            .name("redb-store-writer".into())
+            .spawn(move || write_loop(&writer_db, &writer_ids, queue))
+            .map_err(StoreError::new)?;
+        Ok(Self {
+            db,
+            ids,
+            writes: Some(writes),
+            writer: Some(writer),
+        })
+    }
+
+    fn write(&self, op: Op) -> StoreFuture<'_, Option<NotificationRecord>> {
+        let (done, result) = oneshot::channel();
+        let sent = self
+            .writes
+            .as_ref()
+            .is_some_and(|writes| writes.send(Write { op, done }).is_ok());
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::new("the store writer has stopped"));
+            }
+            result
+                .await
+                .map_err(|_| StoreError::new("the store writer has stopped"))?
+                .map_err(StoreError::new)
+        })
+    }
+
+    fn write_unit(&self, op: Op) -> StoreFuture<'_, ()> {
+        let write = self.write(op);
+        Box::pin(async move { write.await.map(|_| ()) })
+    }
+
+    fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Database) -> Result<T, redb::Error> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || read(&db))
+                .await
+                .map_err(StoreError::new)?
+                .map_err(StoreError::new)
+        })
+    }
+}
+
+/// The writer thread: one transaction (one fsync) for every write waiting at that moment.
+fn write_loop(db: &Database, ids: &IdGenerator, mut queue: mpsc::UnboundedReceiver<Write>) {
+    let mut batch = Vec::new();
+    while let Some(first) = queue.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let results = apply(db, ids, &batch);
+        match results {
+            Ok(results) => {
+                for (write, result) in batch.drain(..).zip(results) {
+                    let _ = write.done.send(Ok(result));
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for write in batch.drain(..) {
+                    let _ = write.done.send(Err(message.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn apply(
+    db: &Database,
+    ids: &IdGenerator,
+    batch: &[Write],
+) -> Result<Vec<Option<NotificationRecord>>, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut results = Vec::with_capacity(batch.len());
+    {
+        let mut events = txn.open_table(EVENTS)?;
+        let mut notifications = txn.open_table(NOTIFICATIONS)?;
+        for write in batch {
+            let mut result = None;
+            match &write.op {
+                Op::Dispatched(event) => {
+                    events.insert(event.event_id.get(), encode_event(event).as_slice())?;
+                }
+                Op::Running(event_id) => {
+                    let stored = events.get(event_id.get())?.map(|v| v.value().to_vec());
+                    if let Some(bytes) = stored {
+                        let mut event: StoredEvent = decode_json(&bytes)?;
+                        event.running = true;
+                        events.insert(event_id.get(), json(&event).as_slice())?;
+                    }
+                }
+                Op::Finished(notification) => {
+                    events.remove(notification.event_id.get())?;
+                    notifications.insert(
+                        notification.notification_id.get(),
+                        encode_notification(notification).as_slice(),
+                    )?;
+                }
+                Op::Attempted(notification) | Op::Dead(notification) => {
+                    let mut notification = notification.clone();
+                    if matches!(write.op, Op::Dead(_)) {
+                        notification.state = DeliveryState::Dead;
+                    }
+                    notifications.insert(
+                        notification.notification_id.get(),
+                        encode_notification(&notification).as_slice(),
+                    )?;
+                }
+                Op::Delivered(notification_id) => {
+                    notifications.remove(notification_id.get())?;
+                }
+                Op::Revive(notification_id) => {
+                    let stored = notifications
+                        .get(notification_id.get())?
+                        .map(|v| v.value().to_vec());
+                    if let Some(bytes) = stored {
+                        let mut record = decode_notification(notification_id.get(), &bytes)?;
+                        if record.state == DeliveryState::Dead {
+                            record.state = DeliveryState::Pending;
+                            record.attempts = 0;
+                            record.next_attempt_at_ms = unix_ms();
+                            notifications.insert(
+                                notification_id.get(),
+                                encode_notification(&record).as_slice(),
+                            )?;
+                            result = Some(record);
+                        }
+                    }
+                }
+            }
+            results.push(result);
+        }
+        // Every id handed out so far is below this, so a restart continues above it.
+        txn.open_table(META)?.insert(NEXT_ID, ids.peek())?;
+    }
+    txn.commit()?;
+    Ok(results)
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records serialize")
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, redb::Error> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| redb::Error::Corrupted(format!("unreadable record: {e}")))
+}
+
+fn encode_event(event: &EventRecord) -> Vec<u8> {
+    json(&StoredEvent {
+        notification_id: event.notification_id.get(),
+        target: event.target.clone(),
+        accepted_at_ms: event.accepted_at_ms,
+        running: event.running,
+    })
+}
+
+/// `[meta length: u32 LE][meta JSON][body bytes]`: the body is stored as-is, not re-encoded.
+fn encode_notification(record: &NotificationRecord) -> Vec<u8> {
+    let meta = json(&StoredNotification {
+        event_id: record.event_id.get(),
+        target: record.target.clone(),
+        attempts: record.attempts,
+        next_attempt_at_ms: record.next_attempt_at_ms,
+        last_error: record.last_error.clone(),
+        dead: record.state == DeliveryState::Dead,
+    });
+    let mut out = Vec::with_capacity(4 + meta.len() + record.body.len());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&record.body);
+    out
+}
+
+fn decode_notification(id: u64, bytes: &[u8]) -> Result<NotificationRecord, redb::Error> {
+    let corrupted = || redb::Error::Corrupted("truncated notification record".into());
+    let len = u32::from_le_bytes(
+        bytes
+            .get(..4)
+            .ok_or_else(corrupted)?
+            .try_into()
+            .map_err(|_| corrupted())?,
+    ) as usize;
+    let meta: StoredNotification = decode_json(bytes.get(4..4 + len).ok_or_else(corrupted)?)?;
+    Ok(NotificationRecord {
+        event_id: EventId::new(meta.event_id),
+        notification_id: NotificationId::new(id),
+        target: meta.target,
+        body: Bytes::copy_from_slice(&bytes[4 + len..]),
+        attempts: meta.attempts,
+        next_attempt_at_ms: meta.next_attempt_at_ms,
+        last_error: meta.last_error,
+        state: if meta.dead {
+            DeliveryState::Dead
+        } else {
+            DeliveryState::Pending
+        },
+    })
+}
+
+fn notifications_where(
+    db: &Database,
+    state: DeliveryState,
+) -> Result<Vec<NotificationRecord>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(NOTIFICATIONS)?;
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (id, bytes) = entry?;
+        let record = decode_notification(id.value(), bytes.value())?;
+        if record.state == state {
+            out.push(record);
+        }
+    }
+    Ok(out)
+}
+
+impl EventStore for RedbStore {
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn allocate_ids(&self) -> StoreFuture<'_, (EventId, NotificationId)> {
+        let ids = (self.ids.event_id(), self.ids.notification_id());
+        Box::pin(async move { Ok(ids) })
+    }
+
+    fn dispatched<'a>(&'a self, event: &'a EventRecord) -> StoreFuture<'a, ()> {
+        self.write_unit(Op::Dispatched(event.clone()))
+    }
+
+    fn running(&self, event_id: EventId) -> StoreFuture<'_, ()> {
+        self.write_unit(Op::Running(event_id))
+    }
+
+    fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.write_unit(Op::Finished(notification.clone()))
+    }
+
+    fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.write_unit(Op::Attempted(notification.clone()))
+    }
+
+    fn delivered(&self, notification_id: NotificationId) -> StoreFuture<'_, ()> {
+        self.write_unit(Op::Delivered(notification_id))
+    }
+
+    fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.write_unit(Op::Dead(notification.clone()))
+    }
+
+    fn recover(&self) -> StoreFuture<'_, Recovery> {
+        self.read(|db| {
+            let txn = db.begin_read()?;
+            let events = txn.open_table(EVENTS)?;
+            let mut unfinished = Vec::new();
+            for entry in events.iter()? {
+                let (id, bytes) = entry?;
+                let stored: StoredEvent = decode_json(bytes.value())?;
+                unfinished.push(EventRecord {
+                    event_id: EventId::new(id.value()),
+                    notification_id: NotificationId::new(stored.notification_id),
+                    target: stored.target,
+                    accepted_at_ms: stored.accepted_at_ms,
+                    running: stored.running,
+                });
+            }
+            let pending = notifications_where(db, DeliveryState::Pending)?;
+            Ok(Recovery {
+                unfinished,
+                pending,
+            })
+        })
+    }
+
+    fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
+        self.read(|db| notifications_where(db, DeliveryState::Dead))
+    }
+
+    fn revive(
+        &self,
+        notification_id: NotificationId,
+    ) -> StoreFuture<'_, Option<NotificationRecord>> {
+        self.write(Op::Revive(notification_id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("tar-redb-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        dir
+    }
+
+    fn notification(event: &EventRecord) -> NotificationRecord {
+        NotificationRecord {
+            event_id: event.event_id,
+            notification_id: event.notification_id,
+            target: event.target.clone(),
+            body: Bytes::from_static(b"{\"eventId\":1}\xff"),
+            attempts: 0,
+            next_attempt_at_ms: 5,
+            last_error: None,
+            state: DeliveryState::Pending,
+        }
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening_and_ids_continue_above() {
+        let path = temp_path("reopen");
+        let (first_ids, event, pending);
+        {
+            let store = RedbStore::open(&path).unwrap();
+            first_ids = store.allocate_ids().await.unwrap();
+            event = EventRecord {
+                event_id: first_ids.0,
+                notification_id: first_ids.1,
+                target: "https://example.com/a".into(),
+                accepted_at_ms: 1,
+                running: false,
+            };
+            store.dispatched(&event).await.unwrap();
+            store.running(event.event_id).await.unwrap();
+            let (e2, n2) = store.allocate_ids().await.unwrap();
+            let second = EventRecord {
+                event_id: e2,
+                notification_id: n2,
+                target: "https://example.com/b".into(),
+                accepted_at_ms: 2,
+                running: false,
+            };
+            store.dispatched(&second).await.unwrap();
+            pending = NotificationRecord {
+                attempts: 2,
+                last_error: Some("503".into()),
+                ..notification(&second)
+            };
+            store.finished(&pending).await.unwrap();
+            store.attempted(&pending).await.unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let recovery = store.recover().await.unwrap();
+        assert_eq!(
+            recovery.unfinished,
+            vec![EventRecord {
+                running: true,
+                ..event
+            }]
+        );
+        assert_eq!(recovery.pending, vec![pending.clone()]);
+        let (next, _) = store.allocate_ids().await.unwrap();
+        assert!(next.get() > pending.notification_id.get());
+        store.delivered(pending.notification_id).await.unwrap();
+        assert!(store.recover().await.unwrap().pending.is_empty());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_kept_and_revivable() {
+        let path = temp_path("dead");
+        let store = RedbStore::open(&path).unwrap();
+        let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+        let event = EventRecord {
+            event_id,
+            notification_id,
+            target: "https://example.com/".into(),
+            accepted_at_ms: 1,
+            running: true,
+        };
+        store.dispatched(&event).await.unwrap();
+        let record = notification(&event);
+        store.finished(&record).await.unwrap();
+        store
+            .dead(&NotificationRecord {
+                attempts: 8,
+                last_error: Some("gone".into()),
+                ..record.clone()
+            })
+            .await
+            .unwrap();
+        let dead = store.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].state, dead[0].attempts), (DeliveryState::Dead, 8));
+        assert_eq!(dead[0].body, record.body);
+        assert!(store.recover().await.unwrap().pending.is_empty());
+        let revived = store.revive(notification_id).await.unwrap().unwrap();
+        assert_eq!(
+            (revived.state, revived.attempts),
+            (DeliveryState::Pending, 0)
+        );
+        assert!(store.dead_letters().await.unwrap().is_empty());
+        assert!(store.revive(notification_id).await.unwrap().is_none());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_are_all_committed() {
+        let path = temp_path("group");
+        let store = Arc::new(RedbStore::open(&path).unwrap());
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+                let event = EventRecord {
+                    event_id,
+                    notification_id,
+                    target: "https://example.com/".into(),
+                    accepted_at_ms: 1,
+                    running: false,
+                };
+                store.dispatched(&event).await.unwrap();
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(store.recover().await.unwrap().unfinished.len(), 200);
+        let _ = std::fs::remove_file(&path);
+    }
+}
