@@ -1,0 +1,82 @@
+//! An app whose async requests survive a crash: `RedbStore`, graceful shutdown on Ctrl-C or
+//! SIGTERM, and recovery on start-up. The kill -9 test (`tests/kill9.rs`) runs it.
+//!
+//! ```sh
+//! cargo run --features redb --example durable_worker -- \
+//!     --db /tmp/async.redb --callback http://127.0.0.1:9000/hook [--retry-ms 5000,60000]
+//! ```
+//!
+//! `POST /work?ms=N` sleeps N milliseconds and answers `{"slept":N}`; send it with
+//! `Elements-Async-Request: true`. The first line printed is `listening on <addr>`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use axum::{extract::Query, routing::post, Json, Router};
+use serde_json::{json, Value};
+use tower_async_request::{store::RedbStore, AsyncRequestLayer};
+
+#[derive(serde::Deserialize)]
+struct Work {
+    #[serde(default)]
+    ms: u64,
+}
+
+async fn work(Query(work): Query<Work>) -> Json<Value> {
+    tokio::time::sleep(Duration::from_millis(work.ms)).await;
+    Json(json!({ "slept": work.ms }))
+}
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let db = arg("--db").ok_or("--db PATH is required")?;
+    let callback = arg("--callback").ok_or("--callback URL is required")?;
+    let schedule = arg("--retry-ms")
+        .map(|list| {
+            list.split(',')
+                .map(|ms| ms.trim().parse().map(Duration::from_millis))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
+
+    let mut builder = AsyncRequestLayer::builder()
+        .instance_id(30)
+        .default_callback_url(callback)
+        .store(RedbStore::open(&db)?);
+    if let Some(schedule) = schedule {
+        builder = builder.retry_schedule(schedule);
+    }
+    let layer = builder.build()?;
+    let handle = layer.handle();
+    let app = Router::new().route("/work", post(work)).layer(layer);
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+
+    let report = handle.shutdown(Duration::from_secs(10)).await;
+    println!("shutdown: {report:?}");
+    Ok(())
+}

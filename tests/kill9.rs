@@ -1,0 +1,130 @@
+//! Crash safety with `RedbStore`: a worker process is killed with SIGKILL while some jobs run and
+//! some notifications wait for a retry, then started again on the same file. Every accepted event
+//! must still reach the receiver with a terminal notification.
+#![cfg(all(feature = "redb", unix))]
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use support::{Answer, Receiver};
+
+/// The `durable_worker` example, built next to the test binaries' directory (`cargo test` builds
+/// examples; a run of this test alone builds it here).
+fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("durable_worker");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "durable_worker", "--features", "redb"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "could not build the durable_worker example"
+        );
+    }
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+fn start_worker(db: &PathBuf, callback: &str) -> (Child, String) {
+    let mut child = Command::new(worker_binary())
+        .args([
+            "--db",
+            db.to_str().unwrap(),
+            "--callback",
+            callback,
+            "--retry-ms",
+            "3000,100,100,100,100,100,100,100",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, addr)
+}
+
+async fn accept(addr: &str, ms: u64) -> u64 {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = http::Request::post(format!("http://{addr}/work?ms={ms}"))
+        .header("Elements-Async-Request", "true")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let receipt: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    receipt["eventId"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_accepted_event_survives_kill_9() {
+    let db = std::env::temp_dir().join(format!("tar-kill9-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    // The first four callbacks fail, so the quick jobs' notifications wait for a retry.
+    let mut receiver = Receiver::start(vec![Answer::status(503); 4]).await;
+
+    let (mut worker, addr) = start_worker(&db, &receiver.url());
+    let mut quick = HashSet::new();
+    let mut slow = HashSet::new();
+    for _ in 0..4 {
+        quick.insert(accept(&addr, 0).await);
+        slow.insert(accept(&addr, 600_000).await);
+    }
+    for _ in 0..4 {
+        assert_eq!(receiver.next().await.answered, 503);
+    }
+    // Now: four notifications are between attempts, four jobs are running.
+    worker.kill().unwrap(); // SIGKILL
+    worker.wait().unwrap();
+
+    let (mut worker, addr) = start_worker(&db, &receiver.url());
+    let mut terminal: HashMap<u64, serde_json::Value> = HashMap::new();
+    while terminal.len() < 8 {
+        let hit = receiver.next().await;
+        if hit.answered == 200 {
+            let notification = hit.json();
+            terminal.insert(notification["eventId"].as_u64().unwrap(), notification);
+        }
+    }
+    for id in &quick {
+        assert_eq!(terminal[id]["eventStatus"], "completed", "{id}");
+        assert_eq!(terminal[id]["response"], serde_json::json!({"slept": 0}));
+    }
+    for id in &slow {
+        assert_eq!(terminal[id]["eventStatus"], "failed", "{id}");
+        assert_eq!(terminal[id]["error"]["code"], "interrupted");
+    }
+    let newest = accept(&addr, 0).await;
+    assert!(
+        quick.iter().chain(&slow).all(|&old| newest > old),
+        "ids must not repeat across restarts"
+    );
+
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let _ = std::fs::remove_file(&db);
+}
