@@ -341,7 +341,7 @@ async fn shutdown_reports_what_it_leaves_behind() {
     let layer = builder(&receiver).sink(HttpSink::new()).build().unwrap();
     let handle = layer.handle();
     let app = Router::new()
-        .route("/work", post(|| std::future::pending::<&'static str>()))
+        .route("/work", post(std::future::pending::<&'static str>))
         .layer(layer);
     send(&app, async_request()).await;
     let report = handle.shutdown(MS(100)).await;
