@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use bytes::Bytes;
@@ -42,7 +42,7 @@ fn worker_binary() -> PathBuf {
     path
 }
 
-fn start_worker(db: &PathBuf, callback: &str) -> (Child, String) {
+fn start_worker(db: &Path, callback: &str) -> (Child, String) {
     let mut child = Command::new(worker_binary())
         .args([
             "--db",
