@@ -12,17 +12,19 @@ use tracing::{span, Event, Instrument, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
+type FieldList = Vec<(String, String)>;
+
 #[derive(Debug, Clone, Default)]
 struct Seen {
     /// (span name, its fields, its parent's name)
-    spans: Vec<(String, Vec<(String, String)>, Option<String>)>,
+    spans: Vec<(String, FieldList, Option<String>)>,
     /// (event message, names of the spans it happened in, root first)
     events: Vec<(String, Vec<String>)>,
 }
 
 struct Capture(Arc<Mutex<Seen>>);
 
-struct Fields(Vec<(String, String)>);
+struct Fields(FieldList);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
