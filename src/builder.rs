@@ -313,6 +313,8 @@ impl AsyncRequestLayerBuilder {
             store: store.clone(),
             counters: Arc::clone(&counters),
             on_dead_letter: self.on_dead_letter,
+            allow_private: self.allow_private_callbacks,
+            default_target: default_callback.clone(),
         };
         let config = Arc::new(Config {
             async_header: self.async_header,

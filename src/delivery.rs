@@ -22,7 +22,7 @@ use crate::header::ELEMENTS_EVENT_ID;
 use crate::metrics::Counters;
 use crate::retry::{parse_retry_after, DeliveryPolicy};
 use crate::signature::Signer;
-use crate::sink::{DynSink, SinkError, SinkErrorKind};
+use crate::sink::{DynSink, SinkError, SinkErrorKind, TrustedTarget};
 use crate::store::{unix_ms, DeliveryState, EventStore, NotificationRecord};
 
 const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
@@ -92,6 +92,10 @@ pub(crate) struct Delivery {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) on_dead_letter: Option<DeadLetterHook>,
+    /// Targets a sink may reach even at private addresses: every target when private callbacks
+    /// are allowed, otherwise only the operator's default URL.
+    pub(crate) allow_private: bool,
+    pub(crate) default_target: Option<Uri>,
 }
 
 impl fmt::Debug for Delivery {
@@ -116,6 +120,9 @@ impl Delivery {
         let mut request = Request::new(notification.body.clone());
         *request.method_mut() = Method::POST;
         *request.uri_mut() = target.clone();
+        if self.allow_private || self.default_target.as_ref() == Some(target) {
+            request.extensions_mut().insert(TrustedTarget);
+        }
         let headers = request.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -325,6 +332,8 @@ mod tests {
             store: Arc::new(MemoryStore::new()),
             counters: Arc::default(),
             on_dead_letter: None,
+            allow_private: false,
+            default_target: Some("https://hooks.example.com/in".parse().unwrap()),
         };
         let notification = NotificationRecord {
             event_id: EventId::new(1028),
@@ -355,5 +364,13 @@ mod tests {
             .unwrap()
             .starts_with("sha256="));
         assert_eq!(sent.body(), "{}");
+        assert!(
+            sent.extensions().get::<TrustedTarget>().is_some(),
+            "the default URL is trusted"
+        );
+
+        let elsewhere = "https://other.example.com/in".parse().unwrap();
+        let request = delivery.prepare(&notification, &elsewhere, 0);
+        assert!(request.extensions().get::<TrustedTarget>().is_none());
     }
 }

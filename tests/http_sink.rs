@@ -16,6 +16,12 @@ use tower_async_request::{
     AsyncRequestLayer,
 };
 
+/// The receivers here are on loopback, which the address guard refuses by default (see
+/// `tests/ssrf.rs`).
+fn loopback_sink() -> HttpSink {
+    HttpSink::new().allow_private(true)
+}
+
 async fn serve(router: Router) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -54,7 +60,7 @@ async fn recording_receiver(
 #[tokio::test]
 async fn posts_the_exact_request_and_reports_the_answer() {
     let (addr, mut received) = recording_receiver(StatusCode::NO_CONTENT).await;
-    let answer = HttpSink::new()
+    let answer = loopback_sink()
         .send(post_to(format!("http://{addr}/hook"), r#"{"eventId":1}"#))
         .await
         .unwrap();
@@ -71,7 +77,7 @@ async fn reports_error_statuses_and_keeps_a_short_answer_body() {
         post(|| async { (StatusCode::SERVICE_UNAVAILABLE, "x".repeat(10_000)) }),
     );
     let addr = serve(router).await;
-    let answer = HttpSink::new()
+    let answer = loopback_sink()
         .send(post_to(format!("http://{addr}/hook"), "{}"))
         .await
         .unwrap();
@@ -88,7 +94,7 @@ async fn never_follows_redirects() {
         post(move || async move { Redirect::temporary(&location).into_response() }),
     );
     let addr = serve(router).await;
-    let answer = HttpSink::new()
+    let answer = loopback_sink()
         .send(post_to(format!("http://{addr}/hook"), "{}"))
         .await
         .unwrap();
@@ -109,7 +115,7 @@ async fn a_slow_receiver_is_a_timeout() {
         }),
     );
     let addr = serve(router).await;
-    let error = HttpSink::new()
+    let error = loopback_sink()
         .timeout(Duration::from_millis(200))
         .send(post_to(format!("http://{addr}/hook"), "{}"))
         .await
@@ -122,7 +128,7 @@ async fn a_closed_port_is_a_connect_error() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let error = HttpSink::new()
+    let error = loopback_sink()
         .send(post_to(format!("http://{addr}/hook"), "{}"))
         .await
         .unwrap_err();

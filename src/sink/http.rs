@@ -9,7 +9,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::{CallbackSink, SinkError, SinkErrorKind};
+use super::guard::{is_forbidden, GuardedConnector, GuardedResolver};
+use super::{CallbackSink, SinkError, SinkErrorKind, TrustedTarget};
 
 /// Default time one attempt may take, connect to last byte of the answer.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -23,9 +24,18 @@ const MAX_ANSWER_BYTES: usize = 4 * 1024;
 /// Mozilla roots, certificates always verified; redirects are never followed (a `3xx` is reported
 /// like any other status); each attempt ends after [`HttpSink::timeout`] (default 15 s). At most
 /// 4 KiB of the receiver's answer body is read.
+///
+/// **Address guard**: unless a request carries [`TrustedTarget`] (the layer adds it for the
+/// operator's default URL, and for every URL when `allow_private_callbacks(true)`), the sink
+/// resolves the host itself, refuses to connect if any address is non-public (loopback, private,
+/// link-local, … see the crate's wire contract), and connects only to the addresses it checked,
+/// so DNS rebinding cannot switch the target. A refusal is a [`SinkErrorKind::Forbidden`] error,
+/// after which the notification is dead at once. [`HttpSink::allow_private`] turns the guard off.
 #[derive(Clone)]
 pub struct HttpSink {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    guarded: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
+    open: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    allow_private: bool,
     timeout: Duration,
 }
 
@@ -44,26 +54,24 @@ impl Default for HttpSink {
 }
 
 impl HttpSink {
-    /// A sink with the default timeout and connection pool.
+    /// A sink with the default timeout and connection pool, and the address guard on.
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(DEFAULT_ATTEMPT_TIMEOUT));
-        let https = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .expect("ring supports the default TLS versions")
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
-            .build(https);
+        let mut guarded = HttpConnector::new_with_resolver(GuardedResolver);
+        configure(&mut guarded);
+        let mut open = HttpConnector::new();
+        configure(&mut open);
         Self {
-            client,
+            guarded: client(GuardedConnector { inner: guarded }),
+            open: client(open),
+            allow_private: false,
             timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
+    }
+
+    /// Lets every request reach non-public addresses (turns the address guard off).
+    pub fn allow_private(mut self, allow: bool) -> Self {
+        self.allow_private = allow;
+        self
     }
 
     /// How long one attempt may take, from connecting to the last byte of the answer.
@@ -73,18 +81,23 @@ impl HttpSink {
     }
 
     async fn exchange(&self, request: Request<Bytes>) -> Result<Response<Bytes>, SinkError> {
-        let response = self
-            .client
-            .request(request.map(Full::new))
-            .await
-            .map_err(|error| {
-                let kind = if error.is_connect() {
-                    SinkErrorKind::Connect
-                } else {
-                    SinkErrorKind::Protocol
-                };
-                SinkError::new(kind, error)
-            })?;
+        let trusted = self.allow_private || request.extensions().get::<TrustedTarget>().is_some();
+        let request = request.map(Full::new);
+        let sent = if trusted {
+            self.open.request(request).await
+        } else {
+            self.guarded.request(request).await
+        };
+        let response = sent.map_err(|error| {
+            let kind = if is_forbidden(&error) {
+                SinkErrorKind::Forbidden
+            } else if error.is_connect() {
+                SinkErrorKind::Connect
+            } else {
+                SinkErrorKind::Protocol
+            };
+            SinkError::new(kind, error)
+        })?;
         let (parts, mut body) = response.into_parts();
         let mut kept = BytesMut::new();
         while kept.len() < MAX_ANSWER_BYTES {
@@ -101,6 +114,29 @@ impl HttpSink {
         }
         Ok(Response::from_parts(parts, kept.freeze()))
     }
+}
+
+fn configure<R>(connector: &mut HttpConnector<R>) {
+    connector.enforce_http(false);
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(DEFAULT_ATTEMPT_TIMEOUT));
+}
+
+fn client<C>(connector: C) -> Client<HttpsConnector<C>, Full<Bytes>>
+where
+    C: tower_service::Service<http::Uri> + Clone + Send + Sync + 'static,
+    HttpsConnector<C>: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let https = HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .expect("ring supports the default TLS versions")
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(64)
+        .build(https)
 }
 
 impl CallbackSink for HttpSink {

@@ -40,6 +40,7 @@
 
 mod channel;
 mod error;
+mod guard;
 mod http;
 
 use std::future::Future;
@@ -50,6 +51,12 @@ use bytes::Bytes;
 pub use self::channel::{CallbackReceiver, ChannelSink};
 pub use self::error::{SinkError, SinkErrorKind};
 pub use self::http::{HttpSink, DEFAULT_ATTEMPT_TIMEOUT};
+
+/// Marks a callback request whose target is trusted: the operator's default URL, or any URL when
+/// the layer allows private callbacks. The layer puts it in the request's extensions; a sink that
+/// guards addresses (as [`HttpSink`] does) lets such requests reach private addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedTarget;
 
 /// A transport for signed callbacks. See the [module docs](self).
 pub trait CallbackSink: Send + Sync + 'static {
