@@ -5,7 +5,91 @@
 //! metadata at `169.254.169.254`, admin ports on loopback). [`is_public`] is the single rule used
 //! both for IP literals at request time and for resolved addresses.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use crate::ConfigError;
+
+/// A network in CIDR notation (`10.0.0.0/8`, `fd00::/8`; a bare address is a single host), to let
+/// callbacks reach an internal receiver without allowing every private address. See
+/// [`AsyncRequestLayerBuilder::allow_callback_network`](crate::AsyncRequestLayerBuilder::allow_callback_network).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNetwork {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNetwork {
+    /// Whether `ip` is inside this network (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpNetwork {
+    type Err = ConfigError;
+
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        let invalid = || ConfigError::new(format!("{text:?} is not a network in CIDR notation"));
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let addr = canonical(addr.parse::<IpAddr>().map_err(|_| invalid())?);
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(prefix) => prefix.parse::<u8>().map_err(|_| invalid())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(invalid());
+        }
+        Ok(Self { addr, prefix })
+    }
+}
+
+impl fmt::Display for IpNetwork {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Which addresses callbacks may reach: public ones, plus every address when private callbacks
+/// are allowed, plus the allow-listed networks.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AddressPolicy {
+    pub(crate) allow_private: bool,
+    pub(crate) allowed: Vec<IpNetwork>,
+}
+
+impl AddressPolicy {
+    pub(crate) fn permits(&self, ip: IpAddr) -> bool {
+        self.allow_private || is_public(ip) || self.allowed.iter().any(|net| net.contains(ip))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
 
 /// Whether `ip` is a globally reachable unicast address that a callback may target by default.
 ///
@@ -234,6 +318,50 @@ mod tests {
         ] {
             assert!(public(ip), "{ip} must be accepted");
         }
+    }
+
+    #[test]
+    fn networks_parse_and_contain() {
+        let net: IpNetwork = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains("10.1.200.3".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.0.9".parse().unwrap()));
+        assert!(!net.contains("10.2.0.1".parse().unwrap()));
+        assert!(!net.contains("fd00::1".parse().unwrap()));
+        let host: IpNetwork = "192.168.1.20".parse().unwrap();
+        assert!(host.contains("192.168.1.20".parse().unwrap()));
+        assert!(!host.contains("192.168.1.21".parse().unwrap()));
+        let v6: IpNetwork = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12:3456::1".parse().unwrap()));
+        let all: IpNetwork = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("127.0.0.1".parse().unwrap()));
+        assert_eq!(v6.to_string(), "fd00::/8");
+        for bad in [
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0/8",
+            "example.com/8",
+            "10.0.0.0/x",
+            "",
+        ] {
+            assert!(bad.parse::<IpNetwork>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_policy_opens_only_what_it_names() {
+        let policy = AddressPolicy {
+            allow_private: false,
+            allowed: vec!["10.0.0.0/8".parse().unwrap()],
+        };
+        assert!(policy.permits("8.8.8.8".parse().unwrap()));
+        assert!(policy.permits("10.9.9.9".parse().unwrap()));
+        assert!(!policy.permits("127.0.0.1".parse().unwrap()));
+        assert!(!policy.permits("192.168.0.1".parse().unwrap()));
+        let open = AddressPolicy {
+            allow_private: true,
+            allowed: vec![],
+        };
+        assert!(open.permits("127.0.0.1".parse().unwrap()));
     }
 
     #[test]

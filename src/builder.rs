@@ -7,7 +7,8 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use tokio::sync::OnceCell;
 
-use crate::callback_url::{self, Origin};
+use crate::address::{AddressPolicy, IpNetwork};
+use crate::callback_url::{self, Origin, UrlPolicy};
 use crate::config::Config;
 use crate::delivery::{DeadLetterHook, Delivery};
 use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
@@ -57,6 +58,8 @@ pub struct AsyncRequestLayerBuilder {
     signing_key: Option<Vec<u8>>,
     standard_secrets: Vec<String>,
     allow_private_callbacks: bool,
+    allowed_networks: Vec<String>,
+    require_https: bool,
     sink: Option<(Arc<dyn DynSink>, &'static str)>,
     store: Option<(Arc<dyn EventStore>, &'static str)>,
     retry_schedule: Vec<Duration>,
@@ -82,6 +85,8 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
             )
             .field("standard_webhooks_secrets", &self.standard_secrets.len())
             .field("allow_private_callbacks", &self.allow_private_callbacks)
+            .field("allowed_networks", &self.allowed_networks)
+            .field("require_https", &self.require_https)
             .field("async_header", &self.async_header)
             .field("callback_header", &self.callback_header)
             .field("receipt_status", &self.receipt_status)
@@ -105,6 +110,8 @@ impl Default for AsyncRequestLayerBuilder {
             signing_key: None,
             standard_secrets: Vec::new(),
             allow_private_callbacks: false,
+            allowed_networks: Vec::new(),
+            require_https: false,
             sink: None,
             store: None,
             retry_schedule: DeliveryPolicy::default().schedule,
@@ -154,6 +161,23 @@ impl AsyncRequestLayerBuilder {
     /// and `localhost`. For development and tests; off by default.
     pub fn allow_private_callbacks(mut self, allow: bool) -> Self {
         self.allow_private_callbacks = allow;
+        self
+    }
+
+    /// Lets callback URLs reach one private network (CIDR, `"10.20.0.0/16"`, or one address),
+    /// for internal receivers, without allowing every private address. Repeatable. Applies to URL
+    /// literals at request time and, for the default [`HttpSink`], to resolved addresses at
+    /// connect time (a sink you pass yourself takes [`HttpSink::allow_network`]). A malformed
+    /// network is reported by [`build`](Self::build).
+    pub fn allow_callback_network(mut self, cidr: impl Into<String>) -> Self {
+        self.allowed_networks.push(cidr.into());
+        self
+    }
+
+    /// Refuses callback URLs from requests that are not `https` (`400`,
+    /// `forbidden_callback_url`). Off by default.
+    pub fn require_https(mut self, require: bool) -> Self {
+        self.require_https = require;
         self
     }
 
@@ -272,15 +296,41 @@ impl AsyncRequestLayerBuilder {
                 "async_header and callback_url_header must differ",
             ));
         }
+        let allowed = self
+            .allowed_networks
+            .iter()
+            .map(|cidr| {
+                cidr.parse::<IpNetwork>()
+                    .map_err(|error| ConfigError::new(format!("allow_callback_network: {error}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let url_policy = UrlPolicy {
+            addresses: AddressPolicy {
+                allow_private: self.allow_private_callbacks,
+                allowed: allowed.clone(),
+            },
+            require_https: self.require_https,
+        };
         let default_callback = self
             .default_callback_url
             .as_deref()
             .map(|url| {
-                callback_url::validate(url.as_bytes(), Origin::Operator, true).map_err(|refusal| {
-                    ConfigError::new(format!("default_callback_url: {}", refusal.message))
-                })
+                callback_url::validate(url.as_bytes(), Origin::Operator, &url_policy).map_err(
+                    |refusal| {
+                        ConfigError::new(format!("default_callback_url: {}", refusal.message))
+                    },
+                )
             })
             .transpose()?;
+        if self.require_https
+            && default_callback
+                .as_ref()
+                .is_some_and(|url| url.scheme_str() != Some("https"))
+        {
+            return Err(ConfigError::new(
+                "default_callback_url must use https when require_https is on",
+            ));
+        }
         let standard_keys = self
             .standard_secrets
             .iter()
@@ -291,7 +341,10 @@ impl AsyncRequestLayerBuilder {
             .collect::<Result<Vec<_>, _>>()?;
         let signer = Signer::new(self.signing_key.as_deref(), &standard_keys);
         let (sink, sink_type) = self.sink.unwrap_or_else(|| {
-            let sink = HttpSink::new().timeout(self.attempt_timeout);
+            let sink = allowed
+                .iter()
+                .fold(HttpSink::new(), |sink, net| sink.allow_network(*net))
+                .timeout(self.attempt_timeout);
             (Arc::new(sink), std::any::type_name::<HttpSink>())
         });
         let (store, store_type) = self.store.unwrap_or_else(|| {
@@ -322,7 +375,7 @@ impl AsyncRequestLayerBuilder {
             receipt_status: self.receipt_status,
             instance_id: self.instance_id,
             default_callback,
-            allow_private_callbacks: self.allow_private_callbacks,
+            url_policy,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
             job_timeout: self.job_timeout,
@@ -417,6 +470,27 @@ mod tests {
             error(AsyncRequestLayer::builder().callback_url_header(ELEMENTS_ASYNC_REQUEST))
                 .contains("differ")
         );
+        assert!(error(AsyncRequestLayer::builder().max_in_flight(0)).contains("max_in_flight"));
+        assert!(
+            error(AsyncRequestLayer::builder().attempt_timeout(Duration::ZERO))
+                .contains("attempt_timeout")
+        );
+        assert!(
+            error(AsyncRequestLayer::builder().job_timeout(Duration::ZERO)).contains("job_timeout")
+        );
+        assert!(
+            error(AsyncRequestLayer::builder().allow_callback_network("10.0.0.0/40"))
+                .contains("allow_callback_network")
+        );
+        let plain = AsyncRequestLayer::builder()
+            .require_https(true)
+            .default_callback_url("http://hooks.example.com/");
+        assert!(error(plain).contains("https"));
+        AsyncRequestLayer::builder()
+            .allow_callback_network("10.0.0.0/8")
+            .allow_callback_network("fd00::/8")
+            .build()
+            .unwrap();
     }
 
     #[test]

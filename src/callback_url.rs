@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 use http::Uri;
 
-use crate::address::{is_public, parse_ipv4_lenient};
+use crate::address::{parse_ipv4_lenient, AddressPolicy};
 use crate::refusal::{Refusal, RefusalCode};
 
 /// Longest callback URL accepted, in bytes.
@@ -26,8 +26,15 @@ pub(crate) enum Origin {
     Operator,
 }
 
+/// How request-provided callback URLs are checked.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UrlPolicy {
+    pub(crate) addresses: AddressPolicy,
+    pub(crate) require_https: bool,
+}
+
 /// Parses and checks a callback URL.
-pub(crate) fn validate(raw: &[u8], origin: Origin, allow_private: bool) -> Result<Uri, Refusal> {
+pub(crate) fn validate(raw: &[u8], origin: Origin, policy: &UrlPolicy) -> Result<Uri, Refusal> {
     let invalid = |why: &str| {
         Refusal::new(
             RefusalCode::InvalidCallbackUrl,
@@ -57,6 +64,17 @@ pub(crate) fn validate(raw: &[u8], origin: Origin, allow_private: bool) -> Resul
     if host.is_empty() {
         return Err(invalid("has no host"));
     }
+    // `Uri` parses an out-of-range port as "no port", and a client would then silently use the
+    // scheme's default port instead of the one the URL names.
+    let after_host = authority
+        .as_str()
+        .rsplit_once(']')
+        .map_or(authority.as_str(), |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if !port.is_empty() && !matches!(authority.port_u16(), Some(1..)) {
+            return Err(invalid("has a port outside 1-65535"));
+        }
+    }
     let ip = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
         Some(IpAddr::V6(
             inner
@@ -78,7 +96,13 @@ pub(crate) fn validate(raw: &[u8], origin: Origin, allow_private: bool) -> Resul
             None => None,
         }
     };
-    if origin == Origin::Request && !allow_private {
+    if origin == Origin::Request && policy.require_https && uri.scheme_str() != Some("https") {
+        return Err(Refusal::new(
+            RefusalCode::ForbiddenCallbackUrl,
+            "The callback URL must use https.",
+        ));
+    }
+    if origin == Origin::Request && !policy.addresses.allow_private {
         let forbidden = |what: &str| {
             Refusal::new(
                 RefusalCode::ForbiddenCallbackUrl,
@@ -86,7 +110,9 @@ pub(crate) fn validate(raw: &[u8], origin: Origin, allow_private: bool) -> Resul
             )
         };
         match ip {
-            Some(ip) if !is_public(ip) => return Err(forbidden("a non-public address")),
+            Some(ip) if !policy.addresses.permits(ip) => {
+                return Err(forbidden("a non-public address"))
+            }
             Some(_) => {}
             None => {
                 let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
@@ -104,7 +130,17 @@ mod tests {
     use super::*;
 
     fn check(url: &str) -> Result<Uri, RefusalCode> {
-        validate(url.as_bytes(), Origin::Request, false).map_err(|r| r.code)
+        validate(url.as_bytes(), Origin::Request, &UrlPolicy::default()).map_err(|r| r.code)
+    }
+
+    fn allowing_private() -> UrlPolicy {
+        UrlPolicy {
+            addresses: AddressPolicy {
+                allow_private: true,
+                allowed: vec![],
+            },
+            require_https: false,
+        }
     }
 
     #[test]
@@ -146,9 +182,13 @@ mod tests {
             );
         }
         assert_eq!(
-            validate(b"https://ex\xffample.com/", Origin::Request, false)
-                .unwrap_err()
-                .code,
+            validate(
+                b"https://ex\xffample.com/",
+                Origin::Request,
+                &UrlPolicy::default()
+            )
+            .unwrap_err()
+            .code,
             RefusalCode::InvalidCallbackUrl
         );
     }
@@ -193,14 +233,43 @@ mod tests {
     fn private_targets_are_allowed_when_configured_or_from_the_operator() {
         for url in ["http://127.0.0.1:9/", "http://localhost/", "http://[::1]/"] {
             assert!(
-                validate(url.as_bytes(), Origin::Request, true).is_ok(),
+                validate(url.as_bytes(), Origin::Request, &allowing_private()).is_ok(),
                 "{url}"
             );
             assert!(
-                validate(url.as_bytes(), Origin::Operator, false).is_ok(),
+                validate(url.as_bytes(), Origin::Operator, &UrlPolicy::default()).is_ok(),
                 "{url}"
             );
         }
+    }
+
+    #[test]
+    fn allow_listed_networks_open_only_themselves() {
+        let policy = UrlPolicy {
+            addresses: AddressPolicy {
+                allow_private: false,
+                allowed: vec!["10.20.0.0/16".parse().unwrap()],
+            },
+            require_https: false,
+        };
+        assert!(validate(b"http://10.20.3.4/hook", Origin::Request, &policy).is_ok());
+        assert!(validate(b"http://[::ffff:10.20.3.4]/hook", Origin::Request, &policy).is_ok());
+        let refused = validate(b"http://10.21.0.1/hook", Origin::Request, &policy).unwrap_err();
+        assert_eq!(refused.code, RefusalCode::ForbiddenCallbackUrl);
+        let refused = validate(b"http://localhost/hook", Origin::Request, &policy).unwrap_err();
+        assert_eq!(refused.code, RefusalCode::ForbiddenCallbackUrl);
+    }
+
+    #[test]
+    fn require_https_refuses_plain_http_from_requests() {
+        let policy = UrlPolicy {
+            require_https: true,
+            ..UrlPolicy::default()
+        };
+        assert!(validate(b"https://hooks.example.com/", Origin::Request, &policy).is_ok());
+        let refused = validate(b"http://hooks.example.com/", Origin::Request, &policy).unwrap_err();
+        assert_eq!(refused.code, RefusalCode::ForbiddenCallbackUrl);
+        assert!(refused.message.contains("https"));
     }
 
     #[test]

@@ -61,7 +61,7 @@ fn callback(headers: &HeaderMap, config: &Config) -> Result<Uri, Refusal> {
             format!("The {} header appears more than once.", config.callback_header),
         )),
         (Some(url), None) => {
-            callback_url::validate(url.as_bytes(), Origin::Request, config.allow_private_callbacks)
+            callback_url::validate(url.as_bytes(), Origin::Request, &config.url_policy)
         }
         (None, _) => config.default_callback.clone().ok_or_else(|| {
             Refusal::new(

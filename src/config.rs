@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode, Uri};
 use tokio::sync::OnceCell;
 
+use crate::callback_url::UrlPolicy;
 use crate::delivery::Delivery;
 use crate::metrics::Counters;
 use crate::runner::Runner;
@@ -19,7 +20,7 @@ pub(crate) struct Config {
     pub(crate) receipt_status: StatusCode,
     pub(crate) instance_id: u64,
     pub(crate) default_callback: Option<Uri>,
-    pub(crate) allow_private_callbacks: bool,
+    pub(crate) url_policy: UrlPolicy,
     pub(crate) max_request_bytes: usize,
     pub(crate) max_response_bytes: usize,
     pub(crate) job_timeout: Option<Duration>,
@@ -40,7 +41,7 @@ impl fmt::Debug for Config {
             .field("receipt_status", &self.receipt_status)
             .field("instance_id", &self.instance_id)
             .field("default_callback", &self.default_callback)
-            .field("allow_private_callbacks", &self.allow_private_callbacks)
+            .field("url_policy", &self.url_policy)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("job_timeout", &self.job_timeout)

@@ -116,6 +116,7 @@ pub mod sink;
 pub mod store;
 pub mod verify;
 
+pub use self::address::IpNetwork;
 pub use self::body::{RequestBody, ResponseBody};
 pub use self::builder::{
     AsyncRequestLayerBuilder, ConfigError, DEFAULT_JOB_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES,

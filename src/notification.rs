@@ -96,8 +96,13 @@ pub struct Notification {
     /// HTTP status of the inner response, when completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
-    /// The inner body (see the module docs), when completed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The inner body (see the module docs), when completed: `Some(Value::Null)` for an empty
+    /// body, `None` when the event failed.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub response: Option<serde_json::Value>,
     /// `"base64"` when `response` holds base64 text of a non-UTF-8 body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,6 +112,13 @@ pub struct Notification {
     pub error: Option<NotificationError>,
     /// Identifies this notification; stays the same across retries.
     pub notification_id: NotificationId,
+}
+
+/// A field that is present is `Some`, even when it is `null`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
 }
 
 impl Notification {
@@ -318,6 +330,17 @@ mod tests {
         assert!(value.as_object().unwrap().contains_key("response"));
         assert_eq!(value["response"], Value::Null);
         assert!(value.get("responseEncoding").is_none());
+        let parsed: Notification = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(
+            parsed.response_bytes(),
+            Some(Vec::new()),
+            "empty, not failed"
+        );
+        assert_eq!(
+            serde_json::to_value(&parsed).unwrap(),
+            value,
+            "round-trips with the null"
+        );
     }
 
     #[test]

@@ -54,3 +54,46 @@ async fn trusted_targets_and_allow_private_reach_loopback() {
     assert_eq!(sink.send(callback(&url)).await.unwrap().status(), 200);
     receiver.next().await;
 }
+
+#[tokio::test]
+async fn an_allow_listed_network_opens_only_itself() {
+    let mut receiver = Receiver::start(vec![]).await;
+    let url = receiver.url();
+    let other = HttpSink::new().allow_network("10.0.0.0/8".parse().unwrap());
+    let error = other.send(callback(&url)).await.unwrap_err();
+    assert_eq!(error.kind(), SinkErrorKind::Forbidden);
+
+    let sink = HttpSink::new().allow_network("127.0.0.0/8".parse().unwrap());
+    assert_eq!(sink.send(callback(&url)).await.unwrap().status(), 200);
+    receiver.next().await;
+}
+
+#[tokio::test]
+async fn the_layer_delivers_to_an_allow_listed_network_through_its_default_sink() {
+    use axum::{body::Body, routing::post, Router};
+    use tower::ServiceExt;
+    use tower_async_request::AsyncRequestLayer;
+
+    let mut receiver = Receiver::start(vec![]).await;
+    let layer = AsyncRequestLayer::builder()
+        .allow_callback_network("127.0.0.1")
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/work", post(|| async { "done" }))
+        .layer(layer);
+    let request = http::Request::post("/work")
+        .header("Elements-Async-Request", "true")
+        .header("Elements-Async-Callback-Url", receiver.url())
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.clone().oneshot(request).await.unwrap().status(), 202);
+    assert_eq!(receiver.next().await.json()["response"], "done");
+
+    let elsewhere = http::Request::post("/work")
+        .header("Elements-Async-Request", "true")
+        .header("Elements-Async-Callback-Url", "http://127.0.0.2:9/hook")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.oneshot(elsewhere).await.unwrap().status(), 400);
+}

@@ -9,6 +9,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::Uri;
@@ -18,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::address::{is_public, parse_ipv4_lenient};
+use crate::address::{parse_ipv4_lenient, AddressPolicy};
 use crate::BoxError;
 
 /// A connection was refused because the target address is not public.
@@ -33,9 +34,11 @@ impl fmt::Display for ForbiddenAddress {
 
 impl std::error::Error for ForbiddenAddress {}
 
-/// Resolves names and refuses the lot if any address is non-public.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct GuardedResolver;
+/// Resolves names and refuses the lot if any address is not permitted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct GuardedResolver {
+    pub(crate) policy: Arc<AddressPolicy>,
+}
 
 impl Service<Name> for GuardedResolver {
     type Response = std::vec::IntoIter<SocketAddr>;
@@ -47,10 +50,11 @@ impl Service<Name> for GuardedResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
+        let policy = self.policy.clone();
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            if let Some(bad) = addrs.iter().find(|addr| !is_public(addr.ip())) {
+            if let Some(bad) = addrs.iter().find(|addr| !policy.permits(addr.ip())) {
                 return Err(ForbiddenAddress(format!(
                     "{} (resolved from {})",
                     bad.ip(),
@@ -68,6 +72,7 @@ impl Service<Name> for GuardedResolver {
 #[derive(Debug, Clone)]
 pub(crate) struct GuardedConnector {
     pub(crate) inner: HttpConnector<GuardedResolver>,
+    pub(crate) policy: Arc<AddressPolicy>,
 }
 
 impl Service<Uri> for GuardedConnector {
@@ -81,7 +86,7 @@ impl Service<Uri> for GuardedConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         if let Some(ip) = literal_ip(&uri) {
-            if !is_public(ip) {
+            if !self.policy.permits(ip) {
                 return Box::pin(async move { Err(ForbiddenAddress(ip.to_string()).into()) });
             }
         }

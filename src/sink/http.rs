@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -8,6 +9,8 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+use crate::address::{AddressPolicy, IpNetwork};
 
 use super::guard::{is_forbidden, GuardedConnector, GuardedResolver};
 use super::{CallbackSink, SinkError, SinkErrorKind, TrustedTarget};
@@ -35,6 +38,7 @@ const MAX_ANSWER_BYTES: usize = 4 * 1024;
 pub struct HttpSink {
     guarded: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
     open: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    allowed: Vec<IpNetwork>,
     allow_private: bool,
     timeout: Duration,
 }
@@ -56,16 +60,22 @@ impl Default for HttpSink {
 impl HttpSink {
     /// A sink with the default timeout and connection pool, and the address guard on.
     pub fn new() -> Self {
-        let mut guarded = HttpConnector::new_with_resolver(GuardedResolver);
-        configure(&mut guarded);
         let mut open = HttpConnector::new();
         configure(&mut open);
         Self {
-            guarded: client(GuardedConnector { inner: guarded }),
+            guarded: guarded_client(&[]),
             open: client(open),
+            allowed: Vec::new(),
             allow_private: false,
             timeout: DEFAULT_ATTEMPT_TIMEOUT,
         }
+    }
+
+    /// Lets the address guard pass one private network (repeatable), for an internal receiver.
+    pub fn allow_network(mut self, network: IpNetwork) -> Self {
+        self.allowed.push(network);
+        self.guarded = guarded_client(&self.allowed);
+        self
     }
 
     /// Lets every request reach non-public addresses (turns the address guard off).
@@ -114,6 +124,18 @@ impl HttpSink {
         }
         Ok(Response::from_parts(parts, kept.freeze()))
     }
+}
+
+fn guarded_client(allowed: &[IpNetwork]) -> Client<HttpsConnector<GuardedConnector>, Full<Bytes>> {
+    let policy = Arc::new(AddressPolicy {
+        allow_private: false,
+        allowed: allowed.to_vec(),
+    });
+    let mut inner = HttpConnector::new_with_resolver(GuardedResolver {
+        policy: policy.clone(),
+    });
+    configure(&mut inner);
+    client(GuardedConnector { inner, policy })
 }
 
 fn configure<R>(connector: &mut HttpConnector<R>) {
