@@ -2,10 +2,10 @@
 //!
 //! Small pure functions, so the timing rules can be pinned down exactly in tests:
 //!
-//! - [`DeliveryPolicy::delay_before`]: the delay before retry *n* — the configured schedule entry
+//! - the delay before retry *n*: the configured schedule entry
 //!   with ±20 % jitter, lengthened to the receiver's `Retry-After` (capped at
 //!   [`MAX_RETRY_AFTER`]) when it sent one with `429` or `503`; `None` when the schedule is spent.
-//! - [`parse_retry_after`]: delta-seconds or an HTTP date.
+//! - `Retry-After` parsing: delta-seconds or an HTTP date.
 //!
 //! The default schedule is immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: eight attempts
 //! over about 28 hours, as outbound-webhook services do.
