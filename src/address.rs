@@ -402,3 +402,64 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every way browsers and `inet_aton` accept to write `ip`, chosen by `style` and `parts`.
+    fn spell(ip: Ipv4Addr, parts: usize, style: u8) -> String {
+        let n = u32::from(ip);
+        let numbers: Vec<u64> = match parts {
+            1 => vec![u64::from(n)],
+            2 => vec![u64::from(n >> 24), u64::from(n & 0xff_ffff)],
+            3 => vec![
+                u64::from(n >> 24),
+                u64::from((n >> 16) & 0xff),
+                u64::from(n & 0xffff),
+            ],
+            _ => ip.octets().iter().map(|&o| u64::from(o)).collect(),
+        };
+        numbers
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| match (style + i as u8) % 3 {
+                0 => x.to_string(),
+                1 => format!("0x{x:x}"),
+                _ => format!("0{x:o}"),
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    proptest! {
+        #[test]
+        fn every_spelling_reads_as_the_same_address(raw: u32, parts in 1usize..=4, style: u8, dot: bool) {
+            let ip = Ipv4Addr::from(raw);
+            let mut text = spell(ip, parts, style);
+            if dot {
+                text.push('.');
+            }
+            prop_assert_eq!(parse_ipv4_lenient(&text), Some(Ok(ip)), "{}", text);
+        }
+
+        #[test]
+        fn mapped_and_compatible_forms_judge_the_embedded_address(raw: u32) {
+            let v4 = Ipv4Addr::from(raw);
+            let public = is_public(IpAddr::V4(v4));
+            prop_assert_eq!(is_public(IpAddr::V6(v4.to_ipv6_mapped())), public);
+            prop_assert_eq!(is_public(IpAddr::V6(v4.to_ipv6_compatible())), public);
+            let [a, b, c, d] = v4.octets();
+            let nat64 = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+            prop_assert_eq!(is_public(IpAddr::V6(nat64)), public);
+            let six_to_four = Ipv6Addr::new(0x2002, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]), 0, 0, 0, 0, 1);
+            prop_assert_eq!(is_public(IpAddr::V6(six_to_four)), public);
+        }
+
+        #[test]
+        fn the_lenient_parser_never_panics(text in "[0-9a-fA-FxX.]{0,40}") {
+            let _ = parse_ipv4_lenient(&text);
+        }
+    }
+}

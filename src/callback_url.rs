@@ -284,3 +284,39 @@ mod tests {
         assert_eq!(check(&over).unwrap_err(), RefusalCode::InvalidCallbackUrl);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::address::is_public;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_and_never_yield_a_private_literal(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(uri) = validate(&raw, Origin::Request, &UrlPolicy::default()) {
+                let host = uri.host().unwrap();
+                let literal = host
+                    .strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .and_then(|h| h.parse().ok())
+                    .or_else(|| parse_ipv4_lenient(host).and_then(Result::ok).map(IpAddr::V4));
+                if let Some(ip) = literal {
+                    prop_assert!(is_public(ip), "{} passed", uri);
+                }
+            }
+        }
+
+        #[test]
+        fn url_shaped_input_never_reaches_loopback(octets: [u8; 3], port in 1u16.., path in "[a-z/]{0,20}") {
+            for url in [
+                format!("http://127.{}.{}.{}:{port}/{path}", octets[0], octets[1], octets[2]),
+                format!("http://[::ffff:127.{}.{}.{}]:{port}/{path}", octets[0], octets[1], octets[2]),
+                format!("http://{}:{port}/{path}", (127u32 << 24) | (u32::from(octets[0]) << 16) | (u32::from(octets[1]) << 8) | u32::from(octets[2])),
+            ] {
+                let refused = validate(url.as_bytes(), Origin::Request, &UrlPolicy::default());
+                prop_assert!(refused.is_err(), "{} was accepted", url);
+            }
+        }
+    }
+}

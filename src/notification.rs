@@ -380,3 +380,48 @@ mod tests {
         assert!(parsed.response.is_none());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn content_type() -> impl Strategy<Value = Option<&'static str>> {
+        prop_oneof![
+            Just(None),
+            Just(Some("application/json")),
+            Just(Some("application/problem+json; charset=utf-8")),
+            Just(Some("text/plain")),
+            Just(Some("application/octet-stream")),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_body_makes_valid_json_that_gives_the_body_back(body in proptest::collection::vec(any::<u8>(), 0..512), ct in content_type(), status in 100u16..600) {
+            let outcome = Outcome::Completed {
+                status: StatusCode::from_u16(status).unwrap(),
+                content_type: ct.map(HeaderValue::from_static),
+                body: Bytes::from(body.clone()),
+            };
+            let json = outcome.to_json(EventId::new(1), 2, NotificationId::new(3));
+            let parsed: Notification = serde_json::from_slice(&json).expect("valid JSON");
+            prop_assert_eq!(parsed.status_code, Some(status));
+            let back = parsed.response_bytes().expect("a completed event has a response");
+            match serde_json::from_slice::<serde_json::Value>(&body) {
+                // A JSON body comes back as the same JSON value (whitespace may differ).
+                Ok(value) if ct.is_some_and(|c| c.contains("json")) => {
+                    prop_assert_eq!(serde_json::from_slice::<serde_json::Value>(&back).unwrap(), value);
+                }
+                _ => prop_assert_eq!(back, body),
+            }
+        }
+
+        #[test]
+        fn any_failure_message_makes_valid_json(message in ".{0,200}") {
+            let json = Outcome::failed(FailureCode::InnerError, message.clone()).to_json(EventId::new(1), 2, NotificationId::new(3));
+            let parsed: Notification = serde_json::from_slice(&json).expect("valid JSON");
+            prop_assert_eq!(parsed.error.unwrap().message, message);
+        }
+    }
+}

@@ -215,3 +215,41 @@ mod tests {
         assert!(text.contains("redacted"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::verify::{ElementsVerifier, StandardWebhooksVerifier};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn what_is_signed_verifies_and_any_change_does_not(
+            key in proptest::collection::vec(any::<u8>(), 0..64),
+            secret in proptest::collection::vec(any::<u8>(), 1..64),
+            body in proptest::collection::vec(any::<u8>(), 0..256),
+            id: u64,
+            timestamp: u32,
+            flip: usize,
+        ) {
+            let signer = Signer::new(Some(&key), std::slice::from_ref(&secret));
+            let mut headers = HeaderMap::new();
+            signer.sign(&mut headers, NotificationId::new(id), u64::from(timestamp), &body);
+            let elements = ElementsVerifier::new(&key);
+            let whsec = format!("whsec_{}", STANDARD.encode(&secret));
+            let standard = StandardWebhooksVerifier::new(&whsec).unwrap();
+            prop_assert!(elements.verify(&headers, &body).is_ok());
+            prop_assert!(standard.verify_at(&headers, &body, u64::from(timestamp)).is_ok());
+
+            let mut tampered = body.clone();
+            if tampered.is_empty() {
+                tampered.push(0);
+            } else {
+                let i = flip % tampered.len();
+                tampered[i] ^= 1;
+            }
+            prop_assert!(elements.verify(&headers, &tampered).is_err());
+            prop_assert!(standard.verify_at(&headers, &tampered, u64::from(timestamp)).is_err());
+        }
+    }
+}
