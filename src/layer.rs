@@ -27,6 +27,11 @@ impl AsyncRequestLayer {
         AsyncRequestHandle::new(self.config.clone())
     }
 
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn config_for_fuzzing(&self) -> Arc<Config> {
+        self.config.clone()
+    }
+
     pub(crate) fn from_config(config: Arc<Config>) -> Self {
         Self { config }
     }

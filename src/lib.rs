@@ -132,5 +132,9 @@ pub use self::refusal::RefusalCode;
 pub use self::runner::DEFAULT_MAX_IN_FLIGHT;
 pub use self::service::AsyncRequest;
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz;
+
 /// Boxed error type used for inner service and body errors.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

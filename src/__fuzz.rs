@@ -1,0 +1,68 @@
+//! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`). Not public API: each runs
+//! one internal function on hostile input and checks the invariants that must hold for any input.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+
+use crate::address::{is_public, parse_ipv4_lenient};
+use crate::callback_url::{validate, Origin, UrlPolicy};
+use crate::ids::{EventId, NotificationId};
+use crate::notification::{Notification, Outcome};
+
+/// Callback URL validation: never panics; an accepted URL never names a non-public literal.
+pub fn callback_url(raw: &[u8]) {
+    if let Ok(uri) = validate(raw, Origin::Request, &UrlPolicy::default()) {
+        let host = uri.host().expect("an accepted URL has a host");
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .and_then(|h| h.parse().ok())
+            .or_else(|| {
+                parse_ipv4_lenient(host)
+                    .and_then(Result::ok)
+                    .map(IpAddr::V4)
+            });
+        if let Some(ip) = literal {
+            assert!(is_public(ip), "{uri} was accepted");
+        }
+        assert!(uri.to_string().len() <= crate::MAX_CALLBACK_URL_BYTES + 8);
+    }
+}
+
+/// Header classification: never panics, whatever the async and callback header values are.
+pub fn classify(async_value: &[u8], callback_value: &[u8], twice: bool) {
+    let mut headers = HeaderMap::new();
+    let (Ok(a), Ok(c)) = (
+        HeaderValue::from_bytes(async_value),
+        HeaderValue::from_bytes(callback_value),
+    ) else {
+        return;
+    };
+    headers.append(HeaderName::from_static("elements-async-request"), a.clone());
+    if twice {
+        headers.append(HeaderName::from_static("elements-async-request"), a);
+    }
+    headers.append(HeaderName::from_static("elements-async-callback-url"), c);
+    static LAYER: std::sync::OnceLock<crate::AsyncRequestLayer> = std::sync::OnceLock::new();
+    let layer = LAYER.get_or_init(|| {
+        crate::AsyncRequestLayer::builder()
+            .build()
+            .expect("defaults")
+    });
+    let _ = crate::classify::classify(&headers, &layer.config_for_fuzzing());
+}
+
+/// Notification building: always valid JSON that reads back.
+pub fn notification(content_type: &[u8], body: &[u8], status: u16) {
+    let outcome = Outcome::Completed {
+        status: StatusCode::from_u16(100 + status % 500).expect("a valid status"),
+        content_type: HeaderValue::from_bytes(content_type).ok(),
+        body: Bytes::copy_from_slice(body),
+    };
+    let json = outcome.to_json(EventId::new(1), 2, NotificationId::new(3));
+    let parsed: Notification =
+        serde_json::from_slice(&json).expect("the notification is valid JSON");
+    assert!(parsed.response_bytes().is_some());
+}
