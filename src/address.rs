@@ -424,7 +424,7 @@ mod properties {
         numbers
             .iter()
             .enumerate()
-            .map(|(i, &x)| match (style + i as u8) % 3 {
+            .map(|(i, &x)| match (usize::from(style) + i) % 3 {
                 0 => x.to_string(),
                 1 => format!("0x{x:x}"),
                 _ => format!("0{x:o}"),

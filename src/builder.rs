@@ -18,6 +18,7 @@ use crate::retry::DeliveryPolicy;
 use crate::runner::{Runner, DEFAULT_MAX_IN_FLIGHT};
 use crate::signature::{decode_whsec, Signer};
 use crate::sink::{CallbackSink, DynSink, HttpSink, DEFAULT_ATTEMPT_TIMEOUT};
+use crate::status::StatusEndpoint;
 use crate::store::{EventStore, MemoryStore, NotificationRecord};
 use crate::AsyncRequestLayer;
 
@@ -25,6 +26,8 @@ use crate::AsyncRequestLayer;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 /// Default limit on the inner response body carried in a notification (1 MiB).
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Default time a finished event stays readable through the status endpoint (24 hours).
+pub const DEFAULT_STATUS_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// Default time a job may run before its event fails with code `timeout` (15 minutes).
 pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -67,6 +70,9 @@ pub struct AsyncRequestLayerBuilder {
     max_in_flight: usize,
     job_timeout: Option<Duration>,
     on_dead_letter: Option<DeadLetterHook>,
+    status_endpoint: Option<String>,
+    status_secret: Option<Vec<u8>>,
+    status_retention: Duration,
     async_header: HeaderName,
     callback_header: HeaderName,
     receipt_status: StatusCode,
@@ -98,6 +104,12 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("max_in_flight", &self.max_in_flight)
             .field("job_timeout", &self.job_timeout)
+            .field("status_endpoint", &self.status_endpoint)
+            .field(
+                "status_secret",
+                &self.status_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("status_retention", &self.status_retention)
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +131,9 @@ impl Default for AsyncRequestLayerBuilder {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             job_timeout: Some(DEFAULT_JOB_TIMEOUT),
             on_dead_letter: None,
+            status_endpoint: None,
+            status_secret: None,
+            status_retention: DEFAULT_STATUS_RETENTION,
             async_header: ELEMENTS_ASYNC_REQUEST,
             callback_header: ELEMENTS_ASYNC_CALLBACK_URL,
             receipt_status: StatusCode::ACCEPTED,
@@ -220,6 +235,28 @@ impl AsyncRequestLayerBuilder {
     /// How long a job may run before its event fails with code `timeout`.
     pub fn job_timeout(mut self, timeout: Duration) -> Self {
         self.job_timeout = Some(timeout);
+        self
+    }
+
+    /// Makes the layer answer `GET {path}/{eventId}?token=…` with the event's status, put that URL
+    /// in the receipt's `Location` header, and accept async requests without any callback URL
+    /// (the client polls instead). See the [crate docs](crate#status-monitor).
+    pub fn status_endpoint(mut self, path: impl Into<String>) -> Self {
+        self.status_endpoint = Some(path.into());
+        self
+    }
+
+    /// The secret status tokens are made with (at least 16 bytes). Random per start-up by default,
+    /// so status URLs die with the process; set it when a durable store outlives the process.
+    pub fn status_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.status_secret = Some(secret.as_ref().to_vec());
+        self
+    }
+
+    /// How long a finished event stays readable through the status endpoint (default
+    /// [`DEFAULT_STATUS_RETENTION`], 24 h; the store may also bound how many it keeps).
+    pub fn status_retention(mut self, retention: Duration) -> Self {
+        self.status_retention = retention;
         self
     }
 
@@ -368,7 +405,13 @@ impl AsyncRequestLayerBuilder {
             on_dead_letter: self.on_dead_letter,
             allow_private: self.allow_private_callbacks,
             default_target: default_callback.clone(),
+            retention: self.status_retention,
         };
+        let status = self
+            .status_endpoint
+            .as_deref()
+            .map(|path| StatusEndpoint::new(path, self.status_secret.as_deref()))
+            .transpose()?;
         let config = Arc::new(Config {
             async_header: self.async_header,
             callback_header: self.callback_header,
@@ -379,6 +422,7 @@ impl AsyncRequestLayerBuilder {
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
             job_timeout: self.job_timeout,
+            status,
             runner: Runner::new(self.max_in_flight as u32),
             delivery,
             store,

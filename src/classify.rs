@@ -13,8 +13,9 @@ use crate::refusal::{Refusal, RefusalCode};
 pub(crate) enum Classification {
     /// No async header, or `false`: the inner service handles it as if the layer were absent.
     Passthrough,
-    /// A valid async request and where its notification goes.
-    Async { callback: Uri },
+    /// A valid async request and where its notification goes (`None`: the client polls the
+    /// status endpoint instead).
+    Async { callback: Option<Uri> },
     /// An async request the layer will not take.
     Refuse(Refusal),
 }
@@ -53,7 +54,7 @@ fn async_requested(headers: &HeaderMap, name: &HeaderName, first: &[u8]) -> Resu
     }
 }
 
-fn callback(headers: &HeaderMap, config: &Config) -> Result<Uri, Refusal> {
+fn callback(headers: &HeaderMap, config: &Config) -> Result<Option<Uri>, Refusal> {
     let mut values = headers.get_all(&config.callback_header).iter();
     match (values.next(), values.next()) {
         (Some(_), Some(_)) => Err(Refusal::new(
@@ -61,16 +62,16 @@ fn callback(headers: &HeaderMap, config: &Config) -> Result<Uri, Refusal> {
             format!("The {} header appears more than once.", config.callback_header),
         )),
         (Some(url), None) => {
-            callback_url::validate(url.as_bytes(), Origin::Request, &config.url_policy)
+            callback_url::validate(url.as_bytes(), Origin::Request, &config.url_policy).map(Some)
         }
-        (None, _) => config.default_callback.clone().ok_or_else(|| {
-            Refusal::new(
-                RefusalCode::MissingCallbackUrl,
-                format!(
-                    "An async request needs a callback URL in the {} header, and this service has no default.",
-                    config.callback_header
-                ),
-            )
-        }),
+        (None, _) if config.default_callback.is_some() => Ok(config.default_callback.clone()),
+        (None, _) if config.status.is_some() => Ok(None),
+        (None, _) => Err(Refusal::new(
+            RefusalCode::MissingCallbackUrl,
+            format!(
+                "An async request needs a callback URL in the {} header, and this service has no default.",
+                config.callback_header
+            ),
+        )),
     }
 }

@@ -12,6 +12,7 @@ use crate::callback_url::UrlPolicy;
 use crate::delivery::Delivery;
 use crate::metrics::Counters;
 use crate::runner::Runner;
+use crate::status::StatusEndpoint;
 use crate::store::EventStore;
 
 pub(crate) struct Config {
@@ -24,6 +25,7 @@ pub(crate) struct Config {
     pub(crate) max_request_bytes: usize,
     pub(crate) max_response_bytes: usize,
     pub(crate) job_timeout: Option<Duration>,
+    pub(crate) status: Option<StatusEndpoint>,
     pub(crate) runner: Runner,
     pub(crate) delivery: Delivery,
     pub(crate) store: Arc<dyn EventStore>,
@@ -45,6 +47,7 @@ impl fmt::Debug for Config {
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("job_timeout", &self.job_timeout)
+            .field("status", &self.status)
             .field("runner", &self.runner)
             .field("delivery", &self.delivery)
             .field("store", &self.store_type)

@@ -96,6 +96,8 @@ pub(crate) struct Delivery {
     /// are allowed, otherwise only the operator's default URL.
     pub(crate) allow_private: bool,
     pub(crate) default_target: Option<Uri>,
+    /// How long a delivered notification stays readable through the status endpoint.
+    pub(crate) retention: Duration,
 }
 
 impl fmt::Debug for Delivery {
@@ -184,7 +186,10 @@ impl Delivery {
             {
                 AttemptOutcome::Delivered(status) => {
                     tracing::debug!(%status, attempts = notification.attempts, "callback delivered");
-                    if let Err(error) = self.store.delivered(notification.notification_id).await {
+                    notification.state = DeliveryState::Delivered;
+                    notification.retain_until_ms =
+                        unix_ms().saturating_add(self.retention.as_millis() as u64);
+                    if let Err(error) = self.store.delivered(&notification).await {
                         tracing::error!(%error, "could not record a delivery; it may be repeated after a restart");
                     }
                     Counters::sub(&self.counters.pending);
@@ -334,6 +339,7 @@ mod tests {
             on_dead_letter: None,
             allow_private: false,
             default_target: Some("https://hooks.example.com/in".parse().unwrap()),
+            retention: Duration::from_secs(60),
         };
         let notification = NotificationRecord {
             event_id: EventId::new(1028),
@@ -344,6 +350,7 @@ mod tests {
             next_attempt_at_ms: 0,
             last_error: None,
             state: DeliveryState::Pending,
+            retain_until_ms: 0,
         };
         let target = notification.target.parse().unwrap();
         assert!(matches!(

@@ -31,7 +31,7 @@ use crate::BoxError;
 pub(crate) async fn dispatch<S, ReqBody, ResBody>(
     mut ready: S,
     request: Request<ReqBody>,
-    callback: Uri,
+    callback: Option<Uri>,
     config: Arc<Config>,
     permit: Permit,
     parent: tracing::Span,
@@ -95,20 +95,27 @@ where
         job::conclude(&shared, event_id, notification_id, event.target, outcome).await;
     };
     tokio::spawn(job.instrument(span));
-    receipt(config.receipt_status, event_id)
+    let mut receipt = receipt(config.receipt_status, event_id);
+    if let Some(status) = &config.status {
+        receipt
+            .headers_mut()
+            .insert(http::header::LOCATION, status.location(event_id));
+    }
+    receipt
 }
 
 /// Takes ids and commits the event; the receipt may be sent once this returns.
 async fn record_dispatched(
     config: &Arc<Config>,
-    callback: &Uri,
+    callback: &Option<Uri>,
 ) -> Result<EventRecord, StoreError> {
     ensure_recovered(config).await?;
     let (event_id, notification_id) = config.store.allocate_ids().await?;
     let event = EventRecord {
         event_id,
         notification_id,
-        target: callback.to_string(),
+        // An empty target: no callback, the client polls the status endpoint.
+        target: callback.as_ref().map(Uri::to_string).unwrap_or_default(),
         accepted_at_ms: unix_ms(),
         running: false,
     };

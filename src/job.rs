@@ -62,21 +62,31 @@ pub(crate) async fn conclude(
         Outcome::Failed { .. } => &config.counters.failed,
     };
     Counters::add(counter);
+    // No target: the client polls the status endpoint; there is nothing to deliver.
+    let requested = !target.is_empty();
+    let now = unix_ms();
     let notification = NotificationRecord {
         event_id,
         notification_id,
         target,
         body: outcome.to_json(event_id, config.instance_id, notification_id),
         attempts: 0,
-        next_attempt_at_ms: unix_ms(),
+        next_attempt_at_ms: now,
         last_error: None,
-        state: DeliveryState::Pending,
+        state: if requested {
+            DeliveryState::Pending
+        } else {
+            DeliveryState::NotRequested
+        },
+        retain_until_ms: now.saturating_add(config.delivery.retention.as_millis() as u64),
     };
     if let Err(error) = config.store.finished(&notification).await {
         tracing::error!(%error, "could not record a finished event; delivering anyway");
     }
-    Counters::add(&config.counters.pending);
-    config.delivery.run(notification).await;
+    if requested {
+        Counters::add(&config.counters.pending);
+        config.delivery.run(notification).await;
+    }
 }
 
 async fn run_to_end<F, B, E>(work: F, max_response_bytes: usize) -> Outcome

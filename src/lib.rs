@@ -63,7 +63,11 @@
 //! | body read, ids taken, work spawned, receipt sent | `dispatch`, `receipt`, `ids` |
 //! | the work run to an outcome (errors, panics, size limit) | `job` |
 //! | the notification JSON | [`notification`] |
-//! | signing and sending one attempt | `signature`, `delivery`, [`sink`] |
+//! | admission: `max_in_flight`, shutting down | `runner` |
+//! | signing, sending, retrying; dead letters | `signature`, `delivery`, [`retry`], [`sink`] |
+//! | recording each event's life; resuming after a restart | [`store`], `recovery` |
+//! | answering status queries | `status` |
+//! | shutdown, dead letters, counters from outside | `handle`, `metrics` |
 //! | verifying a callback on the receiving side | [`verify`] |
 //!
 //! # Wire contract
@@ -79,6 +83,20 @@
 //! | request body over `max_request_bytes` | `413`, `request_too_large` |
 //!
 //! Refusals carry `{"code":"…","message":"…"}` and never reach the inner service.
+//!
+//! # Status monitor
+//!
+//! With [`status_endpoint("/events")`](AsyncRequestLayerBuilder::status_endpoint) the layer also
+//! answers `GET /events/{eventId}?token=…` (the receipt's `Location`), so clients that cannot
+//! receive webhooks can poll; such clients may then omit the callback URL altogether. The token
+//! is an HMAC of the event id, so status URLs cannot be guessed; any wrong token or unknown id is
+//! the same `404`.
+//!
+//! ```json
+//! {"eventId":1028,"eventStatus":"completed","notificationId":1084,
+//!  "delivery":{"state":"delivered","attempts":1,"lastError":null},
+//!  "statusCode":200,"response":{"…":"…"}}
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -113,6 +131,7 @@ mod runner;
 mod service;
 mod signature;
 pub mod sink;
+mod status;
 pub mod store;
 pub mod verify;
 
@@ -120,7 +139,7 @@ pub use self::address::IpNetwork;
 pub use self::body::{RequestBody, ResponseBody};
 pub use self::builder::{
     AsyncRequestLayerBuilder, ConfigError, DEFAULT_JOB_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STATUS_RETENTION,
 };
 pub use self::callback_url::MAX_CALLBACK_URL_BYTES;
 pub use self::future::ResponseFuture;

@@ -91,6 +91,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if let Some(status) = &self.config.status {
+            if status.owns(request.method(), request.uri()) {
+                let (config, uri) = (self.config.clone(), request.uri().clone());
+                return ResponseFuture::dispatch(Box::pin(async move {
+                    crate::status::answer(&config, uri).await
+                }));
+            }
+        }
         match classify(request.headers(), &self.config) {
             Classification::Passthrough => {
                 ResponseFuture::inner(self.inner.call(request.map(RequestBody::streaming)))

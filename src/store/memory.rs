@@ -1,30 +1,76 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
 use super::{
-    unix_ms, DeliveryState, EventRecord, EventStore, NotificationRecord, Recovery, StoreFuture,
+    unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
+    StoreFuture,
 };
 use crate::ids::{EventId, IdGenerator, NotificationId};
 
 /// Default number of dead letters a [`MemoryStore`] keeps (the oldest go first).
 pub const DEFAULT_MAX_DEAD_LETTERS: usize = 10_000;
+/// Default number of delivered (or not-requested) notifications a [`MemoryStore`] keeps for
+/// status queries, within their retention time (the oldest go first).
+pub const DEFAULT_MAX_RETAINED: usize = 100_000;
 
 /// The default store: records in memory, nothing survives a restart.
 ///
 /// Unfinished events and pending notifications are bounded by the layer's `max_in_flight`; dead
-/// letters by [`MemoryStore::max_dead_letters`].
+/// letters by [`MemoryStore::max_dead_letters`]; finished events kept for status queries by their
+/// retention time and [`MemoryStore::max_retained`].
 #[derive(Debug)]
 pub struct MemoryStore {
     ids: &'static IdGenerator,
     max_dead_letters: usize,
+    max_retained: usize,
     inner: Mutex<Records>,
 }
 
 #[derive(Debug, Default)]
 struct Records {
     unfinished: HashMap<EventId, EventRecord>,
-    pending: HashMap<NotificationId, NotificationRecord>,
-    dead: BTreeMap<NotificationId, NotificationRecord>,
+    notifications: HashMap<NotificationId, NotificationRecord>,
+    by_event: HashMap<EventId, NotificationId>,
+    dead: BTreeSet<NotificationId>,
+    /// Delivered and not-requested notifications in the order they stop being needed.
+    retained: VecDeque<(u64, NotificationId)>,
+}
+
+impl Records {
+    fn forget(&mut self, id: NotificationId) {
+        if let Some(record) = self.notifications.remove(&id) {
+            self.by_event.remove(&record.event_id);
+        }
+    }
+
+    fn retain(&mut self, record: NotificationRecord, max: usize) {
+        self.retained
+            .push_back((record.retain_until_ms, record.notification_id));
+        self.put(record);
+        let now = unix_ms();
+        while let Some(&(until, id)) = self.retained.front() {
+            if until > now && self.retained.len() <= max {
+                break;
+            }
+            self.retained.pop_front();
+            // Only drop it if it is still a retained record (a retry may not resurrect it, but
+            // be exact anyway).
+            if self.notifications.get(&id).is_some_and(|r| {
+                matches!(
+                    r.state,
+                    DeliveryState::Delivered | DeliveryState::NotRequested
+                )
+            }) {
+                self.forget(id);
+            }
+        }
+    }
+
+    fn put(&mut self, record: NotificationRecord) {
+        self.by_event
+            .insert(record.event_id, record.notification_id);
+        self.notifications.insert(record.notification_id, record);
+    }
 }
 
 impl Default for MemoryStore {
@@ -39,6 +85,7 @@ impl MemoryStore {
         Self {
             ids: IdGenerator::global(),
             max_dead_letters: DEFAULT_MAX_DEAD_LETTERS,
+            max_retained: DEFAULT_MAX_RETAINED,
             inner: Mutex::new(Records::default()),
         }
     }
@@ -49,9 +96,15 @@ impl MemoryStore {
         self
     }
 
+    /// How many finished events to keep for status queries (default [`DEFAULT_MAX_RETAINED`]).
+    pub fn max_retained(mut self, max: usize) -> Self {
+        self.max_retained = max;
+        self
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Records) -> T) -> T {
-        // A panic while holding the lock cannot leave records half-written (each change is one
-        // map operation), so a poisoned lock is still safe to use.
+        // A panic while holding the lock cannot leave records half-written (each change is a
+        // few map operations that cannot panic), so a poisoned lock is still safe to use.
         let mut records = self
             .inner
             .lock()
@@ -87,48 +140,80 @@ impl EventStore for MemoryStore {
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
         self.with(|r| {
             r.unfinished.remove(&notification.event_id);
-            r.pending
-                .insert(notification.notification_id, notification.clone());
-        });
-        Box::pin(async { Ok(()) })
-    }
-
-    fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
-        self.with(|r| {
-            r.pending
-                .insert(notification.notification_id, notification.clone())
-        });
-        Box::pin(async { Ok(()) })
-    }
-
-    fn delivered(&self, notification_id: NotificationId) -> StoreFuture<'_, ()> {
-        self.with(|r| r.pending.remove(&notification_id));
-        Box::pin(async { Ok(()) })
-    }
-
-    fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
-        self.with(|r| {
-            r.pending.remove(&notification.notification_id);
-            let mut dead = notification.clone();
-            dead.state = DeliveryState::Dead;
-            r.dead.insert(dead.notification_id, dead);
-            while r.dead.len() > self.max_dead_letters {
-                r.dead.pop_first();
+            if notification.state == DeliveryState::NotRequested {
+                r.retain(notification.clone(), self.max_retained);
+            } else {
+                r.put(notification.clone());
             }
         });
         Box::pin(async { Ok(()) })
     }
 
+    fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.with(|r| r.put(notification.clone()));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn delivered<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.with(|r| {
+            let mut record = notification.clone();
+            record.state = DeliveryState::Delivered;
+            r.retain(record, self.max_retained);
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.with(|r| {
+            let mut dead = notification.clone();
+            dead.state = DeliveryState::Dead;
+            r.dead.insert(dead.notification_id);
+            r.put(dead);
+            while r.dead.len() > self.max_dead_letters {
+                if let Some(oldest) = r.dead.pop_first() {
+                    r.forget(oldest);
+                }
+            }
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>> {
+        let snapshot = self.with(|r| {
+            if let Some(event) = r.unfinished.get(&event_id) {
+                return Some(EventSnapshot::Unfinished(event.clone()));
+            }
+            let id = r.by_event.get(&event_id)?;
+            let record = r.notifications.get(id)?;
+            let expired = matches!(
+                record.state,
+                DeliveryState::Delivered | DeliveryState::NotRequested
+            ) && record.retain_until_ms <= unix_ms();
+            (!expired).then(|| EventSnapshot::Finished(record.clone()))
+        });
+        Box::pin(async move { Ok(snapshot) })
+    }
+
     fn recover(&self) -> StoreFuture<'_, Recovery> {
         let recovery = self.with(|r| Recovery {
             unfinished: r.unfinished.values().cloned().collect(),
-            pending: r.pending.values().cloned().collect(),
+            pending: r
+                .notifications
+                .values()
+                .filter(|n| n.state == DeliveryState::Pending)
+                .cloned()
+                .collect(),
         });
         Box::pin(async move { Ok(recovery) })
     }
 
     fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
-        let dead = self.with(|r| r.dead.values().cloned().collect());
+        let dead = self.with(|r| {
+            r.dead
+                .iter()
+                .filter_map(|id| r.notifications.get(id).cloned())
+                .collect()
+        });
         Box::pin(async move { Ok(dead) })
     }
 
@@ -137,12 +222,14 @@ impl EventStore for MemoryStore {
         notification_id: NotificationId,
     ) -> StoreFuture<'_, Option<NotificationRecord>> {
         let revived = self.with(|r| {
-            let mut record = r.dead.remove(&notification_id)?;
+            if !r.dead.remove(&notification_id) {
+                return None;
+            }
+            let record = r.notifications.get_mut(&notification_id)?;
             record.state = DeliveryState::Pending;
             record.attempts = 0;
             record.next_attempt_at_ms = unix_ms();
-            r.pending.insert(notification_id, record.clone());
-            Some(record)
+            Some(record.clone())
         });
         Box::pin(async move { Ok(revived) })
     }
@@ -163,11 +250,12 @@ mod tests {
             next_attempt_at_ms: 0,
             last_error: Some("503".into()),
             state: DeliveryState::Pending,
+            retain_until_ms: u64::MAX,
         }
     }
 
     #[tokio::test]
-    async fn an_event_moves_from_unfinished_to_pending_to_gone() {
+    async fn an_event_moves_from_unfinished_to_pending_to_delivered() {
         let store = MemoryStore::new();
         let (event_id, notification_id) = store.allocate_ids().await.unwrap();
         let event = EventRecord {
@@ -182,14 +270,44 @@ mod tests {
         let recovery = store.recover().await.unwrap();
         assert_eq!(recovery.unfinished.len(), 1);
         assert!(recovery.unfinished[0].running);
+        assert!(
+            matches!(store.status(event_id).await.unwrap(), Some(EventSnapshot::Unfinished(e)) if e.running)
+        );
         let mut record = notification(event_id.get());
         record.notification_id = notification_id;
         store.finished(&record).await.unwrap();
         let recovery = store.recover().await.unwrap();
         assert!(recovery.unfinished.is_empty());
-        assert_eq!(recovery.pending, vec![record]);
-        store.delivered(notification_id).await.unwrap();
+        assert_eq!(recovery.pending, vec![record.clone()]);
+        store.delivered(&record).await.unwrap();
         assert_eq!(store.recover().await.unwrap(), Recovery::default());
+        match store.status(event_id).await.unwrap() {
+            Some(EventSnapshot::Finished(n)) => assert_eq!(n.state, DeliveryState::Delivered),
+            other => panic!("{other:?}"),
+        }
+        assert!(store.status(EventId::new(1)).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn retention_is_bounded_by_time_and_count() {
+        let store = MemoryStore::new().max_retained(2);
+        for id in [10, 20, 30] {
+            store.delivered(&notification(id)).await.unwrap();
+        }
+        assert!(
+            store.status(EventId::new(10)).await.unwrap().is_none(),
+            "over the count"
+        );
+        assert!(store.status(EventId::new(30)).await.unwrap().is_some());
+        let expired = NotificationRecord {
+            retain_until_ms: 1,
+            ..notification(40)
+        };
+        store.delivered(&expired).await.unwrap();
+        assert!(
+            store.status(EventId::new(40)).await.unwrap().is_none(),
+            "past its time"
+        );
     }
 
     #[tokio::test]

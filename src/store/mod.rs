@@ -40,7 +40,7 @@ use bytes::Bytes;
 
 use crate::ids::{EventId, NotificationId};
 
-pub use self::memory::{MemoryStore, DEFAULT_MAX_DEAD_LETTERS};
+pub use self::memory::{MemoryStore, DEFAULT_MAX_DEAD_LETTERS, DEFAULT_MAX_RETAINED};
 #[cfg(feature = "redb")]
 pub use self::redb::RedbStore;
 
@@ -64,14 +64,32 @@ pub struct EventRecord {
 
 /// Where a notification is in its delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DeliveryState {
     /// Waiting for its next attempt.
     Pending,
+    /// The receiver took it; kept until `retain_until_ms` for status queries.
+    Delivered,
     /// Every attempt failed (or the receiver said `410 Gone`); kept as a dead letter.
     Dead,
+    /// The event had no callback URL (the client polls the status endpoint); kept until
+    /// `retain_until_ms`.
+    NotRequested,
 }
 
-/// A notification that has not been delivered yet (pending) or never will be (dead).
+impl DeliveryState {
+    /// The state's name in a status answer: `pending`, `delivered`, `dead` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::NotRequested => "none",
+        }
+    }
+}
+
+/// A finished event's notification: pending, delivered, dead, or not requested.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotificationRecord {
     /// The event it ends.
@@ -88,8 +106,20 @@ pub struct NotificationRecord {
     pub next_attempt_at_ms: u64,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
-    /// Pending or dead.
+    /// Where the delivery is.
     pub state: DeliveryState,
+    /// Until when a delivered or not-requested notification is kept for status queries, Unix
+    /// milliseconds (the store may drop it after that).
+    pub retain_until_ms: u64,
+}
+
+/// What a store knows about one event, for the status endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventSnapshot {
+    /// Accepted; the job has not finished.
+    Unfinished(EventRecord),
+    /// The job finished; its notification and where its delivery is.
+    Finished(NotificationRecord),
 }
 
 /// What an earlier process left unfinished.
@@ -115,17 +145,22 @@ pub trait EventStore: Send + Sync + 'static {
     /// The event's job has started.
     fn running(&self, event_id: EventId) -> StoreFuture<'_, ()>;
 
-    /// The job ended: the event is done and its notification pending, atomically.
+    /// The job ended: the event is done and its notification pending (or, without a callback
+    /// URL, not requested), atomically.
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
 
     /// An attempt failed; the record carries the new count, next time and last error.
     fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
 
-    /// The receiver took the notification; nothing about it needs keeping.
-    fn delivered(&self, notification_id: NotificationId) -> StoreFuture<'_, ()>;
+    /// The receiver took the notification (the record says until when to keep it for status
+    /// queries; a store may keep fewer).
+    fn delivered<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
 
     /// No attempt is left: keep the notification as a dead letter.
     fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
+
+    /// What the store knows about an event, if anything (retention permitting).
+    fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>>;
 
     /// What is unfinished: events without a notification and pending notifications.
     fn recover(&self) -> StoreFuture<'_, Recovery>;

@@ -8,14 +8,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    unix_ms, DeliveryState, EventRecord, EventStore, NotificationRecord, Recovery, StoreError,
-    StoreFuture,
+    unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
+    StoreError, StoreFuture,
 };
 use crate::ids::{EventId, IdGenerator, NotificationId};
 
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Event id → notification id of finished events, for status queries.
+const EVENT_INDEX: TableDefinition<'_, u64, u64> = TableDefinition::new("event_index");
+/// How often the writer drops delivered notifications past their retention.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 const NEXT_ID: &str = "next_id";
 
 /// Most writes folded into one transaction.
@@ -68,7 +72,7 @@ enum Op {
     Running(EventId),
     Finished(NotificationRecord),
     Attempted(NotificationRecord),
-    Delivered(NotificationId),
+    Delivered(NotificationRecord),
     Dead(NotificationRecord),
     Revive(NotificationId),
 }
@@ -94,7 +98,31 @@ struct StoredNotification {
     attempts: u32,
     next_attempt_at_ms: u64,
     last_error: Option<String>,
-    dead: bool,
+    state: u8,
+    retain_until_ms: u64,
+}
+
+fn state_code(state: DeliveryState) -> u8 {
+    match state {
+        DeliveryState::Pending => 0,
+        DeliveryState::Delivered => 1,
+        DeliveryState::Dead => 2,
+        DeliveryState::NotRequested => 3,
+    }
+}
+
+fn state_from(code: u8) -> Result<DeliveryState, redb::Error> {
+    Ok(match code {
+        0 => DeliveryState::Pending,
+        1 => DeliveryState::Delivered,
+        2 => DeliveryState::Dead,
+        3 => DeliveryState::NotRequested,
+        _ => {
+            return Err(redb::Error::Corrupted(format!(
+                "unknown delivery state {code}"
+            )))
+        }
+    })
 }
 
 impl RedbStore {
@@ -105,6 +133,7 @@ impl RedbStore {
         let floor = {
             txn.open_table(EVENTS).map_err(StoreError::new)?;
             txn.open_table(NOTIFICATIONS).map_err(StoreError::new)?;
+            txn.open_table(EVENT_INDEX).map_err(StoreError::new)?;
             let meta = txn.open_table(META).map_err(StoreError::new)?;
             let floor = meta
                 .get(NEXT_ID)
@@ -168,7 +197,14 @@ impl RedbStore {
 /// The writer thread: one transaction (one fsync) for every write waiting at that moment.
 fn write_loop(db: &Database, ids: &IdGenerator, mut queue: mpsc::UnboundedReceiver<Write>) {
     let mut batch = Vec::new();
+    let mut last_prune = std::time::Instant::now();
     while let Some(first) = queue.blocking_recv() {
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = std::time::Instant::now();
+            if let Err(error) = prune(db) {
+                tracing::warn!(%error, "could not drop expired notifications from the store");
+            }
+        }
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
@@ -203,6 +239,7 @@ fn apply(
     {
         let mut events = txn.open_table(EVENTS)?;
         let mut notifications = txn.open_table(NOTIFICATIONS)?;
+        let mut index = txn.open_table(EVENT_INDEX)?;
         for write in batch {
             let mut result = None;
             match &write.op {
@@ -219,6 +256,10 @@ fn apply(
                 }
                 Op::Finished(notification) => {
                     events.remove(notification.event_id.get())?;
+                    index.insert(
+                        notification.event_id.get(),
+                        notification.notification_id.get(),
+                    )?;
                     notifications.insert(
                         notification.notification_id.get(),
                         encode_notification(notification).as_slice(),
@@ -234,8 +275,13 @@ fn apply(
                         encode_notification(&notification).as_slice(),
                     )?;
                 }
-                Op::Delivered(notification_id) => {
-                    notifications.remove(notification_id.get())?;
+                Op::Delivered(notification) => {
+                    let mut notification = notification.clone();
+                    notification.state = DeliveryState::Delivered;
+                    notifications.insert(
+                        notification.notification_id.get(),
+                        encode_notification(&notification).as_slice(),
+                    )?;
                 }
                 Op::Revive(notification_id) => {
                     let stored = notifications
@@ -291,7 +337,8 @@ fn encode_notification(record: &NotificationRecord) -> Vec<u8> {
         attempts: record.attempts,
         next_attempt_at_ms: record.next_attempt_at_ms,
         last_error: record.last_error.clone(),
-        dead: record.state == DeliveryState::Dead,
+        state: state_code(record.state),
+        retain_until_ms: record.retain_until_ms,
     });
     let mut out = Vec::with_capacity(4 + meta.len() + record.body.len());
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
@@ -318,12 +365,37 @@ fn decode_notification(id: u64, bytes: &[u8]) -> Result<NotificationRecord, redb
         attempts: meta.attempts,
         next_attempt_at_ms: meta.next_attempt_at_ms,
         last_error: meta.last_error,
-        state: if meta.dead {
-            DeliveryState::Dead
-        } else {
-            DeliveryState::Pending
-        },
+        state: state_from(meta.state)?,
+        retain_until_ms: meta.retain_until_ms,
     })
+}
+
+/// Drops delivered and not-requested notifications past their retention, in one transaction.
+fn prune(db: &Database) -> Result<(), redb::Error> {
+    let now = unix_ms();
+    let txn = db.begin_write()?;
+    {
+        let mut notifications = txn.open_table(NOTIFICATIONS)?;
+        let mut index = txn.open_table(EVENT_INDEX)?;
+        let mut expired = Vec::new();
+        for entry in notifications.iter()? {
+            let (id, bytes) = entry?;
+            let record = decode_notification(id.value(), bytes.value())?;
+            let retained = matches!(
+                record.state,
+                DeliveryState::Delivered | DeliveryState::NotRequested
+            );
+            if retained && record.retain_until_ms <= now {
+                expired.push((id.value(), record.event_id.get()));
+            }
+        }
+        for (notification_id, event_id) in expired {
+            notifications.remove(notification_id)?;
+            index.remove(event_id)?;
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 fn notifications_where(
@@ -369,8 +441,40 @@ impl EventStore for RedbStore {
         self.write_unit(Op::Attempted(notification.clone()))
     }
 
-    fn delivered(&self, notification_id: NotificationId) -> StoreFuture<'_, ()> {
-        self.write_unit(Op::Delivered(notification_id))
+    fn delivered<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.write_unit(Op::Delivered(notification.clone()))
+    }
+
+    fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>> {
+        self.read(move |db| {
+            let txn = db.begin_read()?;
+            if let Some(bytes) = txn.open_table(EVENTS)?.get(event_id.get())? {
+                let stored: StoredEvent = decode_json(bytes.value())?;
+                return Ok(Some(EventSnapshot::Unfinished(EventRecord {
+                    event_id,
+                    notification_id: NotificationId::new(stored.notification_id),
+                    target: stored.target,
+                    accepted_at_ms: stored.accepted_at_ms,
+                    running: stored.running,
+                })));
+            }
+            let Some(notification_id) = txn
+                .open_table(EVENT_INDEX)?
+                .get(event_id.get())?
+                .map(|v| v.value())
+            else {
+                return Ok(None);
+            };
+            let Some(bytes) = txn.open_table(NOTIFICATIONS)?.get(notification_id)? else {
+                return Ok(None);
+            };
+            let record = decode_notification(notification_id, bytes.value())?;
+            let expired = matches!(
+                record.state,
+                DeliveryState::Delivered | DeliveryState::NotRequested
+            ) && record.retain_until_ms <= unix_ms();
+            Ok((!expired).then_some(EventSnapshot::Finished(record)))
+        })
     }
 
     fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
@@ -433,6 +537,7 @@ mod tests {
             next_attempt_at_ms: 5,
             last_error: None,
             state: DeliveryState::Pending,
+            retain_until_ms: u64::MAX,
         }
     }
 
@@ -481,8 +586,32 @@ mod tests {
         assert_eq!(recovery.pending, vec![pending.clone()]);
         let (next, _) = store.allocate_ids().await.unwrap();
         assert!(next.get() > pending.notification_id.get());
-        store.delivered(pending.notification_id).await.unwrap();
+        store.delivered(&pending).await.unwrap();
         assert!(store.recover().await.unwrap().pending.is_empty());
+        match store.status(pending.event_id).await.unwrap() {
+            Some(EventSnapshot::Finished(n)) => assert_eq!(n.state, DeliveryState::Delivered),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            store.status(event.event_id).await.unwrap(),
+            Some(EventSnapshot::Unfinished(_))
+        ));
+        let expired = NotificationRecord {
+            retain_until_ms: 1,
+            ..pending.clone()
+        };
+        store.delivered(&expired).await.unwrap();
+        assert!(store.status(pending.event_id).await.unwrap().is_none());
+        prune(&store.db).unwrap();
+        assert!(store
+            .db
+            .begin_read()
+            .unwrap()
+            .open_table(EVENT_INDEX)
+            .unwrap()
+            .get(pending.event_id.get())
+            .unwrap()
+            .is_none());
         let _ = std::fs::remove_file(&path);
     }
 
