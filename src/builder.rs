@@ -73,6 +73,7 @@ pub struct AsyncRequestLayerBuilder {
     status_endpoint: Option<String>,
     status_secret: Option<Vec<u8>>,
     status_retention: Duration,
+    prefer_respond_async: bool,
     async_header: HeaderName,
     callback_header: HeaderName,
     receipt_status: StatusCode,
@@ -110,6 +111,7 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
                 &self.status_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("status_retention", &self.status_retention)
+            .field("prefer_respond_async", &self.prefer_respond_async)
             .finish_non_exhaustive()
     }
 }
@@ -134,6 +136,7 @@ impl Default for AsyncRequestLayerBuilder {
             status_endpoint: None,
             status_secret: None,
             status_retention: DEFAULT_STATUS_RETENTION,
+            prefer_respond_async: false,
             async_header: ELEMENTS_ASYNC_REQUEST,
             callback_header: ELEMENTS_ASYNC_CALLBACK_URL,
             receipt_status: StatusCode::ACCEPTED,
@@ -257,6 +260,17 @@ impl AsyncRequestLayerBuilder {
     /// [`DEFAULT_STATUS_RETENTION`], 24 h; the store may also bound how many it keeps).
     pub fn status_retention(mut self, retention: Duration) -> Self {
         self.status_retention = retention;
+        self
+    }
+
+    /// Lets RFC 7240 `Prefer: respond-async` ask for the async path (off by default: a server
+    /// ignores preferences it has not opted into). The receipt then says
+    /// `Preference-Applied: respond-async`. With `wait=N` as well, the layer waits up to N
+    /// seconds (at most [`MAX_PREFER_WAIT`](crate::MAX_PREFER_WAIT)): if the work completes in
+    /// time the client gets the real response and no callback is sent; otherwise the receipt is
+    /// sent at N seconds and the callback follows as usual.
+    pub fn prefer_respond_async(mut self, enabled: bool) -> Self {
+        self.prefer_respond_async = enabled;
         self
     }
 
@@ -423,6 +437,7 @@ impl AsyncRequestLayerBuilder {
             max_response_bytes: self.max_response_bytes,
             job_timeout: self.job_timeout,
             status,
+            prefer_respond_async: self.prefer_respond_async,
             runner: Runner::new(self.max_in_flight as u32),
             delivery,
             store,

@@ -1,11 +1,15 @@
 //! Classification: does a request take the synchronous path, the async path, or a refusal?
 //!
-//! This is the only work the layer does for a synchronous request: one header lookup.
+//! This is the only work the layer does for a synchronous request: one header lookup (two when
+//! `Prefer: respond-async` is enabled).
+
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Uri};
 
 use crate::callback_url::{self, Origin};
 use crate::config::Config;
+use crate::prefer::{self, Preferences, PREFER};
 use crate::refusal::{Refusal, RefusalCode};
 
 /// The path a request takes.
@@ -15,19 +19,36 @@ pub(crate) enum Classification {
     Passthrough,
     /// A valid async request and where its notification goes (`None`: the client polls the
     /// status endpoint instead).
-    Async { callback: Option<Uri> },
+    Async {
+        callback: Option<Uri>,
+        /// How long to wait for the real answer before sending the receipt (`Prefer: wait`).
+        wait: Option<Duration>,
+        /// Asked for with `Prefer: respond-async` (the receipt says `Preference-Applied`).
+        preferred: bool,
+    },
     /// An async request the layer will not take.
     Refuse(Refusal),
 }
 
 pub(crate) fn classify(headers: &HeaderMap, config: &Config) -> Classification {
-    let Some(value) = headers.get(&config.async_header) else {
-        return Classification::Passthrough;
+    let preferences = if config.prefer_respond_async && headers.contains_key(PREFER) {
+        prefer::parse(headers)
+    } else {
+        Preferences::default()
     };
-    match async_requested(headers, &config.async_header, value.as_bytes()) {
+    // An explicit async header decides; without one, `Prefer: respond-async` may ask.
+    let wants_async = match headers.get(&config.async_header) {
+        Some(value) => async_requested(headers, &config.async_header, value.as_bytes()),
+        None => Ok(preferences.respond_async),
+    };
+    match wants_async {
         Ok(false) => Classification::Passthrough,
         Ok(true) => match callback(headers, config) {
-            Ok(callback) => Classification::Async { callback },
+            Ok(callback) => Classification::Async {
+                callback,
+                wait: preferences.wait.filter(|_| preferences.respond_async),
+                preferred: preferences.respond_async,
+            },
             Err(refusal) => Classification::Refuse(refusal),
         },
         Err(refusal) => Classification::Refuse(refusal),

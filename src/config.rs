@@ -26,6 +26,7 @@ pub(crate) struct Config {
     pub(crate) max_response_bytes: usize,
     pub(crate) job_timeout: Option<Duration>,
     pub(crate) status: Option<StatusEndpoint>,
+    pub(crate) prefer_respond_async: bool,
     pub(crate) runner: Runner,
     pub(crate) delivery: Delivery,
     pub(crate) store: Arc<dyn EventStore>,
@@ -48,6 +49,7 @@ impl fmt::Debug for Config {
             .field("max_response_bytes", &self.max_response_bytes)
             .field("job_timeout", &self.job_timeout)
             .field("status", &self.status)
+            .field("prefer_respond_async", &self.prefer_respond_async)
             .field("runner", &self.runner)
             .field("delivery", &self.delivery)
             .field("store", &self.store_type)

@@ -5,14 +5,17 @@
 //! call the readied inner service, and spawn one task that runs the job and delivers its
 //! notification — carrying the caller's tracing span. The receipt is sent only after the store
 //! has committed the event. If the client goes away before that, this future is dropped and
-//! nothing was recorded or started.
+//! nothing was recorded or started. With `Prefer: respond-async, wait=N` the client gets the real
+//! response instead when the work completes within N seconds, and no callback is sent.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tokio::sync::oneshot;
 use tower_service::Service;
 use tracing::Instrument;
 
@@ -28,10 +31,20 @@ use crate::service::request_too_large;
 use crate::store::{unix_ms, EventRecord, StoreError};
 use crate::BoxError;
 
+/// What classification decided about an accepted async request.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub(crate) callback: Option<Uri>,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) preferred: bool,
+}
+
+const PREFERENCE_APPLIED: http::HeaderName = http::HeaderName::from_static("preference-applied");
+
 pub(crate) async fn dispatch<S, ReqBody, ResBody>(
     mut ready: S,
     request: Request<ReqBody>,
-    callback: Option<Uri>,
+    accepted: Accepted,
     config: Arc<Config>,
     permit: Permit,
     parent: tracing::Span,
@@ -62,7 +75,7 @@ where
     let trailers = collected.trailers().cloned();
     let request = Request::from_parts(parts, RequestBody::buffered(collected.to_bytes(), trailers));
 
-    let event = match record_dispatched(&config, &callback).await {
+    let event = match record_dispatched(&config, &accepted.callback).await {
         Ok(event) => event,
         Err(error) => {
             tracing::error!(%error, "could not record an async request; refusing it");
@@ -83,6 +96,14 @@ where
         instance_id = config.instance_id,
     );
     let work = span.in_scope(|| ready.call(request));
+    // With `Prefer: wait`, the job may hand its response back here instead of notifying.
+    let (answer_tx, answer_rx) = match accepted.wait {
+        Some(_) => {
+            let (tx, rx) = oneshot::channel::<Response<Bytes>>();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let shared = config.clone();
     let job = async move {
         let _permit = permit;
@@ -90,16 +111,46 @@ where
         if let Err(error) = shared.store.running(event_id).await {
             tracing::warn!(%error, "could not record that the job started");
         }
-        let outcome = job::run(work, shared.max_response_bytes, shared.job_timeout).await;
+        let ended = job::run(work, shared.max_response_bytes, shared.job_timeout).await;
         Counters::sub(&shared.counters.running);
-        job::conclude(&shared, event_id, notification_id, event.target, outcome).await;
+        let (outcome, target) = match (ended, answer_tx) {
+            (Ok(completed), Some(answer)) => {
+                let outcome = completed.outcome();
+                match answer.send(completed.into_response()) {
+                    // The client got the real response: nothing to deliver.
+                    Ok(()) => (outcome, String::new()),
+                    Err(_) => (outcome, event.target),
+                }
+            }
+            (Ok(completed), None) => (completed.outcome(), event.target),
+            (Err(failed), _) => (failed, event.target),
+        };
+        job::conclude(&shared, event_id, notification_id, target, outcome).await;
     };
     tokio::spawn(job.instrument(span));
+
+    if let (Some(mut answer), Some(wait)) = (answer_rx, accepted.wait) {
+        if let Ok(Ok(response)) = tokio::time::timeout(wait, &mut answer).await {
+            return response;
+        }
+        // Closing first means a response sent from now on fails to send (and is notified), and
+        // one sent just before is still here: nothing falls between the two.
+        answer.close();
+        if let Ok(response) = answer.try_recv() {
+            return response;
+        }
+    }
     let mut receipt = receipt(config.receipt_status, event_id);
     if let Some(status) = &config.status {
         receipt
             .headers_mut()
             .insert(http::header::LOCATION, status.location(event_id));
+    }
+    if accepted.preferred {
+        receipt.headers_mut().insert(
+            PREFERENCE_APPLIED,
+            http::HeaderValue::from_static("respond-async"),
+        );
     }
     receipt
 }

@@ -12,6 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{header, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -24,12 +25,34 @@ use crate::notification::{FailureCode, Outcome};
 use crate::store::{unix_ms, DeliveryState, NotificationRecord};
 use crate::BoxError;
 
-/// Runs the work behind one event to its outcome, giving up after `timeout`.
+/// A response the work produced, its body read in full.
+#[derive(Debug)]
+pub(crate) struct Completed {
+    pub(crate) parts: http::response::Parts,
+    pub(crate) body: Bytes,
+}
+
+impl Completed {
+    pub(crate) fn outcome(&self) -> Outcome {
+        Outcome::Completed {
+            status: self.parts.status,
+            content_type: self.parts.headers.get(header::CONTENT_TYPE).cloned(),
+            body: self.body.clone(),
+        }
+    }
+
+    pub(crate) fn into_response(self) -> Response<Bytes> {
+        Response::from_parts(self.parts, self.body)
+    }
+}
+
+/// Runs the work behind one event, giving up after `timeout`: the response it produced, or the
+/// `failed` outcome when it produced none.
 pub(crate) async fn run<F, B, E>(
     work: F,
     max_response_bytes: usize,
     timeout: Option<Duration>,
-) -> Outcome
+) -> Result<Completed, Outcome>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Body,
@@ -42,10 +65,10 @@ where
     tokio::time::timeout(limit, run_to_end(work, max_response_bytes))
         .await
         .unwrap_or_else(|_| {
-            Outcome::failed(
+            Err(Outcome::failed(
                 FailureCode::Timeout,
                 format!("the job did not finish within {limit:?}"),
-            )
+            ))
         })
 }
 
@@ -89,7 +112,7 @@ pub(crate) async fn conclude(
     }
 }
 
-async fn run_to_end<F, B, E>(work: F, max_response_bytes: usize) -> Outcome
+async fn run_to_end<F, B, E>(work: F, max_response_bytes: usize) -> Result<Completed, Outcome>
 where
     F: Future<Output = Result<Response<B>, E>>,
     B: Body,
@@ -99,26 +122,28 @@ where
     let response = match CatchUnwind::new(work).await {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
-            return Outcome::failed(FailureCode::InnerError, error.into().to_string())
+            return Err(Outcome::failed(
+                FailureCode::InnerError,
+                error.into().to_string(),
+            ))
         }
-        Err(panic) => return panicked(panic),
+        Err(panic) => return Err(panicked(panic)),
     };
     let (parts, body) = response.into_parts();
     if body.size_hint().lower() > max_response_bytes as u64 {
-        return too_large(max_response_bytes);
+        return Err(too_large(max_response_bytes));
     }
     match CatchUnwind::new(Limited::new(body, max_response_bytes).collect()).await {
-        Ok(Ok(collected)) => Outcome::Completed {
-            status: parts.status,
-            content_type: parts.headers.get(header::CONTENT_TYPE).cloned(),
+        Ok(Ok(collected)) => Ok(Completed {
+            parts,
             body: collected.to_bytes(),
-        },
-        Ok(Err(error)) if error.is::<LengthLimitError>() => too_large(max_response_bytes),
-        Ok(Err(error)) => Outcome::failed(
+        }),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(too_large(max_response_bytes)),
+        Ok(Err(error)) => Err(Outcome::failed(
             FailureCode::InnerError,
             format!("the response body failed: {error}"),
-        ),
-        Err(panic) => panicked(panic),
+        )),
+        Err(panic) => Err(panicked(panic)),
     }
 }
 
@@ -174,10 +199,22 @@ impl<F: Future> Future for CatchUnwind<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use http::StatusCode;
     use http_body_util::Full;
     use std::convert::Infallible;
+
+    async fn run_outcome<F, B, E>(work: F, max: usize, timeout: Option<Duration>) -> Outcome
+    where
+        F: Future<Output = Result<Response<B>, E>>,
+        B: Body,
+        B::Error: Into<BoxError>,
+        E: Into<BoxError>,
+    {
+        match run(work, max, timeout).await {
+            Ok(completed) => completed.outcome(),
+            Err(failed) => failed,
+        }
+    }
 
     fn ok(body: &'static str) -> Result<Response<Full<Bytes>>, Infallible> {
         Ok(Response::builder()
@@ -189,7 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_becomes_completed_with_status_and_body() {
-        match run(async { ok("done") }, 1024, None).await {
+        match run_outcome(async { ok("done") }, 1024, None).await {
             Outcome::Completed {
                 status,
                 body,
@@ -206,7 +243,7 @@ mod tests {
     #[tokio::test]
     async fn an_inner_error_becomes_failed_inner_error() {
         let work = async { Err::<Response<Full<Bytes>>, _>(std::io::Error::other("db down")) };
-        match run(work, 1024, None).await {
+        match run_outcome(work, 1024, None).await {
             Outcome::Failed { code, message } => {
                 assert_eq!(code, FailureCode::InnerError);
                 assert_eq!(message, "db down");
@@ -223,7 +260,7 @@ mod tests {
             }
             ok("unreachable")
         };
-        match run(work, 1024, None).await {
+        match run_outcome(work, 1024, None).await {
             Outcome::Failed { code, message } => {
                 assert_eq!(code, FailureCode::Panic);
                 assert!(!message.contains("secret"));
@@ -238,7 +275,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(60)).await;
             ok("late")
         };
-        let outcome = run(work, 1024, Some(Duration::from_secs(1))).await;
+        let outcome = run_outcome(work, 1024, Some(Duration::from_secs(1))).await;
         assert!(
             matches!(
                 outcome,
@@ -254,7 +291,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_over_the_limit_becomes_response_too_large() {
         for limit in [3, 4] {
-            let outcome = run(async { ok("12345") }, limit, None).await;
+            let outcome = run_outcome(async { ok("12345") }, limit, None).await;
             assert!(
                 matches!(
                     outcome,
@@ -267,7 +304,7 @@ mod tests {
             );
         }
         assert!(matches!(
-            run(async { ok("12345") }, 5, None).await,
+            run_outcome(async { ok("12345") }, 5, None).await,
             Outcome::Completed { .. }
         ));
     }

@@ -10,7 +10,7 @@ use tower_service::Service;
 use crate::body::{RequestBody, ResponseBody};
 use crate::classify::{classify, Classification};
 use crate::config::Config;
-use crate::dispatch::dispatch;
+use crate::dispatch::{dispatch, Accepted};
 use crate::future::ResponseFuture;
 use crate::refusal::{Refusal, RefusalCode};
 use crate::BoxError;
@@ -104,7 +104,11 @@ where
                 ResponseFuture::inner(self.inner.call(request.map(RequestBody::streaming)))
             }
             Classification::Refuse(refusal) => ResponseFuture::answer(refusal.into_response()),
-            Classification::Async { callback } => {
+            Classification::Async {
+                callback,
+                wait,
+                preferred,
+            } => {
                 if request.body().size_hint().lower() > self.config.max_request_bytes as u64 {
                     return ResponseFuture::answer(
                         request_too_large(self.config.max_request_bytes).into_response(),
@@ -122,7 +126,11 @@ where
                 ResponseFuture::dispatch(Box::pin(dispatch(
                     ready,
                     request,
-                    callback,
+                    Accepted {
+                        callback,
+                        wait,
+                        preferred,
+                    },
                     self.config.clone(),
                     permit,
                     parent,
