@@ -60,6 +60,7 @@ pub fn notification(content_type: &[u8], body: &[u8], status: u16) {
         status: StatusCode::from_u16(100 + status % 500).expect("a valid status"),
         content_type: HeaderValue::from_bytes(content_type).ok(),
         body: Bytes::copy_from_slice(body),
+        grpc: None,
     };
     let json = outcome.to_json(EventId::new(1), 2, NotificationId::new(3));
     let parsed: Notification =

@@ -29,7 +29,7 @@ pin_project! {
     #[derive(Debug)]
     enum RequestKind<B> {
         Streaming { #[pin] body: B },
-        Buffered { data: Option<Bytes>, trailers: Option<HeaderMap> },
+        Buffered { body: OwnBody },
     }
 }
 
@@ -43,8 +43,7 @@ impl<B> RequestBody<B> {
     pub(crate) fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: RequestKind::Buffered {
-                data: (!data.is_empty()).then_some(data),
-                trailers,
+                body: OwnBody::new(data, trailers),
             },
         }
     }
@@ -64,9 +63,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             RequestKindProj::Streaming { body } => body.poll_frame(cx),
-            RequestKindProj::Buffered { data, trailers } => {
-                Poll::Ready(buffered_frame(data, trailers))
-            }
+            RequestKindProj::Buffered { body } => Poll::Ready(body.next_frame().map(Ok)),
         }
     }
 
@@ -74,7 +71,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             RequestKind::Streaming { body } => body.is_end_stream(),
-            RequestKind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            RequestKind::Buffered { body } => body.is_end_stream(),
         }
     }
 
@@ -82,9 +79,7 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             RequestKind::Streaming { body } => body.size_hint(),
-            RequestKind::Buffered { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            RequestKind::Buffered { body } => body.size_hint(),
         }
     }
 }
@@ -104,7 +99,7 @@ pin_project! {
     #[derive(Debug)]
     enum ResponseKind<B> {
         Inner { #[pin] body: B },
-        Own { data: Option<Bytes> },
+        Own { body: OwnBody },
     }
 }
 
@@ -116,11 +111,9 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn own(data: Bytes) -> Self {
+    pub(crate) fn own(body: OwnBody) -> Self {
         Self {
-            kind: ResponseKind::Own {
-                data: (!data.is_empty()).then_some(data),
-            },
+            kind: ResponseKind::Own { body },
         }
     }
 }
@@ -139,7 +132,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             ResponseKindProj::Inner { body } => body.poll_frame(cx),
-            ResponseKindProj::Own { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseKindProj::Own { body } => Poll::Ready(body.next_frame().map(Ok)),
         }
     }
 
@@ -147,7 +140,7 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             ResponseKind::Inner { body } => body.is_end_stream(),
-            ResponseKind::Own { data } => data.is_none(),
+            ResponseKind::Own { body } => body.is_end_stream(),
         }
     }
 
@@ -155,21 +148,66 @@ where
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             ResponseKind::Inner { body } => body.size_hint(),
-            ResponseKind::Own { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            ResponseKind::Own { body } => body.size_hint(),
         }
     }
 }
 
-fn buffered_frame<E>(
-    data: &mut Option<Bytes>,
-    trailers: &mut Option<HeaderMap>,
-) -> Option<Result<Frame<Bytes>, E>> {
-    if let Some(data) = data.take() {
-        return Some(Ok(Frame::data(data)));
+/// A body the layer holds in memory: its data, then its trailers, if any.
+#[derive(Debug, Default)]
+pub(crate) struct OwnBody {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl OwnBody {
+    pub(crate) fn new(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+        }
     }
-    trailers.take().map(|t| Ok(Frame::trailers(t)))
+
+    fn next_frame(&mut self) -> Option<Frame<Bytes>> {
+        match self.data.take() {
+            Some(data) => Some(Frame::data(data)),
+            None => self.trailers.take().map(Frame::trailers),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.data.as_ref().map_or(0, |d| d.len() as u64))
+    }
+}
+
+impl From<Bytes> for OwnBody {
+    fn from(data: Bytes) -> Self {
+        Self::new(data, None)
+    }
+}
+
+impl Body for OwnBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.get_mut().next_frame().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        OwnBody::is_end_stream(self)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        OwnBody::size_hint(self)
+    }
 }
 
 #[cfg(test)]
@@ -203,10 +241,10 @@ mod tests {
 
     #[tokio::test]
     async fn own_body_is_sent_once() {
-        let body: ResponseBody<Full<Bytes>> = ResponseBody::own(Bytes::from_static(b"{}"));
+        let body: ResponseBody<Full<Bytes>> = ResponseBody::own(Bytes::from_static(b"{}").into());
         assert!(!body.is_end_stream());
         assert_eq!(body.collect().await.unwrap().to_bytes(), "{}");
-        let empty: ResponseBody<Full<Bytes>> = ResponseBody::own(Bytes::new());
+        let empty: ResponseBody<Full<Bytes>> = ResponseBody::own(Bytes::new().into());
         assert!(empty.is_end_stream());
     }
 }

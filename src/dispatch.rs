@@ -19,8 +19,9 @@ use tokio::sync::oneshot;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::body::RequestBody;
+use crate::body::{OwnBody, RequestBody};
 use crate::config::Config;
+use crate::grpc;
 use crate::job;
 use crate::metrics::Counters;
 use crate::receipt::receipt;
@@ -37,6 +38,8 @@ pub(crate) struct Accepted {
     pub(crate) callback: Option<Uri>,
     pub(crate) wait: Option<Duration>,
     pub(crate) preferred: bool,
+    /// A gRPC call: receipts and refusals are gRPC answers.
+    pub(crate) grpc: bool,
 }
 
 const PREFERENCE_APPLIED: http::HeaderName = http::HeaderName::from_static("preference-applied");
@@ -48,7 +51,7 @@ pub(crate) async fn dispatch<S, ReqBody, ResBody>(
     config: Arc<Config>,
     permit: Permit,
     parent: tracing::Span,
-) -> Response<Bytes>
+) -> Response<OwnBody>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
     S::Future: Send + 'static,
@@ -62,14 +65,14 @@ where
     let collected = match Limited::new(body, config.max_request_bytes).collect().await {
         Ok(collected) => collected,
         Err(error) if error.is::<LengthLimitError>() => {
-            return request_too_large(config.max_request_bytes).into_response()
+            return request_too_large(config.max_request_bytes).respond(accepted.grpc)
         }
         Err(error) => {
             return Refusal::new(
                 RefusalCode::RequestBodyError,
                 format!("The request body could not be read: {error}."),
             )
-            .into_response()
+            .respond(accepted.grpc)
         }
     };
     let trailers = collected.trailers().cloned();
@@ -83,7 +86,7 @@ where
                 RefusalCode::StoreUnavailable,
                 "The service could not record the request; nothing was started. Retry later.",
             )
-            .into_response();
+            .respond(accepted.grpc);
         }
     };
     Counters::add(&config.counters.accepted);
@@ -99,7 +102,7 @@ where
     // With `Prefer: wait`, the job may hand its response back here instead of notifying.
     let (answer_tx, answer_rx) = match accepted.wait {
         Some(_) => {
-            let (tx, rx) = oneshot::channel::<Response<Bytes>>();
+            let (tx, rx) = oneshot::channel::<Response<OwnBody>>();
             (Some(tx), Some(rx))
         }
         None => (None, None),
@@ -140,7 +143,11 @@ where
             return response;
         }
     }
-    let mut receipt = receipt(config.receipt_status, event_id);
+    let mut receipt = if accepted.grpc {
+        grpc::receipt(event_id)
+    } else {
+        receipt(config.receipt_status, event_id).map(OwnBody::from)
+    };
     if let Some(status) = &config.status {
         receipt
             .headers_mut()

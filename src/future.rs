@@ -2,13 +2,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
 use http::Response;
 use pin_project_lite::pin_project;
 
-use crate::body::ResponseBody;
+use crate::body::{OwnBody, ResponseBody};
 
-type Dispatching = Pin<Box<dyn Future<Output = Response<Bytes>> + Send>>;
+type Dispatching = Pin<Box<dyn Future<Output = Response<OwnBody>> + Send>>;
 
 pin_project! {
     /// Response future of [`AsyncRequest`](crate::AsyncRequest).
@@ -38,7 +37,7 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
-    pub(crate) fn answer(response: Response<Bytes>) -> Self {
+    pub(crate) fn answer(response: Response<OwnBody>) -> Self {
         Self {
             kind: Kind::Answer {
                 response: Some(response.map(ResponseBody::own)),

@@ -18,7 +18,9 @@ use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
 
+use crate::body::OwnBody;
 use crate::config::Config;
+use crate::grpc;
 use crate::ids::{EventId, NotificationId};
 use crate::metrics::Counters;
 use crate::notification::{FailureCode, Outcome};
@@ -30,19 +32,34 @@ use crate::BoxError;
 pub(crate) struct Completed {
     pub(crate) parts: http::response::Parts,
     pub(crate) body: Bytes,
+    pub(crate) trailers: Option<http::HeaderMap>,
 }
 
 impl Completed {
     pub(crate) fn outcome(&self) -> Outcome {
+        // A gRPC answer carries its message and its real status in trailers.
+        let grpc = grpc::is_grpc(&self.parts.headers)
+            .then(|| grpc::status(&self.parts.headers, self.trailers.as_ref()))
+            .map(|status| {
+                status.unwrap_or(grpc::GrpcStatus {
+                    code: 2,
+                    message: None,
+                })
+            });
         Outcome::Completed {
             status: self.parts.status,
             content_type: self.parts.headers.get(header::CONTENT_TYPE).cloned(),
-            body: self.body.clone(),
+            body: if grpc.is_some() {
+                grpc::unframe(&self.body)
+            } else {
+                self.body.clone()
+            },
+            grpc,
         }
     }
 
-    pub(crate) fn into_response(self) -> Response<Bytes> {
-        Response::from_parts(self.parts, self.body)
+    pub(crate) fn into_response(self) -> Response<OwnBody> {
+        Response::from_parts(self.parts, OwnBody::new(self.body, self.trailers))
     }
 }
 
@@ -136,6 +153,7 @@ where
     match CatchUnwind::new(Limited::new(body, max_response_bytes).collect()).await {
         Ok(Ok(collected)) => Ok(Completed {
             parts,
+            trailers: collected.trailers().cloned(),
             body: collected.to_bytes(),
         }),
         Ok(Err(error)) if error.is::<LengthLimitError>() => Err(too_large(max_response_bytes)),
@@ -231,10 +249,38 @@ mod tests {
                 status,
                 body,
                 content_type,
+                grpc: None,
             } => {
                 assert_eq!(status, StatusCode::CREATED);
                 assert_eq!(body, "done");
                 assert_eq!(content_type.unwrap(), "text/plain");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_grpc_answer_becomes_its_message_and_its_trailer_status() {
+        let mut parts = Response::new(()).into_parts().0;
+        parts
+            .headers
+            .insert(header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "5".parse().unwrap());
+        trailers.insert("grpc-message", "not%20found".parse().unwrap());
+        let completed = Completed {
+            parts,
+            body: Bytes::from_static(&[0, 0, 0, 0, 2, 8, 1]),
+            trailers: Some(trailers),
+        };
+        match completed.outcome() {
+            Outcome::Completed {
+                body,
+                grpc: Some(grpc),
+                ..
+            } => {
+                assert_eq!(body, Bytes::from_static(&[8, 1]));
+                assert_eq!((grpc.code, grpc.message.as_deref()), (5, Some("not found")));
             }
             other => panic!("unexpected {other:?}"),
         }

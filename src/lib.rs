@@ -116,6 +116,7 @@ mod config;
 mod delivery;
 mod dispatch;
 mod future;
+mod grpc;
 mod handle;
 pub mod header;
 mod ids;

@@ -23,6 +23,7 @@ use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::grpc::GrpcStatus;
 use crate::ids::{EventId, NotificationId};
 
 /// Whether an event's work ran to a response.
@@ -96,6 +97,12 @@ pub struct Notification {
     /// HTTP status of the inner response, when completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
+    /// The call's gRPC status (from its trailers), when the inner service answered gRPC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+    /// The call's `grpc-message`, if it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_message: Option<String>,
     /// The inner body (see the module docs), when completed: `Some(Value::Null)` for an empty
     /// body, `None` when the event failed.
     #[serde(
@@ -146,6 +153,8 @@ pub(crate) enum Outcome {
         status: StatusCode,
         content_type: Option<HeaderValue>,
         body: Bytes,
+        /// The call's gRPC status, for a gRPC answer (whose `body` is then the message).
+        grpc: Option<GrpcStatus>,
     },
     Failed {
         code: FailureCode,
@@ -161,6 +170,10 @@ struct Wire<'a> {
     event_status: EventStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_status: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grpc_message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     response: Option<Response<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,6 +218,8 @@ impl Outcome {
             instance_id,
             event_status: EventStatus::Completed,
             status_code: None,
+            grpc_status: None,
+            grpc_message: None,
             response: None,
             response_encoding: None,
             error: None,
@@ -215,9 +230,15 @@ impl Outcome {
                 status,
                 content_type,
                 body,
+                grpc,
             } => {
                 wire.status_code = Some(status.as_u16());
-                let (response, encoding) = response_value(content_type.as_ref(), body);
+                if let Some(grpc) = grpc {
+                    wire.grpc_status = Some(grpc.code);
+                    wire.grpc_message = grpc.message.as_deref();
+                }
+                let (response, encoding) =
+                    response_value(content_type.as_ref(), body, grpc.is_some());
                 wire.response = Some(response);
                 wire.response_encoding = encoding;
                 body.len() + body.len() / 3 + 160
@@ -240,9 +261,13 @@ impl Outcome {
 fn response_value<'a>(
     content_type: Option<&HeaderValue>,
     body: &'a [u8],
+    binary: bool,
 ) -> (Response<'a>, Option<&'static str>) {
     if body.is_empty() {
         return (Response::Null(()), None);
+    }
+    if binary {
+        return (Response::Base64(STANDARD.encode(body)), Some("base64"));
     }
     if content_type.is_some_and(says_json) {
         if let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
@@ -277,6 +302,7 @@ mod tests {
             status: StatusCode::OK,
             content_type: content_type.map(HeaderValue::from_static),
             body: Bytes::from_static(body),
+            grpc: None,
         };
         serde_json::from_slice(&outcome.to_json(EventId::new(1028), 30, NotificationId::new(1084)))
             .unwrap()
@@ -288,6 +314,7 @@ mod tests {
             status: StatusCode::OK,
             content_type: Some(HeaderValue::from_static("application/json; charset=utf-8")),
             body: Bytes::from_static(br#"{"events":[1,2]}"#),
+            grpc: None,
         };
         let json = outcome.to_json(EventId::new(1028), 30, NotificationId::new(1084));
         assert_eq!(
@@ -353,11 +380,33 @@ mod tests {
     }
 
     #[test]
+    fn grpc_answers_carry_their_status_and_base64_message() {
+        let outcome = Outcome::Completed {
+            status: StatusCode::OK,
+            content_type: Some(HeaderValue::from_static("application/grpc")),
+            body: Bytes::from_static(b"\x0a\x02ok"), // valid UTF-8, still base64 for gRPC
+            grpc: Some(GrpcStatus {
+                code: 0,
+                message: None,
+            }),
+        };
+        let json = outcome.to_json(EventId::new(1), 2, NotificationId::new(3));
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"eventId":1,"instanceId":2,"eventStatus":"completed","statusCode":200,"grpcStatus":0,"response":"CgJvaw==","responseEncoding":"base64","notificationId":3}"#
+        );
+        let parsed: Notification = serde_json::from_slice(&json).unwrap();
+        assert_eq!(parsed.grpc_status, Some(0));
+        assert_eq!(parsed.response_bytes().unwrap(), b"\x0a\x02ok");
+    }
+
+    #[test]
     fn error_statuses_are_still_completed() {
         let outcome = Outcome::Completed {
             status: StatusCode::NOT_FOUND,
             content_type: None,
             body: Bytes::from_static(b"missing"),
+            grpc: None,
         };
         let value: Value =
             serde_json::from_slice(&outcome.to_json(EventId::new(1), 2, NotificationId::new(3)))
@@ -403,6 +452,7 @@ mod properties {
                 status: StatusCode::from_u16(status).unwrap(),
                 content_type: ct.map(HeaderValue::from_static),
                 body: Bytes::from(body.clone()),
+                grpc: None,
             };
             let json = outcome.to_json(EventId::new(1), 2, NotificationId::new(3));
             let parsed: Notification = serde_json::from_slice(&json).expect("valid JSON");

@@ -7,6 +7,8 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::body::OwnBody;
+
 /// Why the layer refused an async request; each kind has a stable `code` in the JSON body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -71,6 +73,15 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+        }
+    }
+
+    /// The refusal as an answer: JSON, or a gRPC error for a gRPC call.
+    pub(crate) fn respond(self, grpc: bool) -> Response<OwnBody> {
+        if grpc {
+            crate::grpc::refusal(self)
+        } else {
+            self.into_response().map(OwnBody::from)
         }
     }
 

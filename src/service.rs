@@ -7,11 +7,12 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{OwnBody, RequestBody, ResponseBody};
 use crate::classify::{classify, Classification};
 use crate::config::Config;
 use crate::dispatch::{dispatch, Accepted};
 use crate::future::ResponseFuture;
+use crate::grpc::is_grpc;
 use crate::refusal::{Refusal, RefusalCode};
 use crate::BoxError;
 
@@ -95,7 +96,7 @@ where
             if status.owns(request.method(), request.uri()) {
                 let (config, uri) = (self.config.clone(), request.uri().clone());
                 return ResponseFuture::dispatch(Box::pin(async move {
-                    crate::status::answer(&config, uri).await
+                    crate::status::answer(&config, uri).await.map(OwnBody::from)
                 }));
             }
         }
@@ -103,20 +104,23 @@ where
             Classification::Passthrough => {
                 ResponseFuture::inner(self.inner.call(request.map(RequestBody::streaming)))
             }
-            Classification::Refuse(refusal) => ResponseFuture::answer(refusal.into_response()),
+            Classification::Refuse(refusal) => {
+                ResponseFuture::answer(refusal.respond(is_grpc(request.headers())))
+            }
             Classification::Async {
                 callback,
                 wait,
                 preferred,
             } => {
+                let grpc = is_grpc(request.headers());
                 if request.body().size_hint().lower() > self.config.max_request_bytes as u64 {
                     return ResponseFuture::answer(
-                        request_too_large(self.config.max_request_bytes).into_response(),
+                        request_too_large(self.config.max_request_bytes).respond(grpc),
                     );
                 }
                 let permit = match self.config.runner.admit() {
                     Ok(permit) => permit,
-                    Err(refusal) => return ResponseFuture::answer(refusal.into_response()),
+                    Err(refusal) => return ResponseFuture::answer(refusal.respond(grpc)),
                 };
                 // Only the instance that was polled ready may be called: keep a fresh clone here
                 // and hand the ready one to the dispatch, which calls it once the body is read.
@@ -130,6 +134,7 @@ where
                         callback,
                         wait,
                         preferred,
+                        grpc,
                     },
                     self.config.clone(),
                     permit,
