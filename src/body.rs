@@ -103,6 +103,14 @@ pin_project! {
     }
 }
 
+/// An empty body, so layers that make their own responses (such as tower-http's `TimeoutLayer`)
+/// can sit directly outside [`AsyncRequest`](crate::AsyncRequest).
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::own(OwnBody::default())
+    }
+}
+
 impl<B> ResponseBody<B> {
     #[inline]
     pub(crate) fn inner(body: B) -> Self {

@@ -8,13 +8,14 @@
 //! nothing was recorded or started. With `Prefer: respond-async, wait=N` the client gets the real
 //! response instead when the work completes within N seconds, and no callback is sent.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Limited};
 use tokio::sync::oneshot;
 use tower_service::Service;
 use tracing::Instrument;
@@ -64,7 +65,7 @@ where
     let (parts, body) = request.into_parts();
     let collected = match Limited::new(body, config.max_request_bytes).collect().await {
         Ok(collected) => collected,
-        Err(error) if error.is::<LengthLimitError>() => {
+        Err(error) if job::is_length_limit(&*error) => {
             return request_too_large(config.max_request_bytes).respond(accepted.grpc)
         }
         Err(error) => {
@@ -98,7 +99,8 @@ where
         notification_id = notification_id.get(),
         instance_id = config.instance_id,
     );
-    let work = span.in_scope(|| ready.call(request));
+    // `call` itself may panic (a hand-written service); that is the job's panic too.
+    let work = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| ready.call(request))));
     // With `Prefer: wait`, the job may hand its response back here instead of notifying.
     let (answer_tx, answer_rx) = match accepted.wait {
         Some(_) => {
@@ -114,7 +116,10 @@ where
         if let Err(error) = shared.store.running(event_id).await {
             tracing::warn!(%error, "could not record that the job started");
         }
-        let ended = job::run(work, shared.max_response_bytes, shared.job_timeout).await;
+        let ended = match work {
+            Ok(work) => job::run(work, shared.max_response_bytes, shared.job_timeout).await,
+            Err(panic) => Err(job::panicked(panic)),
+        };
         Counters::sub(&shared.counters.running);
         let (outcome, target) = match (ended, answer_tx) {
             (Ok(completed), Some(answer)) => {

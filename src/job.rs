@@ -156,13 +156,25 @@ where
             trailers: collected.trailers().cloned(),
             body: collected.to_bytes(),
         }),
-        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(too_large(max_response_bytes)),
+        Ok(Err(error)) if is_length_limit(&*error) => Err(too_large(max_response_bytes)),
         Ok(Err(error)) => Err(Outcome::failed(
             FailureCode::InnerError,
             format!("the response body failed: {error}"),
         )),
         Err(panic) => Err(panicked(panic)),
     }
+}
+
+/// Whether a body error is (or wraps, as `axum::Error` does) a length limit being hit.
+pub(crate) fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.is::<LengthLimitError>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 fn too_large(limit: usize) -> Outcome {
@@ -172,7 +184,7 @@ fn too_large(limit: usize) -> Outcome {
     )
 }
 
-fn panicked(payload: Box<dyn Any + Send>) -> Outcome {
+pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> Outcome {
     // The payload may hold internals; it goes to the log, not to the receiver.
     let detail = payload
         .downcast_ref::<&str>()

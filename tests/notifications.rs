@@ -404,6 +404,27 @@ async fn inner_service_error_is_failed_inner_error() {
 }
 
 #[tokio::test]
+async fn a_panic_in_the_inner_services_call_is_failed_panic_after_a_receipt() {
+    let (sink, mut callbacks) = ChannelSink::new(8);
+    let layer = builder(sink).build().unwrap();
+    // A hand-written service can panic in `call` itself, not only in its future.
+    let service = layer.layer(tower::service_fn(
+        |_request: Request<RequestBody<Full<Bytes>>>| -> std::future::Ready<Result<Response<Full<Bytes>>, std::io::Error>> {
+            panic!("panicked in call")
+        },
+    ));
+    let request = Request::post("/work")
+        .header(ASYNC_HEADER, "true")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = service.oneshot(request).await.expect("a receipt");
+    let (parts, body) = response.into_parts();
+    let event_id = check_receipt(parts.status, &parts.headers, &read_body(body).await);
+    let object = check_callback(&recv_callback(&mut callbacks).await, event_id);
+    check_failed(&object, "panic");
+}
+
+#[tokio::test]
 async fn handler_panic_is_failed_panic_and_the_layer_keeps_working() {
     let mut fixture = fixture(|b| b);
     let object = notification_for(&mut fixture, "/panic").await;
