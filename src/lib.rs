@@ -126,6 +126,9 @@ mod metrics;
 pub mod notification;
 mod prefer;
 mod receipt;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod receiver;
 mod recovery;
 mod refusal;
 pub mod retry;
