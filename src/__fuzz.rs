@@ -67,3 +67,14 @@ pub fn notification(content_type: &[u8], body: &[u8], status: u16) {
         serde_json::from_slice(&json).expect("the notification is valid JSON");
     assert!(parsed.response_bytes().is_some());
 }
+
+/// `Prefer` parsing: never panics, and a `wait` is never above the cap.
+pub fn prefer(value: &[u8]) {
+    let Ok(value) = HeaderValue::from_bytes(value) else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(crate::prefer::PREFER, value);
+    let preferences = crate::prefer::parse(&headers);
+    assert!(preferences.wait.is_none_or(|wait| wait <= crate::MAX_PREFER_WAIT));
+}
