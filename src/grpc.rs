@@ -12,8 +12,10 @@
 //!   `RESOURCE_EXHAUSTED` or `UNAVAILABLE`, a `grpc-message`, and the crate's stable code in
 //!   `elements-error-code`);
 //! - **notification**: `response` is the response *message* bytes (the length prefix removed when
-//!   the body is one uncompressed message), always base64 with `"responseEncoding":"base64"`,
-//!   and `grpcStatus` / `grpcMessage` carry the call's real outcome from its trailers.
+//!   the body is one uncompressed message) in base64 with `"responseEncoding":"base64"` — or
+//!   `null`, as for any empty body, when the call produced no message bytes (an error status, or
+//!   an empty message) — and `grpcStatus` / `grpcMessage` carry the call's real outcome from its
+//!   trailers.
 //!
 //! Plain (synchronous) gRPC calls pass through untouched, trailers included.
 

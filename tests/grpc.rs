@@ -1,0 +1,595 @@
+//! gRPC through `AsyncRequestLayer`, end to end with tonic: a real tonic server
+//! (`Server::builder().layer(layer)`) and a real tonic client over a `Channel` on loopback, with a
+//! `ChannelSink` capturing the callbacks.
+//!
+//! - plain calls pass through, OK and error statuses alike, trailers included;
+//! - an async call gets an OK answer with the empty default message and the receipt in metadata;
+//! - its callback carries the real message (base64) and the call's `grpcStatus`/`grpcMessage`;
+//! - refusals are gRPC errors with `elements-error-code`, and the handler is not called.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tonic::transport::{server::TcpIncoming, Channel, Server};
+use tonic::{Code, Status};
+use tower::{Layer, ServiceExt};
+use tower_async_request::notification::{EventStatus, Notification};
+use tower_async_request::sink::{CallbackReceiver, ChannelSink};
+use tower_async_request::verify::ElementsVerifier;
+use tower_async_request::{AsyncRequestLayer, AsyncRequestLayerBuilder};
+
+use proto::{CopyReply, CopyRequest, Folders, FoldersClient, FoldersServer};
+
+/// Hang guard: a bug fails the test instead of hanging it.
+const WAIT: Duration = Duration::from_secs(10);
+const SIGNING_KEY: &str = "event-signature-key";
+const CALLBACK_URL: &str = "https://hooks.example.com/grpc";
+
+/// What `tonic-build` would generate from:
+///
+/// ```proto
+/// package documents;
+/// service Folders { rpc Copy(CopyRequest) returns (CopyReply); }
+/// message CopyRequest { string folder_id = 1; string destination = 2; }
+/// message CopyReply { string path = 1; uint32 files_copied = 2; }
+/// ```
+///
+/// trimmed to what these tests use (the same as in `examples/tonic.rs`).
+mod proto {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use tonic::codegen::{http, Body, BoxFuture, Bytes, Service, StdError};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CopyRequest {
+        #[prost(string, tag = "1")]
+        pub folder_id: String,
+        #[prost(string, tag = "2")]
+        pub destination: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CopyReply {
+        #[prost(string, tag = "1")]
+        pub path: String,
+        #[prost(uint32, tag = "2")]
+        pub files_copied: u32,
+    }
+
+    pub const COPY_PATH: &str = "/documents.Folders/Copy";
+
+    /// The service trait the handler implements.
+    pub trait Folders: Send + Sync + 'static {
+        fn copy(
+            &self,
+            request: tonic::Request<CopyRequest>,
+        ) -> impl Future<Output = Result<tonic::Response<CopyReply>, tonic::Status>> + Send;
+    }
+
+    /// The server: routes the method path to `tonic::server::Grpc::unary` with the prost codec.
+    pub struct FoldersServer<T>(Arc<T>);
+
+    impl<T> FoldersServer<T> {
+        pub fn from_arc(handler: Arc<T>) -> Self {
+            Self(handler)
+        }
+    }
+
+    impl<T> Clone for FoldersServer<T> {
+        fn clone(&self) -> Self {
+            Self(Arc::clone(&self.0))
+        }
+    }
+
+    impl<T> tonic::server::NamedService for FoldersServer<T> {
+        const NAME: &'static str = "documents.Folders";
+    }
+
+    impl<T, B> Service<http::Request<B>> for FoldersServer<T>
+    where
+        T: Folders,
+        B: Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<B>) -> Self::Future {
+            if request.uri().path() != COPY_PATH {
+                return Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) });
+            }
+            struct CopySvc<T>(Arc<T>);
+            impl<T: Folders> tonic::server::UnaryService<CopyRequest> for CopySvc<T> {
+                type Response = CopyReply;
+                type Future = BoxFuture<tonic::Response<CopyReply>, tonic::Status>;
+                fn call(&mut self, request: tonic::Request<CopyRequest>) -> Self::Future {
+                    let handler = Arc::clone(&self.0);
+                    Box::pin(async move { handler.copy(request).await })
+                }
+            }
+            let method = CopySvc(Arc::clone(&self.0));
+            Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
+                Ok(grpc.unary(method, request).await)
+            })
+        }
+    }
+
+    /// The client: one unary method on `tonic::client::Grpc`.
+    #[derive(Clone)]
+    pub struct FoldersClient<T>(tonic::client::Grpc<T>);
+
+    impl<T> FoldersClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + Send,
+    {
+        pub fn new(inner: T) -> Self {
+            Self(tonic::client::Grpc::new(inner))
+        }
+
+        pub async fn copy(
+            &mut self,
+            request: impl tonic::IntoRequest<CopyRequest>,
+        ) -> Result<tonic::Response<CopyReply>, tonic::Status> {
+            self.0.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let path = http::uri::PathAndQuery::from_static(COPY_PATH);
+            let codec = tonic_prost::ProstCodec::default();
+            self.0.unary(request.into_request(), path, codec).await
+        }
+    }
+}
+
+/// The handler: counts its calls; folder `missing` is `NOT_FOUND`; folder `empty` answers the
+/// empty default message; folder `slow` waits for a permit on `gate` (so a test decides when it
+/// ends).
+struct TestFolders {
+    calls: AtomicUsize,
+    gate: Semaphore,
+}
+
+impl Folders for TestFolders {
+    async fn copy(
+        &self,
+        request: tonic::Request<CopyRequest>,
+    ) -> Result<tonic::Response<CopyReply>, Status> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let request = request.into_inner();
+        match request.folder_id.as_str() {
+            "missing" => return Err(Status::not_found("no such folder")),
+            "slow" => self.gate.acquire().await.expect("gate open").forget(),
+            // An OK answer whose message is the empty default.
+            "empty" => return Ok(tonic::Response::new(CopyReply::default())),
+            _ => {}
+        }
+        Ok(tonic::Response::new(CopyReply {
+            path: request.destination,
+            files_copied: 2,
+        }))
+    }
+}
+
+impl Default for TestFolders {
+    fn default() -> Self {
+        Self {
+            calls: AtomicUsize::new(0),
+            gate: Semaphore::new(0),
+        }
+    }
+}
+
+impl TestFolders {
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+struct Harness {
+    client: FoldersClient<Channel>,
+    handler: Arc<TestFolders>,
+    callbacks: CallbackReceiver,
+}
+
+fn layer() -> AsyncRequestLayerBuilder {
+    AsyncRequestLayer::builder()
+        .instance_id(30)
+        .signing_key(SIGNING_KEY)
+}
+
+/// A tonic server on loopback behind the layer (callbacks captured by a `ChannelSink`), and a
+/// tonic client connected to it.
+async fn start(builder: AsyncRequestLayerBuilder) -> Harness {
+    let (sink, callbacks) = ChannelSink::new(16);
+    let layer = builder.sink(sink).build().expect("a valid configuration");
+    let handler = Arc::new(TestFolders::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    let serving = Server::builder()
+        .layer(layer)
+        .add_service(FoldersServer::from_arc(handler.clone()))
+        .serve_with_incoming(TcpIncoming::from(listener));
+    tokio::spawn(serving);
+    let channel = within(
+        Channel::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect(),
+    )
+    .await
+    .expect("connect to the gRPC server");
+    Harness {
+        client: FoldersClient::new(channel),
+        handler,
+        callbacks,
+    }
+}
+
+/// Any future, failing (not hanging) after `WAIT`.
+async fn within<F: std::future::Future>(future: F) -> F::Output {
+    tokio::time::timeout(WAIT, future)
+        .await
+        .expect("timed out: a bug made this wait forever")
+}
+
+fn copy(folder_id: &str) -> CopyRequest {
+    CopyRequest {
+        folder_id: folder_id.into(),
+        destination: format!("/{folder_id}Copy"),
+    }
+}
+
+/// The call with metadata `elements-async-request: true` and, if given, a callback URL.
+fn async_call(message: CopyRequest, callback_url: Option<&str>) -> tonic::Request<CopyRequest> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert("elements-async-request", "true".parse().unwrap());
+    if let Some(url) = callback_url {
+        metadata.insert("elements-async-callback-url", url.parse().unwrap());
+    }
+    request
+}
+
+/// A receipt's `elements-event-id`, checking the rest of the receipt on the way.
+fn receipt_event_id(receipt: &tonic::Response<CopyReply>) -> u64 {
+    let metadata = receipt.metadata();
+    assert_eq!(
+        metadata
+            .get("elements-event-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("dispatched"),
+        "receipt metadata: {metadata:?}"
+    );
+    assert_eq!(
+        receipt.get_ref(),
+        &CopyReply::default(),
+        "the receipt is the empty default message"
+    );
+    metadata
+        .get("elements-event-id")
+        .expect("the receipt names its event")
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("a numeric event id")
+}
+
+/// The next callback: checks what every callback has, verifies its signature, and parses it.
+async fn next_notification(harness: &mut Harness) -> Notification {
+    let callback = within(harness.callbacks.recv())
+        .await
+        .expect("the callback channel closed");
+    assert_eq!(callback.method(), http::Method::POST);
+    assert_eq!(callback.uri(), CALLBACK_URL);
+    assert_eq!(callback.headers()["content-type"], "application/json");
+    ElementsVerifier::new(SIGNING_KEY)
+        .verify(callback.headers(), callback.body())
+        .expect("a valid Elements signature");
+    let notification: Notification =
+        serde_json::from_slice(callback.body()).expect("a notification");
+    assert_eq!(
+        callback.headers()["elements-event-id"],
+        notification.event_id.get().to_string()
+    );
+    notification
+}
+
+#[tokio::test]
+async fn plain_calls_pass_through_with_their_status() {
+    let mut harness = start(layer()).await;
+
+    let answer = within(harness.client.copy(copy("TestFolder")))
+        .await
+        .expect("an OK answer");
+    assert_eq!(
+        answer.get_ref(),
+        &CopyReply {
+            path: "/TestFolderCopy".into(),
+            files_copied: 2
+        }
+    );
+    assert!(answer.metadata().get("elements-event-id").is_none());
+
+    // A non-OK status from the handler reaches the client as that status.
+    let status = within(harness.client.copy(copy("missing")))
+        .await
+        .expect_err("the handler's NOT_FOUND");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(status.message(), "no such folder");
+    assert!(status.metadata().get("elements-error-code").is_none());
+
+    // `elements-async-request: false` is a plain call too.
+    let mut request = tonic::Request::new(copy("TestFolder"));
+    request
+        .metadata_mut()
+        .insert("elements-async-request", "false".parse().unwrap());
+    let answer = within(harness.client.copy(request)).await.expect("OK");
+    assert_eq!(answer.get_ref().path, "/TestFolderCopy");
+
+    assert_eq!(harness.handler.calls(), 3);
+    assert!(harness.callbacks.try_recv().is_none(), "no callbacks");
+}
+
+/// One length-prefixed, uncompressed gRPC message.
+fn frame(message: &impl Message) -> Bytes {
+    let bytes = message.encode_to_vec();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&bytes);
+    framed.into()
+}
+
+/// The same at the HTTP level, to see the trailers themselves: the layer forwards the inner
+/// response's `grpc-status` trailer (and a trailers-only error's headers) unchanged.
+#[tokio::test]
+async fn plain_calls_keep_their_trailers_on_the_wire() {
+    let (sink, _callbacks) = ChannelSink::new(16);
+    let layer = layer().sink(sink).build().unwrap();
+    let service = layer.layer(FoldersServer::from_arc(Arc::new(TestFolders::default())));
+    let request = |message: &CopyRequest| {
+        http::Request::post(format!("http://localhost{}", proto::COPY_PATH))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::new(Full::new(frame(message))))
+            .unwrap()
+    };
+
+    let response = within(service.clone().oneshot(request(&copy("TestFolder"))))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    let collected = within(response.into_body().collect()).await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    let expected = CopyReply {
+        path: "/TestFolderCopy".into(),
+        files_copied: 2,
+    };
+    assert_eq!(collected.to_bytes(), frame(&expected));
+
+    let response = within(service.oneshot(request(&copy("missing"))))
+        .await
+        .unwrap();
+    let headers = response.headers().clone();
+    let collected = within(response.into_body().collect()).await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    let status = trailers
+        .get("grpc-status")
+        .or(headers.get("grpc-status"))
+        .expect("a grpc-status in the trailers or a trailers-only answer");
+    assert_eq!(status, "5");
+}
+
+#[tokio::test]
+async fn async_call_gets_an_ok_receipt_and_the_callback_carries_the_message() {
+    let mut harness = start(layer()).await;
+    let plain = within(harness.client.copy(copy("TestFolder")))
+        .await
+        .expect("the plain answer")
+        .into_inner();
+
+    let receipt = within(
+        harness
+            .client
+            .copy(async_call(copy("TestFolder"), Some(CALLBACK_URL))),
+    )
+    .await
+    .expect("an OK receipt");
+    let event_id = receipt_event_id(&receipt);
+
+    let notification = next_notification(&mut harness).await;
+    assert_eq!(notification.event_id.get(), event_id);
+    assert_eq!(notification.instance_id, 30);
+    assert_eq!(notification.event_status, EventStatus::Completed);
+    assert_eq!(notification.status_code, Some(200));
+    assert_eq!(notification.grpc_status, Some(0));
+    assert_eq!(notification.grpc_message, None);
+    assert_eq!(notification.response_encoding.as_deref(), Some("base64"));
+    assert!(notification.error.is_none());
+    let bytes = notification.response_bytes().expect("a response");
+    let message = CopyReply::decode(bytes.as_slice()).expect("the response message");
+    assert_eq!(message, plain, "the callback carries the real answer");
+    assert_eq!(harness.handler.calls(), 2);
+}
+
+#[tokio::test]
+async fn async_call_failing_in_the_handler_reports_its_status_in_the_callback() {
+    let mut harness = start(layer()).await;
+
+    let receipt = within(
+        harness
+            .client
+            .copy(async_call(copy("missing"), Some(CALLBACK_URL))),
+    )
+    .await
+    .expect("the receipt is OK even though the work will fail");
+    let event_id = receipt_event_id(&receipt);
+
+    let notification = next_notification(&mut harness).await;
+    assert_eq!(notification.event_id.get(), event_id);
+    assert_eq!(notification.event_status, EventStatus::Completed);
+    assert_eq!(notification.status_code, Some(200));
+    assert_eq!(notification.grpc_status, Some(5), "{notification:?}");
+    assert_eq!(notification.grpc_message.as_deref(), Some("no such folder"));
+    assert_eq!(
+        notification.response_bytes().as_deref(),
+        Some(&[][..]),
+        "no message: {notification:?}"
+    );
+    assert_eq!(harness.handler.calls(), 1);
+}
+
+#[tokio::test]
+async fn an_empty_answer_message_comes_back_empty() {
+    let mut harness = start(layer()).await;
+    let receipt = within(
+        harness
+            .client
+            .copy(async_call(copy("empty"), Some(CALLBACK_URL))),
+    )
+    .await
+    .expect("an OK receipt");
+    let event_id = receipt_event_id(&receipt);
+
+    let notification = next_notification(&mut harness).await;
+    assert_eq!(notification.event_id.get(), event_id);
+    assert_eq!(notification.grpc_status, Some(0));
+    // Zero message bytes: `Notification::response_bytes` gives them back (whether the JSON says
+    // `null` or an empty base64 string), and they decode to the default message.
+    let bytes = notification.response_bytes().expect("a response");
+    assert!(bytes.is_empty(), "{notification:?}");
+    assert_eq!(
+        CopyReply::decode(bytes.as_slice()).unwrap(),
+        CopyReply::default()
+    );
+}
+
+/// A refused async call as the tonic client sees it.
+async fn refused(harness: &mut Harness, request: tonic::Request<CopyRequest>) -> Status {
+    within(harness.client.copy(request))
+        .await
+        .expect_err("a refusal")
+}
+
+fn error_code(status: &Status) -> &str {
+    status
+        .metadata()
+        .get("elements-error-code")
+        .unwrap_or_else(|| panic!("no elements-error-code in {status:?}"))
+        .to_str()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn refusals_are_grpc_errors_and_the_handler_is_not_called() {
+    let mut harness = start(layer()).await;
+
+    let status = refused(
+        &mut harness,
+        async_call(copy("TestFolder"), Some("ftp://x")),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(error_code(&status), "invalid_callback_url");
+    assert!(!status.message().is_empty());
+
+    // No callback URL in the metadata and no default.
+    let status = refused(&mut harness, async_call(copy("TestFolder"), None)).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(error_code(&status), "missing_callback_url");
+
+    // A loopback callback without `allow_private_callbacks`.
+    let status = refused(
+        &mut harness,
+        async_call(copy("TestFolder"), Some("http://127.0.0.1:9/hook")),
+    )
+    .await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(error_code(&status), "forbidden_callback_url");
+
+    let mut request = tonic::Request::new(copy("TestFolder"));
+    request
+        .metadata_mut()
+        .insert("elements-async-request", "maybe".parse().unwrap());
+    let status = refused(&mut harness, request).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(error_code(&status), "invalid_async_header");
+
+    assert_eq!(harness.handler.calls(), 0, "no refusal reaches the handler");
+    assert!(harness.callbacks.try_recv().is_none(), "no callbacks");
+}
+
+#[tokio::test]
+async fn an_async_request_over_the_body_limit_is_resource_exhausted() {
+    let mut harness = start(layer().max_request_bytes(64)).await;
+    let mut big = copy("TestFolder");
+    big.destination = "/".repeat(200);
+
+    let status = refused(&mut harness, async_call(big.clone(), Some(CALLBACK_URL))).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(error_code(&status), "request_too_large");
+    assert_eq!(harness.handler.calls(), 0);
+
+    // The limit is for async requests only.
+    within(harness.client.copy(big))
+        .await
+        .expect("a plain call");
+    assert_eq!(harness.handler.calls(), 1);
+    assert!(harness.callbacks.try_recv().is_none(), "no callbacks");
+}
+
+/// The receipt does not wait for the work: the first call's job is still blocked on the gate
+/// when its receipt arrives.
+#[tokio::test]
+async fn overloaded_is_unavailable_and_work_in_flight_still_completes() {
+    let mut harness = start(layer().max_in_flight(1)).await;
+
+    // The one slot: a job that waits until the test opens the gate.
+    let receipt = within(
+        harness
+            .client
+            .copy(async_call(copy("slow"), Some(CALLBACK_URL))),
+    )
+    .await
+    .expect("the first async call is accepted");
+    let event_id = receipt_event_id(&receipt);
+
+    let status = refused(
+        &mut harness,
+        async_call(copy("TestFolder"), Some(CALLBACK_URL)),
+    )
+    .await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_code(&status), "overloaded");
+
+    // Synchronous calls are never limited.
+    within(harness.client.copy(copy("TestFolder")))
+        .await
+        .expect("a plain call while overloaded");
+
+    harness.handler.gate.add_permits(1);
+    let notification = next_notification(&mut harness).await;
+    assert_eq!(notification.event_id.get(), event_id);
+    assert_eq!(notification.grpc_status, Some(0));
+    let message = CopyReply::decode(notification.response_bytes().unwrap().as_slice()).unwrap();
+    assert_eq!(message.path, "/slowCopy");
+    // The plain call and the slow job reached the handler; the refused call did not.
+    assert_eq!(harness.handler.calls(), 2);
+}
