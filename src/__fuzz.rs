@@ -76,5 +76,7 @@ pub fn prefer(value: &[u8]) {
     let mut headers = HeaderMap::new();
     headers.insert(crate::prefer::PREFER, value);
     let preferences = crate::prefer::parse(&headers);
-    assert!(preferences.wait.is_none_or(|wait| wait <= crate::MAX_PREFER_WAIT));
+    assert!(preferences
+        .wait
+        .is_none_or(|wait| wait <= crate::MAX_PREFER_WAIT));
 }
