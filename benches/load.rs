@@ -1,0 +1,874 @@
+//! Load harness (not criterion): real TCP on 127.0.0.1, an app behind `AsyncRequestLayer`, a
+//! callback receiver and a pooled keep-alive client, all in this process.
+//!
+//! ```sh
+//! cargo bench --bench load                                   # defaults, well under 2 minutes
+//! cargo bench --bench load -- --duration-secs 3 --pending-events 20000
+//! cargo bench --features redb --bench load -- --store redb
+//! ```
+//!
+//! Phases, each bounded by a count and a time, so the run ends by itself:
+//!
+//! - (a) sync: `POST /work` without the async header for `--duration-secs`: requests/s, latency.
+//! - (b) async: the same route with `Elements-Async-Request: true` and a callback URL naming the
+//!   receiver, for `--duration-secs`: receipts/s, receipt latency p50/p99, callbacks delivered/s
+//!   and end-to-end latency (request sent → callback received, matched by eventId) p50/p99. The
+//!   run then waits (at most `--drain-secs`) for the callbacks still on their way.
+//! - (c) memory per pending event: a second app whose callback URL is a closed port on 127.0.0.1,
+//!   `retry_schedule([1 h])`, `max_in_flight(200_000)`. `--pending-events` async requests each fail
+//!   their first delivery and wait; VmRSS (from /proc/self/status) after minus before, divided by
+//!   the events, less the payload each one carries.
+//!
+//! Options are `--name value` arguments or environment variables (arguments win):
+//! `--concurrency` / `LOAD_CONCURRENCY` (client tasks, default 32), `--duration-secs` /
+//! `LOAD_DURATION_SECS` (10), `--payload-bytes` / `LOAD_PAYLOAD_BYTES` (1024), `--pending-events` /
+//! `LOAD_PENDING_EVENTS` (100000), `--store memory|redb` / `LOAD_STORE` (memory; redb needs
+//! `--features redb`), `--threads` / `LOAD_THREADS` (runtime worker threads, default the number of
+//! CPUs), `--max-requests` / `LOAD_MAX_REQUESTS` (per phase, 10000000), `--drain-secs` /
+//! `LOAD_DRAIN_SECS` (10), `--memory-secs` / `LOAD_MEMORY_SECS` (time cap of phase (c), 45).
+//!
+//! The client, the app and the receiver run on one multi-thread tokio runtime and compete for the
+//! same cores: every figure is what the app achieves while also paying for its load generator and
+//! its receiver, a lower bound for the app alone.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::serve::ListenerExt;
+use axum::Router;
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::net::TcpListener;
+use tower_async_request::verify::ElementsVerifier;
+use tower_async_request::{AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder};
+
+const SIGNING_KEY: &str = "event-signature-key";
+const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+const PHASE_C_MAX_IN_FLIGHT: usize = 200_000;
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreKind {
+    Memory,
+    Redb,
+}
+
+#[derive(Debug, Clone)]
+struct Options {
+    concurrency: usize,
+    duration_secs: u64,
+    payload_bytes: usize,
+    pending_events: u64,
+    store: StoreKind,
+    threads: usize,
+    max_requests: u64,
+    drain_secs: u64,
+    memory_secs: u64,
+}
+
+const USAGE: &str = "usage: cargo bench --bench load -- [--concurrency N] [--duration-secs D] \
+[--payload-bytes P] [--pending-events K] [--store memory|redb] [--threads T] [--max-requests M] \
+[--drain-secs S] [--memory-secs S]   (or env LOAD_CONCURRENCY, LOAD_DURATION_SECS, …)";
+
+impl Options {
+    fn parse() -> Result<Self, String> {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut values: HashMap<String, String> = HashMap::new();
+        for (name, env) in [
+            ("concurrency", "LOAD_CONCURRENCY"),
+            ("duration-secs", "LOAD_DURATION_SECS"),
+            ("payload-bytes", "LOAD_PAYLOAD_BYTES"),
+            ("pending-events", "LOAD_PENDING_EVENTS"),
+            ("store", "LOAD_STORE"),
+            ("threads", "LOAD_THREADS"),
+            ("max-requests", "LOAD_MAX_REQUESTS"),
+            ("drain-secs", "LOAD_DRAIN_SECS"),
+            ("memory-secs", "LOAD_MEMORY_SECS"),
+        ] {
+            if let Ok(value) = std::env::var(env) {
+                values.insert(name.to_owned(), value);
+            }
+        }
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            // `cargo bench` appends `--bench`; a harness that is not criterion ignores it.
+            if arg == "--bench" {
+                continue;
+            }
+            if arg == "--help" || arg == "-h" {
+                return Err(USAGE.to_owned());
+            }
+            let Some(name) = arg.strip_prefix("--") else {
+                return Err(format!("unexpected argument {arg:?}\n{USAGE}"));
+            };
+            let (name, value) = match name.split_once('=') {
+                Some((name, value)) => (name.to_owned(), value.to_owned()),
+                None => {
+                    let value = args
+                        .next()
+                        .ok_or_else(|| format!("--{name} needs a value\n{USAGE}"))?;
+                    (name.to_owned(), value)
+                }
+            };
+            values.insert(name, value);
+        }
+        let store =
+            match values.remove("store").as_deref() {
+                None | Some("memory") => StoreKind::Memory,
+                Some("redb") if cfg!(feature = "redb") => StoreKind::Redb,
+                Some("redb") => return Err(
+                    "--store redb needs the redb feature: cargo bench --features redb --bench load"
+                        .to_owned(),
+                ),
+                Some(other) => return Err(format!("--store: memory or redb, not {other:?}")),
+            };
+        let mut take = |name: &str, default: u64| -> Result<u64, String> {
+            match values.remove(name) {
+                None => Ok(default),
+                Some(text) => text
+                    .parse()
+                    .map_err(|_| format!("--{name}: not a number: {text:?}")),
+            }
+        };
+        let options = Options {
+            concurrency: take("concurrency", 32)?.max(1) as usize,
+            duration_secs: take("duration-secs", 10)?.max(1),
+            payload_bytes: take("payload-bytes", 1024)? as usize,
+            pending_events: take("pending-events", 100_000)?,
+            threads: take("threads", cpus as u64)?.max(1) as usize,
+            max_requests: take("max-requests", 10_000_000)?.max(1),
+            drain_secs: take("drain-secs", 10)?,
+            memory_secs: take("memory-secs", 45)?.max(1),
+            store,
+        };
+        if let Some(unknown) = values.keys().next() {
+            return Err(format!("unknown option --{unknown}\n{USAGE}"));
+        }
+        Ok(options)
+    }
+
+    /// The command that reproduces this run, every option spelled out.
+    fn command_line(&self) -> String {
+        let features = match self.store {
+            StoreKind::Memory => "",
+            StoreKind::Redb => " --features redb",
+        };
+        let store = match self.store {
+            StoreKind::Memory => "memory",
+            StoreKind::Redb => "redb",
+        };
+        format!(
+            "cargo bench{features} --bench load -- --concurrency {} --duration-secs {} \
+             --payload-bytes {} --pending-events {} --store {store} --threads {} \
+             --max-requests {} --drain-secs {} --memory-secs {}",
+            self.concurrency,
+            self.duration_secs,
+            self.payload_bytes,
+            self.pending_events,
+            self.threads,
+            self.max_requests,
+            self.drain_secs,
+            self.memory_secs,
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The app and the receiver
+
+/// Files of redb stores made by this run, removed at the end.
+static STORE_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn with_store(
+    builder: AsyncRequestLayerBuilder,
+    store: StoreKind,
+    tag: &str,
+) -> AsyncRequestLayerBuilder {
+    match store {
+        StoreKind::Memory => builder, // MemoryStore is the default
+        #[cfg(feature = "redb")]
+        StoreKind::Redb => {
+            let path = std::env::temp_dir().join(format!(
+                "tower-async-request-load-{}-{tag}.redb",
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&path);
+            let opened = tower_async_request::store::RedbStore::open(&path).expect("open redb");
+            STORE_FILES.lock().unwrap().push(path);
+            builder.store(opened)
+        }
+        #[cfg(not(feature = "redb"))]
+        StoreKind::Redb => unreachable!("rejected by Options::parse ({tag})"),
+    }
+}
+
+/// The endpoint: echoes the request body as JSON, so each notification carries the payload.
+async fn work(body: Bytes) -> ([(header::HeaderName, &'static str); 1], Bytes) {
+    ([(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Serves `router` on 127.0.0.1 (an ephemeral port, TCP_NODELAY) until the process ends.
+async fn serve(router: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().unwrap();
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    address
+}
+
+/// What the callback receiver saw.
+#[derive(Default)]
+struct Received {
+    count: AtomicU64,
+    bad_signatures: AtomicU64,
+    arrivals: Mutex<Vec<(u64, Instant)>>,
+}
+
+async fn receive(
+    State((received, verifier)): State<(Arc<Received>, ElementsVerifier)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let now = Instant::now();
+    let event_id = headers
+        .get("elements-event-id")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0);
+    if verifier.verify(&headers, &body).is_err() {
+        received.bad_signatures.fetch_add(1, Ordering::Relaxed);
+    }
+    received.arrivals.lock().unwrap().push((event_id, now));
+    received.count.fetch_add(1, Ordering::Relaxed);
+    StatusCode::OK
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+fn client(concurrency: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(concurrency)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector)
+}
+
+/// What to send in one phase.
+#[derive(Clone)]
+struct Shot {
+    uri: Uri,
+    payload: Bytes,
+    /// `Some(callback URL)` (or `Some("")` for none): an async request.
+    asynchronous: Option<String>,
+}
+
+impl Shot {
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut builder = Request::post(self.uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json");
+        if let Some(callback) = &self.asynchronous {
+            builder = builder.header("Elements-Async-Request", "true");
+            if !callback.is_empty() {
+                builder = builder.header("Elements-Async-Callback-Url", callback.as_str());
+            }
+        }
+        builder.body(Full::new(self.payload.clone())).unwrap()
+    }
+}
+
+/// What the client tasks of one phase saw.
+#[derive(Default)]
+struct Tally {
+    /// `200` (sync) or `202` (async) answers.
+    ok: u64,
+    overloaded: u64,
+    other_status: u64,
+    errors: u64,
+    latencies: Vec<Duration>,
+    /// eventId and the instant its request was sent (async only).
+    events: Vec<(u64, Instant)>,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.ok += other.ok;
+        self.overloaded += other.overloaded;
+        self.other_status += other.other_status;
+        self.errors += other.errors;
+        self.latencies.extend(other.latencies);
+        self.events.extend(other.events);
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Runs `concurrency` client tasks until `deadline` or until `limit` requests were sent.
+async fn drive(
+    client: &HttpClient,
+    shot: &Shot,
+    concurrency: usize,
+    deadline: Instant,
+    limit: u64,
+) -> Tally {
+    let issued = Arc::new(AtomicU64::new(0));
+    let expected = if shot.asynchronous.is_some() {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (client, shot, issued) = (client.clone(), shot.clone(), issued.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < limit {
+                    let sent = Instant::now();
+                    let response = match client.request(shot.request()).await {
+                        Ok(response) => response,
+                        Err(error) => {
+                            tally.errors += 1;
+                            tally
+                                .first_error
+                                .get_or_insert_with(|| format!("{error:?}"));
+                            continue;
+                        }
+                    };
+                    let (parts, body) = response.into_parts();
+                    let body = match body.collect().await {
+                        Ok(body) => body.to_bytes(),
+                        Err(error) => {
+                            tally.errors += 1;
+                            tally
+                                .first_error
+                                .get_or_insert_with(|| format!("{error:?}"));
+                            continue;
+                        }
+                    };
+                    let latency = sent.elapsed();
+                    if parts.status == expected {
+                        tally.ok += 1;
+                        tally.latencies.push(latency);
+                        if expected == StatusCode::ACCEPTED {
+                            let event_id = parts
+                                .headers
+                                .get("elements-event-id")
+                                .and_then(|value| value.to_str().ok())
+                                .and_then(|text| text.parse().ok())
+                                .expect("a receipt carries Elements-Event-Id");
+                            tally.events.push((event_id, sent));
+                        }
+                    } else if parts.status == StatusCode::SERVICE_UNAVAILABLE {
+                        tally.overloaded += 1;
+                    } else {
+                        tally.other_status += 1;
+                        tally.first_error.get_or_insert_with(|| {
+                            format!("{} {}", parts.status, String::from_utf8_lossy(&body))
+                        });
+                    }
+                    black_box(body);
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for task in tasks {
+        total.merge(task.await.expect("client task"));
+    }
+    total
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn ms(duration: Option<Duration>) -> String {
+    duration.map_or_else(
+        || "-".to_owned(),
+        |d| format!("{:.2} ms", d.as_secs_f64() * 1e3),
+    )
+}
+
+fn p50_p99(latencies: &mut [Duration]) -> String {
+    latencies.sort_unstable();
+    format!(
+        "{} / {}",
+        ms(percentile(latencies, 0.50)),
+        ms(percentile(latencies, 0.99))
+    )
+}
+
+fn rate(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// A JSON document of exactly `len` bytes (at least `{"d":""}`, 8 bytes).
+fn payload(len: usize) -> Bytes {
+    let len = len.max(8);
+    let mut text = String::with_capacity(len);
+    text.push_str(r#"{"d":""#);
+    text.extend(std::iter::repeat_n('x', len - 8));
+    text.push_str(r#""}"#);
+    Bytes::from(text)
+}
+
+fn layer_builder() -> AsyncRequestLayerBuilder {
+    AsyncRequestLayer::builder()
+        .instance_id(30)
+        .signing_key(SIGNING_KEY)
+        .standard_webhooks_secret(WHSEC)
+        .allow_private_callbacks(true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+struct SyncFigures {
+    tally: Tally,
+    elapsed: Duration,
+}
+
+struct AsyncFigures {
+    tally: Tally,
+    elapsed: Duration,
+    delivered_in_window: u64,
+    matched: u64,
+    drained_after: Duration,
+    end_to_end: Vec<Duration>,
+    bad_signatures: u64,
+    metrics: tower_async_request::Metrics,
+}
+
+struct MemoryFigures {
+    accepted: u64,
+    refused: u64,
+    waiting: u64,
+    before: u64,
+    after: u64,
+    send_elapsed: Duration,
+}
+
+async fn phase_sync(options: &Options, client: &HttpClient, app: SocketAddr) -> SyncFigures {
+    let shot = Shot {
+        uri: format!("http://{app}/work").parse().unwrap(),
+        payload: payload(options.payload_bytes),
+        asynchronous: None,
+    };
+    // Warm-up: open the pooled connections, untimed.
+    let warm = drive(
+        client,
+        &shot,
+        options.concurrency,
+        Instant::now() + Duration::from_secs(1),
+        options.concurrency as u64 * 20,
+    )
+    .await;
+    assert!(warm.ok > 0, "warm-up failed: {:?}", warm.first_error);
+
+    let start = Instant::now();
+    let tally = drive(
+        client,
+        &shot,
+        options.concurrency,
+        start + Duration::from_secs(options.duration_secs),
+        options.max_requests,
+    )
+    .await;
+    SyncFigures {
+        tally,
+        elapsed: start.elapsed(),
+    }
+}
+
+async fn phase_async(
+    options: &Options,
+    client: &HttpClient,
+    app: SocketAddr,
+    handle: &AsyncRequestHandle,
+    received: &Received,
+    receiver: SocketAddr,
+) -> AsyncFigures {
+    let shot = Shot {
+        uri: format!("http://{app}/work").parse().unwrap(),
+        payload: payload(options.payload_bytes),
+        asynchronous: Some(format!("http://{receiver}/cb")),
+    };
+    let start = Instant::now();
+    let mut tally = drive(
+        client,
+        &shot,
+        options.concurrency,
+        start + Duration::from_secs(options.duration_secs),
+        options.max_requests,
+    )
+    .await;
+    let elapsed = start.elapsed();
+    let window_end = start + elapsed;
+
+    // Wait for the callbacks still on their way.
+    let drain_deadline = Instant::now() + Duration::from_secs(options.drain_secs);
+    while received.count.load(Ordering::Relaxed) < tally.ok && Instant::now() < drain_deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let arrivals: HashMap<u64, Instant> =
+        received.arrivals.lock().unwrap().iter().copied().collect();
+    let delivered_in_window = arrivals.values().filter(|&&at| at <= window_end).count() as u64;
+    let mut end_to_end = Vec::with_capacity(tally.events.len());
+    let mut last = start;
+    for (event_id, sent) in &tally.events {
+        if let Some(&arrived) = arrivals.get(event_id) {
+            end_to_end.push(arrived.saturating_duration_since(*sent));
+            last = last.max(arrived);
+        }
+    }
+    tally.events.clear();
+    AsyncFigures {
+        matched: end_to_end.len() as u64,
+        tally,
+        elapsed,
+        delivered_in_window,
+        drained_after: last - start,
+        end_to_end,
+        bad_signatures: received.bad_signatures.load(Ordering::Relaxed),
+        metrics: handle.metrics(),
+    }
+}
+
+async fn phase_memory(options: &Options, client: &HttpClient) -> MemoryFigures {
+    // A port nobody listens on: bind an ephemeral one and let it go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let layer = with_store(layer_builder(), options.store, "pending")
+        .default_callback_url(format!("http://{closed}/cb"))
+        .retry_schedule([Duration::from_secs(3600)])
+        .max_in_flight(PHASE_C_MAX_IN_FLIGHT.max(options.pending_events as usize))
+        .build()
+        .expect("phase (c) layer");
+    let handle = layer.handle();
+    let app = serve(Router::new().route("/work", post(work)).layer(layer)).await;
+
+    let uri: Uri = format!("http://{app}/work").parse().unwrap();
+    let payload = payload(options.payload_bytes);
+    // Warm-up with sync requests: connections and their buffers exist before the first reading.
+    let sync = Shot {
+        uri: uri.clone(),
+        payload: payload.clone(),
+        asynchronous: None,
+    };
+    drive(
+        client,
+        &sync,
+        options.concurrency,
+        Instant::now() + Duration::from_secs(1),
+        options.concurrency as u64 * 20,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = resident_bytes().unwrap_or(0);
+
+    let shot = Shot {
+        uri,
+        payload,
+        asynchronous: Some(String::new()), // the default callback URL: the closed port
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(options.memory_secs);
+    let tally = drive(
+        client,
+        &shot,
+        options.concurrency,
+        deadline,
+        options.pending_events,
+    )
+    .await;
+    let send_elapsed = start.elapsed();
+    // Every event fails its first attempt (connection refused), then waits an hour.
+    let settle = Instant::now() + Duration::from_secs(15);
+    while handle.metrics().retries < tally.ok && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = resident_bytes().unwrap_or(0);
+    MemoryFigures {
+        accepted: tally.ok,
+        refused: tally.overloaded + tally.other_status + tally.errors,
+        waiting: handle.metrics().retries,
+        before,
+        after,
+        send_elapsed,
+    }
+}
+
+async fn run(options: Options) {
+    let client = client(options.concurrency);
+
+    // The receiver.
+    let received = Arc::new(Received::default());
+    let receiver = serve(
+        Router::new()
+            .route("/cb", post(receive))
+            .with_state((received.clone(), ElementsVerifier::new(SIGNING_KEY))),
+    )
+    .await;
+
+    // The app of phases (a) and (b): default HttpSink, default max_in_flight.
+    let layer = with_store(layer_builder(), options.store, "load")
+        .build()
+        .expect("layer");
+    let handle = layer.handle();
+    let app = serve(Router::new().route("/work", post(work)).layer(layer)).await;
+    println!("app on http://{app}/work, receiver on http://{receiver}/cb");
+
+    let rss_start = resident_bytes().unwrap_or(0);
+    println!("(a) sync for {} s …", options.duration_secs);
+    let mut sync = phase_sync(&options, &client, app).await;
+    let rss_after_sync = resident_bytes().unwrap_or(0);
+    println!(
+        "    {} × 200, {} other answers, {} errors in {:.2} s; VmRSS {} → {}{}",
+        sync.tally.ok,
+        sync.tally.other_status + sync.tally.overloaded,
+        sync.tally.errors,
+        sync.elapsed.as_secs_f64(),
+        mib(rss_start),
+        mib(rss_after_sync),
+        sync.tally
+            .first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+
+    println!(
+        "(b) async for {} s, then up to {} s for the last callbacks …",
+        options.duration_secs, options.drain_secs
+    );
+    let mut asynchronous = phase_async(&options, &client, app, &handle, &received, receiver).await;
+    let rss_after_async = resident_bytes().unwrap_or(0);
+    println!(
+        "    {} × 202, {} × 503 overloaded, {} other answers, {} errors in {:.2} s; \
+         {} callbacks matched, {} bad signatures; VmRSS {} → {}; layer metrics {:?}{}",
+        asynchronous.tally.ok,
+        asynchronous.tally.overloaded,
+        asynchronous.tally.other_status,
+        asynchronous.tally.errors,
+        asynchronous.elapsed.as_secs_f64(),
+        asynchronous.matched,
+        asynchronous.bad_signatures,
+        mib(rss_after_sync),
+        mib(rss_after_async),
+        asynchronous.metrics,
+        asynchronous
+            .tally
+            .first_error
+            .as_deref()
+            .map(|e| format!(" (first: {e})"))
+            .unwrap_or_default()
+    );
+
+    println!(
+        "(c) {} pending events (callback URL: a closed port; retry in 1 h), at most {} s …",
+        options.pending_events, options.memory_secs
+    );
+    let memory = phase_memory(&options, &client).await;
+    println!(
+        "    {} accepted in {:.2} s, {} not accepted, {} waiting for their retry; \
+         VmRSS {} → {}",
+        memory.accepted,
+        memory.send_elapsed.as_secs_f64(),
+        memory.refused,
+        memory.waiting,
+        mib(memory.before),
+        mib(memory.after),
+    );
+
+    // The table.
+    let sync_rate = rate(sync.tally.ok, sync.elapsed);
+    let receipts_rate = rate(asynchronous.tally.ok, asynchronous.elapsed);
+    let window_rate = rate(asynchronous.delivered_in_window, asynchronous.elapsed);
+    let drained_rate = rate(asynchronous.matched, asynchronous.drained_after);
+    let ratio = |value: f64| format!("{:.3}", value / sync_rate.max(1e-9));
+    let per_event = if memory.accepted > 0 {
+        Some((memory.after as f64 - memory.before as f64) / memory.accepted as f64)
+    } else {
+        None
+    };
+    let rows: Vec<(String, String, String)> = vec![
+        (
+            "(a) sync requests/s".into(),
+            format!("{sync_rate:.0}"),
+            ratio(sync_rate),
+        ),
+        (
+            "(b) receipts/s".into(),
+            format!("{receipts_rate:.0}"),
+            ratio(receipts_rate),
+        ),
+        (
+            "(b) callbacks delivered/s, during the send window".into(),
+            format!("{window_rate:.0}"),
+            ratio(window_rate),
+        ),
+        (
+            "(b) callbacks delivered/s, first request → last callback".into(),
+            format!("{drained_rate:.0}"),
+            ratio(drained_rate),
+        ),
+        (
+            "(a) sync latency p50 / p99".into(),
+            p50_p99(&mut sync.tally.latencies),
+            String::new(),
+        ),
+        (
+            "(b) receipt latency p50 / p99".into(),
+            p50_p99(&mut asynchronous.tally.latencies),
+            String::new(),
+        ),
+        (
+            "(b) end-to-end latency p50 / p99 (sent → callback)".into(),
+            p50_p99(&mut asynchronous.end_to_end),
+            String::new(),
+        ),
+        (
+            "(b) 503 overloaded / callbacks missing".into(),
+            format!(
+                "{} / {}",
+                asynchronous.tally.overloaded,
+                asynchronous.tally.ok - asynchronous.matched
+            ),
+            String::new(),
+        ),
+        (
+            "(b) VmRSS growth over the phase, all delivered".into(),
+            mib(rss_after_async.saturating_sub(rss_after_sync)),
+            String::new(),
+        ),
+        (
+            "(c) memory per pending event".into(),
+            per_event.map_or("-".into(), |b| format!("{b:.0} B")),
+            String::new(),
+        ),
+        (
+            format!("(c)   less the {} B payload", options.payload_bytes),
+            per_event.map_or("-".into(), |b| {
+                format!("{:.0} B", b - options.payload_bytes as f64)
+            }),
+            String::new(),
+        ),
+    ];
+    let width = rows
+        .iter()
+        .map(|row| row.0.chars().count())
+        .max()
+        .unwrap_or(0);
+    let value_width = rows
+        .iter()
+        .map(|row| row.1.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| {:width$} | {:>value_width$} | ÷ sync req/s |",
+        "metric", "value"
+    );
+    let _ = writeln!(
+        table,
+        "|{}|{}|--------------|",
+        "-".repeat(width + 2),
+        "-".repeat(value_width + 2)
+    );
+    for (metric, value, ratio) in rows {
+        let _ = writeln!(
+            table,
+            "| {metric:width$} | {value:>value_width$} | {ratio:>12} |"
+        );
+    }
+    println!();
+    print!("{table}");
+    println!(
+        "callbacks/s ÷ sync req/s = {}; receipts/s ÷ sync req/s = {}",
+        ratio(window_rate),
+        ratio(receipts_rate)
+    );
+}
+
+fn main() -> ExitCode {
+    let options = match Options::parse() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("reproduce: {}", options.command_line());
+    println!(
+        "NOTE: the client ({} tasks), the app and the callback receiver share this process's \
+         tokio multi-thread runtime ({} worker threads) and the machine's {} CPU(s): the load \
+         generator and the receiver compete with the app for the same cores, so every rate is a \
+         lower bound for the app alone. Loopback TCP only (127.0.0.1). Payload: {} B of JSON, \
+         echoed by the endpoint; both signature schemes on; store: {:?}.",
+        options.concurrency,
+        options.threads,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        options.payload_bytes,
+        options.store,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.threads)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let started = Instant::now();
+    runtime.block_on(run(options));
+    // Phase (c) leaves its events waiting an hour for their retry: do not wait for them.
+    runtime.shutdown_background();
+    for path in STORE_FILES.lock().unwrap().drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+    println!("total {:.1} s", started.elapsed().as_secs_f64());
+    ExitCode::SUCCESS
+}

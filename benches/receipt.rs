@@ -1,0 +1,150 @@
+//! What an accepted async request costs until its receipt, next to the same router's synchronous
+//! path: one client, in-process (`tower::ServiceExt::oneshot`), a tokio current-thread runtime.
+//!
+//! `cargo bench --bench receipt`
+//!
+//! Three functions in one group, so ratios can be read off directly:
+//!
+//! - `sync`: no async header; the handler's own `200` (the layer only looks at one header).
+//! - `async_receipt`: `Elements-Async-Request: true` until the `202` receipt. Only the time to
+//!   the receipt is counted; after each receipt the spawned job, the signed notification and the
+//!   drained `ChannelSink` are left to finish (untimed), so every request starts with no backlog.
+//! - `async_receipt_and_callback`: the same request plus everything it sets off (job,
+//!   notification JSON, both signatures, channel, the draining task), timed until the callback is
+//!   taken off the channel: what one async request costs the process in total on one core.
+//!
+//! Each iteration is one request; criterion reports elements/s.
+
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::{body::Body, routing::post, Router};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::{Request, StatusCode};
+use tokio::runtime::Runtime;
+use tower::ServiceExt;
+use tower_async_request::{sink::ChannelSink, AsyncRequestLayer};
+
+const ROUTE: &str = "/hubs/documents/folders/copy";
+
+fn request(async_request: bool) -> Request<Body> {
+    let mut builder = Request::post(ROUTE)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header("authorization", "Bearer abcdefghijklmnopqrstuvwxyz")
+        .header("user-agent", "bench/1.0");
+    if async_request {
+        builder = builder.header("Elements-Async-Request", "true");
+    }
+    builder
+        .body(Body::from(r#"{"from":"/a","to":"/b"}"#))
+        .unwrap()
+}
+
+/// The router behind the layer, and the count of callbacks the draining task has taken.
+fn app() -> (Router, Arc<AtomicU64>) {
+    let (sink, mut callbacks) = ChannelSink::new(65_536);
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Some(callback) = callbacks.recv().await {
+            black_box(callback);
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let layer = AsyncRequestLayer::builder()
+        .instance_id(30)
+        .default_callback_url("https://hooks.example.com/in")
+        .signing_key("event-signature-key")
+        .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+        .max_in_flight(1 << 24)
+        .sink(sink)
+        .build()
+        .unwrap();
+    let router = Router::new()
+        .route(ROUTE, post(|| async { "ok" }))
+        .layer(layer);
+    (router, received)
+}
+
+/// Yields to the runtime until the draining task has seen `target` callbacks.
+async fn drained(received: &AtomicU64, target: u64) {
+    while received.load(Ordering::Relaxed) < target {
+        tokio::task::yield_now().await;
+    }
+}
+
+fn receipt(c: &mut Criterion) {
+    let runtime: Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (app, received) = runtime.block_on(async { app() });
+
+    // One of each, checked, before anything is timed.
+    runtime.block_on(async {
+        let sync = app.clone().oneshot(request(false)).await.unwrap();
+        assert_eq!(sync.status(), StatusCode::OK);
+        let receipt = app.clone().oneshot(request(true)).await.unwrap();
+        assert_eq!(receipt.status(), StatusCode::ACCEPTED);
+        drained(&received, 1).await;
+    });
+    let mut sent = 1;
+
+    let mut group = c.benchmark_group("receipt");
+    group.throughput(Throughput::Elements(1));
+
+    group.bench_function("sync", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let response = app.clone().oneshot(request(false)).await.unwrap();
+                    debug_assert_eq!(response.status(), StatusCode::OK);
+                    black_box(response);
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    group.bench_function("async_receipt", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let mut timed = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let response = app.clone().oneshot(request(true)).await.unwrap();
+                    timed += start.elapsed();
+                    debug_assert_eq!(response.status(), StatusCode::ACCEPTED);
+                    black_box(response);
+                    sent += 1;
+                    drained(&received, sent).await;
+                }
+                timed
+            })
+        })
+    });
+
+    group.bench_function("async_receipt_and_callback", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let response = app.clone().oneshot(request(true)).await.unwrap();
+                    debug_assert_eq!(response.status(), StatusCode::ACCEPTED);
+                    black_box(response);
+                    sent += 1;
+                    drained(&received, sent).await;
+                }
+                start.elapsed()
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, receipt);
+criterion_main!(benches);
