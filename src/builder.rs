@@ -419,7 +419,12 @@ impl AsyncRequestLayerBuilder {
             on_dead_letter: self.on_dead_letter,
             allow_private: self.allow_private_callbacks,
             default_target: default_callback.clone(),
-            retention: self.status_retention,
+            // Finished events are kept only for the status endpoint to read.
+            retention: if self.status_endpoint.is_some() {
+                self.status_retention
+            } else {
+                Duration::ZERO
+            },
         };
         let status = self
             .status_endpoint

@@ -117,7 +117,16 @@ where
             tracing::warn!(%error, "could not record that the job started");
         }
         let ended = match work {
-            Ok(work) => job::run(work, shared.max_response_bytes, shared.job_timeout).await,
+            // Boxed so the work's state is freed when it ends, and a notification waiting hours
+            // for its next attempt keeps only a small task alive.
+            Ok(work) => {
+                Box::pin(job::run(
+                    work,
+                    shared.max_response_bytes,
+                    shared.job_timeout,
+                ))
+                .await
+            }
             Err(panic) => Err(job::panicked(panic)),
         };
         Counters::sub(&shared.counters.running);

@@ -120,6 +120,9 @@ pub(crate) async fn conclude(
         },
         retain_until_ms: now.saturating_add(config.delivery.retention.as_millis() as u64),
     };
+    // The inner body may be a slice of a larger buffer (a request's, say): let it go now rather
+    // than hold it through a retry schedule of hours.
+    drop(outcome);
     if let Err(error) = config.store.finished(&notification).await {
         tracing::error!(%error, "could not record a finished event; delivering anyway");
     }

@@ -239,9 +239,15 @@ impl Outcome {
                 }
                 let (response, encoding) =
                     response_value(content_type.as_ref(), body, grpc.is_some());
+                let response_len = match &response {
+                    Response::Json(raw) => raw.get().len(),
+                    Response::Text(text) => text.len() + text.len() / 16, // room for escapes
+                    Response::Base64(encoded) => encoded.len(),
+                    Response::Null(()) => 4,
+                };
                 wire.response = Some(response);
                 wire.response_encoding = encoding;
-                body.len() + body.len() / 3 + 160
+                response_len + wire.grpc_message.map_or(0, str::len) + 192
             }
             Self::Failed { code, message } => {
                 wire.event_status = EventStatus::Failed;
@@ -254,6 +260,10 @@ impl Outcome {
         };
         let mut out = Vec::with_capacity(capacity);
         serde_json::to_writer(&mut out, &wire).expect("serializing to a Vec cannot fail");
+        // The notification may wait hours for delivery: do not keep much more than it needs.
+        if out.capacity() - out.len() > 256 {
+            out.shrink_to_fit();
+        }
         Bytes::from(out)
     }
 }

@@ -44,10 +44,15 @@ impl Records {
     }
 
     fn retain(&mut self, record: NotificationRecord, max: usize) {
+        let now = unix_ms();
+        if record.retain_until_ms <= now || max == 0 {
+            // Nothing asks for it (no status endpoint): keep nothing.
+            self.forget(record.notification_id);
+            return;
+        }
         self.retained
             .push_back((record.retain_until_ms, record.notification_id));
         self.put(record);
-        let now = unix_ms();
         while let Some(&(until, id)) = self.retained.front() {
             if until > now && self.retained.len() <= max {
                 break;
@@ -308,6 +313,21 @@ mod tests {
             store.status(EventId::new(40)).await.unwrap().is_none(),
             "past its time"
         );
+    }
+
+    #[tokio::test]
+    async fn without_retention_a_delivered_notification_leaves_nothing_behind() {
+        let store = MemoryStore::new();
+        let pending = notification(50);
+        store.finished(&pending).await.unwrap();
+        let delivered = NotificationRecord {
+            retain_until_ms: 0,
+            ..pending
+        };
+        store.delivered(&delivered).await.unwrap();
+        store.with(|r| {
+            assert!(r.notifications.is_empty() && r.by_event.is_empty() && r.retained.is_empty());
+        });
     }
 
     #[tokio::test]

@@ -275,6 +275,11 @@ fn apply(
                         encode_notification(&notification).as_slice(),
                     )?;
                 }
+                Op::Delivered(notification) if notification.retain_until_ms <= unix_ms() => {
+                    // Nothing asks for it (no status endpoint): keep nothing.
+                    notifications.remove(notification.notification_id.get())?;
+                    index.remove(notification.event_id.get())?;
+                }
                 Op::Delivered(notification) => {
                     let mut notification = notification.clone();
                     notification.state = DeliveryState::Delivered;
