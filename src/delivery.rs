@@ -179,11 +179,10 @@ impl Delivery {
             }
             notification.attempts += 1;
             let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
-            let (retry_after, error) = match self
-                .attempt(&notification, &target)
-                .instrument(span)
-                .await
-            {
+            // Boxed: an attempt's state is large and short-lived, and a notification spends most
+            // of its life waiting between attempts, where only the small state should remain.
+            let attempt = Box::pin(self.attempt(&notification, &target).instrument(span));
+            let (retry_after, error) = match attempt.await {
                 AttemptOutcome::Delivered(status) => {
                     tracing::debug!(%status, attempts = notification.attempts, "callback delivered");
                     notification.state = DeliveryState::Delivered;

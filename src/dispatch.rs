@@ -100,7 +100,9 @@ where
         instance_id = config.instance_id,
     );
     // `call` itself may panic (a hand-written service); that is the job's panic too.
-    let work = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| ready.call(request))));
+    // Boxed before the task captures it, so the work's state (which may hold the whole request)
+    // is freed when the work ends instead of living as long as the task.
+    let work = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| Box::pin(ready.call(request)))));
     // With `Prefer: wait`, the job may hand its response back here instead of notifying.
     let (answer_tx, answer_rx) = match accepted.wait {
         Some(_) => {
