@@ -55,6 +55,8 @@ pub struct RedbStore {
     // the file is released when the store is gone.
     writes: Option<mpsc::UnboundedSender<Write>>,
     writer: Option<thread::JoinHandle<()>>,
+    /// Events whose job runs in this process (kept in memory only; see `running`).
+    running: std::sync::Mutex<std::collections::HashSet<EventId>>,
 }
 
 impl Drop for RedbStore {
@@ -69,7 +71,6 @@ impl Drop for RedbStore {
 #[derive(Debug)]
 enum Op {
     Dispatched(EventRecord),
-    Running(EventId),
     Finished(NotificationRecord),
     Attempted(NotificationRecord),
     Delivered(NotificationRecord),
@@ -155,7 +156,14 @@ impl RedbStore {
             ids,
             writes: Some(writes),
             writer: Some(writer),
+            running: Default::default(),
         })
+    }
+
+    fn running_now(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<EventId>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn write(&self, op: Op) -> StoreFuture<'_, Option<NotificationRecord>> {
@@ -245,14 +253,6 @@ fn apply(
             match &write.op {
                 Op::Dispatched(event) => {
                     events.insert(event.event_id.get(), encode_event(event).as_slice())?;
-                }
-                Op::Running(event_id) => {
-                    let stored = events.get(event_id.get())?.map(|v| v.value().to_vec());
-                    if let Some(bytes) = stored {
-                        let mut event: StoredEvent = decode_json(&bytes)?;
-                        event.running = true;
-                        events.insert(event_id.get(), json(&event).as_slice())?;
-                    }
                 }
                 Op::Finished(notification) => {
                     events.remove(notification.event_id.get())?;
@@ -435,10 +435,14 @@ impl EventStore for RedbStore {
     }
 
     fn running(&self, event_id: EventId) -> StoreFuture<'_, ()> {
-        self.write_unit(Op::Running(event_id))
+        // Not written to disk: after a crash a dispatched and a running event end the same way
+        // (`interrupted`), so this costs no transaction; it only serves status queries.
+        self.running_now().insert(event_id);
+        Box::pin(async { Ok(()) })
     }
 
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.running_now().remove(&notification.event_id);
         self.write_unit(Op::Finished(notification.clone()))
     }
 
@@ -451,6 +455,7 @@ impl EventStore for RedbStore {
     }
 
     fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>> {
+        let running = self.running_now().contains(&event_id);
         self.read(move |db| {
             let txn = db.begin_read()?;
             if let Some(bytes) = txn.open_table(EVENTS)?.get(event_id.get())? {
@@ -460,7 +465,7 @@ impl EventStore for RedbStore {
                     notification_id: NotificationId::new(stored.notification_id),
                     target: stored.target,
                     accepted_at_ms: stored.accepted_at_ms,
-                    running: stored.running,
+                    running,
                 })));
             }
             let Some(notification_id) = txn
@@ -581,13 +586,8 @@ mod tests {
         }
         let store = RedbStore::open(&path).unwrap();
         let recovery = store.recover().await.unwrap();
-        assert_eq!(
-            recovery.unfinished,
-            vec![EventRecord {
-                running: true,
-                ..event
-            }]
-        );
+        // `running` is kept in memory only: after a restart both states end as `interrupted`.
+        assert_eq!(recovery.unfinished, vec![event.clone()]);
         assert_eq!(recovery.pending, vec![pending.clone()]);
         let (next, _) = store.allocate_ids().await.unwrap();
         assert!(next.get() > pending.notification_id.get());
@@ -655,6 +655,26 @@ mod tests {
         );
         assert!(store.dead_letters().await.unwrap().is_empty());
         assert!(store.revive(notification_id).await.unwrap().is_none());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn running_shows_in_status_without_a_write() {
+        let path = temp_path("running");
+        let store = RedbStore::open(&path).unwrap();
+        let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+        let event = EventRecord {
+            event_id,
+            notification_id,
+            target: String::new(),
+            accepted_at_ms: 1,
+            running: false,
+        };
+        store.dispatched(&event).await.unwrap();
+        store.running(event_id).await.unwrap();
+        assert!(
+            matches!(store.status(event_id).await.unwrap(), Some(EventSnapshot::Unfinished(e)) if e.running)
+        );
         let _ = std::fs::remove_file(&path);
     }
 
