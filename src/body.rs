@@ -165,21 +165,22 @@ where
 #[derive(Debug, Default)]
 pub(crate) struct OwnBody {
     data: Option<Bytes>,
-    trailers: Option<HeaderMap>,
+    // Boxed: trailers are rare (gRPC receipts) and `ResponseBody` should stay small.
+    trailers: Option<Box<HeaderMap>>,
 }
 
 impl OwnBody {
     pub(crate) fn new(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             data: (!data.is_empty()).then_some(data),
-            trailers,
+            trailers: trailers.map(Box::new),
         }
     }
 
     fn next_frame(&mut self) -> Option<Frame<Bytes>> {
         match self.data.take() {
             Some(data) => Some(Frame::data(data)),
-            None => self.trailers.take().map(Frame::trailers),
+            None => self.trailers.take().map(|t| Frame::trailers(*t)),
         }
     }
 
