@@ -280,13 +280,75 @@ fn response_value<'a>(
         return (Response::Base64(STANDARD.encode(body)), Some("base64"));
     }
     if content_type.is_some_and(says_json) {
-        if let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
-            return (Response::Json(raw), None);
+        // Embedded only if every JSON reader can take it back: syntax alone would let
+        // `1e999` or a lone surrogate through, which a receiver's parser then rejects.
+        if serde_json::from_slice::<Portable>(body).is_ok() {
+            if let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
+                return (Response::Json(raw), None);
+            }
         }
     }
     match std::str::from_utf8(body) {
         Ok(text) => (Response::Text(text), None),
         Err(_) => (Response::Base64(STANDARD.encode(body)), Some("base64")),
+    }
+}
+
+/// Parses any JSON value to nothing, but the way a `serde_json::Value` would be built: numbers as
+/// numbers (so an out-of-range one fails) and strings decoded (so a lone surrogate fails).
+struct Portable;
+
+impl<'de> Deserialize<'de> for Portable {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PortableVisitor)
+    }
+}
+
+struct PortableVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PortableVisitor {
+    type Value = Portable;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Portable, E> {
+        if value.is_finite() {
+            Ok(Portable)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_unit<E>(self) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Portable, A::Error> {
+        while seq.next_element::<Portable>()?.is_some() {}
+        Ok(Portable)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Portable, A::Error> {
+        while map.next_entry::<Portable, Portable>()?.is_some() {}
+        Ok(Portable)
     }
 }
 
@@ -358,6 +420,22 @@ mod tests {
         assert_eq!(
             completed(None, br#"{"a":1}"#)["response"],
             json!(r#"{"a":1}"#)
+        );
+    }
+
+    #[test]
+    fn json_that_other_parsers_reject_is_sent_as_text() {
+        // Found by the `notification` fuzz target: valid syntax, but no f64 holds it.
+        for body in [&b"1e999"[..], b"[1, -2E400]", br#"{"a":"\ud800"}"#] {
+            let value = completed(
+                Some("application/json"),
+                Box::leak(body.to_vec().into_boxed_slice()),
+            );
+            assert_eq!(value["response"], json!(std::str::from_utf8(body).unwrap()));
+        }
+        assert_eq!(
+            completed(Some("application/json"), b"[1.5e300, 12345678901234567890]")["response"],
+            json!([1.5e300, 12345678901234567890u64])
         );
     }
 
