@@ -170,14 +170,7 @@ where
 
 /// Whether a body error is (or wraps, as `axum::Error` does) a length limit being hit.
 pub(crate) fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<LengthLimitError>() {
-            return true;
-        }
-        current = error.source();
-    }
-    false
+    crate::wraps::<LengthLimitError>(error)
 }
 
 fn too_large(limit: usize) -> Outcome {

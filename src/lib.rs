@@ -163,3 +163,11 @@ pub mod __fuzz;
 
 /// Boxed error type used for inner service and body errors.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Whether `error`, or any error it wraps, is an `E` (wrappers such as `axum::Error` and
+/// hyper-util's client error hide the one that matters).
+pub(crate) fn wraps<E: std::error::Error + 'static>(
+    error: &(dyn std::error::Error + 'static),
+) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
+}

@@ -109,12 +109,5 @@ fn literal_ip(uri: &Uri) -> Option<IpAddr> {
 
 /// Whether `error` (or anything it wraps) is a refusal by this guard.
 pub(crate) fn is_forbidden(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if error.is::<ForbiddenAddress>() {
-            return true;
-        }
-        current = error.source();
-    }
-    false
+    crate::wraps::<ForbiddenAddress>(error)
 }
