@@ -119,8 +119,8 @@ where
             tracing::warn!(%error, "could not record that the job started");
         }
         let ended = match work {
-            // Boxed so the work's state is freed when it ends, and a notification waiting hours
-            // for its next attempt keeps only a small task alive.
+            // Boxed too: reading the answer takes far more state than waiting between delivery
+            // attempts, and a notification may wait for hours in this same task.
             Ok(work) => {
                 Box::pin(job::run(
                     work,
