@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -13,17 +14,16 @@ pin_project! {
     /// Response future of [`AsyncRequest`](crate::AsyncRequest).
     pub struct ResponseFuture<F, B> {
         #[pin]
-        kind: Kind<F, B>,
+        kind: Kind<F>,
+        _body: PhantomData<fn() -> B>,
     }
 }
 
 pin_project! {
     #[project = KindProj]
-    enum Kind<F, B> {
+    enum Kind<F> {
         // The synchronous path: the inner service's own future.
         Inner { #[pin] future: F },
-        // A refusal decided in `call`.
-        Answer { response: Option<Response<ResponseBody<B>>> },
         // An accepted async request: reading the body, then spawning the job; yields the receipt.
         Dispatch { future: Dispatching },
     }
@@ -34,20 +34,20 @@ impl<F, B> ResponseFuture<F, B> {
     pub(crate) fn inner(future: F) -> Self {
         Self {
             kind: Kind::Inner { future },
+            _body: PhantomData,
         }
     }
 
+    /// An answer decided in `call` (a refusal). Boxed like a dispatch: refusals are rare, and
+    /// holding a whole response inline would make every passthrough future larger.
     pub(crate) fn answer(response: Response<OwnBody>) -> Self {
-        Self {
-            kind: Kind::Answer {
-                response: Some(response.map(ResponseBody::own)),
-            },
-        }
+        Self::dispatch(Box::pin(std::future::ready(response)))
     }
 
     pub(crate) fn dispatch(future: Dispatching) -> Self {
         Self {
             kind: Kind::Dispatch { future },
+            _body: PhantomData,
         }
     }
 }
@@ -65,9 +65,6 @@ where
                 let response = ready!(future.poll(cx))?;
                 Poll::Ready(Ok(response.map(ResponseBody::inner)))
             }
-            KindProj::Answer { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion"))),
             KindProj::Dispatch { future } => {
                 let response = ready!(future.as_mut().poll(cx));
                 Poll::Ready(Ok(response.map(ResponseBody::own)))
@@ -80,7 +77,6 @@ impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let state = match &self.kind {
             Kind::Inner { .. } => "Inner",
-            Kind::Answer { .. } => "Answer",
             Kind::Dispatch { .. } => "Dispatch",
         };
         f.debug_struct("ResponseFuture")
