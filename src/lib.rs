@@ -67,8 +67,10 @@
 //! | signing, sending, retrying; dead letters | `signature`, `delivery`, [`retry`], [`sink`] |
 //! | recording each event's life; resuming after a restart | [`store`], `recovery` |
 //! | answering status queries | `status` |
+//! | RFC 7240 `Prefer: respond-async` and `wait` | `prefer` |
+//! | gRPC receipts, refusals and notifications | `grpc` |
 //! | shutdown, dead letters, counters from outside | `handle`, `metrics` |
-//! | verifying a callback on the receiving side | [`verify`] |
+//! | verifying a callback on the receiving side | [`verify`], `receiver` (feature `axum`) |
 //!
 //! # Wire contract
 //!
@@ -81,6 +83,9 @@
 //! | callback URL not absolute `http(s)`, over 2048 bytes, with credentials | `400`, `invalid_callback_url` |
 //! | callback URL names a non-public address (unless allowed) | `400`, `forbidden_callback_url` |
 //! | request body over `max_request_bytes` | `413`, `request_too_large` |
+//! | `max_in_flight` unfinished events already | `503` + `Retry-After`, `overloaded` |
+//! | shutting down | `503`, `shutting_down` |
+//! | the store could not record the event | `503`, `store_unavailable` |
 //!
 //! Refusals carry `{"code":"…","message":"…"}` and never reach the inner service.
 //!
