@@ -11,7 +11,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -31,10 +31,6 @@ use tower_http::decompression::DecompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-use tracing::field::{Field, Visit};
-use tracing::{span, Event, Subscriber};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
 
 use common::*;
 
@@ -652,87 +648,7 @@ async fn without_catch_panic_a_sync_panic_reaches_the_caller() {
 // TraceLayer
 // ---------------------------------------------------------------------------------------------
 
-type FieldList = Vec<(String, String)>;
-
-#[derive(Debug, Clone, Default)]
-struct Seen {
-    /// (span name, its fields, its parent's name)
-    spans: Vec<(String, FieldList, Option<String>)>,
-    /// (event message, its fields, names of the spans it happened in, root first)
-    events: Vec<(String, FieldList, Vec<String>)>,
-}
-
-impl Seen {
-    fn span(&self, name: &str) -> Option<&(String, FieldList, Option<String>)> {
-        self.spans.iter().find(|(n, ..)| n == name)
-    }
-
-    fn events(&self, message: &str) -> Vec<&(String, FieldList, Vec<String>)> {
-        self.events.iter().filter(|(m, ..)| m == message).collect()
-    }
-}
-
-/// What was captured so far; the capture starts again empty.
-fn take(seen: &Mutex<Seen>) -> Seen {
-    std::mem::take(&mut *seen.lock().unwrap())
-}
-
-fn field<'a>(fields: &'a FieldList, name: &str) -> Option<&'a str> {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-struct Capture(Arc<Mutex<Seen>>);
-
-struct Fields(FieldList);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.push((field.name().to_owned(), format!("{value:?}")));
-    }
-}
-
-impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Capture {
-    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        let mut fields = Fields(Vec::new());
-        attrs.record(&mut fields);
-        let parent = ctx
-            .span(id)
-            .and_then(|s| s.parent())
-            .map(|p| p.name().to_owned());
-        self.0
-            .lock()
-            .unwrap()
-            .spans
-            .push((attrs.metadata().name().to_owned(), fields.0, parent));
-    }
-
-    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = Fields(Vec::new());
-        event.record(&mut fields);
-        let message = field(&fields.0, "message").unwrap_or_default().to_owned();
-        let scope = ctx
-            .event_scope(event)
-            .map(|scope| scope.from_root().map(|s| s.name().to_owned()).collect())
-            .unwrap_or_default();
-        self.0
-            .lock()
-            .unwrap()
-            .events
-            .push((message, fields.0, scope));
-    }
-}
-
-/// Captures this thread's spans and events (a `#[tokio::test]` runs its tasks on its thread).
-fn capture() -> (Arc<Mutex<Seen>>, tracing::subscriber::DefaultGuard) {
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let guard = tracing::subscriber::set_default(
-        tracing_subscriber::registry().with(Capture(seen.clone())),
-    );
-    (seen, guard)
-}
+use common::capture::{capture, field, take};
 
 fn traced_routes() -> Router {
     let work = || async {

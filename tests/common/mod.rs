@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod capture;
+
 use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt::Debug;
