@@ -425,6 +425,7 @@ impl AsyncRequestLayerBuilder {
             } else {
                 Duration::ZERO
             },
+            outbox: Default::default(),
         };
         let status = self
             .status_endpoint

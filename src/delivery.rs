@@ -12,11 +12,17 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use tokio::sync::mpsc;
+use tokio_util::time::DelayQueue;
 use tracing::Instrument;
+
+use crate::config::Config;
+use crate::runner::Permit;
 
 use crate::header::ELEMENTS_EVENT_ID;
 use crate::metrics::Counters;
@@ -98,6 +104,7 @@ pub(crate) struct Delivery {
     pub(crate) default_target: Option<Uri>,
     /// How long a delivered notification stays readable through the status endpoint.
     pub(crate) retention: Duration,
+    pub(crate) outbox: Outbox,
 }
 
 impl fmt::Debug for Delivery {
@@ -163,68 +170,64 @@ impl Delivery {
         AttemptOutcome::judge(result, now)
     }
 
-    /// Delivers a pending notification: attempts on schedule until it is delivered or dead.
-    pub(crate) async fn run(&self, mut notification: NotificationRecord) {
+    /// Makes one attempt now and records what it means: delivered, dead, or when to try again.
+    async fn attempt_once(&self, notification: &mut NotificationRecord) -> Next {
         let target = match notification.target.parse::<Uri>() {
             Ok(target) => target,
             Err(_) => {
                 notification.last_error = Some("the stored callback URL is not a valid URI".into());
-                return self.bury(notification).await;
+                self.bury(notification.clone()).await;
+                return Next::Done;
             }
         };
-        loop {
-            let wait = notification.next_attempt_at_ms.saturating_sub(unix_ms());
-            if wait > 0 {
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
-            notification.attempts += 1;
-            let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
-            // Boxed: an attempt's state is large and short-lived, and a notification spends most
-            // of its life waiting between attempts, where only the small state should remain.
-            let attempt = Box::pin(self.attempt(&notification, &target).instrument(span));
-            let (retry_after, error) = match attempt.await {
-                AttemptOutcome::Delivered(status) => {
-                    tracing::debug!(%status, attempts = notification.attempts, "callback delivered");
-                    notification.state = DeliveryState::Delivered;
-                    notification.retain_until_ms =
-                        unix_ms().saturating_add(self.retention.as_millis() as u64);
-                    if let Err(error) = self.store.delivered(&notification).await {
-                        tracing::error!(%error, "could not record a delivery; it may be repeated after a restart");
-                    }
-                    Counters::sub(&self.counters.pending);
-                    Counters::add(&self.counters.delivered);
-                    return;
+        notification.attempts += 1;
+        let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
+        let (retry_after, error) = match self.attempt(notification, &target).instrument(span).await
+        {
+            AttemptOutcome::Delivered(status) => {
+                tracing::debug!(%status, attempts = notification.attempts, "callback delivered");
+                notification.state = DeliveryState::Delivered;
+                notification.retain_until_ms =
+                    unix_ms().saturating_add(self.retention.as_millis() as u64);
+                if let Err(error) = self.store.delivered(notification).await {
+                    tracing::error!(%error, "could not record a delivery; it may be repeated after a restart");
                 }
-                AttemptOutcome::Final(reason) => {
-                    notification.last_error = Some(reason);
-                    return self.bury(notification).await;
-                }
-                AttemptOutcome::Rejected {
-                    status,
-                    retry_after,
-                } => (retry_after, format!("the receiver answered {status}")),
-                AttemptOutcome::Unreachable(error) => (None, error.to_string()),
-            };
-            let delay = self
-                .policy
-                .delay_before(notification.attempts, retry_after, random_unit());
-            notification.last_error = Some(error);
-            let Some(delay) = delay else {
-                return self.bury(notification).await;
-            };
-            notification.next_attempt_at_ms = unix_ms() + delay.as_millis() as u64;
-            tracing::warn!(
-                error = notification.last_error.as_deref().unwrap_or_default(),
-                attempts = notification.attempts,
-                retry_in = ?delay,
-                target = %target,
-                "callback attempt failed; retrying",
-            );
-            if let Err(error) = self.store.attempted(&notification).await {
-                tracing::error!(%error, "could not record a failed attempt");
+                Counters::sub(&self.counters.pending);
+                Counters::add(&self.counters.delivered);
+                return Next::Done;
             }
-            Counters::add(&self.counters.retries);
+            AttemptOutcome::Final(reason) => {
+                notification.last_error = Some(reason);
+                self.bury(notification.clone()).await;
+                return Next::Done;
+            }
+            AttemptOutcome::Rejected {
+                status,
+                retry_after,
+            } => (retry_after, format!("the receiver answered {status}")),
+            AttemptOutcome::Unreachable(error) => (None, error.to_string()),
+        };
+        let delay = self
+            .policy
+            .delay_before(notification.attempts, retry_after, random_unit());
+        notification.last_error = Some(error);
+        let Some(delay) = delay else {
+            self.bury(notification.clone()).await;
+            return Next::Done;
+        };
+        notification.next_attempt_at_ms = unix_ms() + delay.as_millis() as u64;
+        tracing::warn!(
+            error = notification.last_error.as_deref().unwrap_or_default(),
+            attempts = notification.attempts,
+            retry_in = ?delay,
+            target = %target,
+            "callback attempt failed; retrying",
+        );
+        if let Err(error) = self.store.attempted(notification).await {
+            tracing::error!(%error, "could not record a failed attempt");
         }
+        Counters::add(&self.counters.retries);
+        Next::Later
     }
 
     /// Records a notification as a dead letter.
@@ -245,6 +248,118 @@ impl Delivery {
             hook(&notification);
         }
     }
+}
+
+/// What follows an attempt.
+enum Next {
+    /// Delivered or dead: the event is finished.
+    Done,
+    /// Try again at `next_attempt_at_ms`.
+    Later,
+}
+
+/// Delivers a pending notification: an attempt now if it is due, and each later one from the
+/// outbox, until it is delivered or dead. `permit` is the event's place under `max_in_flight`,
+/// held until then.
+pub(crate) async fn deliver(
+    config: Arc<Config>,
+    mut notification: NotificationRecord,
+    permit: Permit,
+) {
+    if notification.next_attempt_at_ms <= unix_ms() {
+        if let Next::Done = config.delivery.attempt_once(&mut notification).await {
+            return;
+        }
+    }
+    config
+        .delivery
+        .outbox
+        .schedule(&config, notification, permit);
+}
+
+/// Notifications waiting for their next attempt, all in one timer queue served by one task.
+///
+/// A waiting notification is then only its record and its permit in the queue — not a task with
+/// its futures — so a receiver that is down for hours costs little memory per event.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    queue: OnceLock<mpsc::UnboundedSender<Waiting>>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    // Each waiting notification keeps the layer's configuration alive, so dropping the layer
+    // (the last router using it, say) does not silently drop its pending deliveries.
+    config: Arc<Config>,
+    notification: NotificationRecord,
+    permit: Permit,
+}
+
+impl Outbox {
+    fn schedule(&self, config: &Arc<Config>, notification: NotificationRecord, permit: Permit) {
+        let queue = self.queue.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(serve_outbox(receiver));
+            sender
+        });
+        let waiting = Waiting {
+            config: config.clone(),
+            notification,
+            permit,
+        };
+        if queue.send(waiting).is_err() {
+            tracing::error!("the outbox has stopped; a notification waits for the next start");
+        }
+    }
+}
+
+/// The outbox task: starts each notification's next attempt when it is due. It ends once the
+/// layer is gone and nothing waits any more (the `Config` owning the sending side was dropped).
+async fn serve_outbox(mut incoming: mpsc::UnboundedReceiver<Waiting>) {
+    let mut waiting = DelayQueue::new();
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(incoming) = incoming.poll_recv(cx) {
+                return Poll::Ready(Step::Incoming(incoming));
+            }
+            // An empty queue answers `None` at once; it is polled again after the next insert.
+            if !waiting.is_empty() {
+                if let Poll::Ready(Some(due)) = waiting.poll_expired(cx) {
+                    return Poll::Ready(Step::Due(due.into_inner()));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match next {
+            Step::Incoming(Some(entry)) => {
+                let wait = entry
+                    .notification
+                    .next_attempt_at_ms
+                    .saturating_sub(unix_ms());
+                waiting.insert(entry, Duration::from_millis(wait));
+            }
+            Step::Incoming(None) => return,
+            Step::Due(Waiting {
+                config,
+                notification,
+                permit,
+            }) => {
+                let span = tracing::info_span!(
+                    "async_request",
+                    event_id = notification.event_id.get(),
+                    notification_id = notification.notification_id.get(),
+                    instance_id = config.instance_id,
+                );
+                tokio::spawn(deliver(config, notification, permit).instrument(span));
+            }
+        }
+    }
+}
+
+enum Step {
+    Incoming(Option<Waiting>),
+    Due(Waiting),
 }
 
 /// A uniform number in `[0, 1)` for jitter; randomly keyed per process, no extra dependency.
@@ -339,6 +454,7 @@ mod tests {
             allow_private: false,
             default_target: Some("https://hooks.example.com/in".parse().unwrap()),
             retention: Duration::from_secs(60),
+            outbox: Outbox::default(),
         };
         let notification = NotificationRecord {
             event_id: EventId::new(1028),

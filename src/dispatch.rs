@@ -113,7 +113,6 @@ where
     };
     let shared = config.clone();
     let job = async move {
-        let _permit = permit;
         Counters::add(&shared.counters.running);
         if let Err(error) = shared.store.running(event_id).await {
             tracing::warn!(%error, "could not record that the job started");
@@ -144,7 +143,7 @@ where
             (Ok(completed), None) => (completed.outcome(), event.target),
             (Err(failed), _) => (failed, event.target),
         };
-        job::conclude(&shared, event_id, notification_id, target, outcome).await;
+        job::conclude(&shared, event_id, notification_id, target, outcome, permit).await;
     };
     tokio::spawn(job.instrument(span));
 

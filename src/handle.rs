@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::delivery::deliver;
 use crate::ids::NotificationId;
 use crate::metrics::{Counters, Metrics};
 use crate::recovery::ensure_recovered;
@@ -119,10 +120,7 @@ impl AsyncRequestHandle {
             .ok_or(RedeliverError::NotFound)?;
         Counters::add(&self.config.counters.pending);
         let config = self.config.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            config.delivery.run(notification).await;
-        });
+        tokio::spawn(deliver(config, notification, permit));
         Ok(())
     }
 

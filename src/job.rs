@@ -9,6 +9,7 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,10 +21,12 @@ use pin_project_lite::pin_project;
 
 use crate::body::OwnBody;
 use crate::config::Config;
+use crate::delivery::deliver;
 use crate::grpc;
 use crate::ids::{EventId, NotificationId};
 use crate::metrics::Counters;
 use crate::notification::{FailureCode, Outcome};
+use crate::runner::Permit;
 use crate::store::{unix_ms, DeliveryState, NotificationRecord};
 use crate::BoxError;
 
@@ -91,11 +94,12 @@ where
 
 /// Ends an event: counts its outcome, records its notification as pending and delivers it.
 pub(crate) async fn conclude(
-    config: &Config,
+    config: &Arc<Config>,
     event_id: EventId,
     notification_id: NotificationId,
     target: String,
     outcome: Outcome,
+    permit: Permit,
 ) {
     let counter = match outcome {
         Outcome::Completed { .. } => &config.counters.completed,
@@ -128,7 +132,7 @@ pub(crate) async fn conclude(
     }
     if requested {
         Counters::add(&config.counters.pending);
-        config.delivery.run(notification).await;
+        deliver(config.clone(), notification, permit).await;
     }
 }
 

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::delivery::deliver;
 use crate::job::conclude;
 use crate::metrics::Counters;
 use crate::notification::{FailureCode, Outcome};
@@ -51,7 +52,6 @@ async fn resume(config: Arc<Config>, recovery: Recovery) {
         let permit = config.runner.wait_for_permit().await;
         let config = config.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let outcome = Outcome::failed(
                 FailureCode::Interrupted,
                 "the process ended before the job finished",
@@ -62,6 +62,7 @@ async fn resume(config: Arc<Config>, recovery: Recovery) {
                 event.notification_id,
                 event.target,
                 outcome,
+                permit,
             )
             .await;
         });
@@ -70,9 +71,6 @@ async fn resume(config: Arc<Config>, recovery: Recovery) {
         let permit = config.runner.wait_for_permit().await;
         let config = config.clone();
         Counters::add(&config.counters.pending);
-        tokio::spawn(async move {
-            let _permit = permit;
-            config.delivery.run(notification).await;
-        });
+        tokio::spawn(deliver(config, notification, permit));
     }
 }
