@@ -360,7 +360,7 @@ async fn shutdown_reports_what_it_leaves_behind() {
 async fn retries_go_on_after_the_layer_and_its_router_are_dropped() {
     let mut receiver = Receiver::start(vec![Answer::status(500)]).await;
     let layer = builder(&receiver).build().unwrap();
-    let handle = layer.handle();
+    // No handle either: nothing outside the delivery itself keeps the layer's configuration.
     let (status, receipt) = send(&app(layer), async_request()).await; // the router is dropped here
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(
@@ -370,5 +370,4 @@ async fn retries_go_on_after_the_layer_and_its_router_are_dropped() {
     let retried = receiver.next().await;
     assert_eq!(retried.answered, StatusCode::OK);
     assert_eq!(retried.json()["eventId"], receipt["eventId"]);
-    eventually("delivered", || handle.metrics().delivered == 1).await;
 }
