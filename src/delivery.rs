@@ -3,9 +3,10 @@
 //! A pipeline of small typed stages, run for each attempt:
 //! [`Delivery::prepare`] signs the request for this attempt (its own Standard Webhooks timestamp,
 //! the same notification id), the sink sends it within the attempt timeout, and
-//! [`AttemptOutcome::judge`] says what the answer means. [`Delivery::run`] loops over attempts on
-//! the schedule of [`crate::retry`], records every step in the event store, and ends with
-//! *delivered* or *dead*.
+//! [`AttemptOutcome::judge`] says what the answer means. [`deliver`] makes the attempt that is due
+//! and records it in the event store; a notification that must wait goes to the [`Outbox`] (one
+//! timer queue, one task) until its next attempt on the schedule of [`crate::retry`], until it
+//! ends *delivered* or *dead*.
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
