@@ -51,7 +51,7 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// | [`max_response_bytes`](Self::max_response_bytes) | [`DEFAULT_MAX_RESPONSE_BYTES`] (1 MiB) |
 /// | [`retry_schedule`](Self::retry_schedule) | [`DEFAULT_RETRY_SCHEDULE`](crate::retry::DEFAULT_RETRY_SCHEDULE): 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ±20 % |
 /// | [`attempt_timeout`](Self::attempt_timeout) | [`DEFAULT_ATTEMPT_TIMEOUT`] (15 s) |
-/// | [`max_in_flight`](Self::max_in_flight) | [`DEFAULT_MAX_IN_FLIGHT`](crate::DEFAULT_MAX_IN_FLIGHT) (10 000) |
+/// | [`max_in_flight`](Self::max_in_flight) | [`DEFAULT_MAX_IN_FLIGHT`] (10 000) |
 /// | [`job_timeout`](Self::job_timeout) | [`DEFAULT_JOB_TIMEOUT`] (15 min) |
 /// | [`store`](Self::store) | [`MemoryStore::new()`] |
 /// | [`on_dead_letter`](Self::on_dead_letter) | none |
