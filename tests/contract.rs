@@ -111,6 +111,25 @@ async fn send(app: &Router, request: Request<Body>) -> (StatusCode, HeaderMap, B
 
 /// Sends a request that must be refused and checks the refusal, that the handler never ran and
 /// that nothing was accepted.
+/// An empty async request naming `url` as its callback.
+fn async_with_callback(url: &str) -> Request<Body> {
+    post_work(
+        &[(ASYNC_HEADER, value("true")), (CALLBACK_HEADER, value(url))],
+        Body::empty(),
+    )
+}
+
+/// An async request naming `url` as its callback is refused with `400` and `code`.
+async fn assert_callback_refused(fixture: &Fixture, url: &str, code: &str) {
+    assert_refused(
+        fixture,
+        async_with_callback(url),
+        StatusCode::BAD_REQUEST,
+        code,
+    )
+    .await;
+}
+
 async fn assert_refused(
     fixture: &Fixture,
     request: Request<Body>,
@@ -401,17 +420,7 @@ async fn callback_url_not_absolute_http_or_https_is_invalid_callback_url() {
         "https://",
         "http:///path",
     ] {
-        let request = post_work(
-            &[(ASYNC_HEADER, value("true")), (CALLBACK_HEADER, value(bad))],
-            Body::empty(),
-        );
-        assert_refused(
-            &fixture,
-            request,
-            StatusCode::BAD_REQUEST,
-            "invalid_callback_url",
-        )
-        .await;
+        assert_callback_refused(&fixture, bad, "invalid_callback_url").await;
     }
 }
 
@@ -460,17 +469,7 @@ async fn callback_url_with_credentials_is_invalid_callback_url() {
         "http://:secret@hooks.example.com/in",
         "https://a@8.8.8.8/in",
     ] {
-        let request = post_work(
-            &[(ASYNC_HEADER, value("true")), (CALLBACK_HEADER, value(bad))],
-            Body::empty(),
-        );
-        assert_refused(
-            &fixture,
-            request,
-            StatusCode::BAD_REQUEST,
-            "invalid_callback_url",
-        )
-        .await;
+        assert_callback_refused(&fixture, bad, "invalid_callback_url").await;
     }
 }
 
@@ -526,17 +525,7 @@ async fn callback_url_with_an_out_of_range_port_is_invalid_callback_url() {
         "https://hooks.example.com:99999999/in",
         "https://8.8.8.8:70000/in",
     ] {
-        let request = post_work(
-            &[(ASYNC_HEADER, value("true")), (CALLBACK_HEADER, value(bad))],
-            Body::empty(),
-        );
-        assert_refused(
-            &fixture,
-            request,
-            StatusCode::BAD_REQUEST,
-            "invalid_callback_url",
-        )
-        .await;
+        assert_callback_refused(&fixture, bad, "invalid_callback_url").await;
     }
 }
 
@@ -616,10 +605,7 @@ const NON_PUBLIC_CALLBACKS: &[&str] = &[
 async fn non_public_callback_url_in_any_spelling_is_forbidden_callback_url() {
     let fixture = fixture(|b| b.default_callback_url(DEFAULT_CALLBACK));
     for url in NON_PUBLIC_CALLBACKS {
-        let request = post_work(
-            &[(ASYNC_HEADER, value("true")), (CALLBACK_HEADER, value(url))],
-            Body::empty(),
-        );
+        let request = async_with_callback(url);
         let (status, headers, body) = send(&fixture.app, request).await;
         let refusal = json(&body);
         assert_eq!(
@@ -646,10 +632,7 @@ async fn public_ip_literal_callback_urls_are_accepted() {
         "http://1.1.1.1:8080/in",
         "https://[2606:4700:4700::1111]/in",
     ] {
-        let request = post_work(
-            &[(ASYNC_HEADER, value("true")), (CALLBACK_HEADER, value(url))],
-            Body::empty(),
-        );
+        let request = async_with_callback(url);
         let (_, callback) = assert_accepted(&fixture.app, &mut fixture.callbacks, request).await;
         assert_eq!(callback.uri().to_string(), url);
     }
@@ -664,10 +647,7 @@ async fn non_public_callback_url_is_accepted_when_private_callbacks_are_allowed(
         "http://[::1]:9/in",
         "http://10.1.2.3/in",
     ] {
-        let request = post_work(
-            &[(ASYNC_HEADER, value("true")), (CALLBACK_HEADER, value(url))],
-            Body::empty(),
-        );
+        let request = async_with_callback(url);
         let (_, callback) = assert_accepted(&fixture.app, &mut fixture.callbacks, request).await;
         assert_eq!(callback.uri().to_string(), url);
     }
