@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use crate::callback_url::{self, Origin};
 use crate::config::Config;
@@ -30,6 +30,19 @@ pub(crate) enum Classification {
     Refuse(Refusal),
 }
 
+/// True when a request certainly takes the synchronous path: it has no async header, no
+/// `Prefer` the layer listens to, and is not for the status endpoint. Small enough to inline into
+/// `call`, so a synchronous request pays only this; anything else goes to [`classify`].
+#[inline]
+pub(crate) fn is_plain(method: &Method, uri: &Uri, headers: &HeaderMap, config: &Config) -> bool {
+    find(headers, &config.async_header).is_none()
+        && !(config.prefer_respond_async && headers.contains_key(PREFER))
+        && !config
+            .status
+            .as_ref()
+            .is_some_and(|status| status.owns(method, uri))
+}
+
 pub(crate) fn classify(headers: &HeaderMap, config: &Config) -> Classification {
     let preferences = if config.prefer_respond_async && headers.contains_key(PREFER) {
         prefer::parse(headers)
@@ -37,7 +50,7 @@ pub(crate) fn classify(headers: &HeaderMap, config: &Config) -> Classification {
         Preferences::default()
     };
     // An explicit async header decides; without one, `Prefer: respond-async` may ask.
-    let wants_async = match headers.get(&config.async_header) {
+    let wants_async = match find(headers, &config.async_header) {
         Some(value) => async_requested(headers, &config.async_header, value.as_bytes()),
         None => Ok(preferences.respond_async),
     };
@@ -53,6 +66,21 @@ pub(crate) fn classify(headers: &HeaderMap, config: &Config) -> Classification {
         },
         Err(refusal) => Classification::Refuse(refusal),
     }
+}
+
+/// Up to this many distinct names, [`find`] compares names instead of hashing the one it seeks.
+const SCAN_UP_TO: usize = 16;
+
+/// `headers.get(name)`, cheaper when the name is absent from a small map, as the async header is
+/// on every synchronous request: `HeaderMap` hashes all of a custom name's bytes (22 for
+/// `elements-async-request`), while comparing it with a standard name is a tag check and with a
+/// custom one a length check.
+#[inline]
+fn find<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if headers.keys_len() <= SCAN_UP_TO && !headers.keys().any(|key| key == name) {
+        return None;
+    }
+    headers.get(name)
 }
 
 fn async_requested(headers: &HeaderMap, name: &HeaderName, first: &[u8]) -> Result<bool, Refusal> {
@@ -94,5 +122,44 @@ fn callback(headers: &HeaderMap, config: &Config) -> Result<Option<Uri>, Refusal
                 config.callback_header
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_agrees_with_get_on_small_and_large_maps() {
+        let name = HeaderName::from_static("elements-async-request");
+        // Standard names, custom names of the same length, and prefixes of the one sought.
+        let others = [
+            "content-type",
+            "accept",
+            "elements-async-requesT",
+            "elements-async-reques",
+            "elements-async-callback-url",
+            "x-request-id",
+        ];
+        for size in 0..40 {
+            for with_name in [false, true] {
+                let mut headers = HeaderMap::new();
+                for i in 0..size {
+                    let other = others[i % others.len()].to_ascii_lowercase();
+                    let key = HeaderName::from_bytes(format!("{other}-{i}").as_bytes()).unwrap();
+                    headers.append(key, HeaderValue::from_static("v"));
+                    headers.append(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+                }
+                if with_name {
+                    headers.insert(&name, HeaderValue::from_static("true"));
+                }
+                assert_eq!(
+                    find(&headers, &name),
+                    headers.get(&name),
+                    "{size} {with_name}"
+                );
+                assert_eq!(find(&headers, &name).is_some(), with_name);
+            }
+        }
     }
 }

@@ -8,7 +8,7 @@ use http_body::Body;
 use tower_service::Service;
 
 use crate::body::{OwnBody, RequestBody, ResponseBody};
-use crate::classify::{classify, Classification};
+use crate::classify::{classify, is_plain, Classification};
 use crate::config::Config;
 use crate::dispatch::{dispatch, Accepted};
 use crate::future::ResponseFuture;
@@ -91,7 +91,40 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if is_plain(
+            request.method(),
+            request.uri(),
+            request.headers(),
+            &self.config,
+        ) {
+            ResponseFuture::inner(self.inner.call(request.map(RequestBody::streaming)))
+        } else {
+            self.call_classified(request)
+        }
+    }
+}
+
+impl<S> AsyncRequest<S> {
+    /// Everything but a plain synchronous request: kept out of line so `call` stays small.
+    #[inline(never)]
+    fn call_classified<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ReqBody: Body<Data = Bytes> + Send + 'static,
+        ReqBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
         if let Some(status) = &self.config.status {
             if status.owns(request.method(), request.uri()) {
                 let (config, uri) = (self.config.clone(), request.uri().clone());
