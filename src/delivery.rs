@@ -17,7 +17,7 @@ use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use tokio::sync::mpsc;
 use tokio_util::time::DelayQueue;
 use tracing::Instrument;
@@ -128,6 +128,8 @@ impl Delivery {
         timestamp: u64,
     ) -> Request<Bytes> {
         let mut request = Request::new(notification.body.clone());
+        // Room for every header below at once: growing the map midway rehashes it.
+        *request.headers_mut() = HeaderMap::with_capacity(8);
         *request.method_mut() = Method::POST;
         *request.uri_mut() = target.clone();
         if self.allow_private || self.default_target.as_ref() == Some(target) {

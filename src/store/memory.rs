@@ -44,12 +44,11 @@ impl Records {
     }
 
     fn retain(&mut self, record: NotificationRecord, max: usize) {
-        let now = unix_ms();
-        if record.retain_until_ms <= now || max == 0 {
-            // Nothing asks for it (no status endpoint): keep nothing.
+        if keeps_nothing(&record, max) {
             self.forget(record.notification_id);
             return;
         }
+        let now = unix_ms();
         self.retained
             .push_back((record.retain_until_ms, record.notification_id));
         self.put(record);
@@ -76,6 +75,11 @@ impl Records {
             .insert(record.event_id, record.notification_id);
         self.notifications.insert(record.notification_id, record);
     }
+}
+
+/// True when nothing asks for a finished notification to be kept (no status endpoint).
+fn keeps_nothing(record: &NotificationRecord, max: usize) -> bool {
+    record.retain_until_ms <= unix_ms() || max == 0
 }
 
 impl Default for MemoryStore {
@@ -161,6 +165,10 @@ impl EventStore for MemoryStore {
 
     fn delivered<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
         self.with(|r| {
+            if keeps_nothing(notification, self.max_retained) {
+                r.forget(notification.notification_id);
+                return;
+            }
             let mut record = notification.clone();
             record.state = DeliveryState::Delivered;
             r.retain(record, self.max_retained);
