@@ -184,3 +184,67 @@ async fn the_layer_delivers_a_signed_callback_through_the_default_http_sink() {
         notification["eventId"].to_string()
     );
 }
+
+#[tokio::test]
+async fn keeps_its_connections_for_the_next_wave_of_callbacks() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::sync::Barrier;
+
+    // More callbacks at once than a small idle pool would keep: each wave holds every request
+    // until all have arrived, so the sink needs one connection per callback.
+    const WAVE: usize = 100;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(WAVE));
+    let router = Router::new().route(
+        "/hook",
+        post(move || {
+            let barrier = barrier.clone();
+            async move {
+                barrier.wait().await;
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counter = accepted.clone();
+    let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let sink = loopback_sink();
+    let wave = || {
+        let sends = (0..WAVE).map(|_| {
+            let sink = sink.clone();
+            let url = format!("http://{addr}/hook");
+            tokio::spawn(async move { sink.send(post_to(url, "{}")).await })
+        });
+        join_in_order(sends.collect())
+    };
+    for answer in wave().await {
+        assert_eq!(answer.unwrap().status(), StatusCode::NO_CONTENT);
+    }
+    let after_first = accepted.load(Ordering::Relaxed);
+    assert_eq!(after_first, WAVE, "one connection per concurrent callback");
+    // Let the finished exchanges hand their connections back to the pool.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for answer in wave().await {
+        assert_eq!(answer.unwrap().status(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        after_first,
+        "the second wave reuses the pooled connections"
+    );
+}
+
+/// Awaits every task, in order.
+async fn join_in_order<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
