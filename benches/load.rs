@@ -27,9 +27,13 @@
 //! CPUs), `--max-requests` / `LOAD_MAX_REQUESTS` (per phase, 10000000), `--drain-secs` /
 //! `LOAD_DRAIN_SECS` (10), `--memory-secs` / `LOAD_MEMORY_SECS` (time cap of phase (c), 45).
 //!
-//! The client, the app and the receiver run on one multi-thread tokio runtime and compete for the
-//! same cores: every figure is what the app achieves while also paying for its load generator and
-//! its receiver, a lower bound for the app alone.
+//! The app (`--threads` workers), the client (1 thread) and the receiver (1 thread) run on tokio
+//! runtimes of their own and compete for the same cores: every rate is what the app achieves
+//! while also paying for its load generator and its receiver, a lower bound for the app alone.
+//! Because each runtime's threads are known, the CPU time of each side is counted apart
+//! (`/proc/self/task/*/schedstat`): the table also gives CPU per request and per event for the
+//! app, the client and the receiver, and the app's own ratio (CPU per sync request ÷ CPU per
+//! async event, at best 0.5), which does not depend on where the client and receiver run.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -38,7 +42,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -222,15 +226,128 @@ async fn work(body: Bytes) -> ([(header::HeaderName, &'static str); 1], Bytes) {
     ([(header::CONTENT_TYPE, "application/json")], body)
 }
 
-/// Serves `router` on 127.0.0.1 (an ephemeral port, TCP_NODELAY) until the process ends.
-async fn serve(router: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().unwrap();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
-    address
+/// Serves `router` on 127.0.0.1 (an ephemeral port, TCP_NODELAY) on `side`'s runtime until the
+/// process ends.
+async fn serve(router: Router, side: Side) -> SocketAddr {
+    side.runtime()
+        .spawn(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().unwrap();
+            let listener = listener.tap_io(move |tcp| {
+                let _ = tcp.set_nodelay(true);
+                ACCEPTED[side as usize].fetch_add(1, Ordering::Relaxed);
+            });
+            tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+            address
+        })
+        .await
+        .expect("serve")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where the CPU goes
+
+/// The three parts of a run, each on a tokio runtime of its own so their CPU time can be told
+/// apart (they still share the machine's cores).
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    /// The app behind the layer, with its job tasks and the callbacks it sends.
+    App,
+    /// The load generator.
+    Client,
+    /// The callback receiver.
+    Receiver,
+}
+
+const SIDES: [Side; 3] = [Side::App, Side::Client, Side::Receiver];
+
+/// Thread ids of each side's runtime, and the runtimes of the client and the receiver.
+static THREADS: [Mutex<Vec<u32>>; 3] = [
+    Mutex::new(Vec::new()),
+    Mutex::new(Vec::new()),
+    Mutex::new(Vec::new()),
+];
+static RUNTIMES: OnceLock<[tokio::runtime::Runtime; 2]> = OnceLock::new();
+/// Connections each side's servers accepted (the receiver's count shows whether callbacks reuse
+/// pooled connections).
+static ACCEPTED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+impl Side {
+    /// Also the name of its threads (for `perf report --comm`, `top -H`).
+    fn name(self) -> &'static str {
+        match self {
+            Side::App => "app",
+            Side::Client => "client",
+            Side::Receiver => "receiver",
+        }
+    }
+
+    fn threads(self) -> &'static Mutex<Vec<u32>> {
+        &THREADS[self as usize]
+    }
+
+    fn runtime(self) -> tokio::runtime::Handle {
+        match self {
+            Side::App => tokio::runtime::Handle::current(),
+            Side::Client | Side::Receiver => RUNTIMES.get().expect("runtimes")[self as usize - 1]
+                .handle()
+                .clone(),
+        }
+    }
+
+    /// A multi-thread runtime whose threads register under this side.
+    fn build_runtime(self, threads: usize) -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name(self.name())
+            .enable_all()
+            .on_thread_start(move || {
+                if let Some(tid) = thread_id() {
+                    self.threads().lock().unwrap().push(tid);
+                }
+            })
+            .build()
+            .expect("runtime")
+    }
+
+    /// CPU time this side's threads have had so far, in nanoseconds (Linux `schedstat`).
+    fn cpu_ns(self) -> u64 {
+        self.threads()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|tid| {
+                let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"));
+                stat.ok()?.split_whitespace().next()?.parse::<u64>().ok()
+            })
+            .sum()
+    }
+}
+
+/// This thread's id, from `/proc/thread-self` (a link to `<pid>/task/<tid>`).
+fn thread_id() -> Option<u32> {
+    let link = std::fs::read_link("/proc/thread-self").ok()?;
+    link.file_name()?.to_str()?.parse().ok()
+}
+
+/// CPU time of every side, read together.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuTimes([u64; 3]);
+
+impl CpuTimes {
+    fn now() -> Self {
+        Self(SIDES.map(Side::cpu_ns))
+    }
+
+    /// Microseconds of CPU per item, for each side, since `earlier`.
+    fn per_item_since(self, earlier: CpuTimes, items: u64) -> [f64; 3] {
+        let mut per = [0.0; 3];
+        for side in SIDES {
+            let i = side as usize;
+            per[i] = self.0[i].saturating_sub(earlier.0[i]) as f64 / 1e3 / items.max(1) as f64;
+        }
+        per
+    }
 }
 
 /// What the callback receiver saw.
@@ -343,7 +460,7 @@ async fn drive(
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
             let (client, shot, issued) = (client.clone(), shot.clone(), issued.clone());
-            tokio::spawn(async move {
+            Side::Client.runtime().spawn(async move {
                 let mut tally = Tally::default();
                 while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < limit {
                     let sent = Instant::now();
@@ -468,6 +585,8 @@ fn layer_builder() -> AsyncRequestLayerBuilder {
 struct SyncFigures {
     tally: Tally,
     elapsed: Duration,
+    /// Microseconds of CPU per request, by [`Side`].
+    cpu: [f64; 3],
 }
 
 struct AsyncFigures {
@@ -479,6 +598,8 @@ struct AsyncFigures {
     end_to_end: Vec<Duration>,
     bad_signatures: u64,
     metrics: tower_async_request::Metrics,
+    /// Microseconds of CPU per event, by [`Side`], from the first request to the last callback.
+    cpu: [f64; 3],
 }
 
 struct MemoryFigures {
@@ -508,6 +629,7 @@ async fn phase_sync(options: &Options, client: &HttpClient, app: SocketAddr) -> 
     assert!(warm.ok > 0, "warm-up failed: {:?}", warm.first_error);
 
     let start = Instant::now();
+    let cpu_start = CpuTimes::now();
     let tally = drive(
         client,
         &shot,
@@ -516,9 +638,11 @@ async fn phase_sync(options: &Options, client: &HttpClient, app: SocketAddr) -> 
         options.max_requests,
     )
     .await;
+    let elapsed = start.elapsed();
     SyncFigures {
+        cpu: CpuTimes::now().per_item_since(cpu_start, tally.ok),
         tally,
-        elapsed: start.elapsed(),
+        elapsed,
     }
 }
 
@@ -536,6 +660,7 @@ async fn phase_async(
         asynchronous: Some(format!("http://{receiver}/cb")),
     };
     let start = Instant::now();
+    let cpu_start = CpuTimes::now();
     let mut tally = drive(
         client,
         &shot,
@@ -552,6 +677,7 @@ async fn phase_async(
     while received.count.load(Ordering::Relaxed) < tally.ok && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let cpu = CpuTimes::now().per_item_since(cpu_start, tally.ok);
     let arrivals: HashMap<u64, Instant> =
         received.arrivals.lock().unwrap().iter().copied().collect();
     let delivered_in_window = arrivals.values().filter(|&&at| at <= window_end).count() as u64;
@@ -573,6 +699,7 @@ async fn phase_async(
         end_to_end,
         bad_signatures: received.bad_signatures.load(Ordering::Relaxed),
         metrics: handle.metrics(),
+        cpu,
     }
 }
 
@@ -589,7 +716,11 @@ async fn phase_memory(options: &Options, client: &HttpClient) -> MemoryFigures {
         .build()
         .expect("phase (c) layer");
     let handle = layer.handle();
-    let app = serve(Router::new().route("/work", post(work)).layer(layer)).await;
+    let app = serve(
+        Router::new().route("/work", post(work)).layer(layer),
+        Side::App,
+    )
+    .await;
 
     let uri: Uri = format!("http://{app}/work").parse().unwrap();
     let payload = payload(options.payload_bytes);
@@ -652,6 +783,7 @@ async fn run(options: Options) {
         Router::new()
             .route("/cb", post(receive))
             .with_state((received.clone(), ElementsVerifier::new(SIGNING_KEY))),
+        Side::Receiver,
     )
     .await;
 
@@ -660,7 +792,11 @@ async fn run(options: Options) {
         .build()
         .expect("layer");
     let handle = layer.handle();
-    let app = serve(Router::new().route("/work", post(work)).layer(layer)).await;
+    let app = serve(
+        Router::new().route("/work", post(work)).layer(layer),
+        Side::App,
+    )
+    .await;
     println!("app on http://{app}/work, receiver on http://{receiver}/cb");
 
     let rss_start = resident_bytes().unwrap_or(0);
@@ -690,7 +826,8 @@ async fn run(options: Options) {
     let rss_after_async = resident_bytes().unwrap_or(0);
     println!(
         "    {} × 202, {} × 503 overloaded, {} other answers, {} errors in {:.2} s; \
-         {} callbacks matched, {} bad signatures; VmRSS {} → {}; layer metrics {:?}{}",
+         {} callbacks matched, {} bad signatures, receiver accepted {} connections; VmRSS {} → {}; \
+         layer metrics {:?}{}",
         asynchronous.tally.ok,
         asynchronous.tally.overloaded,
         asynchronous.tally.other_status,
@@ -698,6 +835,7 @@ async fn run(options: Options) {
         asynchronous.elapsed.as_secs_f64(),
         asynchronous.matched,
         asynchronous.bad_signatures,
+        ACCEPTED[Side::Receiver as usize].load(Ordering::Relaxed),
         mib(rss_after_sync),
         mib(rss_after_async),
         asynchronous.metrics,
@@ -736,6 +874,10 @@ async fn run(options: Options) {
     } else {
         None
     };
+    // What the app alone pays, wherever its client and receiver run: an async event is one
+    // inbound exchange and one outbound callback, so at best twice a synchronous request.
+    let app_cpu_ratio =
+        sync.cpu[Side::App as usize] / asynchronous.cpu[Side::App as usize].max(1e-9);
     let rows: Vec<(String, String, String)> = vec![
         (
             "(a) sync requests/s".into(),
@@ -787,6 +929,30 @@ async fn run(options: Options) {
             String::new(),
         ),
         (
+            "(a) CPU per sync request: app / client".into(),
+            format!(
+                "{:.1} / {:.1} µs",
+                sync.cpu[Side::App as usize],
+                sync.cpu[Side::Client as usize]
+            ),
+            String::new(),
+        ),
+        (
+            "(b) CPU per async event: app / client / receiver".into(),
+            format!(
+                "{:.1} / {:.1} / {:.1} µs",
+                asynchronous.cpu[Side::App as usize],
+                asynchronous.cpu[Side::Client as usize],
+                asynchronous.cpu[Side::Receiver as usize]
+            ),
+            String::new(),
+        ),
+        (
+            "app CPU per sync request ÷ per async event (limit 0.5)".into(),
+            format!("{app_cpu_ratio:.3}"),
+            String::new(),
+        ),
+        (
             "(c) memory per pending event".into(),
             per_event.map_or("-".into(), |b| format!("{b:.0} B")),
             String::new(),
@@ -830,7 +996,8 @@ async fn run(options: Options) {
     println!();
     print!("{table}");
     println!(
-        "callbacks/s ÷ sync req/s = {}; receipts/s ÷ sync req/s = {}",
+        "callbacks/s ÷ sync req/s = {}; receipts/s ÷ sync req/s = {}; \
+         app CPU per sync request ÷ per async event = {app_cpu_ratio:.3}",
         ratio(window_rate),
         ratio(receipts_rate)
     );
@@ -846,22 +1013,23 @@ fn main() -> ExitCode {
     };
     println!("reproduce: {}", options.command_line());
     println!(
-        "NOTE: the client ({} tasks), the app and the callback receiver share this process's \
-         tokio multi-thread runtime ({} worker threads) and the machine's {} CPU(s): the load \
-         generator and the receiver compete with the app for the same cores, so every rate is a \
-         lower bound for the app alone. Loopback TCP only (127.0.0.1). Payload: {} B of JSON, \
-         echoed by the endpoint; both signature schemes on; store: {:?}.",
-        options.concurrency,
+        "NOTE: the app ({} worker threads), the client ({} tasks, 1 thread) and the callback \
+         receiver (1 thread) run on tokio runtimes of their own, so the CPU time of each is \
+         counted apart, but they share the machine's {} CPU(s): the load generator and the \
+         receiver compete with the app for the same cores, so every rate is a lower bound for \
+         the app alone. Loopback TCP only (127.0.0.1). Payload: {} B of JSON, echoed by the \
+         endpoint; both signature schemes on; store: {:?}.",
         options.threads,
+        options.concurrency,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         options.payload_bytes,
         options.store,
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(options.threads)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = Side::App.build_runtime(options.threads);
+    let _ = RUNTIMES.set([
+        Side::Client.build_runtime(1),
+        Side::Receiver.build_runtime(1),
+    ]);
     let started = Instant::now();
     runtime.block_on(run(options));
     // Phase (c) leaves its events waiting an hour for their retry: do not wait for them.
