@@ -248,3 +248,126 @@ async fn join_in_order<T>(tasks: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
     }
     out
 }
+
+/// A receiver speaking raw HTTP/1.1: it answers every request on a connection with `answer`
+/// (keep-alive), and hangs up `hang_up_after` each answer if given. Returns its address and the
+/// count of connections it accepted.
+async fn raw_receiver(
+    answer: Vec<u8>,
+    hang_up_after: Option<Duration>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let answer = std::sync::Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::Relaxed);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    // One request: its head, then as many body bytes as Content-Length says.
+                    let head_end = loop {
+                        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length:"))
+                        .map_or(0, |value| value.trim().parse().unwrap());
+                    while buffer.len() < head_end + length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buffer.drain(..head_end + length);
+                    if stream.write_all(&answer).await.is_err() {
+                        return;
+                    }
+                    if let Some(delay) = hang_up_after {
+                        tokio::time::sleep(delay).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn keep_alive_answer(body_len: usize) -> Vec<u8> {
+    let mut answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\n\r\n").into_bytes();
+    answer.resize(answer.len() + body_len, b'a');
+    answer
+}
+
+#[tokio::test]
+async fn a_connection_the_receiver_closed_while_idle_costs_no_attempt() {
+    use std::sync::atomic::Ordering;
+
+    let (addr, accepted) =
+        raw_receiver(keep_alive_answer(2), Some(Duration::from_millis(20))).await;
+    let sink = loopback_sink();
+    for round in 1..=3 {
+        let answer = sink
+            .send(post_to(format!("http://{addr}/hook"), "{}"))
+            .await
+            .unwrap_or_else(|error| panic!("callback {round}: {error}"));
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(answer.body(), "aa");
+        // The receiver hangs up while the connection sits in the pool.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(
+        accepted.load(Ordering::Relaxed),
+        3,
+        "a new connection each time"
+    );
+}
+
+#[tokio::test]
+async fn only_an_answer_read_to_its_end_leaves_its_connection_for_the_next_callback() {
+    use std::sync::atomic::Ordering;
+
+    // Short answers: one connection carries every callback.
+    let (addr, accepted) = raw_receiver(keep_alive_answer(100), None).await;
+    let sink = loopback_sink();
+    for _ in 0..3 {
+        let answer = sink
+            .send(post_to(format!("http://{addr}/hook"), "{}"))
+            .await
+            .unwrap();
+        assert_eq!(answer.body().len(), 100);
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+
+    // Answers longer than the 4 KiB the sink reads: the rest is never read, so the connection
+    // cannot carry another exchange and is closed rather than pooled.
+    let (addr, accepted) = raw_receiver(keep_alive_answer(64 * 1024), None).await;
+    for _ in 0..3 {
+        let answer = sink
+            .send(post_to(format!("http://{addr}/hook"), "{}"))
+            .await
+            .unwrap();
+        assert_eq!(answer.body().len(), 4 * 1024);
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed), 3);
+}

@@ -7,18 +7,17 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::address::{AddressPolicy, IpNetwork};
 
-use super::guard::{is_forbidden, GuardedConnector, GuardedResolver};
+use super::guard::{GuardedConnector, GuardedResolver};
+use super::pool::ConnectionPool;
 use super::{CallbackSink, SinkError, SinkErrorKind, TrustedTarget};
 
 /// Default time one attempt may take, connect to last byte of the answer.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Idle keep-alive connections kept per receiver host (each closes after 90 s unused). Enough for
+/// Idle keep-alive connections kept per receiver host (each closed after 90 s unused). Enough for
 /// the callbacks a busy layer has in flight at once: a smaller pool closes connections after every
 /// burst and reopens them for the next (with 64, a load run opened one connection per 21
 /// callbacks; with this, a few hundred for the whole run).
@@ -29,11 +28,12 @@ const MAX_ANSWER_BYTES: usize = 4 * 1024;
 
 /// The default sink: posts callbacks over HTTP/1.1 or HTTPS.
 ///
-/// One pooled keep-alive client per sink (clones share it; up to 1 024 idle connections per
-/// host, each closed after 90 s unused); TLS through rustls with the bundled
-/// Mozilla roots, certificates always verified; redirects are never followed (a `3xx` is reported
-/// like any other status); each attempt ends after [`HttpSink::timeout`] (default 15 s). At most
-/// 4 KiB of the receiver's answer body is read.
+/// Keep-alive connections are pooled per sink (clones share them; up to 1 024 idle connections
+/// per host, each closed after 90 s unused; a connection the receiver closed while idle is
+/// skipped, not counted as a failed attempt); TLS through rustls with the bundled Mozilla roots,
+/// certificates always verified; redirects are never followed (a `3xx` is reported like any other
+/// status); each attempt ends after [`HttpSink::timeout`] (default 15 s). At most 4 KiB of the
+/// receiver's answer body is read; a connection whose answer was longer is closed, not reused.
 ///
 /// **Address guard**: unless a request carries [`TrustedTarget`] (the layer adds it for the
 /// operator's default URL, and for every URL when `allow_private_callbacks(true)`), the sink
@@ -43,8 +43,8 @@ const MAX_ANSWER_BYTES: usize = 4 * 1024;
 /// after which the notification is dead at once. [`HttpSink::allow_private`] turns the guard off.
 #[derive(Clone)]
 pub struct HttpSink {
-    guarded: Client<HttpsConnector<GuardedConnector>, Full<Bytes>>,
-    open: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    guarded: ConnectionPool<HttpsConnector<GuardedConnector>>,
+    open: ConnectionPool<HttpsConnector<HttpConnector>>,
     allowed: Vec<IpNetwork>,
     allow_private: bool,
     timeout: Duration,
@@ -70,8 +70,8 @@ impl HttpSink {
         let mut open = HttpConnector::new();
         configure(&mut open);
         Self {
-            guarded: guarded_client(&[]),
-            open: client(open),
+            guarded: guarded_pool(&[]),
+            open: pool(open),
             allowed: Vec::new(),
             allow_private: false,
             timeout: DEFAULT_ATTEMPT_TIMEOUT,
@@ -81,7 +81,7 @@ impl HttpSink {
     /// Lets the address guard pass one private network (repeatable), for an internal receiver.
     pub fn allow_network(mut self, network: IpNetwork) -> Self {
         self.allowed.push(network);
-        self.guarded = guarded_client(&self.allowed);
+        self.guarded = guarded_pool(&self.allowed);
         self
     }
 
@@ -100,21 +100,11 @@ impl HttpSink {
     async fn exchange(&self, request: Request<Bytes>) -> Result<Response<Bytes>, SinkError> {
         let trusted = self.allow_private || request.extensions().get::<TrustedTarget>().is_some();
         let request = request.map(Full::new);
-        let sent = if trusted {
-            self.open.request(request).await
+        let (response, lease) = if trusted {
+            self.open.send(request).await?
         } else {
-            self.guarded.request(request).await
+            self.guarded.send(request).await?
         };
-        let response = sent.map_err(|error| {
-            let kind = if is_forbidden(&error) {
-                SinkErrorKind::Forbidden
-            } else if error.is_connect() {
-                SinkErrorKind::Connect
-            } else {
-                SinkErrorKind::Protocol
-            };
-            SinkError::new(kind, error)
-        })?;
         let (parts, mut body) = response.into_parts();
         let mut kept = BytesMut::new();
         while kept.len() < MAX_ANSWER_BYTES {
@@ -126,14 +116,19 @@ impl HttpSink {
                     }
                 }
                 // The status already arrived; a broken answer body does not undo it.
-                Some(Err(_)) | None => break,
+                Some(Err(_)) => break,
+                None => {
+                    // Read to its end: the connection can carry the next callback.
+                    lease.release();
+                    break;
+                }
             }
         }
         Ok(Response::from_parts(parts, kept.freeze()))
     }
 }
 
-fn guarded_client(allowed: &[IpNetwork]) -> Client<HttpsConnector<GuardedConnector>, Full<Bytes>> {
+fn guarded_pool(allowed: &[IpNetwork]) -> ConnectionPool<HttpsConnector<GuardedConnector>> {
     let policy = Arc::new(AddressPolicy {
         allow_private: false,
         allowed: allowed.to_vec(),
@@ -142,7 +137,7 @@ fn guarded_client(allowed: &[IpNetwork]) -> Client<HttpsConnector<GuardedConnect
         policy: policy.clone(),
     });
     configure(&mut inner);
-    client(GuardedConnector { inner, policy })
+    pool(GuardedConnector { inner, policy })
 }
 
 fn configure<R>(connector: &mut HttpConnector<R>) {
@@ -151,10 +146,14 @@ fn configure<R>(connector: &mut HttpConnector<R>) {
     connector.set_connect_timeout(Some(DEFAULT_ATTEMPT_TIMEOUT));
 }
 
-fn client<C>(connector: C) -> Client<HttpsConnector<C>, Full<Bytes>>
+fn pool<C>(connector: C) -> ConnectionPool<HttpsConnector<C>>
 where
     C: tower_service::Service<http::Uri> + Clone + Send + Sync + 'static,
-    HttpsConnector<C>: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+    HttpsConnector<C>: tower_service::Service<http::Uri> + Clone + Send + Sync + 'static,
+    <HttpsConnector<C> as tower_service::Service<http::Uri>>::Response:
+        hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    <HttpsConnector<C> as tower_service::Service<http::Uri>>::Future: Send,
+    <HttpsConnector<C> as tower_service::Service<http::Uri>>::Error: Into<crate::BoxError>,
 {
     let https = HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
@@ -162,10 +161,7 @@ where
         .https_or_http()
         .enable_http1()
         .wrap_connector(connector);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-        .build(https)
+    ConnectionPool::new(https, MAX_IDLE_PER_HOST)
 }
 
 impl CallbackSink for HttpSink {

@@ -4,7 +4,7 @@
 //! and body already set — and reports the receiver's answer or a transport error. It decides
 //! nothing else: what counts as delivered and whether to try again is the delivery engine's call.
 //!
-//! - [`HttpSink`] (the default) posts over HTTP/1.1 or HTTPS with a pooled keep-alive client.
+//! - [`HttpSink`] (the default) posts over HTTP/1.1 or HTTPS on pooled keep-alive connections.
 //! - [`ChannelSink`] hands each request to a [`CallbackReceiver`], for embedding and tests; what it
 //!   captures is byte for byte what [`HttpSink`] would put on the wire.
 //!
@@ -42,6 +42,7 @@ mod channel;
 mod error;
 mod guard;
 mod http;
+mod pool;
 
 use std::future::Future;
 use std::pin::Pin;
