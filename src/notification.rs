@@ -21,7 +21,6 @@ use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 
 use crate::grpc::GrpcStatus;
 use crate::ids::{EventId, NotificationId};
@@ -162,40 +161,69 @@ pub(crate) enum Outcome {
     },
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Wire<'a> {
-    event_id: EventId,
-    instance_id: u64,
-    event_status: EventStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status_code: Option<u16>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grpc_status: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    grpc_message: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response: Option<Response<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    response_encoding: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<WireError<'a>>,
-    notification_id: NotificationId,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
+/// The inner body as it goes into `response`.
 enum Response<'a> {
-    Json(&'a RawValue),
+    /// JSON that every reader accepts (checked), without surrounding whitespace: copied as is.
+    Json(&'a [u8]),
     Text(&'a str),
     Base64(String),
-    Null(()),
+    Null,
 }
 
-#[derive(Serialize)]
-struct WireError<'a> {
-    code: FailureCode,
-    message: &'a str,
+impl Response<'_> {
+    /// Bytes it takes in the notification (text may grow by its escapes).
+    fn len_hint(&self) -> usize {
+        match self {
+            Self::Json(json) => json.len(),
+            Self::Text(text) => text.len() + text.len() / 16,
+            Self::Base64(encoded) => encoded.len() + 2,
+            Self::Null => 4,
+        }
+    }
+}
+
+/// Writes one JSON object, field by field, in the order given. Names are plain ASCII constants.
+struct JsonObject<'a> {
+    out: &'a mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'a> JsonObject<'a> {
+    fn begin(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        Self { out, empty: true }
+    }
+
+    fn name(&mut self, name: &str) {
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn field(&mut self, name: &str, value: &(impl Serialize + ?Sized)) {
+        self.name(name);
+        serde_json::to_writer(&mut *self.out, value).expect("serializing to a Vec cannot fail");
+    }
+
+    /// A field whose value is already JSON.
+    fn raw_field(&mut self, name: &str, json: &[u8]) {
+        self.name(name);
+        self.out.extend_from_slice(json);
+    }
+
+    /// A field whose value is an object, written through the one returned.
+    fn object(&mut self, name: &str) -> JsonObject<'_> {
+        self.name(name);
+        JsonObject::begin(self.out)
+    }
+
+    fn end(self) {
+        self.out.push(b'}');
+    }
 }
 
 impl Outcome {
@@ -206,60 +234,64 @@ impl Outcome {
         }
     }
 
-    /// Writes the notification JSON for this outcome.
+    /// Writes the notification JSON for this outcome, in the wire contract's field order.
     pub(crate) fn to_json(
         &self,
         event_id: EventId,
         instance_id: u64,
         notification_id: NotificationId,
     ) -> Bytes {
-        let mut wire = Wire {
-            event_id,
-            instance_id,
-            event_status: EventStatus::Completed,
-            status_code: None,
-            grpc_status: None,
-            grpc_message: None,
-            response: None,
-            response_encoding: None,
-            error: None,
-            notification_id,
-        };
-        let capacity = match self {
+        let mut out;
+        match self {
             Self::Completed {
                 status,
                 content_type,
                 body,
                 grpc,
             } => {
-                wire.status_code = Some(status.as_u16());
-                if let Some(grpc) = grpc {
-                    wire.grpc_status = Some(grpc.code);
-                    wire.grpc_message = grpc.message.as_deref();
-                }
+                let grpc_message = grpc.as_ref().and_then(|grpc| grpc.message.as_deref());
                 let (response, encoding) =
                     response_value(content_type.as_ref(), body, grpc.is_some());
-                let response_len = match &response {
-                    Response::Json(raw) => raw.get().len(),
-                    Response::Text(text) => text.len() + text.len() / 16, // room for escapes
-                    Response::Base64(encoded) => encoded.len(),
-                    Response::Null(()) => 4,
-                };
-                wire.response = Some(response);
-                wire.response_encoding = encoding;
-                response_len + wire.grpc_message.map_or(0, str::len) + 192
+                out = Vec::with_capacity(
+                    response.len_hint() + grpc_message.map_or(0, str::len) + 192,
+                );
+                let mut object = JsonObject::begin(&mut out);
+                object.field("eventId", &event_id);
+                object.field("instanceId", &instance_id);
+                object.field("eventStatus", &EventStatus::Completed);
+                object.field("statusCode", &status.as_u16());
+                if let Some(grpc) = grpc {
+                    object.field("grpcStatus", &grpc.code);
+                    if let Some(message) = grpc_message {
+                        object.field("grpcMessage", message);
+                    }
+                }
+                match &response {
+                    Response::Json(json) => object.raw_field("response", json),
+                    Response::Text(text) => object.field("response", *text),
+                    Response::Base64(encoded) => object.field("response", encoded.as_str()),
+                    Response::Null => object.raw_field("response", b"null"),
+                }
+                if let Some(encoding) = encoding {
+                    object.field("responseEncoding", encoding);
+                }
+                object.field("notificationId", &notification_id);
+                object.end();
             }
             Self::Failed { code, message } => {
-                wire.event_status = EventStatus::Failed;
-                wire.error = Some(WireError {
-                    code: *code,
-                    message,
-                });
-                message.len() + 192
+                out = Vec::with_capacity(message.len() + 192);
+                let mut object = JsonObject::begin(&mut out);
+                object.field("eventId", &event_id);
+                object.field("instanceId", &instance_id);
+                object.field("eventStatus", &EventStatus::Failed);
+                let mut error = object.object("error");
+                error.field("code", code);
+                error.field("message", message.as_str());
+                error.end();
+                object.field("notificationId", &notification_id);
+                object.end();
             }
-        };
-        let mut out = Vec::with_capacity(capacity);
-        serde_json::to_writer(&mut out, &wire).expect("serializing to a Vec cannot fail");
+        }
         // The notification may wait hours for delivery: do not keep much more than it needs.
         if out.capacity() - out.len() > 256 {
             out.shrink_to_fit();
@@ -274,19 +306,16 @@ fn response_value<'a>(
     binary: bool,
 ) -> (Response<'a>, Option<&'static str>) {
     if body.is_empty() {
-        return (Response::Null(()), None);
+        return (Response::Null, None);
     }
     if binary {
         return (Response::Base64(STANDARD.encode(body)), Some("base64"));
     }
-    if content_type.is_some_and(says_json) {
-        // Embedded only if every JSON reader can take it back: syntax alone would let
-        // `1e999` or a lone surrogate through, which a receiver's parser then rejects.
-        if serde_json::from_slice::<Portable>(body).is_ok() {
-            if let Ok(raw) = serde_json::from_slice::<&RawValue>(body) {
-                return (Response::Json(raw), None);
-            }
-        }
+    // Embedded only if every JSON reader can take it back: syntax alone would let `1e999` or a
+    // lone surrogate through, which a receiver's parser then rejects. Once that holds, the
+    // body is copied as it is, less the whitespace around it.
+    if content_type.is_some_and(says_json) && serde_json::from_slice::<Portable>(body).is_ok() {
+        return (Response::Json(body.trim_ascii()), None);
     }
     match std::str::from_utf8(body) {
         Ok(text) => (Response::Text(text), None),
@@ -392,6 +421,36 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&json).unwrap(),
             r#"{"eventId":1028,"instanceId":30,"eventStatus":"completed","statusCode":200,"response":{"events":[1,2]},"notificationId":1084}"#
+        );
+    }
+
+    #[test]
+    fn embedded_json_loses_only_its_surrounding_whitespace() {
+        let outcome = Outcome::Completed {
+            status: StatusCode::CREATED,
+            content_type: Some(HeaderValue::from_static("application/json")),
+            body: Bytes::from_static(b" \r\n\t{ \"a\" : [1, \"x y\"] }\n "),
+            grpc: None,
+        };
+        let json = outcome.to_json(EventId::new(7), 0, NotificationId::new(8));
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"eventId":7,"instanceId":0,"eventStatus":"completed","statusCode":201,"response":{ "a" : [1, "x y"] },"notificationId":8}"#
+        );
+    }
+
+    #[test]
+    fn text_is_an_escaped_string() {
+        let outcome = Outcome::Completed {
+            status: StatusCode::OK,
+            content_type: Some(HeaderValue::from_static("text/plain")),
+            body: Bytes::from_static("line \"one\"\n\u{1}é".as_bytes()),
+            grpc: None,
+        };
+        let json = outcome.to_json(EventId::new(7), 0, NotificationId::new(8));
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"eventId":7,"instanceId":0,"eventStatus":"completed","statusCode":200,"response":"line \"one\"\n\u0001é","notificationId":8}"#
         );
     }
 
