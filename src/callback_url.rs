@@ -125,9 +125,50 @@ pub(crate) fn validate(raw: &[u8], origin: Origin, policy: &UrlPolicy) -> Result
     Ok(uri)
 }
 
+/// A checked URL as the text the store keeps: what `uri.to_string()` gives, written straight
+/// into a string of the right size instead of through the formatter (once per event).
+pub(crate) fn to_text(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or_default();
+    let authority = uri.authority().map_or("", |authority| authority.as_str());
+    let path = uri.path();
+    let query = uri.query();
+    let mut text = String::with_capacity(
+        scheme.len() + 3 + authority.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    if !scheme.is_empty() {
+        text.push_str(scheme);
+        text.push_str("://");
+    }
+    text.push_str(authority);
+    text.push_str(path);
+    if let Some(query) = query {
+        text.push('?');
+        text.push_str(query);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn to_text_writes_what_display_writes() {
+        for url in [
+            "https://receiver.example/hooks/in",
+            "https://receiver.example",
+            "http://receiver.example?tenant=7",
+            "https://Receiver.Example:8443/a/b?x=1&y=%20#frag",
+            "http://[2001:db8::1]:8080/in",
+            "http://8.8.8.8/",
+            "https://receiver.example/?",
+        ] {
+            let uri: Uri = url.parse().unwrap();
+            assert_eq!(to_text(&uri), uri.to_string(), "{url}");
+            let text = to_text(&uri);
+            assert_eq!(text.capacity(), text.len(), "{url}: sized once");
+        }
+    }
 
     fn check(url: &str) -> Result<Uri, RefusalCode> {
         validate(url.as_bytes(), Origin::Request, &UrlPolicy::default()).map_err(|r| r.code)

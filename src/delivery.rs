@@ -174,8 +174,13 @@ impl Delivery {
     }
 
     /// Makes one attempt now and records what it means: delivered, dead, or when to try again.
-    async fn attempt_once(&self, notification: &mut NotificationRecord) -> Next {
-        let target = match notification.target.parse::<Uri>() {
+    /// The target is `parsed`, or else the record's, parsed here.
+    async fn attempt_once(
+        &self,
+        notification: &mut NotificationRecord,
+        parsed: Option<Uri>,
+    ) -> Next {
+        let target = match parsed.map_or_else(|| notification.target.parse::<Uri>(), Ok) {
             Ok(target) => target,
             Err(_) => {
                 notification.last_error = Some("the stored callback URL is not a valid URI".into());
@@ -263,14 +268,19 @@ enum Next {
 
 /// Delivers a pending notification: an attempt now if it is due, and each later one from the
 /// outbox, until it is delivered or dead. `permit` is the event's place under `max_in_flight`,
-/// held until then.
+/// held until then. `parsed` is the notification's target already parsed, if the caller has it.
 pub(crate) async fn deliver(
     config: Arc<Config>,
     mut notification: NotificationRecord,
     permit: Permit,
+    parsed: Option<Uri>,
 ) {
     if notification.next_attempt_at_ms <= unix_ms() {
-        if let Next::Done = config.delivery.attempt_once(&mut notification).await {
+        if let Next::Done = config
+            .delivery
+            .attempt_once(&mut notification, parsed)
+            .await
+        {
             return;
         }
     }
@@ -354,7 +364,7 @@ async fn serve_outbox(mut incoming: mpsc::UnboundedReceiver<Waiting>) {
                     notification_id = notification.notification_id.get(),
                     instance_id = config.instance_id,
                 );
-                tokio::spawn(deliver(config, notification, permit).instrument(span));
+                tokio::spawn(deliver(config, notification, permit, None).instrument(span));
             }
         }
     }

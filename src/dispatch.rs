@@ -21,6 +21,7 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::{OwnBody, RequestBody};
+use crate::callback_url;
 use crate::config::Config;
 use crate::grpc;
 use crate::job;
@@ -112,6 +113,8 @@ where
         None => (None, None),
     };
     let shared = config.clone();
+    // The parsed URL goes with the job, so its first attempt does not parse the stored text.
+    let callback = accepted.callback;
     let job = async move {
         Counters::add(&shared.counters.running);
         if let Err(error) = shared.store.running(event_id).await {
@@ -136,14 +139,24 @@ where
                 let outcome = completed.outcome();
                 match answer.send(completed.into_response()) {
                     // The client got the real response: nothing to deliver.
-                    Ok(()) => (outcome, String::new()),
-                    Err(_) => (outcome, event.target),
+                    Ok(()) => (outcome, (String::new(), None)),
+                    Err(_) => (outcome, (event.target, callback)),
                 }
             }
-            (Ok(completed), None) => (completed.outcome(), event.target),
-            (Err(failed), _) => (failed, event.target),
+            (Ok(completed), None) => (completed.outcome(), (event.target, callback)),
+            (Err(failed), _) => (failed, (event.target, callback)),
         };
-        job::conclude(&shared, event_id, notification_id, target, outcome, permit).await;
+        let (target, parsed) = target;
+        job::conclude(
+            &shared,
+            event_id,
+            notification_id,
+            target,
+            parsed,
+            outcome,
+            permit,
+        )
+        .await;
     };
     tokio::spawn(job.instrument(span));
 
@@ -188,7 +201,10 @@ async fn record_dispatched(
         event_id,
         notification_id,
         // An empty target: no callback, the client polls the status endpoint.
-        target: callback.as_ref().map(Uri::to_string).unwrap_or_default(),
+        target: callback
+            .as_ref()
+            .map(callback_url::to_text)
+            .unwrap_or_default(),
         accepted_at_ms: unix_ms(),
         running: false,
     };

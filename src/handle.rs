@@ -120,7 +120,7 @@ impl AsyncRequestHandle {
             .ok_or(RedeliverError::NotFound)?;
         Counters::add(&self.config.counters.pending);
         let config = self.config.clone();
-        tokio::spawn(deliver(config, notification, permit));
+        tokio::spawn(deliver(config, notification, permit, None));
         Ok(())
     }
 

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Response};
+use http::{header, Response, Uri};
 use http_body::Body;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use pin_project_lite::pin_project;
@@ -93,11 +93,14 @@ where
 }
 
 /// Ends an event: counts its outcome, records its notification as pending and delivers it.
+/// `target` is the stored callback URL (empty: none); `parsed`, the same URL parsed, when the
+/// caller has it at hand.
 pub(crate) async fn conclude(
     config: &Arc<Config>,
     event_id: EventId,
     notification_id: NotificationId,
     target: String,
+    parsed: Option<Uri>,
     outcome: Outcome,
     permit: Permit,
 ) {
@@ -132,7 +135,7 @@ pub(crate) async fn conclude(
     }
     if requested {
         Counters::add(&config.counters.pending);
-        deliver(config.clone(), notification, permit).await;
+        deliver(config.clone(), notification, permit, parsed).await;
     }
 }
 

@@ -61,6 +61,7 @@ async fn resume(config: Arc<Config>, recovery: Recovery) {
                 event.event_id,
                 event.notification_id,
                 event.target,
+                None,
                 outcome,
                 permit,
             )
@@ -71,6 +72,6 @@ async fn resume(config: Arc<Config>, recovery: Recovery) {
         let permit = config.runner.wait_for_permit().await;
         let config = config.clone();
         Counters::add(&config.counters.pending);
-        tokio::spawn(deliver(config, notification, permit));
+        tokio::spawn(deliver(config, notification, permit, None));
     }
 }
