@@ -395,7 +395,7 @@ impl AsyncRequestLayerBuilder {
             let sink = allowed
                 .iter()
                 .fold(HttpSink::new(), |sink, net| sink.allow_network(*net))
-                .timeout(self.attempt_timeout);
+                .timed_by_caller();
             (Arc::new(sink), std::any::type_name::<HttpSink>())
         });
         let (store, store_type) = self.store.unwrap_or_else(|| {

@@ -47,7 +47,8 @@ pub struct HttpSink {
     open: ConnectionPool<HttpsConnector<HttpConnector>>,
     allowed: Vec<IpNetwork>,
     allow_private: bool,
-    timeout: Duration,
+    /// `None` for the layer's own default sink: the layer already times each attempt.
+    timeout: Option<Duration>,
 }
 
 impl fmt::Debug for HttpSink {
@@ -74,7 +75,7 @@ impl HttpSink {
             open: pool(open),
             allowed: Vec::new(),
             allow_private: false,
-            timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            timeout: Some(DEFAULT_ATTEMPT_TIMEOUT),
         }
     }
 
@@ -93,7 +94,14 @@ impl HttpSink {
 
     /// How long one attempt may take, from connecting to the last byte of the answer.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// No timer of its own: for the sink the layer makes when none is given, whose every
+    /// attempt the layer already ends after `attempt_timeout` (one timer per attempt, not two).
+    pub(crate) fn timed_by_caller(mut self) -> Self {
+        self.timeout = None;
         self
     }
 
@@ -166,11 +174,14 @@ where
 
 impl CallbackSink for HttpSink {
     async fn send(&self, request: Request<Bytes>) -> Result<Response<Bytes>, SinkError> {
-        match tokio::time::timeout(self.timeout, self.exchange(request)).await {
+        let Some(limit) = self.timeout else {
+            return self.exchange(request).await;
+        };
+        match tokio::time::timeout(limit, self.exchange(request)).await {
             Ok(result) => result,
             Err(_) => Err(SinkError::new(
                 SinkErrorKind::Timeout,
-                format!("no answer within {:?}", self.timeout),
+                format!("no answer within {limit:?}"),
             )),
         }
     }
