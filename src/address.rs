@@ -165,17 +165,20 @@ pub(crate) fn parse_ipv4_lenient(host: &str) -> Option<Result<Ipv4Addr, ()>> {
     if !looks_numeric(last) {
         return None;
     }
-    let parts: Vec<&str> = host.split('.').collect();
-    if parts.len() > 4 {
-        return Some(Err(()));
-    }
-    let mut numbers = Vec::with_capacity(parts.len());
-    for part in &parts {
+    // At most four parts, each a number (no allocation: this runs for every callback URL).
+    let mut numbers = [0u64; 4];
+    let mut count = 0;
+    for part in host.split('.') {
+        if count == numbers.len() {
+            return Some(Err(()));
+        }
         match parse_part(part) {
-            Some(n) => numbers.push(n),
+            Some(n) => numbers[count] = n,
             None => return Some(Err(())),
         }
+        count += 1;
     }
+    let numbers = &numbers[..count];
     let (last, init) = numbers.split_last()?;
     if init.iter().any(|&n| n > 255) {
         return Some(Err(()));
