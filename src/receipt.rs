@@ -10,7 +10,13 @@ use crate::header::ELEMENTS_EVENT_ID;
 use crate::ids::EventId;
 
 pub(crate) fn receipt(status: StatusCode, event_id: EventId) -> Response<Bytes> {
-    let body = format!(r#"{{"eventId":{event_id},"eventStatus":"dispatched"}}"#);
+    // The id's digits are written once, for the header, and copied into the body from there.
+    let id = HeaderValue::from(event_id.get());
+    let (head, tail) = (br#"{"eventId":"#, br#","eventStatus":"dispatched"}"#);
+    let mut body = Vec::with_capacity(head.len() + id.len() + tail.len());
+    body.extend_from_slice(head);
+    body.extend_from_slice(id.as_bytes());
+    body.extend_from_slice(tail);
     let mut response = Response::new(Bytes::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -18,13 +24,22 @@ pub(crate) fn receipt(status: StatusCode, event_id: EventId) -> Response<Bytes> 
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(ELEMENTS_EVENT_ID, event_id.get().into());
+    headers.insert(ELEMENTS_EVENT_ID, id);
     response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_id_is_written_whole() {
+        let response = receipt(StatusCode::ACCEPTED, EventId::new(u64::MAX));
+        assert_eq!(
+            response.body(),
+            r#"{"eventId":18446744073709551615,"eventStatus":"dispatched"}"#
+        );
+    }
 
     #[test]
     fn receipt_is_202_json_with_the_event_id() {
