@@ -1,4 +1,5 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 
 use super::{
@@ -26,11 +27,35 @@ pub struct MemoryStore {
     inner: Mutex<Records>,
 }
 
+/// A map keyed by one of our ids.
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Hashes an id with one multiplication (Fibonacci hashing) instead of SipHash. Safe here: the
+/// layer allocates ids itself, one after another, so no client can choose keys that collide.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 #[derive(Debug, Default)]
 struct Records {
-    unfinished: HashMap<EventId, EventRecord>,
-    notifications: HashMap<NotificationId, NotificationRecord>,
-    by_event: HashMap<EventId, NotificationId>,
+    unfinished: IdMap<EventId, EventRecord>,
+    notifications: IdMap<NotificationId, NotificationRecord>,
+    by_event: IdMap<EventId, NotificationId>,
     dead: BTreeSet<NotificationId>,
     /// Delivered and not-requested notifications in the order they stop being needed.
     retained: VecDeque<(u64, NotificationId)>,
@@ -265,6 +290,26 @@ mod tests {
             state: DeliveryState::Pending,
             retain_until_ms: u64::MAX,
         }
+    }
+
+    #[test]
+    fn sequential_ids_spread_over_the_buckets() {
+        use std::hash::BuildHasher;
+        // hashbrown picks a bucket from the low bits and a tag from the top 7: consecutive ids
+        // must differ in both.
+        let hasher = BuildHasherDefault::<IdHasher>::default();
+        let start = 1_764_400_000_000u64 << 10;
+        let hashes: Vec<u64> = (start..start + 1024)
+            .map(|id| hasher.hash_one(NotificationId::new(id)))
+            .collect();
+        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h % 1024).collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(
+            buckets.len() > 600,
+            "{} of 1024 buckets used",
+            buckets.len()
+        );
+        assert_eq!(tags.len(), 128, "every tag value used");
     }
 
     #[tokio::test]
