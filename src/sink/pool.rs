@@ -15,7 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -45,18 +45,20 @@ struct Key {
 
 impl Hash for Key {
     /// Agrees with the case-insensitive `Eq`, as `Authority`'s own `Hash` does, but hashes the
-    /// lowercased bytes in one call instead of one call per byte (it is done twice per callback).
+    /// scheme and the lowercased authority in one call (usually) instead of one call per byte.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.https.hash(state);
-        let authority = self.authority.as_str().as_bytes();
-        state.write_usize(authority.len());
         let mut lower = [0u8; 64];
-        for chunk in authority.chunks(lower.len()) {
-            let lower = &mut lower[..chunk.len()];
-            lower.copy_from_slice(chunk);
-            lower.make_ascii_lowercase();
-            state.write(lower);
+        lower[0] = u8::from(self.https);
+        let mut filled = 1;
+        for &byte in self.authority.as_str().as_bytes() {
+            if filled == lower.len() {
+                state.write(&lower);
+                filled = 0;
+            }
+            lower[filled] = byte.to_ascii_lowercase();
+            filled += 1;
         }
+        state.write(&lower[..filled]);
     }
 }
 
@@ -65,10 +67,17 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle connections of one pool, shared by the pool and its leases.
+/// The idle connections to one scheme and authority. An exchange holds its `Host` from checkout
+/// to release, so putting the connection back does not look the authority up a second time.
+#[derive(Default)]
+struct Host {
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+/// The hosts of one pool.
 struct Connections {
     max_idle_per_host: usize,
-    idle: Mutex<HashMap<Key, VecDeque<Idle>>>,
+    hosts: Mutex<HashMap<Key, Arc<Host>>>,
     sweeper: std::sync::Once,
 }
 
@@ -83,64 +92,77 @@ pub(crate) struct ConnectionPool<C> {
 /// been read to its end; dropped instead, the connection closes.
 pub(crate) struct Lease {
     sender: Sender,
-    key: Key,
-    connections: Arc<Connections>,
+    host: Arc<Host>,
+    max_idle: usize,
 }
 
 impl Lease {
     /// Returns the connection to the pool (the answer was read to its end).
     pub(crate) fn release(self) {
-        self.connections.checkin(self.key, self.sender);
+        self.host.checkin(self.sender, self.max_idle);
     }
 }
 
-impl Connections {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, VecDeque<Idle>>> {
+impl Host {
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Keeps `sender` for the next exchange with `key`, unless it closed or the list is full.
-    fn checkin(&self, key: Key, sender: Sender) {
+    /// Keeps `sender` for the next exchange, unless it closed or `max` are kept already.
+    fn checkin(&self, sender: Sender, max: usize) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.lock();
-        let list = idle.entry(key).or_default();
-        if list.len() < self.max_idle_per_host {
-            list.push_back(Idle {
+        if idle.len() < max {
+            idle.push_back(Idle {
                 sender,
                 since: Instant::now(),
             });
         }
     }
 
-    /// The oldest idle connection to `key` that is still open and not expired; the closed and
-    /// expired ones met on the way are dropped (which closes them).
-    fn checkout(&self, key: &Key) -> Option<Sender> {
+    /// The oldest idle connection that is still open and not expired; the closed and expired
+    /// ones met on the way are dropped (which closes them).
+    fn checkout(&self) -> Option<Sender> {
         let mut idle = self.lock();
-        let list = idle.get_mut(key)?;
-        while let Some(entry) = list.pop_front() {
+        while let Some(entry) = idle.pop_front() {
             if entry.usable(Instant::now()) {
                 return Some(entry.sender);
             }
         }
         None
     }
+}
 
-    /// Drops every connection that closed or expired by `now`, and the lists left empty.
+impl Connections {
+    /// The host `key` names, made on first use.
+    fn host(&self, key: &Key) -> Arc<Host> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(host) = hosts.get(key) {
+            return host.clone();
+        }
+        let host = Arc::new(Host::default());
+        hosts.insert(key.clone(), host.clone());
+        host
+    }
+
+    /// Drops every connection that closed or expired by `now`, and the hosts left with none
+    /// and no exchange under way.
     fn sweep(&self, now: Instant) {
-        let expired: Vec<Idle> = {
-            let mut idle = self.lock();
-            let mut expired = Vec::new();
-            idle.retain(|_, list| {
-                let (keep, gone) = list.drain(..).partition(|entry| entry.usable(now));
-                expired.extend::<VecDeque<Idle>>(gone);
-                *list = keep;
-                !list.is_empty()
+        let mut expired: Vec<Idle> = Vec::new();
+        {
+            let mut hosts = self.hosts.lock().unwrap_or_else(PoisonError::into_inner);
+            hosts.retain(|_, host| {
+                let mut idle = host.lock();
+                let (keep, gone): (VecDeque<Idle>, VecDeque<Idle>) =
+                    idle.drain(..).partition(|entry| entry.usable(now));
+                expired.extend(gone);
+                *idle = keep;
+                !idle.is_empty() || Arc::strong_count(host) > 1
             });
-            expired
-        };
-        // Closed outside the lock.
+        }
+        // Closed outside the locks.
         drop(expired);
     }
 }
@@ -164,7 +186,7 @@ where
             connector,
             connections: Arc::new(Connections {
                 max_idle_per_host,
-                idle: Mutex::new(HashMap::new()),
+                hosts: Mutex::new(HashMap::new()),
                 sweeper: std::sync::Once::new(),
             }),
         }
@@ -177,14 +199,15 @@ where
         mut request: Request<Full<Bytes>>,
     ) -> Result<(Response<Incoming>, Lease), SinkError> {
         let key = prepare(&mut request)?;
-        while let Some(mut sender) = self.connections.checkout(&key) {
+        let host = self.connections.host(&key);
+        while let Some(mut sender) = host.checkout() {
             // Just back from its previous exchange, the connection may not have said it wants
             // the next request yet; that takes one turn of its task (or fails if it closed).
             if !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, self.lease(sender, key))),
+                Ok(response) => return Ok((response, self.lease(sender, host))),
                 Err(mut error) => match error.take_message() {
                     // Closed before a byte was written: try the next connection.
                     Some(unsent) => request = unsent,
@@ -199,14 +222,14 @@ where
             .send_request(request)
             .await
             .map_err(|error| SinkError::new(SinkErrorKind::Protocol, error))?;
-        Ok((response, self.lease(sender, key)))
+        Ok((response, self.lease(sender, host)))
     }
 
-    fn lease(&self, sender: Sender, key: Key) -> Lease {
+    fn lease(&self, sender: Sender, host: Arc<Host>) -> Lease {
         Lease {
             sender,
-            key,
-            connections: self.connections.clone(),
+            host,
+            max_idle: self.connections.max_idle_per_host,
         }
     }
 
@@ -378,13 +401,17 @@ mod tests {
     fn connections() -> Connections {
         Connections {
             max_idle_per_host: 2,
-            idle: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HashMap::new()),
             sweeper: std::sync::Once::new(),
         }
     }
 
     fn key(url: &str) -> Key {
         prepared(url).1.unwrap()
+    }
+
+    fn hosts(pool: &Connections) -> usize {
+        pool.hosts.lock().unwrap().len()
     }
 
     #[tokio::test]
@@ -398,21 +425,26 @@ mod tests {
         while !closed.is_closed() {
             tokio::task::yield_now().await;
         }
-        let one = key("http://one.example/");
-        pool.checkin(one.clone(), closed);
+        let one = pool.host(&key("http://One.example/"));
         assert!(
-            pool.checkout(&one).is_none(),
-            "a closed connection is not kept"
+            Arc::ptr_eq(&one, &pool.host(&key("http://one.example/x"))),
+            "one host per scheme and authority, whatever the case"
         );
+        one.checkin(closed, 2);
+        assert!(one.checkout().is_none(), "a closed connection is not kept");
         for sender in [a, b, c] {
-            pool.checkin(one.clone(), sender);
+            one.checkin(sender, 2);
         }
-        assert_eq!(pool.lock()[&one].len(), 2, "the third is over the limit");
-        assert!(pool.checkout(&key("http://other.example/")).is_none());
-        assert!(pool.checkout(&key("https://one.example/")).is_none());
-        assert!(pool.checkout(&one).is_some());
-        assert!(pool.checkout(&one).is_some());
-        assert!(pool.checkout(&one).is_none());
+        assert_eq!(one.lock().len(), 2, "the third is over the limit");
+        assert!(pool
+            .host(&key("http://other.example/"))
+            .checkout()
+            .is_none());
+        assert!(pool.host(&key("https://one.example/")).checkout().is_none());
+        assert_eq!(hosts(&pool), 3);
+        assert!(one.checkout().is_some());
+        assert!(one.checkout().is_some());
+        assert!(one.checkout().is_none());
     }
 
     #[tokio::test]
@@ -420,16 +452,19 @@ mod tests {
         let pool = connections();
         let (old, old_peer) = connection().await;
         let (fresh, _fresh_peer) = connection().await;
-        let one = key("http://one.example/");
-        pool.checkin(one.clone(), old);
-        pool.checkin(key("http://two.example/"), fresh);
+        let one = pool.host(&key("http://one.example/"));
+        one.checkin(old, 2);
+        pool.host(&key("http://two.example/")).checkin(fresh, 2);
         let expired = Instant::now().checked_sub(IDLE_TIMEOUT).unwrap();
-        pool.lock().get_mut(&one).unwrap()[0].since = expired;
-        assert!(pool.checkout(&one).is_none(), "idle for the whole timeout");
+        one.lock()[0].since = expired;
+        assert!(one.checkout().is_none(), "idle for the whole timeout");
         pool.sweep(Instant::now());
-        assert_eq!(pool.lock().len(), 1, "the emptied list is gone");
+        assert_eq!(hosts(&pool), 2, "a host with an exchange under way stays");
+        drop(one);
+        pool.sweep(Instant::now());
+        assert_eq!(hosts(&pool), 1, "the emptied host is gone");
         pool.sweep(Instant::now() + IDLE_TIMEOUT);
-        assert!(pool.lock().is_empty(), "the sweep drops what expired");
+        assert_eq!(hosts(&pool), 0, "the sweep drops what expired");
         // Dropped means closed: the peer reads the end of the stream.
         let mut old_peer = old_peer;
         let mut rest = Vec::new();
