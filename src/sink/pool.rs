@@ -37,11 +37,22 @@ pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 type Sender = SendRequest<Full<Bytes>>;
 
 /// Where a connection goes: `https` or not, and the authority (compared case-insensitively).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Key {
     https: bool,
     authority: Authority,
 }
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        let (ours, theirs) = (self.authority.as_str(), other.authority.as_str());
+        // The same text is the usual case, and one memcmp; `Authority`'s own `eq` folds the
+        // case of every byte.
+        self.https == other.https && (ours == theirs || ours.eq_ignore_ascii_case(theirs))
+    }
+}
+
+impl Eq for Key {}
 
 impl Hash for Key {
     /// Agrees with the case-insensitive `Eq`, as `Authority`'s own `Hash` does, but hashes the
