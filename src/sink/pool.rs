@@ -211,6 +211,8 @@ where
     ) -> Result<(Response<Incoming>, Lease), SinkError> {
         let key = prepare(&mut request)?;
         let host = self.connections.host(&key);
+        // Started with the first host, so hosts that never connect are swept away too.
+        self.start_sweeper();
         while let Some(mut sender) = host.checkout() {
             // Just back from its previous exchange, the connection may not have said it wants
             // the next request yet; that takes one turn of its task (or fails if it closed).
@@ -267,12 +269,12 @@ where
             // The receiver hung up or broke the protocol; the exchange on it (if any) reports that.
             let _ = connection.await;
         });
-        self.start_sweeper();
         Ok(sender)
     }
 
-    /// Starts, once, the task that closes connections idle for longer than [`IDLE_TIMEOUT`]. It
-    /// holds the pool weakly and ends when the pool is dropped.
+    /// Starts, once, the task that closes connections idle for longer than [`IDLE_TIMEOUT`] and
+    /// forgets hosts left without any (so callbacks to ever new hosts that never answer do not
+    /// grow the pool). It holds the pool weakly and ends when the pool is dropped.
     fn start_sweeper(&self) {
         self.connections.sweeper.call_once(|| {
             let pool = Arc::downgrade(&self.connections);
