@@ -23,7 +23,9 @@
 //! `--concurrency` / `LOAD_CONCURRENCY` (client tasks, default 32), `--duration-secs` /
 //! `LOAD_DURATION_SECS` (10), `--payload-bytes` / `LOAD_PAYLOAD_BYTES` (1024), `--pending-events` /
 //! `LOAD_PENDING_EVENTS` (100000), `--store memory|redb` / `LOAD_STORE` (memory; redb needs
-//! `--features redb`), `--threads` / `LOAD_THREADS` (runtime worker threads, default the number of
+//! `--features redb`), `--signatures both|elements` / `LOAD_SIGNATURES` (both: the Elements and the
+//! Standard Webhooks signature on every callback, the default; elements: the first only),
+//! `--threads` / `LOAD_THREADS` (runtime worker threads, default the number of
 //! CPUs), `--max-requests` / `LOAD_MAX_REQUESTS` (per phase, 10000000), `--drain-secs` /
 //! `LOAD_DRAIN_SECS` (10), `--memory-secs` / `LOAD_MEMORY_SECS` (time cap of phase (c), 45).
 //!
@@ -72,6 +74,15 @@ enum StoreKind {
     Redb,
 }
 
+/// Which signatures each callback carries (the receiver checks the Elements one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signatures {
+    /// `Elements-Webhook-Signature` and the Standard Webhooks headers: the costly case.
+    Both,
+    /// `Elements-Webhook-Signature` only.
+    Elements,
+}
+
 #[derive(Debug, Clone)]
 struct Options {
     concurrency: usize,
@@ -79,6 +90,7 @@ struct Options {
     payload_bytes: usize,
     pending_events: u64,
     store: StoreKind,
+    signatures: Signatures,
     threads: usize,
     max_requests: u64,
     drain_secs: u64,
@@ -86,8 +98,9 @@ struct Options {
 }
 
 const USAGE: &str = "usage: cargo bench --bench load -- [--concurrency N] [--duration-secs D] \
-[--payload-bytes P] [--pending-events K] [--store memory|redb] [--threads T] [--max-requests M] \
-[--drain-secs S] [--memory-secs S]   (or env LOAD_CONCURRENCY, LOAD_DURATION_SECS, …)";
+[--payload-bytes P] [--pending-events K] [--store memory|redb] [--signatures both|elements] \
+[--threads T] [--max-requests M] [--drain-secs S] [--memory-secs S]   (or env LOAD_CONCURRENCY, \
+LOAD_DURATION_SECS, …)";
 
 impl Options {
     fn parse() -> Result<Self, String> {
@@ -99,6 +112,7 @@ impl Options {
             ("payload-bytes", "LOAD_PAYLOAD_BYTES"),
             ("pending-events", "LOAD_PENDING_EVENTS"),
             ("store", "LOAD_STORE"),
+            ("signatures", "LOAD_SIGNATURES"),
             ("threads", "LOAD_THREADS"),
             ("max-requests", "LOAD_MAX_REQUESTS"),
             ("drain-secs", "LOAD_DRAIN_SECS"),
@@ -141,6 +155,11 @@ impl Options {
                 ),
                 Some(other) => return Err(format!("--store: memory or redb, not {other:?}")),
             };
+        let signatures = match values.remove("signatures").as_deref() {
+            None | Some("both") => Signatures::Both,
+            Some("elements") => Signatures::Elements,
+            Some(other) => return Err(format!("--signatures: both or elements, not {other:?}")),
+        };
         let mut take = |name: &str, default: u64| -> Result<u64, String> {
             match values.remove(name) {
                 None => Ok(default),
@@ -159,6 +178,7 @@ impl Options {
             drain_secs: take("drain-secs", 10)?,
             memory_secs: take("memory-secs", 45)?.max(1),
             store,
+            signatures,
         };
         if let Some(unknown) = values.keys().next() {
             return Err(format!("unknown option --{unknown}\n{USAGE}"));
@@ -176,10 +196,14 @@ impl Options {
             StoreKind::Memory => "memory",
             StoreKind::Redb => "redb",
         };
+        let signatures = match self.signatures {
+            Signatures::Both => "both",
+            Signatures::Elements => "elements",
+        };
         format!(
             "cargo bench{features} --bench load -- --concurrency {} --duration-secs {} \
-             --payload-bytes {} --pending-events {} --store {store} --threads {} \
-             --max-requests {} --drain-secs {} --memory-secs {}",
+             --payload-bytes {} --pending-events {} --store {store} --signatures {signatures} \
+             --threads {} --max-requests {} --drain-secs {} --memory-secs {}",
             self.concurrency,
             self.duration_secs,
             self.payload_bytes,
@@ -571,12 +595,15 @@ fn payload(len: usize) -> Bytes {
     Bytes::from(text)
 }
 
-fn layer_builder() -> AsyncRequestLayerBuilder {
-    AsyncRequestLayer::builder()
+fn layer_builder(signatures: Signatures) -> AsyncRequestLayerBuilder {
+    let builder = AsyncRequestLayer::builder()
         .instance_id(30)
         .signing_key(SIGNING_KEY)
-        .standard_webhooks_secret(WHSEC)
-        .allow_private_callbacks(true)
+        .allow_private_callbacks(true);
+    match signatures {
+        Signatures::Both => builder.standard_webhooks_secret(WHSEC),
+        Signatures::Elements => builder,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -709,7 +736,7 @@ async fn phase_memory(options: &Options, client: &HttpClient) -> MemoryFigures {
         .unwrap()
         .local_addr()
         .unwrap();
-    let layer = with_store(layer_builder(), options.store, "pending")
+    let layer = with_store(layer_builder(options.signatures), options.store, "pending")
         .default_callback_url(format!("http://{closed}/cb"))
         .retry_schedule([Duration::from_secs(3600)])
         .max_in_flight(PHASE_C_MAX_IN_FLIGHT.max(options.pending_events as usize))
@@ -788,7 +815,7 @@ async fn run(options: Options) {
     .await;
 
     // The app of phases (a) and (b): default HttpSink, default max_in_flight.
-    let layer = with_store(layer_builder(), options.store, "load")
+    let layer = with_store(layer_builder(options.signatures), options.store, "load")
         .build()
         .expect("layer");
     let handle = layer.handle();
@@ -1018,11 +1045,12 @@ fn main() -> ExitCode {
          counted apart, but they share the machine's {} CPU(s): the load generator and the \
          receiver compete with the app for the same cores, so every rate is a lower bound for \
          the app alone. Loopback TCP only (127.0.0.1). Payload: {} B of JSON, echoed by the \
-         endpoint; both signature schemes on; store: {:?}.",
+         endpoint; signatures: {:?}; store: {:?}.",
         options.threads,
         options.concurrency,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         options.payload_bytes,
+        options.signatures,
         options.store,
     );
     let runtime = Side::App.build_runtime(options.threads);
