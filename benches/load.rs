@@ -7,7 +7,10 @@
 //! cargo bench --features redb --bench load -- --store redb
 //! ```
 //!
-//! Phases, each bounded by a count and a time, so the run ends by itself:
+//! Phases, each bounded by a count and a time, so the run ends by itself. (a) and (b) run
+//! `--rounds` times, alternately, and the table shows the round whose callbacks/s ÷ sync req/s is
+//! the median (every round's ratio is printed too): on a machine shared with other tenants, a
+//! neighbour that slows one phase then moves one round, not the result.
 //!
 //! - (a) sync: `POST /work` without the async header for `--duration-secs`: requests/s, latency.
 //! - (b) async: the same route with `Elements-Async-Request: true` and a callback URL naming the
@@ -20,8 +23,9 @@
 //!   the events, less the payload each one carries.
 //!
 //! Options are `--name value` arguments or environment variables (arguments win):
-//! `--concurrency` / `LOAD_CONCURRENCY` (client tasks, default 32), `--duration-secs` /
-//! `LOAD_DURATION_SECS` (10), `--payload-bytes` / `LOAD_PAYLOAD_BYTES` (1024), `--pending-events` /
+//! `--concurrency` / `LOAD_CONCURRENCY` (client tasks, default 32), `--rounds` / `LOAD_ROUNDS` (3),
+//! `--duration-secs` / `LOAD_DURATION_SECS` (of each phase (a) and (b) in a round, 4),
+//! `--payload-bytes` / `LOAD_PAYLOAD_BYTES` (1024), `--pending-events` /
 //! `LOAD_PENDING_EVENTS` (100000), `--store memory|redb` / `LOAD_STORE` (memory; redb needs
 //! `--features redb`), `--signatures both|elements` / `LOAD_SIGNATURES` (both: the Elements and the
 //! Standard Webhooks signature on every callback, the default; elements: the first only),
@@ -86,6 +90,7 @@ enum Signatures {
 #[derive(Debug, Clone)]
 struct Options {
     concurrency: usize,
+    rounds: u64,
     duration_secs: u64,
     payload_bytes: usize,
     pending_events: u64,
@@ -97,7 +102,8 @@ struct Options {
     memory_secs: u64,
 }
 
-const USAGE: &str = "usage: cargo bench --bench load -- [--concurrency N] [--duration-secs D] \
+const USAGE: &str =
+    "usage: cargo bench --bench load -- [--concurrency N] [--rounds R] [--duration-secs D] \
 [--payload-bytes P] [--pending-events K] [--store memory|redb] [--signatures both|elements] \
 [--threads T] [--max-requests M] [--drain-secs S] [--memory-secs S]   (or env LOAD_CONCURRENCY, \
 LOAD_DURATION_SECS, …)";
@@ -108,6 +114,7 @@ impl Options {
         let mut values: HashMap<String, String> = HashMap::new();
         for (name, env) in [
             ("concurrency", "LOAD_CONCURRENCY"),
+            ("rounds", "LOAD_ROUNDS"),
             ("duration-secs", "LOAD_DURATION_SECS"),
             ("payload-bytes", "LOAD_PAYLOAD_BYTES"),
             ("pending-events", "LOAD_PENDING_EVENTS"),
@@ -170,7 +177,8 @@ impl Options {
         };
         let options = Options {
             concurrency: take("concurrency", 32)?.max(1) as usize,
-            duration_secs: take("duration-secs", 10)?.max(1),
+            rounds: take("rounds", 3)?.max(1),
+            duration_secs: take("duration-secs", 4)?.max(1),
             payload_bytes: take("payload-bytes", 1024)? as usize,
             pending_events: take("pending-events", 100_000)?,
             threads: take("threads", cpus as u64)?.max(1) as usize,
@@ -201,10 +209,11 @@ impl Options {
             Signatures::Elements => "elements",
         };
         format!(
-            "cargo bench{features} --bench load -- --concurrency {} --duration-secs {} \
+            "cargo bench{features} --bench load -- --concurrency {} --rounds {} --duration-secs {} \
              --payload-bytes {} --pending-events {} --store {store} --signatures {signatures} \
              --threads {} --max-requests {} --drain-secs {} --memory-secs {}",
             self.concurrency,
+            self.rounds,
             self.duration_secs,
             self.payload_bytes,
             self.pending_events,
@@ -686,6 +695,7 @@ async fn phase_async(
         payload: payload(options.payload_bytes),
         asynchronous: Some(format!("http://{receiver}/cb")),
     };
+    let received_before = received.count.load(Ordering::Relaxed);
     let start = Instant::now();
     let cpu_start = CpuTimes::now();
     let mut tally = drive(
@@ -701,13 +711,18 @@ async fn phase_async(
 
     // Wait for the callbacks still on their way.
     let drain_deadline = Instant::now() + Duration::from_secs(options.drain_secs);
-    while received.count.load(Ordering::Relaxed) < tally.ok && Instant::now() < drain_deadline {
+    while received.count.load(Ordering::Relaxed) - received_before < tally.ok
+        && Instant::now() < drain_deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu = CpuTimes::now().per_item_since(cpu_start, tally.ok);
     let arrivals: HashMap<u64, Instant> =
         received.arrivals.lock().unwrap().iter().copied().collect();
-    let delivered_in_window = arrivals.values().filter(|&&at| at <= window_end).count() as u64;
+    let delivered_in_window = arrivals
+        .values()
+        .filter(|&&at| start <= at && at <= window_end)
+        .count() as u64;
     let mut end_to_end = Vec::with_capacity(tally.events.len());
     let mut last = start;
     for (event_id, sent) in &tally.events {
@@ -801,6 +816,15 @@ async fn phase_memory(options: &Options, client: &HttpClient) -> MemoryFigures {
     }
 }
 
+/// One round's (a) and (b).
+struct Round {
+    sync: SyncFigures,
+    asynchronous: AsyncFigures,
+    rss_after_sync: u64,
+    rss_after_async: u64,
+    callbacks_ratio: f64,
+}
+
 async fn run(options: Options) {
     let client = client(options.concurrency);
 
@@ -826,53 +850,86 @@ async fn run(options: Options) {
     .await;
     println!("app on http://{app}/work, receiver on http://{receiver}/cb");
 
-    let rss_start = resident_bytes().unwrap_or(0);
-    println!("(a) sync for {} s …", options.duration_secs);
-    let mut sync = phase_sync(&options, &client, app).await;
-    let rss_after_sync = resident_bytes().unwrap_or(0);
-    println!(
-        "    {} × 200, {} other answers, {} errors in {:.2} s; VmRSS {} → {}{}",
-        sync.tally.ok,
-        sync.tally.other_status + sync.tally.overloaded,
-        sync.tally.errors,
-        sync.elapsed.as_secs_f64(),
-        mib(rss_start),
-        mib(rss_after_sync),
-        sync.tally
-            .first_error
-            .as_deref()
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default()
-    );
+    // Rounds of (a) then (b), each ratio from two phases seconds apart: a neighbour on a shared
+    // machine that slows one phase of a round does not decide the result, the median round does.
+    let mut rounds = Vec::new();
+    for round in 1..=options.rounds {
+        println!("round {round} of {}", options.rounds);
+        let rss_start = resident_bytes().unwrap_or(0);
+        println!("(a) sync for {} s …", options.duration_secs);
+        let sync = phase_sync(&options, &client, app).await;
+        let rss_after_sync = resident_bytes().unwrap_or(0);
+        println!(
+            "    {} × 200, {} other answers, {} errors in {:.2} s; VmRSS {} → {}{}",
+            sync.tally.ok,
+            sync.tally.other_status + sync.tally.overloaded,
+            sync.tally.errors,
+            sync.elapsed.as_secs_f64(),
+            mib(rss_start),
+            mib(rss_after_sync),
+            sync.tally
+                .first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        );
 
-    println!(
-        "(b) async for {} s, then up to {} s for the last callbacks …",
-        options.duration_secs, options.drain_secs
-    );
-    let mut asynchronous = phase_async(&options, &client, app, &handle, &received, receiver).await;
-    let rss_after_async = resident_bytes().unwrap_or(0);
-    println!(
-        "    {} × 202, {} × 503 overloaded, {} other answers, {} errors in {:.2} s; \
-         {} callbacks matched, {} bad signatures, receiver accepted {} connections; VmRSS {} → {}; \
-         layer metrics {:?}{}",
-        asynchronous.tally.ok,
-        asynchronous.tally.overloaded,
-        asynchronous.tally.other_status,
-        asynchronous.tally.errors,
-        asynchronous.elapsed.as_secs_f64(),
-        asynchronous.matched,
-        asynchronous.bad_signatures,
-        ACCEPTED[Side::Receiver as usize].load(Ordering::Relaxed),
-        mib(rss_after_sync),
-        mib(rss_after_async),
-        asynchronous.metrics,
-        asynchronous
-            .tally
-            .first_error
-            .as_deref()
-            .map(|e| format!(" (first: {e})"))
-            .unwrap_or_default()
-    );
+        println!(
+            "(b) async for {} s, then up to {} s for the last callbacks …",
+            options.duration_secs, options.drain_secs
+        );
+        let asynchronous = phase_async(&options, &client, app, &handle, &received, receiver).await;
+        let rss_after_async = resident_bytes().unwrap_or(0);
+        println!(
+            "    {} × 202, {} × 503 overloaded, {} other answers, {} errors in {:.2} s; \
+             {} callbacks matched, {} bad signatures, receiver accepted {} connections; VmRSS {} → {}; \
+             layer metrics {:?}{}",
+            asynchronous.tally.ok,
+            asynchronous.tally.overloaded,
+            asynchronous.tally.other_status,
+            asynchronous.tally.errors,
+            asynchronous.elapsed.as_secs_f64(),
+            asynchronous.matched,
+            asynchronous.bad_signatures,
+            ACCEPTED[Side::Receiver as usize].load(Ordering::Relaxed),
+            mib(rss_after_sync),
+            mib(rss_after_async),
+            asynchronous.metrics,
+            asynchronous
+                .tally
+                .first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        );
+        let callbacks_ratio = rate(asynchronous.delivered_in_window, asynchronous.elapsed)
+            / rate(sync.tally.ok, sync.elapsed).max(1e-9);
+        let app_cpu_ratio =
+            sync.cpu[Side::App as usize] / asynchronous.cpu[Side::App as usize].max(1e-9);
+        println!(
+            "    round {round}: callbacks/s ÷ sync req/s = {callbacks_ratio:.3}; \
+             app CPU per sync request ÷ per async event = {app_cpu_ratio:.3}"
+        );
+        rounds.push(Round {
+            sync,
+            asynchronous,
+            rss_after_sync,
+            rss_after_async,
+            callbacks_ratio,
+        });
+    }
+    let all_ratios: Vec<String> = rounds
+        .iter()
+        .map(|round| format!("{:.3}", round.callbacks_ratio))
+        .collect();
+    rounds.sort_by(|a, b| a.callbacks_ratio.total_cmp(&b.callbacks_ratio));
+    let Round {
+        mut sync,
+        mut asynchronous,
+        rss_after_sync,
+        rss_after_async,
+        ..
+    } = rounds.swap_remove(rounds.len() / 2);
 
     println!(
         "(c) {} pending events (callback URL: a closed port; retry in 1 h), at most {} s …",
@@ -1021,6 +1078,11 @@ async fn run(options: Options) {
         );
     }
     println!();
+    println!(
+        "The median of {} rounds (callbacks/s ÷ sync req/s by round: {}):",
+        options.rounds,
+        all_ratios.join(", ")
+    );
     print!("{table}");
     println!(
         "callbacks/s ÷ sync req/s = {}; receipts/s ÷ sync req/s = {}; \
