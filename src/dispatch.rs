@@ -134,19 +134,18 @@ where
             Err(panic) => Err(job::panicked(panic)),
         };
         Counters::sub(&shared.counters.running);
-        let (outcome, target) = match (ended, answer_tx) {
+        let (outcome, target, parsed) = match (ended, answer_tx) {
             (Ok(completed), Some(answer)) => {
                 let outcome = completed.outcome();
                 match answer.send(completed.into_response()) {
                     // The client got the real response: nothing to deliver.
-                    Ok(()) => (outcome, (String::new(), None)),
-                    Err(_) => (outcome, (event.target, callback)),
+                    Ok(()) => (outcome, String::new(), None),
+                    Err(_) => (outcome, event.target, callback),
                 }
             }
-            (Ok(completed), None) => (completed.outcome(), (event.target, callback)),
-            (Err(failed), _) => (failed, (event.target, callback)),
+            (Ok(completed), None) => (completed.outcome(), event.target, callback),
+            (Err(failed), _) => (failed, event.target, callback),
         };
-        let (target, parsed) = target;
         job::conclude(
             &shared,
             event_id,

@@ -9,7 +9,10 @@ use axum::{
     routing::post,
     Router,
 };
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
 use tower_async_request::{
     sink::{CallbackSink, HttpSink, SinkErrorKind},
     verify::{ElementsVerifier, StandardWebhooksVerifier},
@@ -260,7 +263,7 @@ async fn raw_receiver(
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -280,10 +283,8 @@ async fn raw_receiver(
                         if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                             break end + 4;
                         }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        if !read_more(&mut stream, &mut buffer).await {
+                            return;
                         }
                     };
                     let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
@@ -292,10 +293,8 @@ async fn raw_receiver(
                         .find_map(|line| line.strip_prefix("content-length:"))
                         .map_or(0, |value| value.trim().parse().unwrap());
                     while buffer.len() < head_end + length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        if !read_more(&mut stream, &mut buffer).await {
+                            return;
                         }
                     }
                     buffer.drain(..head_end + length);
@@ -311,6 +310,19 @@ async fn raw_receiver(
         }
     });
     (addr, accepted)
+}
+
+/// Appends what `stream` has to `buffer`; false once the peer is gone.
+async fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buffer.extend_from_slice(&chunk[..n]);
+            true
+        }
+    }
 }
 
 fn keep_alive_answer(body_len: usize) -> Vec<u8> {
