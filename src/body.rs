@@ -29,7 +29,9 @@ pin_project! {
     #[derive(Debug)]
     enum RequestKind<B> {
         Streaming { #[pin] body: B },
-        Buffered { body: OwnBody },
+        // Boxed, so wrapping a streaming body adds little or nothing to the request's size: the
+        // synchronous path moves the request, and small moves are cheaper ones.
+        Buffered { body: Box<OwnBody> },
     }
 }
 
@@ -43,7 +45,7 @@ impl<B> RequestBody<B> {
     pub(crate) fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
             kind: RequestKind::Buffered {
-                body: OwnBody::new(data, trailers),
+                body: Box::new(OwnBody::new(data, trailers)),
             },
         }
     }
@@ -246,6 +248,17 @@ mod tests {
         let collected = body.collect().await.unwrap();
         assert_eq!(collected.trailers(), Some(&trailers));
         assert_eq!(collected.to_bytes(), "payload");
+    }
+
+    #[test]
+    fn wrapping_a_boxed_body_does_not_grow_the_request() {
+        // The synchronous path moves every request into `RequestBody`: it must stay as small as
+        // the body it wraps (the buffered variant is boxed), or each request pays a larger copy.
+        type Boxed = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+        assert_eq!(
+            std::mem::size_of::<http::Request<RequestBody<Boxed>>>(),
+            std::mem::size_of::<http::Request<Boxed>>()
+        );
     }
 
     #[tokio::test]
