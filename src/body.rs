@@ -101,7 +101,9 @@ pin_project! {
     #[derive(Debug)]
     enum ResponseKind<B> {
         Inner { #[pin] body: B },
-        Own { body: OwnBody },
+        // Boxed for the same reason as `RequestKind::Buffered`: every synchronous response is
+        // moved into this enum, and the layer's own answers are the rare case.
+        Own { body: Box<OwnBody> },
     }
 }
 
@@ -123,7 +125,9 @@ impl<B> ResponseBody<B> {
 
     pub(crate) fn own(body: OwnBody) -> Self {
         Self {
-            kind: ResponseKind::Own { body },
+            kind: ResponseKind::Own {
+                body: Box::new(body),
+            },
         }
     }
 }
@@ -251,13 +255,18 @@ mod tests {
     }
 
     #[test]
-    fn wrapping_a_boxed_body_does_not_grow_the_request() {
-        // The synchronous path moves every request into `RequestBody`: it must stay as small as
-        // the body it wraps (the buffered variant is boxed), or each request pays a larger copy.
+    fn wrapping_a_boxed_body_grows_neither_request_nor_response() {
+        // The synchronous path moves every request into `RequestBody` and every response into
+        // `ResponseBody`: both must stay as small as the body they wrap (the layer's own variants
+        // are boxed), or each request pays larger copies.
         type Boxed = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
         assert_eq!(
             std::mem::size_of::<http::Request<RequestBody<Boxed>>>(),
             std::mem::size_of::<http::Request<Boxed>>()
+        );
+        assert_eq!(
+            std::mem::size_of::<http::Response<ResponseBody<Boxed>>>(),
+            std::mem::size_of::<http::Response<Boxed>>()
         );
     }
 

@@ -292,10 +292,9 @@ impl Outcome {
                 object.end();
             }
         }
-        // The notification may wait hours for delivery: do not keep much more than it needs.
-        if out.capacity() - out.len() > 256 {
-            out.shrink_to_fit();
-        }
+        // The notification may wait hours for delivery: keep exactly what it needs. A `Vec` with
+        // room to spare would also make `Bytes::from` allocate a second, shared header for it.
+        out.shrink_to_fit();
         Bytes::from(out)
     }
 }
