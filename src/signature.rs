@@ -85,7 +85,9 @@ impl Signer {
         if !self.standard.is_empty() {
             let id = notification_id.to_string();
             let timestamp = timestamp.to_string();
-            let mut value = String::with_capacity(48 * self.standard.len());
+            // Exactly "v1," and 44 base64 characters per secret, a space between: a string with
+            // no room to spare becomes the header's bytes without another allocation.
+            let mut value = String::with_capacity(48 * self.standard.len() - 1);
             for key in &self.standard {
                 if !value.is_empty() {
                     value.push(' ');
@@ -93,6 +95,7 @@ impl Signer {
                 value.push_str("v1,");
                 STANDARD.encode_string(standard_mac(key, &id, &timestamp, body), &mut value);
             }
+            debug_assert_eq!(value.len(), value.capacity());
             headers.insert(WEBHOOK_ID, header_value(id));
             headers.insert(WEBHOOK_TIMESTAMP, header_value(timestamp));
             headers.insert(WEBHOOK_SIGNATURE, header_value(value));
@@ -103,10 +106,16 @@ impl Signer {
 pub(crate) fn elements_signature(key: &HmacSha256, body: &[u8]) -> HeaderValue {
     let mut mac = key.clone();
     mac.update(body);
-    let mut value = String::from("sha256=");
+    let mut value = String::with_capacity(ELEMENTS_PREFIX.len() + TAG_BASE64_LEN);
+    value.push_str(ELEMENTS_PREFIX);
     STANDARD.encode_string(mac.finalize().into_bytes(), &mut value);
+    debug_assert_eq!(value.len(), value.capacity());
     header_value(value)
 }
+
+const ELEMENTS_PREFIX: &str = "sha256=";
+/// Characters in the standard base64 of a 32-byte tag.
+const TAG_BASE64_LEN: usize = 44;
 
 pub(crate) fn standard_mac(key: &HmacSha256, id: &str, timestamp: &str, body: &[u8]) -> [u8; 32] {
     let mut mac = key.clone();

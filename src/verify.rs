@@ -102,12 +102,15 @@ impl ElementsVerifier {
         let encoded = signature
             .strip_prefix(b"sha256=")
             .ok_or(VerifyError::MalformedHeader(NAME))?;
-        let expected = STANDARD
-            .decode(encoded)
-            .map_err(|_| VerifyError::MalformedHeader(NAME))?;
+        let mut expected = [0; TAG_BYTES];
+        let len = match decode_tag(encoded, &mut expected) {
+            Decoded::Tag(len) => len,
+            Decoded::TooLong => return Err(VerifyError::SignatureMismatch),
+            Decoded::Invalid => return Err(VerifyError::MalformedHeader(NAME)),
+        };
         let mut mac = self.key.clone();
         mac.update(body);
-        mac.verify_slice(&expected)
+        mac.verify_slice(&expected[..len])
             .map_err(|_| VerifyError::SignatureMismatch)
     }
 }
@@ -182,30 +185,56 @@ impl StandardWebhooksVerifier {
         signatures: &str,
         body: &[u8],
     ) -> Result<(), VerifyError> {
-        let mut signed = Vec::with_capacity(self.keys.len());
-        for key in &self.keys {
+        let mac = |key: &HmacSha256| {
             let mut mac = key.clone();
             standard_update(&mut mac, id, timestamp, body);
-            signed.push(mac);
-        }
+            mac
+        };
+        // One secret is the usual case: its state lives on the stack, and `rest` stays an empty,
+        // unallocated `Vec`.
+        let Some((first, rest)) = self.keys.split_first() else {
+            return Err(VerifyError::SignatureMismatch);
+        };
+        let first = mac(first);
+        let rest: Vec<HmacSha256> = rest.iter().map(mac).collect();
         for candidate in signatures.split(' ') {
             let Some(encoded) = candidate.strip_prefix("v1,") else {
                 continue; // other versions are not ours to judge
             };
-            let Ok(decoded) = STANDARD.decode(encoded) else {
+            let mut decoded = [0; TAG_BYTES];
+            let Decoded::Tag(len @ 1..) = decode_tag(encoded.as_bytes(), &mut decoded) else {
                 continue;
             };
-            if decoded.is_empty() {
-                continue;
-            }
-            if signed
-                .iter()
-                .any(|mac| mac.clone().verify_slice(&decoded).is_ok())
+            let decoded = &decoded[..len];
+            if std::iter::once(&first)
+                .chain(&rest)
+                .any(|mac| mac.clone().verify_slice(decoded).is_ok())
             {
                 return Ok(());
             }
         }
         Err(VerifyError::SignatureMismatch)
+    }
+}
+
+/// Bytes in an HMAC-SHA256 tag.
+const TAG_BYTES: usize = 32;
+
+/// What base64 text decoded to, into a tag-sized buffer (no allocation).
+enum Decoded {
+    /// This many bytes (a valid tag has all 32).
+    Tag(usize),
+    /// Valid base64, but longer than any tag: it cannot match.
+    TooLong,
+    /// Not standard base64.
+    Invalid,
+}
+
+fn decode_tag(encoded: &[u8], tag: &mut [u8; TAG_BYTES]) -> Decoded {
+    match STANDARD.decode_slice(encoded, tag) {
+        Ok(len) => Decoded::Tag(len),
+        Err(base64::DecodeSliceError::OutputSliceTooSmall) => Decoded::TooLong,
+        Err(base64::DecodeSliceError::DecodeError(_)) => Decoded::Invalid,
     }
 }
 
@@ -265,6 +294,47 @@ mod tests {
         assert_eq!(
             verifier.verify_signature(b"md5=abc", b"{}"),
             Err(VerifyError::MalformedHeader("Elements-Webhook-Signature"))
+        );
+    }
+
+    #[test]
+    fn signatures_of_the_wrong_length_are_mismatches_and_bad_base64_is_malformed() {
+        // Decoded into a tag-sized buffer: too short, too long and empty must still be judged.
+        let verifier = ElementsVerifier::new("k");
+        let long = format!("sha256={}", STANDARD.encode([7u8; 48]));
+        let short = format!("sha256={}", STANDARD.encode([7u8; 16]));
+        for signature in [long.as_str(), short.as_str(), "sha256="] {
+            assert_eq!(
+                verifier.verify_signature(signature.as_bytes(), b"{}"),
+                Err(VerifyError::SignatureMismatch),
+                "{signature}"
+            );
+        }
+        assert_eq!(
+            verifier.verify_signature(b"sha256=not*base64", b"{}"),
+            Err(VerifyError::MalformedHeader("Elements-Webhook-Signature"))
+        );
+
+        let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let standard = StandardWebhooksVerifier::new(secret).unwrap();
+        let key = decode_whsec(secret).unwrap();
+        let mut mac = keyed(&key);
+        standard_update(&mut mac, "1084", "1764000000", b"{}");
+        let good = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+        // Unusable candidates are skipped, the good one after them still counts.
+        let signatures = format!("v1,{} v1, v1,*** v2,abc {good}", STANDARD.encode([7u8; 48]));
+        assert_eq!(
+            standard.verify_signatures("1084", "1764000000", &signatures, b"{}"),
+            Ok(())
+        );
+        assert_eq!(
+            standard.verify_signatures(
+                "1084",
+                "1764000000",
+                &signatures[..signatures.len() - good.len()],
+                b"{}"
+            ),
+            Err(VerifyError::SignatureMismatch)
         );
     }
 
