@@ -113,7 +113,7 @@ pub(crate) fn elements_signature(key: &HmacSha256, body: &[u8]) -> HeaderValue {
     header_value(value)
 }
 
-const ELEMENTS_PREFIX: &str = "sha256=";
+pub(crate) const ELEMENTS_PREFIX: &str = "sha256=";
 /// Characters in the standard base64 of a 32-byte tag.
 const TAG_BASE64_LEN: usize = 44;
 

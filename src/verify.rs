@@ -30,7 +30,7 @@ use hmac::Mac;
 use http::{HeaderMap, HeaderName};
 
 use crate::header::{ELEMENTS_WEBHOOK_SIGNATURE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
-use crate::signature::{decode_whsec, keyed, standard_update, HmacSha256};
+use crate::signature::{decode_whsec, keyed, standard_update, HmacSha256, ELEMENTS_PREFIX};
 use crate::ConfigError;
 
 /// Default tolerance between a Standard Webhooks timestamp and the receiver's clock.
@@ -100,7 +100,7 @@ impl ElementsVerifier {
     pub fn verify_signature(&self, signature: &[u8], body: &[u8]) -> Result<(), VerifyError> {
         const NAME: &str = "Elements-Webhook-Signature";
         let encoded = signature
-            .strip_prefix(b"sha256=")
+            .strip_prefix(ELEMENTS_PREFIX.as_bytes())
             .ok_or(VerifyError::MalformedHeader(NAME))?;
         let mut expected = [0; TAG_BYTES];
         let len = match decode_tag(encoded, &mut expected) {
