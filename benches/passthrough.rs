@@ -148,8 +148,17 @@ fn passthrough_interleaved(_: &mut Criterion) {
         .layer(tower::util::MapRequestLayer::new(
             |request: Request<Body>| request,
         ));
+    // For scale: tower-http's body-size limit, another layer that wraps both bodies, in front of
+    // the same service.
+    let mut limited_fn = tower_http::limit::RequestBodyLimitLayer::new(1 << 20).layer(
+        tower::service_fn(handler::<tower_http::body::Limited<Body>>),
+    );
     for (name, (median, low, high)) in [
         ("service_fn", interleaved(&mut bare_fn, &mut layered_fn)),
+        (
+            "service_fn_tower_http_limit",
+            interleaved(&mut bare_fn, &mut limited_fn),
+        ),
         ("axum", interleaved(&mut bare, &mut layered)),
         // What is left once axum's own charge for any `Router::layer` is taken out.
         ("axum_vs_noop_layer", interleaved(&mut noop, &mut layered)),
