@@ -13,7 +13,6 @@ use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
 
 use axum::{body::Body, routing::post, Router};
 use bytes::Bytes;
@@ -22,6 +21,9 @@ use http::Request;
 use http_body_util::Full;
 use tower::{Layer, Service};
 use tower_async_request::{sink::ChannelSink, AsyncRequestLayer, RequestBody};
+
+mod support;
+use support::interleaved;
 
 /// Polls a future that completes without waiting (every service here does) to its output.
 fn now<F: Future>(future: F) -> F::Output {
@@ -94,46 +96,15 @@ fn passthrough(c: &mut Criterion) {
     group.finish();
 }
 
-/// Calls `service` `calls` times with fresh requests; the elapsed time.
-fn timed<S>(service: &mut S, calls: u32) -> Duration
+/// Calls `service` a few thousand times with fresh requests: one batch for [`interleaved`].
+fn batch<S>(service: &mut S)
 where
     S: Service<Request<Body>>,
     S::Error: std::fmt::Debug,
 {
-    let start = Instant::now();
-    for _ in 0..calls {
+    for _ in 0..5_000 {
         black_box(now(service.call(request())).unwrap());
     }
-    start.elapsed()
-}
-
-/// Layered ÷ bare, from rounds in which the two take turns (ABBA, so a drift in machine speed
-/// within a round cancels out): the median round, and the middle half of the rounds.
-fn interleaved<A, B>(bare: &mut A, layered: &mut B) -> (f64, f64, f64)
-where
-    A: Service<Request<Body>>,
-    A::Error: std::fmt::Debug,
-    B: Service<Request<Body>>,
-    B::Error: std::fmt::Debug,
-{
-    const ROUNDS: usize = 41;
-    const CALLS: u32 = 5_000;
-    timed(bare, CALLS); // warm-up
-    timed(layered, CALLS);
-    let mut ratios: Vec<f64> = (0..ROUNDS)
-        .map(|_| {
-            let a = timed(bare, CALLS);
-            let b = timed(layered, CALLS) + timed(layered, CALLS);
-            let a = a + timed(bare, CALLS);
-            b.as_secs_f64() / a.as_secs_f64()
-        })
-        .collect();
-    ratios.sort_by(f64::total_cmp);
-    (
-        ratios[ROUNDS / 2],
-        ratios[ROUNDS / 4],
-        ratios[ROUNDS * 3 / 4],
-    )
 }
 
 fn passthrough_interleaved(_: &mut Criterion) {
@@ -153,20 +124,18 @@ fn passthrough_interleaved(_: &mut Criterion) {
     let mut limited_fn = tower_http::limit::RequestBodyLimitLayer::new(1 << 20).layer(
         tower::service_fn(handler::<tower_http::body::Limited<Body>>),
     );
-    for (name, (median, low, high)) in [
-        ("service_fn", interleaved(&mut bare_fn, &mut layered_fn)),
-        (
-            "service_fn_tower_http_limit",
-            interleaved(&mut bare_fn, &mut limited_fn),
-        ),
-        ("axum", interleaved(&mut bare, &mut layered)),
-        // What is left once axum's own charge for any `Router::layer` is taken out.
-        ("axum_vs_noop_layer", interleaved(&mut noop, &mut layered)),
+    let service_fn = interleaved(|| batch(&mut bare_fn), || batch(&mut layered_fn));
+    let limit = interleaved(|| batch(&mut bare_fn), || batch(&mut limited_fn));
+    let axum = interleaved(|| batch(&mut bare), || batch(&mut layered));
+    // What is left once axum's own charge for any `Router::layer` is taken out.
+    let axum_noop = interleaved(|| batch(&mut noop), || batch(&mut layered));
+    for (name, ratio) in [
+        ("service_fn", service_fn),
+        ("service_fn_tower_http_limit", limit),
+        ("axum", axum),
+        ("axum_vs_noop_layer", axum_noop),
     ] {
-        println!(
-            "passthrough/interleaved/{name}: layered \u{f7} bare = {median:.3} \
-             (median of 41 ABBA rounds of 4 \u{d7} 5 000 calls; middle half {low:.3}\u{2013}{high:.3})"
-        );
+        println!("passthrough/interleaved/{name}: layered \u{f7} bare = {ratio}");
     }
 }
 

@@ -325,6 +325,26 @@ mod tests {
             Err(VerifyError::MalformedHeader("Elements-Webhook-Signature"))
         );
 
+        // The right tag in another spelling (unpadded, or with the unused low bits of the last
+        // character set) is not standard base64: refused, as a decoder would refuse it.
+        let mut mac = verifier.key.clone();
+        mac.update(b"{}");
+        let right = STANDARD.encode(mac.finalize().into_bytes());
+        let mut odd_bits = right.clone().into_bytes();
+        odd_bits[42] += 1; // 44 characters, one `=`: the 43rd carries two unused bits
+        let odd_bits = String::from_utf8(odd_bits).unwrap();
+        assert_eq!(
+            verifier.verify_signature(format!("sha256={right}").as_bytes(), b"{}"),
+            Ok(())
+        );
+        for spelling in [right.trim_end_matches('='), odd_bits.as_str()] {
+            assert_eq!(
+                verifier.verify_signature(format!("sha256={spelling}").as_bytes(), b"{}"),
+                Err(VerifyError::MalformedHeader("Elements-Webhook-Signature")),
+                "{spelling}"
+            );
+        }
+
         let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
         let standard = StandardWebhooksVerifier::new(secret).unwrap();
         let key = decode_whsec(secret).unwrap();
