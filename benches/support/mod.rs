@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 pub struct Ratio {
     /// The median round.
     pub median: f64,
-    /// The middle half of the rounds: the first and third quartiles.
+    /// The first quartile of the rounds (the middle half starts here).
     pub low: f64,
+    /// The third quartile of the rounds (the middle half ends here).
     pub high: f64,
 }
 
