@@ -62,19 +62,33 @@ async fn handler<B>(_request: Request<B>) -> Result<http::Response<Full<Bytes>>,
     Ok(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
 }
 
+/// The same axum route three ways.
+struct Routers {
+    bare: Router,
+    /// Behind a layer that does nothing: what axum itself charges for any `Router::layer`.
+    noop: Router,
+    layered: Router,
+}
+
+fn routers() -> Routers {
+    let route = || Router::new().route("/hubs/documents/folders/copy", post(|| async { "ok" }));
+    Routers {
+        bare: route(),
+        noop: route().layer(tower::util::MapRequestLayer::new(
+            |request: Request<Body>| request,
+        )),
+        layered: route().layer(layer()),
+    }
+}
+
 fn passthrough(c: &mut Criterion) {
     let mut group = c.benchmark_group("passthrough");
 
-    let mut bare = Router::new().route("/hubs/documents/folders/copy", post(|| async { "ok" }));
-    let mut layered = Router::new()
-        .route("/hubs/documents/folders/copy", post(|| async { "ok" }))
-        .layer(layer());
-    // What axum itself charges for any layer added with `Router::layer` (a layer that does nothing).
-    let mut noop = Router::new()
-        .route("/hubs/documents/folders/copy", post(|| async { "ok" }))
-        .layer(tower::util::MapRequestLayer::new(
-            |request: Request<Body>| request,
-        ));
+    let Routers {
+        mut bare,
+        mut noop,
+        mut layered,
+    } = routers();
     group.bench_function("axum_bare", |b| {
         b.iter(|| now(bare.call(request())).unwrap())
     });
@@ -110,15 +124,11 @@ where
 fn passthrough_interleaved(_: &mut Criterion) {
     let mut bare_fn = tower::service_fn(handler::<Body>);
     let mut layered_fn = layer().layer(tower::service_fn(handler::<RequestBody<Body>>));
-    let mut bare = Router::new().route("/hubs/documents/folders/copy", post(|| async { "ok" }));
-    let mut layered = Router::new()
-        .route("/hubs/documents/folders/copy", post(|| async { "ok" }))
-        .layer(layer());
-    let mut noop = Router::new()
-        .route("/hubs/documents/folders/copy", post(|| async { "ok" }))
-        .layer(tower::util::MapRequestLayer::new(
-            |request: Request<Body>| request,
-        ));
+    let Routers {
+        mut bare,
+        mut noop,
+        mut layered,
+    } = routers();
     // For scale: tower-http's body-size limit, another layer that wraps both bodies, in front of
     // the same service.
     let mut limited_fn = tower_http::limit::RequestBodyLimitLayer::new(1 << 20).layer(
