@@ -8,59 +8,17 @@
 //! interleaved comparison as well: bare and layered take turns (bare, layered, layered, bare) in
 //! rounds of a few thousand calls, and the median of the per-round ratios is printed.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use axum::{body::Body, routing::post, Router};
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
-use http_body_util::Full;
 use tower::{Layer, Service};
-use tower_async_request::{sink::ChannelSink, AsyncRequestLayer, RequestBody};
+use tower_async_request::RequestBody;
 
 mod support;
 use support::interleaved;
-
-/// Polls a future that completes without waiting (every service here does) to its output.
-fn now<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => panic!("the benchmarked service was expected to answer at once"),
-    }
-}
-
-fn request() -> Request<Body> {
-    Request::post("/hubs/documents/folders/copy")
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .header("authorization", "Bearer abcdefghijklmnopqrstuvwxyz")
-        .header("user-agent", "bench/1.0")
-        .body(Body::from(r#"{"from":"/a","to":"/b"}"#))
-        .unwrap()
-}
-
-fn layer() -> AsyncRequestLayer {
-    // The sink is never used: no request here asks for the async path.
-    let (sink, _callbacks) = ChannelSink::new(1);
-    AsyncRequestLayer::builder()
-        .default_callback_url("https://hooks.example.com/in")
-        .signing_key("event-signature-key")
-        .sink(sink)
-        .build()
-        .unwrap()
-}
-
-async fn handler<B>(_request: Request<B>) -> Result<http::Response<Full<Bytes>>, Infallible> {
-    Ok(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
-}
+use support::sync_path::{handler, layer, now, request};
 
 /// The same axum route three ways.
 struct Routers {

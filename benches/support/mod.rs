@@ -2,6 +2,9 @@
 
 use std::time::{Duration, Instant};
 
+#[allow(dead_code)] // not every bench uses it
+pub mod sync_path;
+
 /// The ratio of two timings measured in turns.
 #[derive(Debug, Clone, Copy)]
 pub struct Ratio {
