@@ -10,7 +10,7 @@
 
 use std::hint::black_box;
 
-use axum::{body::Body, routing::post, Router};
+use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use tower::{Layer, Service};
@@ -18,26 +18,7 @@ use tower_async_request::RequestBody;
 
 mod support;
 use support::interleaved;
-use support::sync_path::{handler, layer, now, request};
-
-/// The same axum route three ways.
-struct Routers {
-    bare: Router,
-    /// Behind a layer that does nothing: what axum itself charges for any `Router::layer`.
-    noop: Router,
-    layered: Router,
-}
-
-fn routers() -> Routers {
-    let route = || Router::new().route("/hubs/documents/folders/copy", post(|| async { "ok" }));
-    Routers {
-        bare: route(),
-        noop: route().layer(tower::util::MapRequestLayer::new(
-            |request: Request<Body>| request,
-        )),
-        layered: route().layer(layer()),
-    }
-}
+use support::sync_path::{handler, layer, now, request, routers, Routers};
 
 fn passthrough(c: &mut Criterion) {
     let mut group = c.benchmark_group("passthrough");

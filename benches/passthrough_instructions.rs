@@ -10,13 +10,13 @@
 
 use std::process::Command;
 
-use axum::{body::Body, routing::post, Router};
+use axum::body::Body;
 use tower::{Layer, Service};
 use tower_async_request::RequestBody;
 
 #[path = "support/sync_path.rs"]
 mod sync_path;
-use sync_path::{handler, layer, now, request};
+use sync_path::{handler, layer, now, request, routers};
 
 const SERVICES: [&str; 5] = [
     "service_fn_bare",
@@ -48,21 +48,15 @@ fn run(service: &str, calls: u32) {
             std::hint::black_box(now(service.call(request())).unwrap());
         }
     }
-    let route = || Router::new().route("/hubs/documents/folders/copy", post(|| async { "ok" }));
     match service {
         "service_fn_bare" => calls_of(tower::service_fn(handler::<Body>), calls),
         "service_fn_layered" => calls_of(
             layer().layer(tower::service_fn(handler::<RequestBody<Body>>)),
             calls,
         ),
-        "axum_bare" => calls_of(route(), calls),
-        "axum_noop_layer" => calls_of(
-            route().layer(tower::util::MapRequestLayer::new(
-                |request: http::Request<Body>| request,
-            )),
-            calls,
-        ),
-        "axum_layered" => calls_of(route().layer(layer()), calls),
+        "axum_bare" => calls_of(routers().bare, calls),
+        "axum_noop_layer" => calls_of(routers().noop, calls),
+        "axum_layered" => calls_of(routers().layered, calls),
         other => unreachable!("{other} is not in SERVICES"),
     }
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use axum::body::Body;
+use axum::{body::Body, routing::post, Router};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
@@ -47,4 +47,23 @@ pub fn layer() -> AsyncRequestLayer {
 
 pub async fn handler<B>(_request: Request<B>) -> Result<http::Response<Full<Bytes>>, Infallible> {
     Ok(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+}
+
+/// The same axum route three ways.
+pub struct Routers {
+    pub bare: Router,
+    /// Behind a layer that does nothing: what axum itself charges for any `Router::layer`.
+    pub noop: Router,
+    pub layered: Router,
+}
+
+pub fn routers() -> Routers {
+    let route = || Router::new().route("/hubs/documents/folders/copy", post(|| async { "ok" }));
+    Routers {
+        bare: route(),
+        noop: route().layer(tower::util::MapRequestLayer::new(
+            |request: Request<Body>| request,
+        )),
+        layered: route().layer(layer()),
+    }
 }
