@@ -8,15 +8,14 @@ use http::{HeaderName, StatusCode};
 use tokio::sync::OnceCell;
 
 use crate::address::{AddressPolicy, IpNetwork};
-use crate::callback_url::{self, Origin, UrlPolicy};
+use crate::callback_url::UrlPolicy;
 use crate::config::Config;
 use crate::delivery::{DeadLetterHook, Delivery};
 use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
-use crate::ids::MAX_SAFE_ID;
+use crate::instance::{Instance, Instances, Naming, ResolveInstance, Shares};
 use crate::recovery::start_recovery;
 use crate::retry::DeliveryPolicy;
 use crate::runner::{Runner, DEFAULT_MAX_IN_FLIGHT};
-use crate::signature::{decode_whsec, Signer};
 use crate::sink::{CallbackSink, DynSink, HttpSink, DEFAULT_ATTEMPT_TIMEOUT};
 use crate::status::StatusEndpoint;
 use crate::store::{EventStore, MemoryStore, NotificationRecord};
@@ -39,6 +38,7 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// | method | default |
 /// |---|---|
 /// | [`instance_id`](Self::instance_id) | `0` |
+/// | [`instances`](Self::instances) | none: one static instance |
 /// | [`default_callback_url`](Self::default_callback_url) | none: requests must name one |
 /// | [`signing_key`](Self::signing_key) | none: no `Elements-Webhook-Signature` |
 /// | [`standard_webhooks_secret`](Self::standard_webhooks_secret) | none: no `webhook-*` headers |
@@ -56,7 +56,8 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// | [`store`](Self::store) | [`MemoryStore::new()`] |
 /// | [`on_dead_letter`](Self::on_dead_letter) | none |
 pub struct AsyncRequestLayerBuilder {
-    instance_id: u64,
+    instance_id: Option<u64>,
+    instances: Option<(Arc<dyn ResolveInstance>, &'static str)>,
     default_callback_url: Option<String>,
     signing_key: Option<Vec<u8>>,
     standard_secrets: Vec<String>,
@@ -85,6 +86,7 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncRequestLayerBuilder")
             .field("instance_id", &self.instance_id)
+            .field("instances", &self.instances.as_ref().map(|(_, name)| name))
             .field("default_callback_url", &self.default_callback_url)
             .field(
                 "signing_key",
@@ -119,7 +121,8 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
 impl Default for AsyncRequestLayerBuilder {
     fn default() -> Self {
         Self {
-            instance_id: 0,
+            instance_id: None,
+            instances: None,
             default_callback_url: None,
             signing_key: None,
             standard_secrets: Vec::new(),
@@ -147,9 +150,22 @@ impl Default for AsyncRequestLayerBuilder {
 }
 
 impl AsyncRequestLayerBuilder {
-    /// The `instanceId` written into every notification (at most 2^53 − 1).
+    /// The `instanceId` written into every notification (at most 2^53 − 1). With
+    /// [`default_callback_url`](Self::default_callback_url), [`signing_key`](Self::signing_key)
+    /// and [`standard_webhooks_secret`](Self::standard_webhooks_secret), the shorthand for one
+    /// static instance; for many, see [`instances`](Self::instances).
     pub fn instance_id(mut self, instance_id: u64) -> Self {
-        self.instance_id = instance_id;
+        self.instance_id = Some(instance_id);
+        self
+    }
+
+    /// Serves many instances (tenants), each with its own callback URL, keys and
+    /// `max_in_flight`: `resolver` says which instance an async request belongs to and what an
+    /// instance's settings are at each delivery attempt. See [`crate::instance`]. Setting this
+    /// and any single-instance option (`instance_id`, `default_callback_url`, `signing_key`,
+    /// `standard_webhooks_secret`) is a [`ConfigError`].
+    pub fn instances<R: ResolveInstance>(mut self, resolver: R) -> Self {
+        self.instances = Some((Arc::new(resolver), std::any::type_name::<R>()));
         self
     }
 
@@ -317,13 +333,7 @@ impl AsyncRequestLayerBuilder {
     }
 
     /// Checks the configuration and builds the layer.
-    pub fn build(self) -> Result<AsyncRequestLayer, ConfigError> {
-        if self.instance_id > MAX_SAFE_ID {
-            return Err(ConfigError::new(format!(
-                "instance_id {} is above 2^53 - 1, which JavaScript receivers cannot read exactly",
-                self.instance_id
-            )));
-        }
+    pub fn build(mut self) -> Result<AsyncRequestLayer, ConfigError> {
         if !self.receipt_status.is_success() {
             return Err(ConfigError::new(format!(
                 "receipt_status must be a 2xx status, not {}",
@@ -362,35 +372,17 @@ impl AsyncRequestLayerBuilder {
             },
             require_https: self.require_https,
         };
-        let default_callback = self
-            .default_callback_url
-            .as_deref()
-            .map(|url| {
-                callback_url::validate(url.as_bytes(), Origin::Operator, &url_policy).map_err(
-                    |refusal| {
-                        ConfigError::new(format!("default_callback_url: {}", refusal.message))
-                    },
-                )
-            })
-            .transpose()?;
+        let instances = self.take_instances()?;
         if self.require_https
-            && default_callback
-                .as_ref()
+            && instances
+                .single()
+                .and_then(Instance::callback_url)
                 .is_some_and(|url| url.scheme_str() != Some("https"))
         {
             return Err(ConfigError::new(
                 "default_callback_url must use https when require_https is on",
             ));
         }
-        let standard_keys = self
-            .standard_secrets
-            .iter()
-            .map(|secret| {
-                decode_whsec(secret)
-                    .map_err(|why| ConfigError::new(format!("standard_webhooks_secret: {why}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let signer = Signer::new(self.signing_key.as_deref(), &standard_keys);
         let (sink, sink_type) = self.sink.unwrap_or_else(|| {
             let sink = allowed
                 .iter()
@@ -408,7 +400,6 @@ impl AsyncRequestLayerBuilder {
         let delivery = Delivery {
             sink,
             sink_type,
-            signer,
             policy: DeliveryPolicy {
                 schedule: self.retry_schedule,
                 ..DeliveryPolicy::default()
@@ -418,7 +409,6 @@ impl AsyncRequestLayerBuilder {
             counters: Arc::clone(&counters),
             on_dead_letter: self.on_dead_letter,
             allow_private: self.allow_private_callbacks,
-            default_target: default_callback.clone(),
             // Finished events are kept only for the status endpoint to read.
             retention: if self.status_endpoint.is_some() {
                 self.status_retention
@@ -436,8 +426,8 @@ impl AsyncRequestLayerBuilder {
             async_header: self.async_header,
             callback_header: self.callback_header,
             receipt_status: self.receipt_status,
-            instance_id: self.instance_id,
-            default_callback,
+            instances,
+            shares: Shares::default(),
             url_policy,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
@@ -453,6 +443,37 @@ impl AsyncRequestLayerBuilder {
         });
         start_recovery(&config);
         Ok(AsyncRequestLayer::from_config(config))
+    }
+}
+
+impl AsyncRequestLayerBuilder {
+    /// The resolver, or the one static instance the single-instance options describe.
+    fn take_instances(&mut self) -> Result<Instances, ConfigError> {
+        let single = self.instance_id.is_some()
+            || self.default_callback_url.is_some()
+            || self.signing_key.is_some()
+            || !self.standard_secrets.is_empty();
+        if let Some((resolver, name)) = self.instances.take() {
+            if single {
+                return Err(ConfigError::new(
+                    "instances(..) serves many instances, each with its own id, callback URL and keys; \
+                     instance_id, default_callback_url, signing_key and standard_webhooks_secret \
+                     describe one static instance and cannot be set as well",
+                ));
+            }
+            return Ok(Instances::Resolved(resolver, name));
+        }
+        let mut instance = Instance::builder(self.instance_id.unwrap_or(0));
+        if let Some(url) = self.default_callback_url.take() {
+            instance = instance.callback_url(url);
+        }
+        if let Some(key) = self.signing_key.take() {
+            instance = instance.signing_key(key);
+        }
+        for secret in self.standard_secrets.drain(..) {
+            instance = instance.standard_webhooks_secret(secret);
+        }
+        instance.build_named(Naming::Layer).map(Instances::Static)
     }
 }
 

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
 use crate::callback_url::{self, Origin};
 use crate::config::Config;
+use crate::instance::Instance;
 use crate::prefer::{self, Preferences, PREFER};
 use crate::refusal::{Refusal, RefusalCode};
 
@@ -17,8 +18,8 @@ use crate::refusal::{Refusal, RefusalCode};
 pub(crate) enum Classification {
     /// No async header, or `false`: the inner service handles it as if the layer were absent.
     Passthrough,
-    /// A valid async request and where its notification goes (`None`: the client polls the
-    /// status endpoint instead).
+    /// A valid async request, with the callback URL it names itself, if any (where its
+    /// notification goes is settled by [`target`] once its instance is known).
     Async {
         callback: Option<Uri>,
         /// How long to wait for the real answer before sending the receipt (`Prefer: wait`).
@@ -108,14 +109,48 @@ fn callback(headers: &HeaderMap, config: &Config) -> Result<Option<Uri>, Refusal
     match (values.next(), values.next()) {
         (Some(_), Some(_)) => Err(Refusal::new(
             RefusalCode::InvalidCallbackUrl,
-            format!("The {} header appears more than once.", config.callback_header),
+            format!(
+                "The {} header appears more than once.",
+                config.callback_header
+            ),
         )),
         (Some(url), None) => {
             callback_url::validate(url.as_bytes(), Origin::Request, &config.url_policy).map(Some)
         }
-        (None, _) if config.default_callback.is_some() => Ok(config.default_callback.clone()),
-        (None, _) if config.status.is_some() => Ok(None),
-        (None, _) => Err(Refusal::new(
+        (None, _) => Ok(None),
+    }
+}
+
+/// Where an accepted event's notification goes.
+#[derive(Debug)]
+pub(crate) struct Target {
+    /// The URL (`None`: nowhere, the client polls the status endpoint).
+    pub(crate) url: Option<Uri>,
+    /// Whether it is the instance's own URL, which each attempt looks up again.
+    pub(crate) from_instance: bool,
+}
+
+/// The request's own callback URL wins; else the instance's; else none if the client can poll
+/// the status endpoint; else the request is refused.
+pub(crate) fn target(
+    requested: Option<Uri>,
+    instance: &Instance,
+    config: &Config,
+) -> Result<Target, Refusal> {
+    match (requested, instance.callback_url()) {
+        (Some(url), _) => Ok(Target {
+            url: Some(url),
+            from_instance: false,
+        }),
+        (None, Some(url)) => Ok(Target {
+            url: Some(url.clone()),
+            from_instance: true,
+        }),
+        (None, None) if config.status.is_some() => Ok(Target {
+            url: None,
+            from_instance: false,
+        }),
+        (None, None) => Err(Refusal::new(
             RefusalCode::MissingCallbackUrl,
             format!(
                 "An async request needs a callback URL in the {} header, and this service has no default.",

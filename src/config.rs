@@ -5,13 +5,14 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, StatusCode, Uri};
+use http::{HeaderName, StatusCode};
 use tokio::sync::OnceCell;
 
 use crate::callback_url::UrlPolicy;
 use crate::delivery::Delivery;
+use crate::instance::{Instances, Shares};
 use crate::metrics::Counters;
-use crate::runner::Runner;
+use crate::runner::{Permit, Runner};
 use crate::status::StatusEndpoint;
 use crate::store::EventStore;
 
@@ -19,8 +20,10 @@ pub(crate) struct Config {
     pub(crate) async_header: HeaderName,
     pub(crate) callback_header: HeaderName,
     pub(crate) receipt_status: StatusCode,
-    pub(crate) instance_id: u64,
-    pub(crate) default_callback: Option<Uri>,
+    /// Which instance an event belongs to, and its keys and URL.
+    pub(crate) instances: Instances,
+    /// Each instance's in-flight count and counters (many instances only).
+    pub(crate) shares: Shares,
     pub(crate) url_policy: UrlPolicy,
     pub(crate) max_request_bytes: usize,
     pub(crate) max_response_bytes: usize,
@@ -42,8 +45,7 @@ impl fmt::Debug for Config {
             .field("async_header", &self.async_header)
             .field("callback_header", &self.callback_header)
             .field("receipt_status", &self.receipt_status)
-            .field("instance_id", &self.instance_id)
-            .field("default_callback", &self.default_callback)
+            .field("instances", &self.instances)
             .field("url_policy", &self.url_policy)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_response_bytes", &self.max_response_bytes)
@@ -54,5 +56,22 @@ impl fmt::Debug for Config {
             .field("delivery", &self.delivery)
             .field("store", &self.store_type)
             .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A place for work accepted earlier (recovered or redelivered): it waits for room under the
+    /// layer's `max_in_flight` and counts in its instance's share, whatever that share's bound.
+    pub(crate) async fn permit_for(&self, instance_id: u64) -> Permit {
+        let mut permit = self.runner.wait_for_permit().await;
+        self.count_in_share(&mut permit, instance_id);
+        permit
+    }
+
+    /// Counts an event accepted earlier in its instance's share (many instances only).
+    pub(crate) fn count_in_share(&self, permit: &mut Permit, instance_id: u64) {
+        if self.instances.single().is_none() {
+            permit.join_anyway(self.shares.of(instance_id));
+        }
     }
 }

@@ -23,12 +23,11 @@ use tokio_util::time::DelayQueue;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::runner::Permit;
-
 use crate::header::ELEMENTS_EVENT_ID;
-use crate::metrics::Counters;
+use crate::instance::{Instance, Instances};
+use crate::metrics::{Counter, Counters};
 use crate::retry::{parse_retry_after, DeliveryPolicy};
-use crate::signature::Signer;
+use crate::runner::Permit;
 use crate::sink::{DynSink, SinkError, SinkErrorKind, TrustedTarget};
 use crate::store::{unix_ms, DeliveryState, EventStore, NotificationRecord};
 
@@ -50,6 +49,8 @@ pub(crate) enum AttemptOutcome {
     },
     /// No answer (connection error, timeout) that a later attempt may fix.
     Unreachable(SinkError),
+    /// Not sent: the instance's settings could not be read; a later attempt may fix it.
+    Unsent(String),
     /// An answer or error after which retrying is pointless: `410 Gone`, a forbidden target, a
     /// closed sink.
     Final(String),
@@ -93,16 +94,14 @@ impl AttemptOutcome {
 pub(crate) struct Delivery {
     pub(crate) sink: Arc<dyn DynSink>,
     pub(crate) sink_type: &'static str,
-    pub(crate) signer: Signer,
     pub(crate) policy: DeliveryPolicy,
     pub(crate) attempt_timeout: Duration,
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) on_dead_letter: Option<DeadLetterHook>,
-    /// Targets a sink may reach even at private addresses: every target when private callbacks
-    /// are allowed, otherwise only the operator's default URL.
+    /// Whether a sink may reach every target at private addresses; otherwise only the
+    /// instance's own configured URL.
     pub(crate) allow_private: bool,
-    pub(crate) default_target: Option<Uri>,
     /// How long a delivered notification stays readable through the status endpoint.
     pub(crate) retention: Duration,
     pub(crate) outbox: Outbox,
@@ -112,18 +111,27 @@ impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
             .field("sink", &self.sink_type)
-            .field("signer", &self.signer)
             .field("policy", &self.policy)
             .field("attempt_timeout", &self.attempt_timeout)
             .finish_non_exhaustive()
     }
 }
 
+/// Why an attempt could not even be made.
+enum Unsendable {
+    /// Never can be: the notification is dead.
+    Never(String),
+    /// Not now: the attempt counts as failed and is retried.
+    NotNow(String),
+}
+
 impl Delivery {
-    /// The signed request for one attempt made at `timestamp` (Unix seconds).
+    /// The signed request for one attempt made at `timestamp` (Unix seconds), with `instance`'s
+    /// keys.
     pub(crate) fn prepare(
         &self,
         notification: &NotificationRecord,
+        instance: &Instance,
         target: &Uri,
         timestamp: u64,
     ) -> Request<Bytes> {
@@ -132,7 +140,7 @@ impl Delivery {
         *request.headers_mut() = HeaderMap::with_capacity(8);
         *request.method_mut() = Method::POST;
         *request.uri_mut() = target.clone();
-        if self.allow_private || self.default_target.as_ref() == Some(target) {
+        if self.allow_private || instance.callback_url() == Some(target) {
             request.extensions_mut().insert(TrustedTarget);
         }
         let headers = request.headers_mut();
@@ -142,7 +150,7 @@ impl Delivery {
         );
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
         headers.insert(ELEMENTS_EVENT_ID, notification.event_id.get().into());
-        self.signer.sign(
+        instance.signer().sign(
             headers,
             notification.notification_id,
             timestamp,
@@ -155,13 +163,14 @@ impl Delivery {
     pub(crate) async fn attempt(
         &self,
         notification: &NotificationRecord,
+        instance: &Instance,
         target: &Uri,
     ) -> AttemptOutcome {
         let now = SystemTime::now();
         let timestamp = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let request = self.prepare(notification, target, timestamp);
+        let request = self.prepare(notification, instance, target, timestamp);
         let result =
             match tokio::time::timeout(self.attempt_timeout, self.sink.send_boxed(request)).await {
                 Ok(result) => result,
@@ -173,25 +182,69 @@ impl Delivery {
         AttemptOutcome::judge(result, now)
     }
 
+    /// The notification's instance as it is now, and where this attempt goes: the instance's
+    /// current URL when the event took it, else `parsed` or the record's own target.
+    async fn instance_and_target(
+        instances: &Instances,
+        notification: &NotificationRecord,
+        parsed: Option<Uri>,
+    ) -> Result<(Instance, Uri), Unsendable> {
+        let id = notification.instance_id;
+        let instance = match instances.current(id).await {
+            Ok(Some(instance)) => instance,
+            Ok(None) => {
+                return Err(Unsendable::Never(format!(
+                    "instance {id} was removed before its notification was delivered"
+                )))
+            }
+            Err(error) => {
+                return Err(Unsendable::NotNow(format!(
+                    "the settings of instance {id} could not be read: {error}"
+                )))
+            }
+        };
+        let target = if notification.instance_url {
+            instance.callback_url().cloned().ok_or_else(|| {
+                Unsendable::Never(format!("instance {id} no longer has a callback URL"))
+            })?
+        } else {
+            match parsed.map_or_else(|| notification.target.parse::<Uri>(), Ok) {
+                Ok(target) => target,
+                Err(_) => {
+                    return Err(Unsendable::Never(
+                        "the stored callback URL is not a valid URI".into(),
+                    ))
+                }
+            }
+        };
+        Ok((instance, target))
+    }
+
     /// Makes one attempt now and records what it means: delivered, dead, or when to try again.
     /// The target is `parsed`, or else the record's, parsed here.
     async fn attempt_once(
         &self,
+        instances: &Instances,
         notification: &mut NotificationRecord,
         parsed: Option<Uri>,
+        permit: &Permit,
     ) -> Next {
-        let target = match parsed.map_or_else(|| notification.target.parse::<Uri>(), Ok) {
-            Ok(target) => target,
-            Err(_) => {
-                notification.last_error = Some("the stored callback URL is not a valid URI".into());
-                self.bury(notification.clone()).await;
-                return Next::Done;
+        let outcome = match Self::instance_and_target(instances, notification, parsed).await {
+            Ok((instance, target)) => {
+                notification.attempts += 1;
+                let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
+                self.attempt(notification, &instance, &target)
+                    .instrument(span)
+                    .await
+            }
+            Err(Unsendable::Never(reason)) => AttemptOutcome::Final(reason),
+            // Counted, so the retry schedule bounds how long a resolver may fail.
+            Err(Unsendable::NotNow(reason)) => {
+                notification.attempts += 1;
+                AttemptOutcome::Unsent(reason)
             }
         };
-        notification.attempts += 1;
-        let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
-        let (retry_after, error) = match self.attempt(notification, &target).instrument(span).await
-        {
+        let (retry_after, error) = match outcome {
             AttemptOutcome::Delivered(status) => {
                 tracing::debug!(%status, attempts = notification.attempts, "callback delivered");
                 notification.state = DeliveryState::Delivered;
@@ -200,13 +253,13 @@ impl Delivery {
                 if let Err(error) = self.store.delivered(notification).await {
                     tracing::error!(%error, "could not record a delivery; it may be repeated after a restart");
                 }
-                Counters::sub(&self.counters.pending);
-                Counters::add(&self.counters.delivered);
+                permit.sub(&self.counters, Counter::Pending);
+                permit.add(&self.counters, Counter::Delivered);
                 return Next::Done;
             }
             AttemptOutcome::Final(reason) => {
                 notification.last_error = Some(reason);
-                self.bury(notification.clone()).await;
+                self.bury(notification.clone(), permit).await;
                 return Next::Done;
             }
             AttemptOutcome::Rejected {
@@ -214,13 +267,14 @@ impl Delivery {
                 retry_after,
             } => (retry_after, format!("the receiver answered {status}")),
             AttemptOutcome::Unreachable(error) => (None, error.to_string()),
+            AttemptOutcome::Unsent(reason) => (None, reason),
         };
         let delay = self
             .policy
             .delay_before(notification.attempts, retry_after, random_unit());
         notification.last_error = Some(error);
         let Some(delay) = delay else {
-            self.bury(notification.clone()).await;
+            self.bury(notification.clone(), permit).await;
             return Next::Done;
         };
         notification.next_attempt_at_ms = unix_ms() + delay.as_millis() as u64;
@@ -228,18 +282,18 @@ impl Delivery {
             error = notification.last_error.as_deref().unwrap_or_default(),
             attempts = notification.attempts,
             retry_in = ?delay,
-            target = %target,
+            target = %notification.target,
             "callback attempt failed; retrying",
         );
         if let Err(error) = self.store.attempted(notification).await {
             tracing::error!(%error, "could not record a failed attempt");
         }
-        Counters::add(&self.counters.retries);
+        permit.add(&self.counters, Counter::Retries);
         Next::Later
     }
 
     /// Records a notification as a dead letter.
-    async fn bury(&self, mut notification: NotificationRecord) {
+    async fn bury(&self, mut notification: NotificationRecord, permit: &Permit) {
         notification.state = DeliveryState::Dead;
         tracing::error!(
             error = notification.last_error.as_deref().unwrap_or_default(),
@@ -250,8 +304,8 @@ impl Delivery {
         if let Err(error) = self.store.dead(&notification).await {
             tracing::error!(%error, "could not record a dead letter");
         }
-        Counters::sub(&self.counters.pending);
-        Counters::add(&self.counters.dead);
+        permit.sub(&self.counters, Counter::Pending);
+        permit.add(&self.counters, Counter::Dead);
         if let Some(hook) = &self.on_dead_letter {
             hook(&notification);
         }
@@ -278,7 +332,7 @@ pub(crate) async fn deliver(
     if notification.next_attempt_at_ms <= unix_ms() {
         if let Next::Done = config
             .delivery
-            .attempt_once(&mut notification, parsed)
+            .attempt_once(&config.instances, &mut notification, parsed, &permit)
             .await
         {
             return;
@@ -362,7 +416,7 @@ async fn serve_outbox(mut incoming: mpsc::UnboundedReceiver<Waiting>) {
                     "async_request",
                     event_id = notification.event_id.get(),
                     notification_id = notification.notification_id.get(),
-                    instance_id = config.instance_id,
+                    instance_id = notification.instance_id,
                 );
                 tokio::spawn(deliver(config, notification, permit, None).instrument(span));
             }
@@ -458,20 +512,20 @@ mod tests {
         let delivery = Delivery {
             sink: Arc::new(sink),
             sink_type: "ChannelSink",
-            signer: Signer::new(Some(b"event-signature-key"), &[]),
             policy: DeliveryPolicy::default(),
             attempt_timeout: Duration::from_secs(5),
             store: Arc::new(MemoryStore::new()),
             counters: Arc::default(),
             on_dead_letter: None,
             allow_private: false,
-            default_target: Some("https://hooks.example.com/in".parse().unwrap()),
             retention: Duration::from_secs(60),
             outbox: Outbox::default(),
         };
         let notification = NotificationRecord {
             event_id: EventId::new(1028),
             notification_id: NotificationId::new(1084),
+            instance_id: 30,
+            instance_url: false,
             target: "https://hooks.example.com/in".into(),
             body: Bytes::from_static(b"{}"),
             attempts: 0,
@@ -480,9 +534,14 @@ mod tests {
             state: DeliveryState::Pending,
             retain_until_ms: 0,
         };
+        let instance = Instance::builder(30)
+            .callback_url("https://hooks.example.com/in")
+            .signing_key("event-signature-key")
+            .build()
+            .unwrap();
         let target = notification.target.parse().unwrap();
         assert!(matches!(
-            delivery.attempt(&notification, &target).await,
+            delivery.attempt(&notification, &instance, &target).await,
             AttemptOutcome::Delivered(_)
         ));
         let sent = callbacks.recv().await.unwrap();
@@ -505,7 +564,7 @@ mod tests {
         );
 
         let elsewhere = "https://other.example.com/in".parse().unwrap();
-        let request = delivery.prepare(&notification, &elsewhere, 0);
+        let request = delivery.prepare(&notification, &instance, &elsewhere, 0);
         assert!(request.extensions().get::<TrustedTarget>().is_none());
     }
 }

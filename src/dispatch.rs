@@ -1,6 +1,7 @@
 //! Dispatch: what happens to an accepted async request before the client gets its receipt.
 //!
-//! Read the whole request body (a connection may close once the client has its `202`, so the
+//! Resolve the request's instance (its own `max_in_flight` and default callback URL apply), read
+//! the whole request body (a connection may close once the client has its `202`, so the
 //! body cannot be left for later), take ids from the store and commit the event as *dispatched*,
 //! call the readied inner service, and spawn one task that runs the job and delivers its
 //! notification — carrying the caller's tracing span. The receipt is sent only after the store
@@ -22,10 +23,11 @@ use tracing::Instrument;
 
 use crate::body::{OwnBody, RequestBody};
 use crate::callback_url;
+use crate::classify::{target, Target};
 use crate::config::Config;
 use crate::grpc;
 use crate::job;
-use crate::metrics::Counters;
+use crate::metrics::Counter;
 use crate::receipt::receipt;
 use crate::recovery::ensure_recovered;
 use crate::refusal::{Refusal, RefusalCode};
@@ -51,7 +53,7 @@ pub(crate) async fn dispatch<S, ReqBody, ResBody>(
     request: Request<ReqBody>,
     accepted: Accepted,
     config: Arc<Config>,
-    permit: Permit,
+    mut permit: Permit,
     parent: tracing::Span,
 ) -> Response<OwnBody>
 where
@@ -64,6 +66,20 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = request.into_parts();
+    let instance = match config.instances.for_request(&parts).await {
+        Ok(instance) => instance,
+        Err(refusal) => return refusal.respond(accepted.grpc),
+    };
+    if config.instances.single().is_none() {
+        let share = config.shares.of(instance.id());
+        if let Err(refusal) = permit.join(share, &instance) {
+            return refusal.respond(accepted.grpc);
+        }
+    }
+    let target = match target(accepted.callback, &instance, &config) {
+        Ok(target) => target,
+        Err(refusal) => return refusal.respond(accepted.grpc),
+    };
     let collected = match Limited::new(body, config.max_request_bytes).collect().await {
         Ok(collected) => collected,
         Err(error) if job::is_length_limit(&*error) => {
@@ -80,7 +96,7 @@ where
     let trailers = collected.trailers().cloned();
     let request = Request::from_parts(parts, RequestBody::buffered(collected.to_bytes(), trailers));
 
-    let event = match record_dispatched(&config, &accepted.callback).await {
+    let event = match record_dispatched(&config, &target, instance.id()).await {
         Ok(event) => event,
         Err(error) => {
             tracing::error!(%error, "could not record an async request; refusing it");
@@ -91,14 +107,14 @@ where
             .respond(accepted.grpc);
         }
     };
-    Counters::add(&config.counters.accepted);
-    let (event_id, notification_id) = (event.event_id, event.notification_id);
+    permit.add(&config.counters, Counter::Accepted);
+    let event_id = event.event_id;
     let span = tracing::info_span!(
         parent: &parent,
         "async_request",
         event_id = event_id.get(),
-        notification_id = notification_id.get(),
-        instance_id = config.instance_id,
+        notification_id = event.notification_id.get(),
+        instance_id = event.instance_id,
     );
     // `call` itself may panic (a hand-written service); that is the job's panic too.
     // Boxed before the task captures it, so the work's state (which may hold the whole request)
@@ -114,9 +130,10 @@ where
     };
     let shared = config.clone();
     // The parsed URL goes with the job, so its first attempt does not parse the stored text.
-    let callback = accepted.callback;
+    let callback = target.url;
+    let mut event = event;
     let job = async move {
-        Counters::add(&shared.counters.running);
+        permit.add(&shared.counters, Counter::Running);
         if let Err(error) = shared.store.running(event_id).await {
             tracing::warn!(%error, "could not record that the job started");
         }
@@ -133,29 +150,24 @@ where
             }
             Err(panic) => Err(job::panicked(panic)),
         };
-        Counters::sub(&shared.counters.running);
-        let (outcome, target, parsed) = match (ended, answer_tx) {
+        permit.sub(&shared.counters, Counter::Running);
+        let (outcome, parsed) = match (ended, answer_tx) {
             (Ok(completed), Some(answer)) => {
                 let outcome = completed.outcome();
                 match answer.send(completed.into_response()) {
                     // The client got the real response: nothing to deliver.
-                    Ok(()) => (outcome, String::new(), None),
-                    Err(_) => (outcome, event.target, callback),
+                    Ok(()) => {
+                        event.target.clear();
+                        event.instance_url = false;
+                        (outcome, None)
+                    }
+                    Err(_) => (outcome, callback),
                 }
             }
-            (Ok(completed), None) => (completed.outcome(), event.target, callback),
-            (Err(failed), _) => (failed, event.target, callback),
+            (Ok(completed), None) => (completed.outcome(), callback),
+            (Err(failed), _) => (failed, callback),
         };
-        job::conclude(
-            &shared,
-            event_id,
-            notification_id,
-            target,
-            parsed,
-            outcome,
-            permit,
-        )
-        .await;
+        job::conclude(&shared, event, parsed, outcome, permit).await;
     };
     tokio::spawn(job.instrument(span));
 
@@ -192,18 +204,22 @@ where
 /// Takes ids and commits the event; the receipt may be sent once this returns.
 async fn record_dispatched(
     config: &Arc<Config>,
-    callback: &Option<Uri>,
+    target: &Target,
+    instance_id: u64,
 ) -> Result<EventRecord, StoreError> {
     ensure_recovered(config).await?;
     let (event_id, notification_id) = config.store.allocate_ids().await?;
     let event = EventRecord {
         event_id,
         notification_id,
+        instance_id,
         // An empty target: no callback, the client polls the status endpoint.
-        target: callback
+        target: target
+            .url
             .as_ref()
             .map(callback_url::to_text)
             .unwrap_or_default(),
+        instance_url: target.from_instance,
         accepted_at_ms: unix_ms(),
         running: false,
     };

@@ -75,8 +75,12 @@ pub(crate) fn receipt(event_id: EventId) -> Response<OwnBody> {
 pub(crate) fn refusal(refusal: Refusal) -> Response<OwnBody> {
     let code = match refusal.code {
         RefusalCode::RequestTooLarge => 8, // RESOURCE_EXHAUSTED
-        RefusalCode::Overloaded | RefusalCode::ShuttingDown | RefusalCode::StoreUnavailable => 14, // UNAVAILABLE
-        _ => 3, // INVALID_ARGUMENT
+        RefusalCode::Overloaded
+        | RefusalCode::ShuttingDown
+        | RefusalCode::StoreUnavailable
+        | RefusalCode::InstanceUnavailable => 14, // UNAVAILABLE
+        RefusalCode::UnknownInstance => 16, // UNAUTHENTICATED
+        _ => 3,                            // INVALID_ARGUMENT
     };
     let mut response = Response::new(OwnBody::new(Bytes::new(), None));
     *response.status_mut() = StatusCode::OK;

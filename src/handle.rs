@@ -35,7 +35,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::delivery::deliver;
 use crate::ids::NotificationId;
-use crate::metrics::{Counters, Metrics};
+use crate::metrics::{Counter, Metrics};
 use crate::recovery::ensure_recovered;
 use crate::store::{NotificationRecord, StoreError};
 
@@ -94,9 +94,25 @@ impl AsyncRequestHandle {
         Self { config }
     }
 
-    /// The layer's counters now.
+    /// The layer's counters now, over every instance.
     pub fn metrics(&self) -> Metrics {
         self.config.counters.snapshot()
+    }
+
+    /// One instance's counters now: `None` for an instance the layer has not seen an event of
+    /// (since it was built). With the single-instance shorthand, its instance's counters are the
+    /// layer's.
+    pub fn instance_metrics(&self, instance_id: u64) -> Option<Metrics> {
+        match self.config.instances.single() {
+            Some(instance) => {
+                (instance.id() == instance_id).then(|| self.config.counters.snapshot())
+            }
+            None => self
+                .config
+                .shares
+                .get(instance_id)
+                .map(|share| share.counters.snapshot()),
+        }
     }
 
     /// Notifications that could not be delivered, oldest first.
@@ -110,7 +126,7 @@ impl AsyncRequestHandle {
         ensure_recovered(&self.config)
             .await
             .map_err(RedeliverError::Store)?;
-        let permit = self.config.runner.wait_for_permit().await;
+        let mut permit = self.config.runner.wait_for_permit().await;
         let notification = self
             .config
             .store
@@ -118,7 +134,9 @@ impl AsyncRequestHandle {
             .await
             .map_err(RedeliverError::Store)?
             .ok_or(RedeliverError::NotFound)?;
-        Counters::add(&self.config.counters.pending);
+        self.config
+            .count_in_share(&mut permit, notification.instance_id);
+        permit.add(&self.config.counters, Counter::Pending);
         let config = self.config.clone();
         tokio::spawn(deliver(config, notification, permit, None));
         Ok(())

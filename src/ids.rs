@@ -8,7 +8,9 @@
 //! Producing an id is one atomic increment. All layers in a process share one generator, so two
 //! layers never hand out the same id either. The format lasts until the year 2093.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,6 +58,31 @@ id_type!(
     /// de-duplicate on it.
     NotificationId
 );
+
+/// A map keyed by one of our ids (or an instance id).
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Hashes an id with one multiplication (Fibonacci hashing) instead of SipHash. Safe here: the
+/// layer allocates event and notification ids itself, one after another, and instance ids are
+/// the operator's, so no client can choose keys that collide.
+#[derive(Debug, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// Hands out ids; see the module docs for the format.
 #[derive(Debug)]
@@ -113,6 +140,26 @@ impl IdGenerator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sequential_ids_spread_over_the_buckets() {
+        use std::hash::BuildHasher;
+        // hashbrown picks a bucket from the low bits and a tag from the top 7: consecutive ids
+        // must differ in both.
+        let hasher = BuildHasherDefault::<IdHasher>::default();
+        let start = 1_764_400_000_000u64 << 10;
+        let hashes: Vec<u64> = (start..start + 1024)
+            .map(|id| hasher.hash_one(NotificationId::new(id)))
+            .collect();
+        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h % 1024).collect();
+        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(
+            buckets.len() > 600,
+            "{} of 1024 buckets used",
+            buckets.len()
+        );
+        assert_eq!(tags.len(), 128, "every tag value used");
+    }
 
     #[test]
     fn ids_are_unique_increasing_and_js_safe() {

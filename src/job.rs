@@ -23,11 +23,10 @@ use crate::body::OwnBody;
 use crate::config::Config;
 use crate::delivery::deliver;
 use crate::grpc;
-use crate::ids::{EventId, NotificationId};
-use crate::metrics::Counters;
+use crate::metrics::Counter;
 use crate::notification::{FailureCode, Outcome};
 use crate::runner::Permit;
-use crate::store::{unix_ms, DeliveryState, NotificationRecord};
+use crate::store::{unix_ms, DeliveryState, EventRecord, NotificationRecord};
 use crate::BoxError;
 
 /// A response the work produced, its body read in full.
@@ -93,30 +92,30 @@ where
 }
 
 /// Ends an event: counts its outcome, records its notification as pending and delivers it.
-/// `target` is the stored callback URL (empty: none); `parsed`, the same URL parsed, when the
-/// caller has it at hand.
+/// `event.target` is the stored callback URL (empty: none); `parsed`, the same URL parsed, when
+/// the caller has it at hand.
 pub(crate) async fn conclude(
     config: &Arc<Config>,
-    event_id: EventId,
-    notification_id: NotificationId,
-    target: String,
+    event: EventRecord,
     parsed: Option<Uri>,
     outcome: Outcome,
     permit: Permit,
 ) {
     let counter = match outcome {
-        Outcome::Completed { .. } => &config.counters.completed,
-        Outcome::Failed { .. } => &config.counters.failed,
+        Outcome::Completed { .. } => Counter::Completed,
+        Outcome::Failed { .. } => Counter::Failed,
     };
-    Counters::add(counter);
+    permit.add(&config.counters, counter);
     // No target: the client polls the status endpoint; there is nothing to deliver.
-    let requested = !target.is_empty();
+    let requested = !event.target.is_empty();
     let now = unix_ms();
     let notification = NotificationRecord {
-        event_id,
-        notification_id,
-        target,
-        body: outcome.to_json(event_id, config.instance_id, notification_id),
+        event_id: event.event_id,
+        notification_id: event.notification_id,
+        instance_id: event.instance_id,
+        target: event.target,
+        instance_url: event.instance_url,
+        body: outcome.to_json(event.event_id, event.instance_id, event.notification_id),
         attempts: 0,
         next_attempt_at_ms: now,
         last_error: None,
@@ -134,7 +133,7 @@ pub(crate) async fn conclude(
         tracing::error!(%error, "could not record a finished event; delivering anyway");
     }
     if requested {
-        Counters::add(&config.counters.pending);
+        permit.add(&config.counters, Counter::Pending);
         deliver(config.clone(), notification, permit, parsed).await;
     }
 }

@@ -60,6 +60,7 @@
 //! | step | module |
 //! |---|---|
 //! | sync or async, or a refusal | `classify`, `callback_url`, `address`, `refusal` |
+//! | which tenant it belongs to; its URL, keys and share | [`instance`] |
 //! | body read, ids taken, work spawned, receipt sent | `dispatch`, `receipt`, `ids` |
 //! | the work run to an outcome (errors, panics, size limit) | `job` |
 //! | the notification JSON | [`notification`] |
@@ -86,6 +87,9 @@
 //! | `max_in_flight` unfinished events already | `503` + `Retry-After`, `overloaded` |
 //! | shutting down | `503`, `shutting_down` |
 //! | the store could not record the event | `503`, `store_unavailable` |
+//! | [many instances](instance): none identified | `401`, `unknown_instance` |
+//! | many instances: the resolver failed | `503` + `Retry-After`, `instance_unavailable` |
+//! | many instances: the instance holds its own `max_in_flight` | `503` + `Retry-After`, `overloaded` |
 //!
 //! Refusals carry `{"code":"…","message":"…"}` and never reach the inner service.
 //!
@@ -98,7 +102,7 @@
 //! the same `404`.
 //!
 //! ```json
-//! {"eventId":1028,"eventStatus":"completed","notificationId":1084,
+//! {"eventId":1028,"instanceId":30,"eventStatus":"completed","notificationId":1084,
 //!  "delivery":{"state":"delivered","attempts":1,"lastError":null},
 //!  "statusCode":200,"response":{"…":"…"}}
 //! ```
@@ -125,6 +129,7 @@ mod grpc;
 mod handle;
 pub mod header;
 mod ids;
+pub mod instance;
 mod job;
 mod layer;
 mod metrics;

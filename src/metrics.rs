@@ -1,5 +1,6 @@
 //! Counters of what the layer has done, readable through
-//! [`AsyncRequestHandle::metrics`](crate::AsyncRequestHandle::metrics).
+//! [`AsyncRequestHandle::metrics`](crate::AsyncRequestHandle::metrics), and per instance through
+//! [`AsyncRequestHandle::instance_metrics`](crate::AsyncRequestHandle::instance_metrics).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -38,13 +39,39 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
 }
 
+/// One of the [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counter {
+    Accepted,
+    Running,
+    Completed,
+    Failed,
+    Pending,
+    Delivered,
+    Dead,
+    Retries,
+}
+
 impl Counters {
-    pub(crate) fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    fn get(&self, counter: Counter) -> &AtomicU64 {
+        match counter {
+            Counter::Accepted => &self.accepted,
+            Counter::Running => &self.running,
+            Counter::Completed => &self.completed,
+            Counter::Failed => &self.failed,
+            Counter::Pending => &self.pending,
+            Counter::Delivered => &self.delivered,
+            Counter::Dead => &self.dead,
+            Counter::Retries => &self.retries,
+        }
     }
 
-    pub(crate) fn sub(counter: &AtomicU64) {
-        counter.fetch_sub(1, Relaxed);
+    pub(crate) fn add(&self, counter: Counter) {
+        self.get(counter).fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn sub(&self, counter: Counter) {
+        self.get(counter).fetch_sub(1, Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> Metrics {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::delivery::deliver;
 use crate::job::conclude;
-use crate::metrics::Counters;
+use crate::metrics::Counter;
 use crate::notification::{FailureCode, Outcome};
 use crate::store::{Recovery, StoreError};
 
@@ -49,29 +49,19 @@ pub(crate) fn start_recovery(config: &Arc<Config>) {
 
 async fn resume(config: Arc<Config>, recovery: Recovery) {
     for event in recovery.unfinished {
-        let permit = config.runner.wait_for_permit().await;
+        let permit = config.permit_for(event.instance_id).await;
         let config = config.clone();
         tokio::spawn(async move {
             let outcome = Outcome::failed(
                 FailureCode::Interrupted,
                 "the process ended before the job finished",
             );
-            conclude(
-                &config,
-                event.event_id,
-                event.notification_id,
-                event.target,
-                None,
-                outcome,
-                permit,
-            )
-            .await;
+            conclude(&config, event, None, outcome, permit).await;
         });
     }
     for notification in recovery.pending {
-        let permit = config.runner.wait_for_permit().await;
-        let config = config.clone();
-        Counters::add(&config.counters.pending);
-        tokio::spawn(deliver(config, notification, permit, None));
+        let permit = config.permit_for(notification.instance_id).await;
+        permit.add(&config.counters, Counter::Pending);
+        tokio::spawn(deliver(config.clone(), notification, permit, None));
     }
 }

@@ -31,6 +31,11 @@ pub enum RefusalCode {
     ShuttingDown,
     /// The event store could not record the event, so it was not accepted. `503`.
     StoreUnavailable,
+    /// The layer serves many instances and the request identifies none of them. `401`.
+    UnknownInstance,
+    /// The instance resolver failed, so the request's instance is not known. `503` with
+    /// `Retry-After`.
+    InstanceUnavailable,
 }
 
 impl RefusalCode {
@@ -46,6 +51,8 @@ impl RefusalCode {
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
             Self::StoreUnavailable => "store_unavailable",
+            Self::UnknownInstance => "unknown_instance",
+            Self::InstanceUnavailable => "instance_unavailable",
         }
     }
 
@@ -53,9 +60,11 @@ impl RefusalCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Overloaded | Self::ShuttingDown | Self::StoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Overloaded
+            | Self::ShuttingDown
+            | Self::StoreUnavailable
+            | Self::InstanceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UnknownInstance => StatusCode::UNAUTHORIZED,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -93,8 +102,12 @@ impl Refusal {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if self.code == RefusalCode::Overloaded {
-            // Unfinished events end as jobs finish and callbacks land; a second is a fair guess.
+        if matches!(
+            self.code,
+            RefusalCode::Overloaded | RefusalCode::InstanceUnavailable
+        ) {
+            // Unfinished events end as jobs finish and callbacks land, and a resolver's backend
+            // comes back; a second is a fair guess.
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -118,6 +131,16 @@ mod tests {
             serde_json::json!({"code": "request_too_large", "message": "too \"big\""})
         );
         assert!(!response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn instance_refusals_have_their_statuses() {
+        let unknown = Refusal::new(RefusalCode::UnknownInstance, "who?").into_response();
+        assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+        assert!(!unknown.headers().contains_key(header::RETRY_AFTER));
+        let down = Refusal::new(RefusalCode::InstanceUnavailable, "later").into_response();
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(down.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

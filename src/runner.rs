@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::instance::{Instance, Share};
+use crate::metrics::{Counter, Counters};
 use crate::refusal::{Refusal, RefusalCode};
 
 /// Default bound on unfinished events.
@@ -24,8 +26,71 @@ pub(crate) struct Runner {
     shutting_down: AtomicBool,
 }
 
-/// Held by an event until it is finished for good.
-pub(crate) type Permit = OwnedSemaphorePermit;
+/// Held by an event until it is finished for good: its place under the layer's
+/// `max_in_flight` and, when the layer serves many instances, under its instance's. Counting goes
+/// through it, so an event's counts reach its instance's counters as well as the layer's.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    _place: OwnedSemaphorePermit,
+    share: Option<Arc<Share>>,
+}
+
+impl Permit {
+    fn new(place: OwnedSemaphorePermit) -> Self {
+        Self {
+            _place: place,
+            share: None,
+        }
+    }
+
+    /// Takes a place under the instance's own `max_in_flight` too, or says why not.
+    pub(crate) fn join(&mut self, share: Arc<Share>, instance: &Instance) -> Result<(), Refusal> {
+        let limit = instance.max_in_flight_u32();
+        if !share.try_enter(limit) {
+            return Err(Refusal::new(
+                RefusalCode::Overloaded,
+                format!(
+                    "Instance {} already holds its maximum of {} unfinished async requests; retry later.",
+                    instance.id(),
+                    limit.unwrap_or_default(),
+                ),
+            ));
+        }
+        self.share = Some(share);
+        Ok(())
+    }
+
+    /// Counts the event in its instance's share whatever the bound (recovered and redelivered
+    /// work was accepted earlier and is not refused now).
+    pub(crate) fn join_anyway(&mut self, share: Arc<Share>) {
+        share.enter();
+        self.share = Some(share);
+    }
+
+    /// Adds one to a counter of the layer's and of the event's instance.
+    pub(crate) fn add(&self, counters: &Counters, counter: Counter) {
+        counters.add(counter);
+        if let Some(share) = &self.share {
+            share.counters.add(counter);
+        }
+    }
+
+    /// Takes one from a counter of the layer's and of the event's instance.
+    pub(crate) fn sub(&self, counters: &Counters, counter: Counter) {
+        counters.sub(counter);
+        if let Some(share) = &self.share {
+            share.counters.sub(counter);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(share) = &self.share {
+            share.leave();
+        }
+    }
+}
 
 impl Runner {
     pub(crate) fn new(max_in_flight: u32) -> Self {
@@ -44,7 +109,7 @@ impl Runner {
                 "The service is shutting down and takes no new async requests.",
             ));
         }
-        self.permits.clone().try_acquire_owned().map_err(|_| {
+        self.permits.clone().try_acquire_owned().map(Permit::new).map_err(|_| {
             Refusal::new(
                 RefusalCode::Overloaded,
                 format!(
@@ -57,11 +122,13 @@ impl Runner {
 
     /// A permit for recovered or redelivered work, waiting for one if needed.
     pub(crate) async fn wait_for_permit(&self) -> Permit {
-        self.permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed")
+        Permit::new(
+            self.permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed"),
+        )
     }
 
     /// Events holding a permit now.

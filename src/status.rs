@@ -11,7 +11,7 @@
 //! The answer:
 //!
 //! ```json
-//! {"eventId":1028,"eventStatus":"completed","notificationId":1084,
+//! {"eventId":1028,"instanceId":30,"eventStatus":"completed","notificationId":1084,
 //!  "delivery":{"state":"delivered","attempts":1,"lastError":null},
 //!  "statusCode":200,"response":{"…":"…"}}
 //! ```
@@ -164,6 +164,7 @@ fn found(event_id: EventId, snapshot: EventSnapshot) -> Response<Bytes> {
         EventSnapshot::Unfinished(event) => (
             json!({
                 "eventId": event_id,
+                "instanceId": event.instance_id,
                 "eventStatus": if event.running { "running" } else { "dispatched" },
                 "notificationId": event.notification_id,
                 "delivery": {"state": "none", "attempts": 0, "lastError": null},
@@ -185,6 +186,7 @@ fn finished_body(event_id: EventId, notification: &NotificationRecord) -> Value 
     let sent: Map<String, Value> = serde_json::from_slice(&notification.body).unwrap_or_default();
     let mut body = Map::new();
     body.insert("eventId".into(), json!(event_id));
+    body.insert("instanceId".into(), json!(notification.instance_id));
     body.insert(
         "eventStatus".into(),
         sent.get("eventStatus").cloned().unwrap_or(Value::Null),

@@ -1,6 +1,5 @@
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -9,7 +8,7 @@ use super::{
     unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
     StoreError, StoreFuture,
 };
-use crate::ids::{EventId, IdGenerator, NotificationId};
+use crate::ids::{EventId, IdGenerator, IdMap, NotificationId};
 
 /// Default number of dead letters a [`MemoryStore`] keeps (the oldest go first).
 pub const DEFAULT_MAX_DEAD_LETTERS: usize = 10_000;
@@ -39,30 +38,6 @@ impl Future for Done {
 
     fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Self::Output> {
         Poll::Ready(Ok(()))
-    }
-}
-
-/// A map keyed by one of our ids.
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-
-/// Hashes an id with one multiplication (Fibonacci hashing) instead of SipHash. Safe here: the
-/// layer allocates ids itself, one after another, so no client can choose keys that collide.
-#[derive(Debug, Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write_u64(&mut self, id: u64) {
-        self.0 = (self.0 ^ id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 
@@ -297,6 +272,8 @@ mod tests {
         NotificationRecord {
             event_id: EventId::new(id),
             notification_id: NotificationId::new(id + 1),
+            instance_id: 7,
+            instance_url: false,
             target: "https://example.com/".into(),
             body: Bytes::from_static(b"{}"),
             attempts: 3,
@@ -307,26 +284,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sequential_ids_spread_over_the_buckets() {
-        use std::hash::BuildHasher;
-        // hashbrown picks a bucket from the low bits and a tag from the top 7: consecutive ids
-        // must differ in both.
-        let hasher = BuildHasherDefault::<IdHasher>::default();
-        let start = 1_764_400_000_000u64 << 10;
-        let hashes: Vec<u64> = (start..start + 1024)
-            .map(|id| hasher.hash_one(NotificationId::new(id)))
-            .collect();
-        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h % 1024).collect();
-        let tags: std::collections::HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
-        assert!(
-            buckets.len() > 600,
-            "{} of 1024 buckets used",
-            buckets.len()
-        );
-        assert_eq!(tags.len(), 128, "every tag value used");
-    }
-
     #[tokio::test]
     async fn an_event_moves_from_unfinished_to_pending_to_delivered() {
         let store = MemoryStore::new();
@@ -334,6 +291,8 @@ mod tests {
         let event = EventRecord {
             event_id,
             notification_id,
+            instance_id: 7,
+            instance_url: false,
             target: "https://example.com/".into(),
             accepted_at_ms: 1,
             running: false,

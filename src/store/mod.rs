@@ -8,6 +8,9 @@
 //! unfinished: events whose job never ended (they get a `failed`/`interrupted` notification) and
 //! pending notifications (they resume their schedule).
 //!
+//! Records name the instance an event belongs to by id only: signing keys are never stored; each
+//! delivery attempt asks the layer's instances for the current ones.
+//!
 //! - [`MemoryStore`] (the default) keeps records in memory: nothing survives a restart.
 //! - `RedbStore` (cargo feature `redb`) keeps them in an embedded redb file with crash-safe,
 //!   group-committed transactions.
@@ -54,8 +57,13 @@ pub struct EventRecord {
     pub event_id: EventId,
     /// The id its notification will carry.
     pub notification_id: NotificationId,
-    /// Where the notification goes.
+    /// The instance it belongs to (`instanceId`); its keys are looked up when delivering.
+    pub instance_id: u64,
+    /// Where the notification goes (empty: nowhere, the client polls the status endpoint).
     pub target: String,
+    /// Whether `target` is the instance's configured callback URL rather than the request's own:
+    /// each attempt then goes to the instance's URL as it is at that moment.
+    pub instance_url: bool,
     /// When the event was accepted, Unix milliseconds.
     pub accepted_at_ms: u64,
     /// Whether the job has started.
@@ -96,8 +104,14 @@ pub struct NotificationRecord {
     pub event_id: EventId,
     /// Its id, the same on every attempt.
     pub notification_id: NotificationId,
-    /// Where it goes.
+    /// The instance it belongs to (`instanceId`); its keys are looked up for every attempt.
+    pub instance_id: u64,
+    /// Where it goes (empty: nowhere, the client polls the status endpoint); with
+    /// `instance_url`, where it went when the event was accepted.
     pub target: String,
+    /// Whether `target` is the instance's configured callback URL rather than the request's own:
+    /// each attempt then goes to the instance's URL as it is at that moment.
+    pub instance_url: bool,
     /// The exact JSON body (signatures are made per attempt).
     pub body: Bytes,
     /// Attempts made so far.

@@ -84,10 +84,16 @@ struct Write {
     done: oneshot::Sender<Result<Option<NotificationRecord>, String>>,
 }
 
+// Fields added later have defaults, so records written before them still read.
+
 #[derive(Serialize, Deserialize)]
 struct StoredEvent {
     notification_id: u64,
+    #[serde(default)]
+    instance_id: u64,
     target: String,
+    #[serde(default)]
+    instance_url: bool,
     accepted_at_ms: u64,
     running: bool,
 }
@@ -95,7 +101,11 @@ struct StoredEvent {
 #[derive(Serialize, Deserialize)]
 struct StoredNotification {
     event_id: u64,
+    #[serde(default)]
+    instance_id: u64,
     target: String,
+    #[serde(default)]
+    instance_url: bool,
     attempts: u32,
     next_attempt_at_ms: u64,
     last_error: Option<String>,
@@ -328,7 +338,9 @@ fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, redb::Er
 fn encode_event(event: &EventRecord) -> Vec<u8> {
     json(&StoredEvent {
         notification_id: event.notification_id.get(),
+        instance_id: event.instance_id,
         target: event.target.clone(),
+        instance_url: event.instance_url,
         accepted_at_ms: event.accepted_at_ms,
         running: event.running,
     })
@@ -338,7 +350,9 @@ fn encode_event(event: &EventRecord) -> Vec<u8> {
 fn encode_notification(record: &NotificationRecord) -> Vec<u8> {
     let meta = json(&StoredNotification {
         event_id: record.event_id.get(),
+        instance_id: record.instance_id,
         target: record.target.clone(),
+        instance_url: record.instance_url,
         attempts: record.attempts,
         next_attempt_at_ms: record.next_attempt_at_ms,
         last_error: record.last_error.clone(),
@@ -365,6 +379,8 @@ fn decode_notification(id: u64, bytes: &[u8]) -> Result<NotificationRecord, redb
     Ok(NotificationRecord {
         event_id: EventId::new(meta.event_id),
         notification_id: NotificationId::new(id),
+        instance_id: meta.instance_id,
+        instance_url: meta.instance_url,
         target: meta.target,
         body: Bytes::copy_from_slice(&bytes[4 + len..]),
         attempts: meta.attempts,
@@ -463,6 +479,8 @@ impl EventStore for RedbStore {
                 return Ok(Some(EventSnapshot::Unfinished(EventRecord {
                     event_id,
                     notification_id: NotificationId::new(stored.notification_id),
+                    instance_id: stored.instance_id,
+                    instance_url: stored.instance_url,
                     target: stored.target,
                     accepted_at_ms: stored.accepted_at_ms,
                     running,
@@ -502,6 +520,8 @@ impl EventStore for RedbStore {
                 unfinished.push(EventRecord {
                     event_id: EventId::new(id.value()),
                     notification_id: NotificationId::new(stored.notification_id),
+                    instance_id: stored.instance_id,
+                    instance_url: stored.instance_url,
                     target: stored.target,
                     accepted_at_ms: stored.accepted_at_ms,
                     running: stored.running,
@@ -541,6 +561,8 @@ mod tests {
         NotificationRecord {
             event_id: event.event_id,
             notification_id: event.notification_id,
+            instance_id: event.instance_id,
+            instance_url: event.instance_url,
             target: event.target.clone(),
             body: Bytes::from_static(b"{\"eventId\":1}\xff"),
             attempts: 0,
@@ -561,6 +583,8 @@ mod tests {
             event = EventRecord {
                 event_id: first_ids.0,
                 notification_id: first_ids.1,
+                instance_id: 7,
+                instance_url: true,
                 target: "https://example.com/a".into(),
                 accepted_at_ms: 1,
                 running: false,
@@ -571,6 +595,8 @@ mod tests {
             let second = EventRecord {
                 event_id: e2,
                 notification_id: n2,
+                instance_id: 7,
+                instance_url: false,
                 target: "https://example.com/b".into(),
                 accepted_at_ms: 2,
                 running: false,
@@ -620,6 +646,21 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    #[test]
+    fn records_written_before_instances_read_as_instance_0() {
+        let meta = br#"{"event_id":5,"target":"https://example.com/","attempts":1,"next_attempt_at_ms":2,"last_error":null,"state":0,"retain_until_ms":3}"#;
+        let mut bytes = (meta.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(meta);
+        bytes.extend_from_slice(b"{}");
+        let record = decode_notification(6, &bytes).unwrap();
+        assert_eq!((record.instance_id, record.instance_url), (0, false));
+        assert_eq!(record.target, "https://example.com/");
+        assert_eq!(
+            decode_notification(6, &encode_notification(&record)).unwrap(),
+            record
+        );
+    }
+
     #[tokio::test]
     async fn dead_letters_are_kept_and_revivable() {
         let path = temp_path("dead");
@@ -628,6 +669,8 @@ mod tests {
         let event = EventRecord {
             event_id,
             notification_id,
+            instance_id: 7,
+            instance_url: false,
             target: "https://example.com/".into(),
             accepted_at_ms: 1,
             running: true,
@@ -666,6 +709,8 @@ mod tests {
         let event = EventRecord {
             event_id,
             notification_id,
+            instance_id: 7,
+            instance_url: false,
             target: String::new(),
             accepted_at_ms: 1,
             running: false,
@@ -690,6 +735,8 @@ mod tests {
                 let event = EventRecord {
                     event_id,
                     notification_id,
+                    instance_id: 7,
+                    instance_url: false,
                     target: "https://example.com/".into(),
                     accepted_at_ms: 1,
                     running: false,

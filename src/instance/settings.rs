@@ -1,0 +1,237 @@
+//! One instance's settings: [`Instance`] and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::Uri;
+
+use crate::callback_url::{self, Origin, UrlPolicy};
+use crate::ids::MAX_SAFE_ID;
+use crate::signature::{decode_whsec, Signer};
+use crate::ConfigError;
+
+/// One tenant's settings: its id (the notification's `instanceId`), where its notifications go
+/// by default, the keys they are signed with and how many of its events may be unfinished at once.
+/// See the [module docs](crate::instance).
+///
+/// Cheap to clone (one shared allocation). Keys are absorbed into HMAC state when it is built and
+/// never shown by `Debug`.
+#[derive(Clone)]
+pub struct Instance {
+    inner: Arc<Settings>,
+}
+
+struct Settings {
+    id: u64,
+    callback_url: Option<Uri>,
+    signer: Signer,
+    max_in_flight: Option<u32>,
+}
+
+impl Instance {
+    /// Starts configuring the instance with this id (at most 2^53 − 1).
+    pub fn builder(id: u64) -> InstanceBuilder {
+        InstanceBuilder {
+            id,
+            callback_url: None,
+            signing_key: None,
+            standard_secrets: Vec::new(),
+            max_in_flight: None,
+        }
+    }
+
+    /// The instance id, written into its notifications as `instanceId`.
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    /// Where its notifications go when a request names no callback URL.
+    pub fn callback_url(&self) -> Option<&Uri> {
+        self.inner.callback_url.as_ref()
+    }
+
+    /// The most events of this instance that may be unfinished at once, if bounded.
+    pub fn max_in_flight(&self) -> Option<usize> {
+        self.inner.max_in_flight.map(|max| max as usize)
+    }
+
+    pub(crate) fn signer(&self) -> &Signer {
+        &self.inner.signer
+    }
+
+    pub(crate) fn max_in_flight_u32(&self) -> Option<u32> {
+        self.inner.max_in_flight
+    }
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("id", &self.inner.id)
+            .field("callback_url", &self.inner.callback_url)
+            .field("signer", &self.inner.signer)
+            .field("max_in_flight", &self.inner.max_in_flight)
+            .finish()
+    }
+}
+
+/// Builds an [`Instance`]; made by [`Instance::builder`]. [`build`](Self::build) checks the
+/// settings and reports the first problem as a [`ConfigError`].
+pub struct InstanceBuilder {
+    id: u64,
+    callback_url: Option<String>,
+    signing_key: Option<Vec<u8>>,
+    standard_secrets: Vec<String>,
+    max_in_flight: Option<usize>,
+}
+
+impl fmt::Debug for InstanceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstanceBuilder")
+            .field("id", &self.id)
+            .field("callback_url", &self.callback_url)
+            .field(
+                "signing_key",
+                &self.signing_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("standard_webhooks_secrets", &self.standard_secrets.len())
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
+}
+
+/// The names settings have in error messages: an instance's own, or the layer builder's
+/// single-instance shorthand.
+#[derive(Clone, Copy)]
+pub(crate) enum Naming {
+    Instance,
+    Layer,
+}
+
+impl InstanceBuilder {
+    /// Where notifications go when a request names no callback URL. Trusted operator
+    /// configuration: it may point at private addresses.
+    pub fn callback_url(mut self, url: impl Into<String>) -> Self {
+        self.callback_url = Some(url.into());
+        self
+    }
+
+    /// Turns on the Elements scheme (`Elements-Webhook-Signature`) keyed with these bytes.
+    pub fn signing_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.signing_key = Some(key.as_ref().to_vec());
+        self
+    }
+
+    /// Turns on the Standard Webhooks scheme with a `whsec_<base64>` secret. Repeatable: every
+    /// callback then carries one signature per secret, so receivers can rotate.
+    pub fn standard_webhooks_secret(mut self, secret: impl Into<String>) -> Self {
+        self.standard_secrets.push(secret.into());
+        self
+    }
+
+    /// The most events of this instance that may be unfinished at once (running jobs plus
+    /// undelivered notifications). At the bound its async requests get `503` with `Retry-After`,
+    /// code `overloaded`, while other instances are still accepted. The layer's own
+    /// `max_in_flight` applies too. Unbounded by default.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = Some(max);
+        self
+    }
+
+    /// Checks the settings and builds the instance.
+    pub fn build(self) -> Result<Instance, ConfigError> {
+        self.build_named(Naming::Instance)
+    }
+
+    pub(crate) fn build_named(self, naming: Naming) -> Result<Instance, ConfigError> {
+        let id = self.id;
+        let error = |setting: &str, why: &dyn fmt::Display| match naming {
+            Naming::Instance => ConfigError::new(format!("instance {id}: {setting}: {why}")),
+            Naming::Layer => ConfigError::new(format!("{setting}: {why}")),
+        };
+        let (id_name, url_name) = match naming {
+            Naming::Instance => ("id", "callback_url"),
+            Naming::Layer => ("instance_id", "default_callback_url"),
+        };
+        if id > MAX_SAFE_ID {
+            return Err(error(
+                id_name,
+                &"above 2^53 - 1, which JavaScript receivers cannot read exactly",
+            ));
+        }
+        let callback_url = self
+            .callback_url
+            .as_deref()
+            .map(|url| {
+                callback_url::validate(url.as_bytes(), Origin::Operator, &UrlPolicy::default())
+                    .map_err(|refusal| error(url_name, &refusal.message))
+            })
+            .transpose()?;
+        let standard_keys = self
+            .standard_secrets
+            .iter()
+            .map(|secret| {
+                decode_whsec(secret).map_err(|why| error("standard_webhooks_secret", &why))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let max_in_flight = match self.max_in_flight {
+            None => None,
+            Some(max @ 1..=0xFFFF_FFFF) => Some(max as u32),
+            Some(max) => {
+                return Err(error(
+                    "max_in_flight",
+                    &format_args!("must be between 1 and {}, not {max}", u32::MAX),
+                ))
+            }
+        };
+        Ok(Instance {
+            inner: Arc::new(Settings {
+                id,
+                callback_url,
+                signer: Signer::new(self.signing_key.as_deref(), &standard_keys),
+                max_in_flight,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked_and_named() {
+        let error = |builder: InstanceBuilder| builder.build().unwrap_err().to_string();
+        let message = error(Instance::builder(1 << 53));
+        assert!(
+            message.contains("instance 9007199254740992: id"),
+            "{message}"
+        );
+        let message = error(Instance::builder(7).callback_url("ftp://example.com/"));
+        assert!(message.contains("instance 7: callback_url"), "{message}");
+        let message = error(Instance::builder(7).standard_webhooks_secret("whsec_***"));
+        assert!(message.contains("standard_webhooks_secret"), "{message}");
+        assert!(!message.contains("***"), "{message}");
+        let message = error(Instance::builder(7).max_in_flight(0));
+        assert!(message.contains("max_in_flight"), "{message}");
+    }
+
+    #[test]
+    fn a_built_instance_says_what_it_holds_and_hides_its_keys() {
+        let instance = Instance::builder(30)
+            .callback_url("http://10.0.0.5/hooks")
+            .signing_key("acme-secret-key")
+            .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+            .max_in_flight(3)
+            .build()
+            .unwrap();
+        assert_eq!(instance.id(), 30);
+        assert_eq!(instance.callback_url().unwrap(), "http://10.0.0.5/hooks");
+        assert_eq!(instance.max_in_flight(), Some(3));
+        let text = format!("{instance:?}");
+        assert!(!text.contains("acme-secret-key"), "{text}");
+        assert!(!text.contains("C2FVsBQ"), "{text}");
+        let text = format!("{:?}", Instance::builder(30).signing_key("acme-secret-key"));
+        assert!(!text.contains("acme-secret-key"), "{text}");
+    }
+}
