@@ -3,8 +3,12 @@
 //!
 //! ```sh
 //! cargo run --features redb --example durable_worker -- \
-//!     --db /tmp/async.redb --callback http://127.0.0.1:9000/hook [--retry-ms 5000,60000]
+//!     --db /tmp/async.redb --callback http://127.0.0.1:9000/hook [--retry-ms 5000,60000] \
+//!     [--signing-key KEY]
 //! ```
+//!
+//! With `--signing-key`, the app serves its one tenant as an instance of an `InstanceMap`, so a
+//! restart with another key shows that what was pending is signed with the instance's current key.
 //!
 //! `POST /work?ms=N` sleeps N milliseconds and answers `{"slept":N}`; send it with
 //! `Elements-Async-Request: true`. The first line printed is `listening on <addr>`.
@@ -14,6 +18,7 @@ use std::time::Duration;
 
 use axum::{extract::Query, routing::post, Json, Router};
 use serde_json::{json, Value};
+use tower_async_request::instance::{Instance, InstanceMap};
 use tower_async_request::{store::RedbStore, AsyncRequestLayer};
 
 #[derive(serde::Deserialize)]
@@ -58,10 +63,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .transpose()?;
 
-    let mut builder = AsyncRequestLayer::builder()
-        .instance_id(30)
-        .default_callback_url(callback)
-        .store(RedbStore::open(&db)?);
+    let mut builder = AsyncRequestLayer::builder().store(RedbStore::open(&db)?);
+    builder = match arg("--signing-key") {
+        Some(key) => {
+            let instances = InstanceMap::new(|_| Some(30));
+            instances.insert(
+                Instance::builder(30)
+                    .callback_url(callback)
+                    .signing_key(key)
+                    .build()?,
+            );
+            builder.instances(instances)
+        }
+        None => builder.instance_id(30).default_callback_url(callback),
+    };
     if let Some(schedule) = schedule {
         builder = builder.retry_schedule(schedule);
     }

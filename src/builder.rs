@@ -580,6 +580,26 @@ mod tests {
     }
 
     #[test]
+    fn instances_and_the_single_instance_options_exclude_each_other() {
+        let map = || crate::instance::InstanceMap::new(|_| None);
+        AsyncRequestLayer::builder()
+            .instances(map())
+            .build()
+            .unwrap();
+        let single: [fn(AsyncRequestLayerBuilder) -> AsyncRequestLayerBuilder; 4] = [
+            |b| b.instance_id(30),
+            |b| b.default_callback_url("https://hooks.example.com/in"),
+            |b| b.signing_key("key"),
+            |b| b.standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"),
+        ];
+        for set in single {
+            let message = error(set(AsyncRequestLayer::builder().instances(map())));
+            assert!(message.contains("instances(..)"), "{message}");
+            set(AsyncRequestLayer::builder()).build().unwrap();
+        }
+    }
+
+    #[test]
     fn debug_redacts_the_signing_key() {
         let builder = AsyncRequestLayer::builder()
             .signing_key("event-signature-key")

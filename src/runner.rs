@@ -168,6 +168,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_permit_holds_its_instance_place_until_dropped() {
+        let runner = Runner::new(10);
+        let share = Arc::new(Share::default());
+        let instance = Instance::builder(30).max_in_flight(1).build().unwrap();
+        let mut first = runner.admit().unwrap();
+        first.join(share.clone(), &instance).unwrap();
+        let mut second = runner.admit().unwrap();
+        let refusal = second.join(share.clone(), &instance).unwrap_err();
+        assert_eq!(refusal.code, RefusalCode::Overloaded);
+        assert!(
+            refusal.message.contains("Instance 30"),
+            "{}",
+            refusal.message
+        );
+        second.join_anyway(share.clone()); // recovered work is counted anyway
+        let counters = Counters::default();
+        first.add(&counters, Counter::Accepted);
+        second.add(&counters, Counter::Accepted);
+        assert_eq!(counters.snapshot().accepted, 2);
+        assert_eq!(share.counters.snapshot().accepted, 2);
+        drop((first, second));
+        runner.admit().unwrap().join(share, &instance).unwrap();
+    }
+
+    #[tokio::test]
     async fn shutting_down_refuses_and_drains() {
         let runner = Runner::new(4);
         let permit = runner.admit().unwrap();

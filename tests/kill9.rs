@@ -42,7 +42,28 @@ fn worker_binary() -> PathBuf {
     path
 }
 
-fn start_worker(db: &Path, callback: &str) -> (Child, String) {
+/// A worker process, killed with SIGKILL when dropped, so a failing test leaves none behind.
+struct Worker(Child);
+
+impl Worker {
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_worker(db: &Path, callback: &str) -> (Worker, String) {
+    start_worker_with(db, callback, &[])
+}
+
+fn start_worker_with(db: &Path, callback: &str, more: &[&str]) -> (Worker, String) {
     let mut child = Command::new(worker_binary())
         .args([
             "--db",
@@ -52,6 +73,7 @@ fn start_worker(db: &Path, callback: &str) -> (Child, String) {
             "--retry-ms",
             "3000,100,100,100,100,100,100,100",
         ])
+        .args(more)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -64,7 +86,7 @@ fn start_worker(db: &Path, callback: &str) -> (Child, String) {
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
-    (child, addr)
+    (Worker(child), addr)
 }
 
 async fn accept(addr: &str, ms: u64) -> u64 {
@@ -87,7 +109,7 @@ async fn every_accepted_event_survives_kill_9() {
     // The first four callbacks fail, so the quick jobs' notifications wait for a retry.
     let mut receiver = Receiver::start(vec![Answer::status(503); 4]).await;
 
-    let (mut worker, addr) = start_worker(&db, &receiver.url());
+    let (worker, addr) = start_worker(&db, &receiver.url());
     let mut quick = HashSet::new();
     let mut slow = HashSet::new();
     for _ in 0..4 {
@@ -98,10 +120,9 @@ async fn every_accepted_event_survives_kill_9() {
         assert_eq!(receiver.next().await.answered, 503);
     }
     // Now: four notifications are between attempts, four jobs are running.
-    worker.kill().unwrap(); // SIGKILL
-    worker.wait().unwrap();
+    worker.kill(); // SIGKILL
 
-    let (mut worker, addr) = start_worker(&db, &receiver.url());
+    let (worker, addr) = start_worker(&db, &receiver.url());
     let mut terminal: HashMap<u64, serde_json::Value> = HashMap::new();
     while terminal.len() < 8 {
         let hit = receiver.next().await;
@@ -124,7 +145,46 @@ async fn every_accepted_event_survives_kill_9() {
         "ids must not repeat across restarts"
     );
 
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    worker.kill();
+    let _ = std::fs::remove_file(&db);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_pending_notifications_are_signed_with_the_instances_current_key() {
+    use tower_async_request::verify::ElementsVerifier;
+
+    let db = std::env::temp_dir().join(format!("tar-kill9-keys-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let mut receiver = Receiver::start(vec![Answer::status(503); 2]).await;
+    let (old_key, new_key) = (
+        ElementsVerifier::new("key-1"),
+        ElementsVerifier::new("key-2"),
+    );
+
+    let (worker, addr) = start_worker_with(&db, &receiver.url(), &["--signing-key", "key-1"]);
+    let accepted: HashSet<u64> = [accept(&addr, 0).await, accept(&addr, 0).await].into();
+    for _ in 0..2 {
+        let hit = receiver.next().await;
+        assert_eq!(hit.answered, 503);
+        old_key.verify(&hit.headers, &hit.body).unwrap();
+    }
+    worker.kill(); // SIGKILL, both notifications between attempts
+
+    // The operator rotated the instance's key while the process was down.
+    let (worker, _) = start_worker_with(&db, &receiver.url(), &["--signing-key", "key-2"]);
+    let mut delivered = HashSet::new();
+    while delivered.len() < 2 {
+        let hit = receiver.next().await;
+        assert_eq!(hit.answered, 200);
+        new_key.verify(&hit.headers, &hit.body).unwrap();
+        assert!(old_key.verify(&hit.headers, &hit.body).is_err());
+        let notification = hit.json();
+        assert_eq!(notification["instanceId"], 30);
+        assert_eq!(notification["eventStatus"], "completed");
+        delivered.insert(notification["eventId"].as_u64().unwrap());
+    }
+    assert_eq!(delivered, accepted);
+
+    worker.kill();
     let _ = std::fs::remove_file(&db);
 }
