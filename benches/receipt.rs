@@ -13,7 +13,16 @@
 //!   notification JSON, both signatures, channel, the draining task), timed until the callback is
 //!   taken off the channel: what one async request costs the process in total on one core.
 //!
-//! Each iteration is one request; criterion reports elements/s.
+//! - `async_receipt_instances`: `async_receipt` through a layer serving an `InstanceMap` of
+//!   10 000 instances (each with its own URL and keys), the request's instance told by the
+//!   `Element <token>` part of its `Authorization` header.
+//!
+//! Each iteration is one request; criterion reports elements/s. At the end, the receipt and the
+//! whole event with 10 000 instances are also measured in turns against one static instance
+//! (`support::interleaved`), and the ratios printed.
+
+#[path = "support/mod.rs"]
+mod support;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +34,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use http::{Request, StatusCode};
 use tokio::runtime::Runtime;
 use tower::ServiceExt;
+use tower_async_request::instance::{Instance, InstanceMap};
 use tower_async_request::{sink::ChannelSink, AsyncRequestLayer};
 
 const ROUTE: &str = "/hubs/documents/folders/copy";
@@ -33,7 +43,10 @@ fn request(async_request: bool) -> Request<Body> {
     let mut builder = Request::post(ROUTE)
         .header("content-type", "application/json")
         .header("accept", "application/json")
-        .header("authorization", "Bearer abcdefghijklmnopqrstuvwxyz")
+        .header(
+            "authorization",
+            "User abcdefghijklmnop, Element element-4711",
+        )
         .header("user-agent", "bench/1.0");
     if async_request {
         builder = builder.header("Elements-Async-Request", "true");
@@ -43,8 +56,24 @@ fn request(async_request: bool) -> Request<Body> {
         .unwrap()
 }
 
-/// The router behind the layer, and the count of callbacks the draining task has taken.
-fn app() -> (Router, Arc<AtomicU64>) {
+const INSTANCES: u64 = 10_000;
+
+/// `Authorization: User <secret>, Element element-<id>`.
+fn element_of(parts: &http::request::Parts) -> Option<u64> {
+    let value = parts
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let token = value
+        .split(',')
+        .find_map(|p| p.trim().strip_prefix("Element "))?;
+    token.strip_prefix("element-")?.parse().ok()
+}
+
+/// The router behind the layer, and the count of callbacks the draining task has taken: one
+/// static instance, or an `InstanceMap` of [`INSTANCES`].
+fn make_app(many: bool) -> (Router, Arc<AtomicU64>) {
     let (sink, mut callbacks) = ChannelSink::new(65_536);
     let received = Arc::new(AtomicU64::new(0));
     let counter = received.clone();
@@ -54,15 +83,27 @@ fn app() -> (Router, Arc<AtomicU64>) {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     });
-    let layer = AsyncRequestLayer::builder()
-        .instance_id(30)
-        .default_callback_url("https://hooks.example.com/in")
-        .signing_key("event-signature-key")
-        .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
-        .max_in_flight(1 << 24)
-        .sink(sink)
-        .build()
-        .unwrap();
+    let builder = if many {
+        let instances = InstanceMap::new(element_of);
+        for id in 0..INSTANCES {
+            instances.insert(
+                Instance::builder(id)
+                    .callback_url(format!("https://hooks.example.com/in/{id}"))
+                    .signing_key(format!("event-signature-key-{id}"))
+                    .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+                    .build()
+                    .unwrap(),
+            );
+        }
+        AsyncRequestLayer::builder().instances(instances)
+    } else {
+        AsyncRequestLayer::builder()
+            .instance_id(30)
+            .default_callback_url("https://hooks.example.com/in")
+            .signing_key("event-signature-key")
+            .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+    };
+    let layer = builder.max_in_flight(1 << 24).sink(sink).build().unwrap();
     let router = Router::new()
         .route(ROUTE, post(|| async { "ok" }))
         .layer(layer);
@@ -81,7 +122,8 @@ fn receipt(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let (app, received) = runtime.block_on(async { app() });
+    let (app, received) = runtime.block_on(async { make_app(false) });
+    let (many, many_received) = runtime.block_on(async { make_app(true) });
 
     // One of each, checked, before anything is timed.
     runtime.block_on(async {
@@ -90,8 +132,35 @@ fn receipt(c: &mut Criterion) {
         let receipt = app.clone().oneshot(request(true)).await.unwrap();
         assert_eq!(receipt.status(), StatusCode::ACCEPTED);
         drained(&received, 1).await;
+        let receipt = many.clone().oneshot(request(true)).await.unwrap();
+        assert_eq!(receipt.status(), StatusCode::ACCEPTED);
+        drained(&many_received, 1).await;
     });
     let mut sent = 1;
+    let mut many_sent = 1;
+
+    // `count` receipts through `app`, each followed by its (untimed) callback: the receipts' time,
+    // or with `whole`, the time of everything.
+    let batch = |app: &Router, received: &AtomicU64, sent: &mut u64, count: u32, whole: bool| {
+        runtime.block_on(async {
+            let mut timed = Duration::ZERO;
+            let start = Instant::now();
+            for _ in 0..count {
+                let receipt_start = Instant::now();
+                let response = app.clone().oneshot(request(true)).await.unwrap();
+                timed += receipt_start.elapsed();
+                debug_assert_eq!(response.status(), StatusCode::ACCEPTED);
+                black_box(response);
+                *sent += 1;
+                drained(received, *sent).await;
+            }
+            if whole {
+                start.elapsed()
+            } else {
+                timed
+            }
+        })
+    };
 
     let mut group = c.benchmark_group("receipt");
     group.throughput(Throughput::Elements(1));
@@ -128,6 +197,10 @@ fn receipt(c: &mut Criterion) {
         })
     });
 
+    group.bench_function("async_receipt_instances", |b| {
+        b.iter_custom(|iters| batch(&many, &many_received, &mut many_sent, iters as u32, false))
+    });
+
     group.bench_function("async_receipt_and_callback", |b| {
         b.iter_custom(|iters| {
             runtime.block_on(async {
@@ -144,6 +217,14 @@ fn receipt(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    for (what, whole) in [("receipt", false), ("receipt and callback", true)] {
+        let ratio = support::interleaved_timed(
+            || batch(&app, &received, &mut sent, 200, whole),
+            || batch(&many, &many_received, &mut many_sent, 200, whole),
+        );
+        println!("{what}: InstanceMap of {INSTANCES} instances / one static instance = {ratio}");
+    }
 }
 
 criterion_group!(benches, receipt);

@@ -57,7 +57,7 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// | [`on_dead_letter`](Self::on_dead_letter) | none |
 pub struct AsyncRequestLayerBuilder {
     instance_id: Option<u64>,
-    instances: Option<(Arc<dyn ResolveInstance>, &'static str)>,
+    instances: Option<Instances>,
     default_callback_url: Option<String>,
     signing_key: Option<Vec<u8>>,
     standard_secrets: Vec<String>,
@@ -86,7 +86,7 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AsyncRequestLayerBuilder")
             .field("instance_id", &self.instance_id)
-            .field("instances", &self.instances.as_ref().map(|(_, name)| name))
+            .field("instances", &self.instances)
             .field("default_callback_url", &self.default_callback_url)
             .field(
                 "signing_key",
@@ -165,7 +165,7 @@ impl AsyncRequestLayerBuilder {
     /// and any single-instance option (`instance_id`, `default_callback_url`, `signing_key`,
     /// `standard_webhooks_secret`) is a [`ConfigError`].
     pub fn instances<R: ResolveInstance>(mut self, resolver: R) -> Self {
-        self.instances = Some((Arc::new(resolver), std::any::type_name::<R>()));
+        self.instances = Some(Instances::resolved(resolver));
         self
     }
 
@@ -453,7 +453,7 @@ impl AsyncRequestLayerBuilder {
             || self.default_callback_url.is_some()
             || self.signing_key.is_some()
             || !self.standard_secrets.is_empty();
-        if let Some((resolver, name)) = self.instances.take() {
+        if let Some(instances) = self.instances.take() {
             if single {
                 return Err(ConfigError::new(
                     "instances(..) serves many instances, each with its own id, callback URL and keys; \
@@ -461,7 +461,7 @@ impl AsyncRequestLayerBuilder {
                      describe one static instance and cannot be set as well",
                 ));
             }
-            return Ok(Instances::Resolved(resolver, name));
+            return Ok(instances);
         }
         let mut instance = Instance::builder(self.instance_id.unwrap_or(0));
         if let Some(url) = self.default_callback_url.take() {

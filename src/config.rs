@@ -10,8 +10,9 @@ use tokio::sync::OnceCell;
 
 use crate::callback_url::UrlPolicy;
 use crate::delivery::Delivery;
-use crate::instance::{Instances, Shares};
+use crate::instance::{Instance, Instances, Shares};
 use crate::metrics::Counters;
+use crate::refusal::Refusal;
 use crate::runner::{Permit, Runner};
 use crate::status::StatusEndpoint;
 use crate::store::EventStore;
@@ -66,6 +67,18 @@ impl Config {
         let mut permit = self.runner.wait_for_permit().await;
         self.count_in_share(&mut permit, instance_id);
         permit
+    }
+
+    /// Takes a place for a new event under its instance's own bound (many instances only).
+    pub(crate) fn admit_to_share(
+        &self,
+        permit: &mut Permit,
+        instance: &Instance,
+    ) -> Result<(), Refusal> {
+        if self.instances.single().is_some() {
+            return Ok(());
+        }
+        permit.join(self.shares.of(instance.id()), instance)
     }
 
     /// Counts an event accepted earlier in its instance's share (many instances only).

@@ -70,11 +70,8 @@ where
         Ok(instance) => instance,
         Err(refusal) => return refusal.respond(accepted.grpc),
     };
-    if config.instances.single().is_none() {
-        let share = config.shares.of(instance.id());
-        if let Err(refusal) = permit.join(share, &instance) {
-            return refusal.respond(accepted.grpc);
-        }
+    if let Err(refusal) = config.admit_to_share(&mut permit, &instance) {
+        return refusal.respond(accepted.grpc);
     }
     let target = match target(accepted.callback, &instance, &config) {
         Ok(target) => target,
@@ -96,7 +93,7 @@ where
     let trailers = collected.trailers().cloned();
     let request = Request::from_parts(parts, RequestBody::buffered(collected.to_bytes(), trailers));
 
-    let event = match record_dispatched(&config, &target, instance.id()).await {
+    let mut event = match record_dispatched(&config, &target, instance.id()).await {
         Ok(event) => event,
         Err(error) => {
             tracing::error!(%error, "could not record an async request; refusing it");
@@ -131,7 +128,6 @@ where
     let shared = config.clone();
     // The parsed URL goes with the job, so its first attempt does not parse the stored text.
     let callback = target.url;
-    let mut event = event;
     let job = async move {
         permit.add(&shared.counters, Counter::Running);
         if let Err(error) = shared.store.running(event_id).await {

@@ -441,3 +441,79 @@ async fn status_answers_name_the_instance_and_a_token_reads_only_its_own_event()
     assert_eq!(body["code"], "not_found");
     assert_ne!(acme_receipt["eventId"], globex_receipt["eventId"]);
 }
+
+/// A resolver of its own (say, over a tenant database) whose `by_id` fails while `down` is set.
+struct Flaky {
+    map: InstanceMap,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    by_id_calls: Arc<AtomicUsize>,
+}
+
+impl ResolveInstance for Flaky {
+    fn resolve<'a>(&'a self, request: &'a http::request::Parts) -> ResolveFuture<'a> {
+        Box::pin(async move { Ok(self.map.identify(request)) })
+    }
+
+    fn by_id(&self, id: u64) -> ResolveFuture<'_> {
+        self.by_id_calls.fetch_add(1, Ordering::SeqCst);
+        let down = self.down.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if down {
+                return Err(ResolveError::new("the tenant database is unreachable"));
+            }
+            Ok(self.map.get(id))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_resolver_failing_at_delivery_time_counts_as_a_failed_attempt_and_is_retried() {
+    let mut hooks = Receiver::start(vec![]).await;
+    let map = InstanceMap::new(element_of);
+    map.insert(acme(&hooks));
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let by_id_calls = Arc::new(AtomicUsize::new(0));
+    let resolver = Flaky {
+        map,
+        down: down.clone(),
+        by_id_calls: by_id_calls.clone(),
+    };
+    let layer = builder(resolver)
+        .status_endpoint("/events")
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = app(layer, Arc::default(), None);
+    let (status, headers, _) = send(&app, async_request(Some(30))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    eventually("the first attempt", || {
+        by_id_calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    let pending = loop {
+        let get = Request::get(location.as_str()).body(Body::empty()).unwrap();
+        let (_, _, status) = send(&app, get).await;
+        if status["delivery"]["attempts"] == 1 {
+            break status;
+        }
+        tokio::time::sleep(MS(10)).await;
+    };
+    assert_eq!(pending["delivery"]["state"], "pending");
+    let why = pending["delivery"]["lastError"].as_str().unwrap();
+    assert!(
+        why.contains("the settings of instance 30 could not be read"),
+        "{why}"
+    );
+    assert!(
+        hooks.hits.try_recv().is_err(),
+        "nothing sent without the instance's keys"
+    );
+
+    down.store(false, Ordering::SeqCst);
+    let hit = hooks.next().await;
+    assert_eq!(verifies(&hit, ACME_KEY, ACME_WHSEC), (true, true));
+    eventually("delivered", || handle.metrics().delivered == 1).await;
+    assert_eq!(handle.metrics().retries, 1);
+}

@@ -1,6 +1,7 @@
 //! Which instance a request belongs to, and what an instance's settings are now:
 //! [`ResolveInstance`], and how the layer asks it.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 
 use http::request::Parts;
 
-use super::Instance;
+use super::{Instance, InstanceMap};
 use crate::refusal::{Refusal, RefusalCode};
 
 /// The future a resolver returns: the instance, `None` when there is none, or an error when the
@@ -79,6 +80,8 @@ pub(crate) enum Instances {
     /// builder). Its settings never change, and every event, also one recorded under another id
     /// by an earlier configuration, is delivered with them.
     Static(Instance),
+    /// The built-in map, asked directly: no boxed future per request or attempt.
+    Map(InstanceMap),
     /// Many instances, asked for per request and per attempt.
     Resolved(Arc<dyn ResolveInstance>, &'static str),
 }
@@ -87,19 +90,33 @@ impl fmt::Debug for Instances {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Static(instance) => f.debug_tuple("Static").field(instance).finish(),
+            Self::Map(map) => f.debug_tuple("Map").field(map).finish(),
             Self::Resolved(_, name) => f.debug_tuple("Resolved").field(name).finish(),
         }
     }
 }
 
 impl Instances {
+    /// Many instances from `resolver`.
+    pub(crate) fn resolved<R: ResolveInstance>(resolver: R) -> Self {
+        let any: Box<dyn Any> = Box::new(resolver);
+        match any.downcast::<InstanceMap>() {
+            Ok(map) => Self::Map(*map),
+            Err(any) => {
+                let resolver = *any.downcast::<R>().expect("the value boxed above");
+                Self::Resolved(Arc::new(resolver), std::any::type_name::<R>())
+            }
+        }
+    }
+
     /// The instance an async request belongs to, or the refusal to send instead.
     pub(crate) async fn for_request(&self, request: &Parts) -> Result<Instance, Refusal> {
-        let resolver = match self {
+        let resolved = match self {
             Self::Static(instance) => return Ok(instance.clone()),
-            Self::Resolved(resolver, _) => resolver,
+            Self::Map(map) => Ok(map.identify(request)),
+            Self::Resolved(resolver, _) => resolver.resolve(request).await,
         };
-        match resolver.resolve(request).await {
+        match resolved {
             Ok(Some(instance)) => Ok(instance),
             Ok(None) => Err(Refusal::new(
                 RefusalCode::UnknownInstance,
@@ -119,6 +136,7 @@ impl Instances {
     pub(crate) async fn current(&self, id: u64) -> Result<Option<Instance>, ResolveError> {
         match self {
             Self::Static(instance) => Ok(Some(instance.clone())),
+            Self::Map(map) => Ok(map.get(id)),
             Self::Resolved(resolver, _) => resolver.by_id(id).await,
         }
     }
@@ -127,7 +145,7 @@ impl Instances {
     pub(crate) fn single(&self) -> Option<&Instance> {
         match self {
             Self::Static(instance) => Some(instance),
-            Self::Resolved(..) => None,
+            Self::Map(_) | Self::Resolved(..) => None,
         }
     }
 }
