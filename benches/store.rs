@@ -1,11 +1,18 @@
-//! Receipts per second with `MemoryStore` vs `RedbStore`, 32 concurrent clients, in-process.
+//! The stores side by side: `MemoryStore` vs `RedbStore`.
 //!
-//! `cargo bench --features redb --bench store`
+//! `cargo bench --features redb --bench store` (`STORE_BENCH=paced` or `=full` runs one mode)
 //!
-//! Each iteration is one accepted async request until its receipt; the receipts of all clients
-//! count together (criterion reports them as elements/s). Jobs and deliveries (to a drained
-//! `ChannelSink`) run concurrently on the same runtime, as they would in an application.
+//! - **Full load** (criterion): receipts per second, 32 concurrent clients, in-process. Each
+//!   iteration is one accepted async request until its receipt; the receipts of all clients count
+//!   together (elements/s). Jobs and deliveries (to a drained `ChannelSink`) run concurrently on
+//!   the same runtime, as they would in an application.
+//! - **Paced**: a fixed 200 events/s for 10 s (`PACED_SECS`, `PACED_RATE`) over real TCP on
+//!   loopback: a client sends async requests to the app, the layer's `HttpSink` delivers each
+//!   callback to a receiver. Printed per event: the process's CPU (`getrusage`; app, client and
+//!   receiver are one process, the same for every store), the store's transactions and durable
+//!   commits, and end-to-end latency (request sent → callback received), p50 and p99.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::{body::Body, routing::post, Router};
@@ -81,5 +88,227 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, store);
+/// Which modes to run: `STORE_BENCH=full|paced`, both by default.
+fn runs(mode: &str) -> bool {
+    std::env::var("STORE_BENCH").map_or(true, |only| only == mode)
+}
+
+fn full_load(c: &mut Criterion) {
+    if runs("full") {
+        store(c);
+    }
+}
+
+fn paced(_: &mut Criterion) {
+    if !runs("paced") {
+        return;
+    }
+    let env = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (secs, rate) = (env("PACED_SECS", 10), env("PACED_RATE", 200));
+    println!(
+        "paced: {rate} events/s for {secs} s, real TCP on loopback: client -> app (layer) -> HttpSink -> receiver, one process"
+    );
+    println!(
+        "{:<8} {:>7} {:>14} {:>14} {:>16} {:>10} {:>10}",
+        "store", "events", "CPU/event", "txns/event", "durable/event", "e2e p50", "e2e p99"
+    );
+    let rows = vec![paced::run(
+        "memory",
+        Arc::new(tower_async_request::store::MemoryStore::new()),
+        secs,
+        rate,
+    )];
+    #[cfg(feature = "redb")]
+    let rows = {
+        let mut rows = rows;
+        let path = std::env::temp_dir().join(format!("tar-paced-{}.redb", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let store = Arc::new(tower_async_request::store::RedbStore::open(&path).unwrap());
+        rows.push(paced::run("redb", store, secs, rate));
+        let _ = std::fs::remove_file(&path);
+        rows
+    };
+    let memory_cpu = rows[0].cpu_per_event;
+    for row in &rows {
+        println!(
+            "{:<8} {:>7} {:>8.3} ms {:>4.2}x {:>14.2} {:>16.2} {:>7.2} ms {:>7.2} ms",
+            row.name,
+            row.events,
+            row.cpu_per_event * 1e3,
+            row.cpu_per_event / memory_cpu,
+            row.transactions_per_event,
+            row.durable_per_event,
+            row.p50 * 1e3,
+            row.p99 * 1e3,
+        );
+    }
+}
+
+/// The paced mode: a fixed rate of async requests over real TCP, callbacks to a real receiver.
+mod paced {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use axum::{body::Bytes, extract::State, routing::post, Router};
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+    use tower_async_request::{store::EventStore, AsyncRequestLayer};
+
+    pub struct Row {
+        pub name: &'static str,
+        pub events: u64,
+        /// Seconds of process CPU per event.
+        pub cpu_per_event: f64,
+        pub transactions_per_event: f64,
+        pub durable_per_event: f64,
+        /// Seconds, request sent to callback received.
+        pub p50: f64,
+        pub p99: f64,
+    }
+
+    /// User plus system CPU of the whole process so far, in seconds.
+    #[allow(unsafe_code)]
+    fn process_cpu() -> f64 {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a whole `rusage` into the pointer it is given.
+        let usage = unsafe {
+            assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+            usage.assume_init()
+        };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    }
+
+    async fn serve(router: Router) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    /// The receiver: reports each callback's event id and when it arrived.
+    async fn receiver() -> (String, mpsc::UnboundedReceiver<(u64, Instant)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let router = Router::new()
+            .route(
+                "/hook",
+                post(
+                    |State(tx): State<mpsc::UnboundedSender<(u64, Instant)>>, body: Bytes| async move {
+                        let at = Instant::now();
+                        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                        let _ = tx.send((json["eventId"].as_u64().unwrap(), at));
+                        "ok"
+                    },
+                ),
+            )
+            .with_state(tx);
+        (format!("{}/hook", serve(router).await), rx)
+    }
+
+    /// Waits for `total` callbacks: when each event's arrived.
+    async fn arrivals(
+        callbacks: &mut mpsc::UnboundedReceiver<(u64, Instant)>,
+        total: u64,
+    ) -> HashMap<u64, Instant> {
+        let mut arrived = HashMap::new();
+        while (arrived.len() as u64) < total {
+            let (id, at) = tokio::time::timeout(Duration::from_secs(30), callbacks.recv())
+                .await
+                .expect("every callback within 30 s")
+                .unwrap();
+            arrived.insert(id, at);
+        }
+        arrived
+    }
+
+    pub fn run<T: EventStore>(name: &'static str, store: Arc<T>, secs: u64, rate: u64) -> Row {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (hook, mut callbacks) = receiver().await;
+            let layer = AsyncRequestLayer::builder()
+                .default_callback_url(hook) // operator config: loopback is fine
+                .store(store.clone())
+                .build()
+                .unwrap();
+            let app = Router::new()
+                .route("/work", post(|body: Bytes| async move { body }))
+                .layer(layer);
+            let url = format!("{}/work", serve(app).await);
+            let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+            let payload = Bytes::from(format!(r#"{{"data":"{}"}}"#, "x".repeat(1000)));
+
+            // One second to warm up (connections, allocator, the store's file), then the run.
+            let send = |total: u64| {
+                let (client, url, payload) = (client.clone(), url.clone(), payload.clone());
+                async move {
+                    let sent: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+                    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate as u32);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                    for _ in 0..total {
+                        ticks.tick().await;
+                        let (client, url, payload, sent) =
+                            (client.clone(), url.clone(), payload.clone(), sent.clone());
+                        tokio::spawn(async move {
+                            let request = http::Request::post(url)
+                                .header("Elements-Async-Request", "true")
+                                .header("content-type", "application/json")
+                                .body(Full::new(payload))
+                                .unwrap();
+                            let at = Instant::now();
+                            let response = client.request(request).await.unwrap();
+                            assert_eq!(response.status(), 202);
+                            let body = response.into_body().collect().await.unwrap().to_bytes();
+                            let receipt: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                            let id = receipt["eventId"].as_u64().unwrap();
+                            sent.lock().unwrap().insert(id, at);
+                        });
+                    }
+                    sent
+                }
+            };
+            send(rate).await;
+            arrivals(&mut callbacks, rate).await;
+
+            let total = secs * rate;
+            let (stats, cpu) = (store.stats(), process_cpu());
+            let sent = send(total).await;
+            let arrived = arrivals(&mut callbacks, total).await;
+            let (cpu, after) = (process_cpu() - cpu, store.stats());
+            // A callback can overtake its receipt on the way back to the client.
+            while (sent.lock().unwrap().len() as u64) < total {
+                tokio::task::yield_now().await;
+            }
+            let sent = sent.lock().unwrap();
+            let mut latencies: Vec<f64> = arrived
+                .iter()
+                .map(|(id, at)| at.duration_since(sent[id]).as_secs_f64())
+                .collect();
+            latencies.sort_by(f64::total_cmp);
+            let per_event = |n: u64| n as f64 / total as f64;
+            Row {
+                name,
+                events: total,
+                cpu_per_event: cpu / total as f64,
+                transactions_per_event: per_event(after.transactions - stats.transactions),
+                durable_per_event: per_event(after.durable_commits - stats.durable_commits),
+                p50: latencies[latencies.len() / 2],
+                p99: latencies[latencies.len() * 99 / 100],
+            }
+        })
+    }
+}
+
+criterion_group!(benches, full_load, paced);
 criterion_main!(benches);

@@ -145,10 +145,26 @@ pub struct Recovery {
     pub pending: Vec<NotificationRecord>,
 }
 
+/// How much a store has written, for benches and operators: transactions, and how many of them
+/// waited for the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub transactions: u64,
+    /// Commits that waited for the disk (an fsync for `RedbStore`).
+    pub durable_commits: u64,
+}
+
 /// Records the life of events; see the [module docs](self).
 pub trait EventStore: Send + Sync + 'static {
     /// Whether records survive the process (decides what a shutdown report says about leftovers).
     fn is_durable(&self) -> bool;
+
+    /// What the store has committed so far (zeros for a store that does not count).
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
 
     /// A fresh event id and notification id, never handed out before by this store.
     fn allocate_ids(&self) -> StoreFuture<'_, (EventId, NotificationId)>;
@@ -188,6 +204,64 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         notification_id: NotificationId,
     ) -> StoreFuture<'_, Option<NotificationRecord>>;
+}
+
+/// A store shared with other owners (an operator's handle, another layer) is a store too.
+impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
+    fn is_durable(&self) -> bool {
+        (**self).is_durable()
+    }
+
+    fn stats(&self) -> StoreStats {
+        (**self).stats()
+    }
+
+    fn allocate_ids(&self) -> StoreFuture<'_, (EventId, NotificationId)> {
+        (**self).allocate_ids()
+    }
+
+    fn dispatched<'a>(&'a self, event: &'a EventRecord) -> StoreFuture<'a, ()> {
+        (**self).dispatched(event)
+    }
+
+    fn running(&self, event_id: EventId) -> StoreFuture<'_, ()> {
+        (**self).running(event_id)
+    }
+
+    fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        (**self).finished(notification)
+    }
+
+    fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        (**self).attempted(notification)
+    }
+
+    fn delivered<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        (**self).delivered(notification)
+    }
+
+    fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        (**self).dead(notification)
+    }
+
+    fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>> {
+        (**self).status(event_id)
+    }
+
+    fn recover(&self) -> StoreFuture<'_, Recovery> {
+        (**self).recover()
+    }
+
+    fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
+        (**self).dead_letters()
+    }
+
+    fn revive(
+        &self,
+        notification_id: NotificationId,
+    ) -> StoreFuture<'_, Option<NotificationRecord>> {
+        (**self).revive(notification_id)
+    }
 }
 
 /// A store could not do what was asked.

@@ -1,4 +1,5 @@
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 
@@ -9,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
-    StoreError, StoreFuture,
+    StoreError, StoreFuture, StoreStats,
 };
 use crate::ids::{EventId, IdGenerator, NotificationId};
 
@@ -57,6 +58,23 @@ pub struct RedbStore {
     writer: Option<thread::JoinHandle<()>>,
     /// Events whose job runs in this process (kept in memory only; see `running`).
     running: std::sync::Mutex<std::collections::HashSet<EventId>>,
+    commits: Arc<Commits>,
+}
+
+/// What the writer has committed.
+#[derive(Debug, Default)]
+struct Commits {
+    transactions: AtomicU64,
+    durable: AtomicU64,
+}
+
+impl Commits {
+    fn count(&self, durable: bool) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        if durable {
+            self.durable.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for RedbStore {
@@ -156,10 +174,11 @@ impl RedbStore {
         let db = Arc::new(db);
         let ids = Arc::new(IdGenerator::starting_above(floor));
         let (writes, queue) = mpsc::unbounded_channel();
-        let (writer_db, writer_ids) = (db.clone(), ids.clone());
+        let commits = Arc::new(Commits::default());
+        let (writer_db, writer_ids, writer_commits) = (db.clone(), ids.clone(), commits.clone());
         let writer = thread::Builder::new()
             .name("redb-store-writer".into())
-            .spawn(move || write_loop(&writer_db, &writer_ids, queue))
+            .spawn(move || write_loop(&writer_db, &writer_ids, &writer_commits, queue))
             .map_err(StoreError::new)?;
         Ok(Self {
             db,
@@ -167,6 +186,7 @@ impl RedbStore {
             writes: Some(writes),
             writer: Some(writer),
             running: Default::default(),
+            commits,
         })
     }
 
@@ -213,12 +233,18 @@ impl RedbStore {
 }
 
 /// The writer thread: one transaction (one fsync) for every write waiting at that moment.
-fn write_loop(db: &Database, ids: &IdGenerator, mut queue: mpsc::UnboundedReceiver<Write>) {
+fn write_loop(
+    db: &Database,
+    ids: &IdGenerator,
+    commits: &Commits,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+) {
     let mut batch = Vec::new();
     let mut last_prune = std::time::Instant::now();
     while let Some(first) = queue.blocking_recv() {
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();
+            commits.count(true);
             if let Err(error) = prune(db) {
                 tracing::warn!(%error, "could not drop expired notifications from the store");
             }
@@ -231,6 +257,7 @@ fn write_loop(db: &Database, ids: &IdGenerator, mut queue: mpsc::UnboundedReceiv
             }
         }
         let results = apply(db, ids, &batch);
+        commits.count(true);
         match results {
             Ok(results) => {
                 for (write, result) in batch.drain(..).zip(results) {
@@ -439,6 +466,13 @@ fn notifications_where(
 impl EventStore for RedbStore {
     fn is_durable(&self) -> bool {
         true
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            transactions: self.commits.transactions.load(Ordering::Relaxed),
+            durable_commits: self.commits.durable.load(Ordering::Relaxed),
+        }
     }
 
     fn allocate_ids(&self) -> StoreFuture<'_, (EventId, NotificationId)> {
