@@ -1,12 +1,13 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::{
     unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
@@ -20,8 +21,17 @@ const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Event id → notification id of finished events, for status queries.
 const EVENT_INDEX: TableDefinition<'_, u64, u64> = TableDefinition::new("event_index");
 /// How often the writer drops delivered notifications past their retention.
-const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// How long a write that need not wait for the disk waits to be folded into the next durable
+/// commit before it is committed on its own, without an fsync.
+const FOLD_WITHIN: Duration = Duration::from_millis(20);
+/// How long writes committed without waiting for the disk may stay off it when no durable commit
+/// comes along to take them.
+const FLUSH_AFTER: Duration = Duration::from_secs(1);
 const NEXT_ID: &str = "next_id";
+/// How far ahead of the ids handed out the persisted floor is moved (about a quarter of a second
+/// of the id clock: a restart skips at most that many ids).
+const ID_BLOCK: u64 = 1 << 20;
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -29,11 +39,17 @@ const MAX_BATCH: usize = 4096;
 /// The embedded durable store: an event's life in a [redb](https://www.redb.org) file, so the
 /// delivery promise holds across a crash (`kill -9`) and restart.
 ///
-/// Every write is committed (fsync) before the future that asked for it resolves, so a receipt is
-/// only sent for an event that is on disk. Writes from concurrent requests are *group-committed*:
-/// one writer thread folds every write waiting at that moment into one transaction, so throughput
-/// does not collapse to one fsync per request. Ids continue above the highest one persisted, so
-/// they never repeat across restarts.
+/// It follows the [store contract](super#what-waits-for-the-disk): the two writes a guarantee
+/// rests on — an accepted event ([`dispatched`](EventStore::dispatched)) and its outcome
+/// ([`finished`](EventStore::finished)) — and an operator's [`revive`](EventStore::revive) are
+/// on disk (fsync) before their futures resolve, so a receipt is only sent for an event that is
+/// on disk. The others (a failed attempt, a delivery, a dead letter) wait up to 20 ms to be folded
+/// into the next durable commit (under steady traffic there is one every few milliseconds), else
+/// are committed without an fsync, and reach the disk with the next durable commit or after a
+/// second without one. Writes
+/// from concurrent requests are *group-committed*: one writer thread folds every write waiting at
+/// that moment into one transaction, so throughput does not collapse to one fsync per request.
+/// Ids continue above the highest one persisted, so they never repeat across restarts.
 ///
 /// Dead letters stay in the file until redelivered.
 ///
@@ -54,7 +70,7 @@ pub struct RedbStore {
     ids: Arc<IdGenerator>,
     // Both are `Some` until drop, which closes the queue and waits for the writer to finish, so
     // the file is released when the store is gone.
-    writes: Option<mpsc::UnboundedSender<Write>>,
+    writes: Option<mpsc::Sender<Write>>,
     writer: Option<thread::JoinHandle<()>>,
     /// Events whose job runs in this process (kept in memory only; see `running`).
     running: std::sync::Mutex<std::collections::HashSet<EventId>>,
@@ -94,6 +110,16 @@ enum Op {
     Delivered(NotificationRecord),
     Dead(NotificationRecord),
     Revive(NotificationId),
+}
+
+impl Op {
+    /// Whether the write must be on disk before its future resolves (the store contract).
+    fn is_durable(&self) -> bool {
+        match self {
+            Self::Dispatched(_) | Self::Finished(_) | Self::Revive(_) => true,
+            Self::Attempted(_) | Self::Delivered(_) | Self::Dead(_) => false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -173,12 +199,12 @@ impl RedbStore {
         txn.commit().map_err(StoreError::new)?;
         let db = Arc::new(db);
         let ids = Arc::new(IdGenerator::starting_above(floor));
-        let (writes, queue) = mpsc::unbounded_channel();
+        let (writes, queue) = mpsc::channel();
         let commits = Arc::new(Commits::default());
         let (writer_db, writer_ids, writer_commits) = (db.clone(), ids.clone(), commits.clone());
         let writer = thread::Builder::new()
             .name("redb-store-writer".into())
-            .spawn(move || write_loop(&writer_db, &writer_ids, &writer_commits, queue))
+            .spawn(move || write_loop(&writer_db, &writer_ids, floor, &writer_commits, queue))
             .map_err(StoreError::new)?;
         Ok(Self {
             db,
@@ -232,44 +258,149 @@ impl RedbStore {
     }
 }
 
-/// The writer thread: one transaction (one fsync) for every write waiting at that moment.
+/// The writer thread: one transaction for every write waiting at that moment, made durable
+/// (fsync) when any of them must be. Writes that need not wait for the disk wait up to
+/// [`FOLD_WITHIN`] to be folded into the next durable commit (under steady traffic there is one
+/// every few milliseconds), else are committed without an fsync; what was committed so is made
+/// durable after [`FLUSH_AFTER`] of quiet, and when the store is dropped.
 fn write_loop(
     db: &Database,
     ids: &IdGenerator,
+    reserved: u64,
     commits: &Commits,
-    mut queue: mpsc::UnboundedReceiver<Write>,
+    queue: mpsc::Receiver<Write>,
 ) {
-    let mut batch = Vec::new();
-    let mut last_prune = std::time::Instant::now();
-    while let Some(first) = queue.blocking_recv() {
-        if last_prune.elapsed() >= PRUNE_EVERY {
-            last_prune = std::time::Instant::now();
-            commits.count(true);
-            if let Err(error) = prune(db) {
-                tracing::warn!(%error, "could not drop expired notifications from the store");
+    let mut writer = Writer {
+        db,
+        ids,
+        reserved,
+        commits,
+        batch: Vec::new(),
+        folding_since: None,
+        unflushed: false,
+        last_prune: Instant::now(),
+    };
+    loop {
+        let received = match writer.patience() {
+            None => queue
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(patience) => queue.recv_timeout(patience),
+        };
+        match received {
+            Ok(write) => writer.batch.push(write),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                writer.quiet();
+                continue;
             }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
+        while writer.batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(write) => batch.push(write),
+                Ok(write) => writer.batch.push(write),
                 Err(_) => break,
             }
         }
-        let results = apply(db, ids, &batch);
-        commits.count(true);
-        match results {
+        writer.prune_if_due();
+        if writer.batch.len() >= MAX_BATCH || writer.batch.iter().any(|w| w.op.is_durable()) {
+            writer.commit(true);
+        } else {
+            writer.folding_since.get_or_insert_with(Instant::now);
+        }
+    }
+    // The store is closing: everything to disk.
+    if !writer.batch.is_empty() {
+        writer.commit(true);
+    } else if writer.unflushed {
+        flush(db, commits);
+    }
+}
+
+/// The writer thread's state.
+struct Writer<'a> {
+    db: &'a Database,
+    ids: &'a IdGenerator,
+    /// The id floor persisted: ids below it may be handed out without writing it again.
+    reserved: u64,
+    commits: &'a Commits,
+    /// Writes not yet committed: the batch being gathered, or writes waiting to be folded.
+    batch: Vec<Write>,
+    /// Since when the batch holds writes waiting to be folded into a durable commit.
+    folding_since: Option<Instant>,
+    /// Whether something was committed without an fsync since the last durable commit.
+    unflushed: bool,
+    last_prune: Instant,
+}
+
+impl Writer<'_> {
+    /// How long to wait for the next write before committing or flushing what is waiting
+    /// (`None`: nothing waits).
+    fn patience(&self) -> Option<Duration> {
+        match self.folding_since {
+            Some(since) => Some(FOLD_WITHIN.saturating_sub(since.elapsed())),
+            None => self.unflushed.then_some(FLUSH_AFTER),
+        }
+    }
+
+    /// Nothing came within [`patience`](Self::patience).
+    fn quiet(&mut self) {
+        if self.folding_since.is_some() {
+            self.commit(false);
+        } else if self.unflushed {
+            self.unflushed = !flush(self.db, self.commits);
+        }
+    }
+
+    /// Commits the batch, with an fsync or without, and answers every write in it.
+    fn commit(&mut self, durable: bool) {
+        self.folding_since = None;
+        match apply(self.db, self.ids, &mut self.reserved, &self.batch, durable) {
             Ok(results) => {
-                for (write, result) in batch.drain(..).zip(results) {
+                self.commits.count(durable);
+                // A durable commit takes every earlier one to disk with it.
+                self.unflushed = !durable;
+                for (write, result) in self.batch.drain(..).zip(results) {
                     let _ = write.done.send(Ok(result));
                 }
             }
             Err(error) => {
                 let message = error.to_string();
-                for write in batch.drain(..) {
+                for write in self.batch.drain(..) {
                     let _ = write.done.send(Err(message.clone()));
                 }
             }
+        }
+    }
+
+    fn prune_if_due(&mut self) {
+        if self.last_prune.elapsed() < PRUNE_EVERY {
+            return;
+        }
+        self.last_prune = Instant::now();
+        match prune(self.db) {
+            Ok(()) => {
+                self.commits.count(false);
+                self.unflushed = true;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not drop expired notifications from the store")
+            }
+        }
+    }
+}
+
+/// Makes every commit so far durable: an empty transaction committed with an fsync. True when
+/// it worked.
+fn flush(db: &Database, commits: &Commits) -> bool {
+    let result = (|| -> Result<(), redb::Error> { Ok(db.begin_write()?.commit()?) })();
+    match result {
+        Ok(()) => {
+            commits.count(true);
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%error, "could not flush the store's recent writes to disk");
+            false
         }
     }
 }
@@ -277,10 +408,16 @@ fn write_loop(
 fn apply(
     db: &Database,
     ids: &IdGenerator,
+    reserved: &mut u64,
     batch: &[Write],
+    durable: bool,
 ) -> Result<Vec<Option<NotificationRecord>>, redb::Error> {
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    if !durable {
+        txn.set_durability(Durability::None)?;
+    }
     let mut results = Vec::with_capacity(batch.len());
+    let mut new_floor = None;
     {
         let mut events = txn.open_table(EVENTS)?;
         let mut notifications = txn.open_table(NOTIFICATIONS)?;
@@ -346,10 +483,24 @@ fn apply(
             }
             results.push(result);
         }
-        // Every id handed out so far is below this, so a restart continues above it.
-        txn.open_table(META)?.insert(NEXT_ID, ids.peek())?;
+        // Every id handed out so far is below the persisted floor, so a restart continues above
+        // it. An id reaches a client only in the receipt of an event whose `dispatched` commit
+        // comes first, so only those commits may need to move it; it is moved a block ahead, so
+        // few commits write it at all.
+        let dispatched = batch
+            .iter()
+            .any(|write| matches!(write.op, Op::Dispatched(_)));
+        if dispatched && ids.peek() >= *reserved {
+            let floor = ids.peek() + ID_BLOCK;
+            txn.open_table(META)?.insert(NEXT_ID, floor)?;
+            new_floor = Some(floor);
+        }
     }
     txn.commit()?;
+    // Only once committed does the new floor hold.
+    if let Some(floor) = new_floor {
+        *reserved = floor;
+    }
     Ok(results)
 }
 
@@ -421,7 +572,9 @@ fn decode_notification(id: u64, bytes: &[u8]) -> Result<NotificationRecord, redb
 /// Drops delivered and not-requested notifications past their retention, in one transaction.
 fn prune(db: &Database) -> Result<(), redb::Error> {
     let now = unix_ms();
-    let txn = db.begin_write()?;
+    let mut txn = db.begin_write()?;
+    // Lost in a crash, it is done again: no need to wait for the disk.
+    txn.set_durability(Durability::None)?;
     {
         let mut notifications = txn.open_table(NOTIFICATIONS)?;
         let mut index = txn.open_table(EVENT_INDEX)?;
@@ -732,6 +885,101 @@ mod tests {
         );
         assert!(store.dead_letters().await.unwrap().is_empty());
         assert!(store.revive(notification_id).await.unwrap().is_none());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn only_accepted_outcome_and_revive_wait_for_the_disk() {
+        let path = temp_path("durability");
+        let store = RedbStore::open(&path).unwrap();
+        let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+        let event = EventRecord {
+            event_id,
+            notification_id,
+            instance_id: 7,
+            instance_url: false,
+            target: "https://example.com/".into(),
+            accepted_at_ms: 1,
+            running: false,
+        };
+        let durable = |store: &RedbStore| store.stats().durable_commits;
+        store.dispatched(&event).await.unwrap();
+        assert_eq!(durable(&store), 1, "accepted: on disk before the receipt");
+        store.running(event_id).await.unwrap();
+        let record = notification(&event);
+        store.finished(&record).await.unwrap();
+        assert_eq!(
+            durable(&store),
+            2,
+            "outcome: on disk before the first attempt"
+        );
+        let before = store.stats();
+        store.attempted(&record).await.unwrap();
+        store.dead(&record).await.unwrap();
+        let after = store.stats();
+        assert_eq!(
+            after.durable_commits, before.durable_commits,
+            "not waited for"
+        );
+        assert_eq!(after.transactions, before.transactions + 2);
+        assert_eq!(
+            store.dead_letters().await.unwrap().len(),
+            1,
+            "yet read back at once"
+        );
+        // After a quiet second they reach the disk all the same.
+        tokio::time::sleep(FLUSH_AFTER * 2).await;
+        assert_eq!(durable(&store), before.durable_commits + 1);
+        store.revive(notification_id).await.unwrap().unwrap();
+        assert_eq!(
+            durable(&store),
+            before.durable_commits + 2,
+            "an operator's revive"
+        );
+        store.delivered(&record).await.unwrap();
+        drop(store); // a clean close flushes what is left
+        let store = RedbStore::open(&path).unwrap();
+        let status = store.status(event_id).await.unwrap();
+        assert!(
+            matches!(&status, Some(EventSnapshot::Finished(n)) if n.state == DeliveryState::Delivered),
+            "{status:?}"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn the_id_floor_is_written_a_block_ahead_not_with_every_event() {
+        let path = temp_path("floor");
+        let floor = |store: &RedbStore| {
+            let txn = store.db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            meta.get(NEXT_ID).unwrap().map(|v| v.value())
+        };
+        let last = {
+            let store = RedbStore::open(&path).unwrap();
+            let mut last = 0;
+            let mut floors = std::collections::BTreeSet::new();
+            for _ in 0..50 {
+                let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+                let event = EventRecord {
+                    event_id,
+                    notification_id,
+                    instance_id: 0,
+                    instance_url: false,
+                    target: String::new(),
+                    accepted_at_ms: 1,
+                    running: false,
+                };
+                store.dispatched(&event).await.unwrap();
+                floors.insert(floor(&store).unwrap());
+                last = notification_id.get();
+            }
+            assert_eq!(floors.len(), 1, "written once for 50 events: {floors:?}");
+            assert!(floors.first().unwrap() > &last);
+            last
+        };
+        let store = RedbStore::open(&path).unwrap();
+        assert!(store.allocate_ids().await.unwrap().0.get() > last);
         let _ = std::fs::remove_file(&path);
     }
 
