@@ -188,3 +188,72 @@ async fn after_a_restart_pending_notifications_are_signed_with_the_instances_cur
     worker.kill();
     let _ = std::fs::remove_file(&db);
 }
+
+/// The points the first test does not reach: killed right after a receipt (`running` is never
+/// written, so on disk that is the same as a job running), with an outcome recorded and its first
+/// attempt on the wire, and right after a delivery (recorded without waiting for the disk, so it
+/// is likely lost and the notification sent again). Every event still ends with a terminal
+/// notification, and where one arrives twice it is the same notification, byte for byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_after_a_receipt_an_outcome_or_a_delivery_never_gives_two_outcomes() {
+    use std::time::Duration;
+
+    let db = std::env::temp_dir().join(format!("tar-kill9-points-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    // The first callback hangs until the process is gone; the next are taken at once.
+    let mut receiver =
+        Receiver::start(vec![Answer::status(200).after(Duration::from_secs(60))]).await;
+    let mut bodies: HashMap<u64, HashSet<Bytes>> = HashMap::new();
+
+    let (worker, addr) = start_worker(&db, &receiver.url());
+    let on_the_wire = accept(&addr, 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // its first attempt is waiting
+    let just_accepted = accept(&addr, 600_000).await;
+    let delivered = accept(&addr, 0).await;
+    let hit = receiver.next().await;
+    worker.kill(); // SIGKILL, right after the delivery
+    assert_eq!(hit.json()["eventId"], delivered);
+    bodies
+        .entry(delivered)
+        .or_default()
+        .insert(hit.body.clone());
+
+    let (worker, _) = start_worker(&db, &receiver.url());
+    let all = [delivered, on_the_wire, just_accepted];
+    let mut terminal = HashSet::from([delivered]);
+    while !all.iter().all(|id| terminal.contains(id)) {
+        let hit = receiver.next().await;
+        let id = hit.json()["eventId"].as_u64().unwrap();
+        assert!(all.contains(&id), "unknown event {id}");
+        bodies.entry(id).or_default().insert(hit.body.clone());
+        if hit.answered == 200 {
+            terminal.insert(id);
+        }
+    }
+    // A repeat of the delivered one may still be on its way.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(hit) = receiver.hits.try_recv() {
+        let id = hit.json()["eventId"].as_u64().unwrap();
+        bodies.entry(id).or_default().insert(hit.body.clone());
+    }
+    for id in all {
+        assert_eq!(
+            bodies[&id].len(),
+            1,
+            "event {id} got two different notifications"
+        );
+    }
+    let outcome = |id: u64| {
+        let body = bodies[&id].iter().next().unwrap();
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        (json["eventStatus"].clone(), json["error"]["code"].clone())
+    };
+    assert_eq!(outcome(delivered).0, "completed");
+    assert_eq!(outcome(on_the_wire).0, "completed");
+    assert_eq!(
+        outcome(just_accepted),
+        ("failed".into(), "interrupted".into())
+    );
+    worker.kill();
+    let _ = std::fs::remove_file(&db);
+}

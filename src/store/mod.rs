@@ -11,6 +11,25 @@
 //! Records name the instance an event belongs to by id only: signing keys are never stored; each
 //! delivery attempt asks the layer's instances for the current ones.
 //!
+//! # What waits for the disk
+//!
+//! A durable store makes exactly two kinds of write durable before their futures resolve, because
+//! a guarantee rests on each:
+//!
+//! - [`dispatched`](EventStore::dispatched) — the receipt is sent only after it resolves; a
+//!   receipt must never name an event a crash forgets.
+//! - [`finished`](EventStore::finished) — the first delivery attempt is made only after it
+//!   resolves; otherwise a crash after a delivered `completed` could be recovered into a
+//!   contradicting `failed`/`interrupted` notification for the same event.
+//!
+//! [`revive`](EventStore::revive) is durable too: an operator was told the redelivery started.
+//! [`running`](EventStore::running), [`attempted`](EventStore::attempted),
+//! [`delivered`](EventStore::delivered) and [`dead`](EventStore::dead) need not wait for the disk
+//! (though what they wrote must be readable at once): if a crash loses them, recovery resends a
+//! notification under its original `notificationId` (the at-least-once rule receivers
+//! de-duplicate on) or ends a lost `running` event as `interrupted`, exactly as a `dispatched` one.
+//! [`StoreStats`] says how many commits waited for the disk.
+//!
 //! - [`MemoryStore`] (the default) keeps records in memory: nothing survives a restart.
 //! - `RedbStore` (cargo feature `redb`) keeps them in an embedded redb file with crash-safe,
 //!   group-committed transactions.
@@ -169,24 +188,27 @@ pub trait EventStore: Send + Sync + 'static {
     /// A fresh event id and notification id, never handed out before by this store.
     fn allocate_ids(&self) -> StoreFuture<'_, (EventId, NotificationId)>;
 
-    /// The event was accepted; when this resolves, the record must survive a crash.
+    /// The event was accepted. **Durable**: when this resolves, the record must survive a crash.
     fn dispatched<'a>(&'a self, event: &'a EventRecord) -> StoreFuture<'a, ()>;
 
-    /// The event's job has started.
+    /// The event's job has started. Need not be durable (lost, the event ends `interrupted`).
     fn running(&self, event_id: EventId) -> StoreFuture<'_, ()>;
 
     /// The job ended: the event is done and its notification pending (or, without a callback
-    /// URL, not requested), atomically.
+    /// URL, not requested), atomically. **Durable**: it resolves only once on disk, before the
+    /// first delivery attempt.
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
 
-    /// An attempt failed; the record carries the new count, next time and last error.
+    /// An attempt failed; the record carries the new count, next time and last error. Need not be
+    /// durable (lost, the notification is attempted again).
     fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
 
     /// The receiver took the notification (the record says until when to keep it for status
-    /// queries; a store may keep fewer).
+    /// queries; a store may keep fewer). Need not be durable (lost, it is sent once more).
     fn delivered<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
 
-    /// No attempt is left: keep the notification as a dead letter.
+    /// No attempt is left: keep the notification as a dead letter. Need not be durable (lost,
+    /// the notification is attempted again).
     fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
 
     /// What the store knows about an event, if anything (retention permitting).
@@ -199,7 +221,7 @@ pub trait EventStore: Send + Sync + 'static {
     fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>>;
 
     /// Makes a dead letter pending again, with a fresh schedule starting now; `None` if there is
-    /// no such dead letter.
+    /// no such dead letter. **Durable**.
     fn revive(
         &self,
         notification_id: NotificationId,
