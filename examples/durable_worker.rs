@@ -7,6 +7,10 @@
 //!     [--signing-key KEY]
 //! ```
 //!
+//! With `--postgres URL [--schema NAME] [--lease-ms N]` instead of `--db` (feature `postgres`),
+//! the events live in PostgreSQL, shared with every other worker started so: a worker that is
+//! killed has its work finished by another (`tests/postgres_failover.rs`).
+//!
 //! With `--signing-key`, the app serves its one tenant as an instance of an `InstanceMap`, so a
 //! restart with another key shows that what was pending is signed with the instance's current key.
 //!
@@ -19,6 +23,8 @@ use std::time::Duration;
 use axum::{extract::Query, routing::post, Json, Router};
 use serde_json::{json, Value};
 use tower_async_request::instance::{Instance, InstanceMap};
+#[cfg(feature = "postgres")]
+use tower_async_request::store::PostgresStore;
 use tower_async_request::{store::RedbStore, AsyncRequestLayer};
 
 #[derive(serde::Deserialize)]
@@ -53,7 +59,6 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let db = arg("--db").ok_or("--db PATH is required")?;
     let callback = arg("--callback").ok_or("--callback URL is required")?;
     let schedule = arg("--retry-ms")
         .map(|list| {
@@ -63,7 +68,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .transpose()?;
 
-    let mut builder = AsyncRequestLayer::builder().store(RedbStore::open(&db)?);
+    let mut builder = AsyncRequestLayer::builder();
+    #[cfg(feature = "postgres")]
+    let mut postgres = None;
+    match (arg("--db"), arg("--postgres")) {
+        (Some(db), None) => builder = builder.store(RedbStore::open(&db)?),
+        #[cfg(feature = "postgres")]
+        (None, Some(url)) => {
+            let mut store = PostgresStore::builder(url);
+            if let Some(schema) = arg("--schema") {
+                store = store.schema(schema);
+            }
+            if let Some(ms) = arg("--lease-ms") {
+                store = store.lease_timeout(Duration::from_millis(ms.parse()?));
+            }
+            let store = std::sync::Arc::new(store.connect().await?);
+            postgres = Some(store.clone());
+            builder = builder.store(store);
+        }
+        _ => return Err("one of --db PATH or --postgres URL is required".into()),
+    }
     builder = match arg("--signing-key") {
         Some(key) => {
             let instances = InstanceMap::new(|_| Some(30));
@@ -93,5 +117,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let report = handle.shutdown(Duration::from_secs(10)).await;
     println!("shutdown: {report:?}");
+    #[cfg(feature = "postgres")]
+    if let Some(store) = postgres {
+        if !report.drained {
+            store.leave().await?; // peers take over what is left at once
+        }
+    }
     Ok(())
 }

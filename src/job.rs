@@ -129,8 +129,16 @@ pub(crate) async fn conclude(
     // The inner body may be a slice of a larger buffer (a request's, say): let it go now rather
     // than hold it through a retry schedule of hours.
     drop(outcome);
-    if let Err(error) = config.store.finished(&notification).await {
-        tracing::error!(%error, "could not record a finished event; delivering anyway");
+    match config.store.finished(&notification).await {
+        Ok(()) => {}
+        Err(error) if error.is_superseded() => {
+            // Another node took the event over and ends it; a second outcome would contradict.
+            tracing::warn!(%error, "the event was taken over by another node; not delivering");
+            return;
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not record a finished event; delivering anyway")
+        }
     }
     if requested {
         permit.add(&config.counters, Counter::Pending);

@@ -5,7 +5,7 @@
 //! notifications resume their schedule where it stopped. The store is read once, before this
 //! process records its first event, so new events are never mistaken for old ones.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::config::Config;
 use crate::delivery::deliver;
@@ -28,6 +28,9 @@ pub(crate) async fn ensure_recovered(config: &Arc<Config>) -> Result<(), StoreEr
                 );
                 tokio::spawn(resume(config.clone(), recovery));
             }
+            if config.store.take_over().is_some() {
+                tokio::spawn(take_over(Arc::downgrade(config)));
+            }
             Ok(())
         })
         .await
@@ -44,6 +47,29 @@ pub(crate) fn start_recovery(config: &Arc<Config>) {
                 tracing::error!(%error, "could not read unfinished work from the event store");
             }
         });
+    }
+}
+
+/// With a store several nodes share: finishes what nodes that stopped left, for as long as the
+/// layer lives.
+async fn take_over(config: Weak<Config>) {
+    loop {
+        let Some(strong) = config.upgrade() else {
+            return;
+        };
+        let Some(next) = strong.store.take_over() else {
+            return;
+        };
+        match next.await {
+            Ok(recovery) if recovery.unfinished.is_empty() && recovery.pending.is_empty() => {}
+            Ok(recovery) => {
+                tokio::spawn(resume(strong.clone(), recovery));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not look for work of stopped nodes");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 }
 

@@ -31,6 +31,8 @@
 //! [`StoreStats`] says how many commits waited for the disk.
 //!
 //! - [`MemoryStore`] (the default) keeps records in memory: nothing survives a restart.
+//! - `PostgresStore` (cargo feature `postgres`) keeps them in one PostgreSQL database that several
+//!   nodes of an app share; a node that dies has its work finished by another.
 //! - `RedbStore` (cargo feature `redb`) keeps them in an embedded redb file with crash-safe,
 //!   group-committed transactions.
 //!
@@ -51,6 +53,8 @@
 //! ```
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "redb")]
 mod redb;
 
@@ -63,6 +67,11 @@ use bytes::Bytes;
 use crate::ids::{EventId, NotificationId};
 
 pub use self::memory::{MemoryStore, DEFAULT_MAX_DEAD_LETTERS, DEFAULT_MAX_RETAINED};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::{
+    PostgresStore, PostgresStoreBuilder, DEFAULT_LEASE_TIMEOUT, DEFAULT_SCHEMA,
+};
 #[cfg(feature = "redb")]
 pub use self::redb::RedbStore;
 
@@ -214,8 +223,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// What the store knows about an event, if anything (retention permitting).
     fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>>;
 
-    /// What is unfinished: events without a notification and pending notifications.
+    /// What is unfinished: events without a notification and pending notifications. Called
+    /// once, before this process records its first event.
     fn recover(&self) -> StoreFuture<'_, Recovery>;
+
+    /// For a store several nodes share: waits a while (a heartbeat, or until a peer says it
+    /// left) for the work of nodes that stopped, takes it over and returns it, as
+    /// [`recover`](Self::recover) does for an earlier process. The layer calls it in a loop.
+    /// `None` (the default): the store has no nodes.
+    fn take_over(&self) -> Option<StoreFuture<'_, Recovery>> {
+        None
+    }
 
     /// The dead letters, oldest first.
     fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>>;
@@ -274,6 +292,10 @@ impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
         (**self).recover()
     }
 
+    fn take_over(&self) -> Option<StoreFuture<'_, Recovery>> {
+        (**self).take_over()
+    }
+
     fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
         (**self).dead_letters()
     }
@@ -290,6 +312,7 @@ impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
 #[derive(Debug)]
 pub struct StoreError {
     source: Box<dyn std::error::Error + Send + Sync>,
+    superseded: bool,
 }
 
 impl StoreError {
@@ -297,7 +320,23 @@ impl StoreError {
     pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self {
             source: source.into(),
+            superseded: false,
         }
+    }
+
+    /// The event is no longer this node's: another node took it over (this one was silent for
+    /// longer than its lease). Returned by [`EventStore::finished`]; the layer then leaves the
+    /// event to the node that has it and delivers nothing.
+    pub fn superseded(message: impl Into<String>) -> Self {
+        Self {
+            source: message.into().into(),
+            superseded: true,
+        }
+    }
+
+    /// Whether this is [`superseded`](Self::superseded).
+    pub fn is_superseded(&self) -> bool {
+        self.superseded
     }
 }
 

@@ -1,0 +1,478 @@
+//! `PostgresStore`: one PostgreSQL database shared by every node (copy) of an app, so any node
+//! answers status queries and redelivers dead letters, and a node that dies has its work finished
+//! by another.
+//!
+//! - `migrate.rs` and `schema_v1.sql`: the schema, versioned and created by the store itself.
+//! - `writer.rs`: group commit, and the store contract (what waits for the WAL flush).
+//! - `nodes.rs`: heartbeats, leases and takeover; `LISTEN`/`NOTIFY`; retention.
+
+mod migrate;
+mod nodes;
+mod writer;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_postgres::{NoTls, Row};
+
+use self::writer::{body_of, Op, Statements, Write};
+use super::{
+    unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
+    StoreError, StoreFuture, StoreStats,
+};
+use crate::ids::{EventId, NotificationId};
+
+/// Default time a node may be silent before its peers take its work over (30 s).
+pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default schema the store's tables live in.
+pub const DEFAULT_SCHEMA: &str = "tower_async_request";
+
+/// Ids taken from the sequence at once (its increment).
+const ID_BLOCK: i64 = 1024;
+
+/// The columns a record is read from, in [`record_of`]'s order.
+const COLUMNS: &str = "event_id, notification_id, instance_id, target, instance_url, \
+    accepted_at_ms, state, body, attempts, next_attempt_at_ms, last_error, retain_until_ms";
+
+/// The shared store on PostgreSQL (cargo feature `postgres`): several nodes of an app use one
+/// database, and what one node accepted, another can report, redeliver and, if the first dies,
+/// finish.
+///
+/// - **Ids** come from a sequence, 1024 at a time, so they are unique across nodes and a receipt
+///   rarely waits for a round trip of its own; never above 2^53 − 1.
+/// - **Durability** follows the [store contract](super#what-waits-for-the-disk): an accepted
+///   event and its outcome are committed synchronously before the receipt and before the first
+///   delivery attempt; the other writes commit with `synchronous_commit = off`. Concurrent
+///   writes share one transaction, one statement per kind of write.
+/// - **Nodes**: each store is a node with an id and a heartbeat row, renewed every third of the
+///   [lease timeout](PostgresStoreBuilder::lease_timeout). A node silent for longer loses its
+///   unfinished events (they end `failed`/`interrupted`, as after a restart) and pending
+///   notifications (resumed under their own `notificationId`) to the first node that notices.
+///   [`leave`](Self::leave) hands work over at once, telling peers with `NOTIFY`.
+/// - **Status, dead letters, redelivery** work from any node. Finished events are deleted past
+///   their retention in batches.
+/// - **Outages**: while the server cannot be reached new async requests get
+///   `503 store_unavailable`; accepted events are not lost; the pool reconnects by itself.
+///
+/// # Example
+///
+/// ```no_run
+/// use tower_async_request::{store::PostgresStore, AsyncRequestLayer};
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresStore::builder("postgres://app@db.internal/app")
+///     .lease_timeout(std::time::Duration::from_secs(30))
+///     .connect()
+///     .await?;
+/// let layer = AsyncRequestLayer::builder()
+///     .default_callback_url("https://hooks.example.com/in")
+///     .store(store)
+///     .build()?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct PostgresStore {
+    shared: Arc<Shared>,
+    writes: mpsc::UnboundedSender<Write>,
+}
+
+pub(super) struct Shared {
+    pool: Pool,
+    schema: String,
+    quoted: String,
+    node_id: i64,
+    lease_timeout: Duration,
+    sql: Statements,
+    sql_register: String,
+    /// The current block of ids: next, end.
+    ids: tokio::sync::Mutex<(i64, i64)>,
+    /// Events whose job runs on this node (kept in memory only, as `RedbStore` does).
+    running: Mutex<HashSet<EventId>>,
+    /// Woken when a peer leaves with work left.
+    wake: Arc<Notify>,
+    /// Whether this node's own earlier life (a fixed node id) was taken back yet.
+    recovered_own: std::sync::atomic::AtomicBool,
+    transactions: AtomicU64,
+    durable_commits: AtomicU64,
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.shared.schema)
+            .field("node_id", &self.shared.node_id)
+            .field("lease_timeout", &self.shared.lease_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`PostgresStore`]; made by [`PostgresStore::builder`].
+#[derive(Debug, Clone)]
+pub struct PostgresStoreBuilder {
+    url: String,
+    schema: String,
+    lease_timeout: Duration,
+    node_id: Option<u64>,
+    pool_size: usize,
+}
+
+impl PostgresStoreBuilder {
+    /// The schema the store's tables live in (default [`DEFAULT_SCHEMA`]); created if missing.
+    /// Lower-case letters, digits and `_`.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// How long a node may be silent before its peers take its work over (default
+    /// [`DEFAULT_LEASE_TIMEOUT`]). Heartbeats go every third of it.
+    pub fn lease_timeout(mut self, timeout: Duration) -> Self {
+        self.lease_timeout = timeout;
+        self
+    }
+
+    /// A fixed id for this node (default: a fresh one from the database at each start). A node
+    /// that restarts under its old id takes its own unfinished work back at once instead of
+    /// after the lease timeout.
+    pub fn node_id(mut self, id: u64) -> Self {
+        self.node_id = Some(id);
+        self
+    }
+
+    /// Most connections the store holds (default 16).
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Connects, creates or migrates the schema, and registers this node.
+    pub async fn connect(self) -> Result<PostgresStore, StoreError> {
+        if !migrate::valid_schema(&self.schema) {
+            return Err(StoreError::new(format!(
+                "schema {:?} must be lower-case letters, digits and _",
+                self.schema
+            )));
+        }
+        if self.lease_timeout < Duration::from_secs(1) {
+            return Err(StoreError::new("lease_timeout must be at least 1 s"));
+        }
+        let config: tokio_postgres::Config = self.url.parse().map_err(StoreError::new)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size.max(2))
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(Duration::from_secs(5)))
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(StoreError::new)?;
+        {
+            let mut client = pool.get().await.map_err(StoreError::new)?;
+            migrate::migrate(&mut client, &self.schema)
+                .await
+                .map_err(StoreError::new)?;
+        }
+        let quoted = migrate::quote(&self.schema);
+        let node_id = match self.node_id {
+            Some(id) => id as i64,
+            None => {
+                let client = pool.get().await.map_err(StoreError::new)?;
+                client
+                    .query_one(&format!("SELECT nextval('{quoted}.node_ids')"), &[])
+                    .await
+                    .map_err(StoreError::new)?
+                    .get(0)
+            }
+        };
+        let shared = Arc::new(Shared {
+            pool,
+            sql: Statements::new(&quoted),
+            sql_register: format!(
+                "INSERT INTO {quoted}.nodes (node_id) VALUES ($1)
+                 ON CONFLICT (node_id) DO UPDATE SET heartbeat_at = now()"
+            ),
+            schema: self.schema,
+            quoted,
+            node_id,
+            lease_timeout: self.lease_timeout,
+            ids: tokio::sync::Mutex::new((0, 0)),
+            running: Mutex::default(),
+            wake: Arc::default(),
+            recovered_own: Default::default(),
+            transactions: AtomicU64::new(0),
+            durable_commits: AtomicU64::new(0),
+        });
+        nodes::register(&shared).await?;
+        let (writes, queue) = mpsc::unbounded_channel();
+        tokio::spawn(writer::run(shared.clone(), queue));
+        tokio::spawn(nodes::heartbeat(
+            Arc::downgrade(&shared),
+            self.lease_timeout / 3,
+        ));
+        tokio::spawn(nodes::listen(Arc::downgrade(&shared), config));
+        Ok(PostgresStore { shared, writes })
+    }
+}
+
+impl PostgresStore {
+    /// Starts configuring a store on the database at `url`
+    /// (`postgres://user:password@host:port/database`).
+    pub fn builder(url: impl Into<String>) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            url: url.into(),
+            schema: DEFAULT_SCHEMA.into(),
+            lease_timeout: DEFAULT_LEASE_TIMEOUT,
+            node_id: None,
+            pool_size: 16,
+        }
+    }
+
+    /// A store with the default settings.
+    pub async fn connect(url: impl Into<String>) -> Result<Self, StoreError> {
+        Self::builder(url).connect().await
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.shared.node_id as u64
+    }
+
+    /// Hands what this node leaves unfinished to its peers now rather than after the lease
+    /// timeout: marks the node as gone and tells them (`NOTIFY`). Call it after the layer's
+    /// [`shutdown`](crate::AsyncRequestHandle::shutdown) when work is left.
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        nodes::leave(&self.shared).await
+    }
+
+    fn write(&self, op: Op) -> StoreFuture<'_, Option<NotificationRecord>> {
+        let (done, answer) = oneshot::channel();
+        let sent = self.writes.send(Write { op, done }).is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::new("the store writer has stopped"));
+            }
+            answer
+                .await
+                .map_err(|_| StoreError::new("the store writer has stopped"))?
+        })
+    }
+
+    fn write_unit(&self, op: Op) -> StoreFuture<'_, ()> {
+        let write = self.write(op);
+        Box::pin(async move { write.await.map(|_| ()) })
+    }
+
+    fn running_now(&self) -> std::sync::MutexGuard<'_, HashSet<EventId>> {
+        self.shared
+            .running
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    async fn query(&self, sql: &str, id: i64) -> Result<Vec<Row>, StoreError> {
+        let client = self.shared.pool.get().await.map_err(StoreError::new)?;
+        let statement = client.prepare_cached(sql).await.map_err(StoreError::new)?;
+        client
+            .query(&statement, &[&id])
+            .await
+            .map_err(StoreError::new)
+    }
+}
+
+/// A row read back: an event whose job has not finished, or its notification.
+pub(super) enum Stored {
+    Unfinished(EventRecord),
+    Finished(NotificationRecord),
+}
+
+impl Stored {
+    fn finished(self) -> Option<NotificationRecord> {
+        match self {
+            Self::Finished(notification) => Some(notification),
+            Self::Unfinished(_) => None,
+        }
+    }
+}
+
+/// Reads a row of [`COLUMNS`].
+pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
+    let get_u64 = |index: usize| -> Result<u64, StoreError> {
+        row.try_get::<_, i64>(index)
+            .map(|value| value as u64)
+            .map_err(StoreError::new)
+    };
+    let event_id = EventId::new(get_u64(0)?);
+    let notification_id = NotificationId::new(get_u64(1)?);
+    let instance_id = get_u64(2)?;
+    let target: String = row.try_get(3).map_err(StoreError::new)?;
+    let instance_url: bool = row.try_get(4).map_err(StoreError::new)?;
+    let state: i16 = row.try_get(6).map_err(StoreError::new)?;
+    let state = match state {
+        0 => {
+            return Ok(Stored::Unfinished(EventRecord {
+                event_id,
+                notification_id,
+                instance_id,
+                target,
+                instance_url,
+                accepted_at_ms: get_u64(5)?,
+                running: false,
+            }))
+        }
+        1 => DeliveryState::Pending,
+        2 => DeliveryState::Delivered,
+        3 => DeliveryState::Dead,
+        4 => DeliveryState::NotRequested,
+        other => return Err(StoreError::new(format!("unknown event state {other}"))),
+    };
+    Ok(Stored::Finished(NotificationRecord {
+        event_id,
+        notification_id,
+        instance_id,
+        target,
+        instance_url,
+        body: body_of(row.try_get(7).map_err(StoreError::new)?),
+        attempts: row.try_get::<_, i32>(8).map_err(StoreError::new)? as u32,
+        next_attempt_at_ms: get_u64(9)?,
+        last_error: row.try_get(10).map_err(StoreError::new)?,
+        state,
+        retain_until_ms: get_u64(11)?,
+    }))
+}
+
+impl EventStore for PostgresStore {
+    fn is_durable(&self) -> bool {
+        true
+    }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            transactions: self.shared.transactions.load(Ordering::Relaxed),
+            durable_commits: self.shared.durable_commits.load(Ordering::Relaxed),
+        }
+    }
+
+    fn allocate_ids(&self) -> StoreFuture<'_, (EventId, NotificationId)> {
+        Box::pin(async move {
+            let mut block = self.shared.ids.lock().await;
+            if block.0 + 2 > block.1 {
+                let client = self.shared.pool.get().await.map_err(StoreError::new)?;
+                let start: i64 = client
+                    .query_one(
+                        &format!("SELECT nextval('{}.ids')", self.shared.quoted),
+                        &[],
+                    )
+                    .await
+                    .map_err(StoreError::new)?
+                    .get(0);
+                *block = (start, start + ID_BLOCK);
+            }
+            let event_id = block.0 as u64;
+            block.0 += 2;
+            Ok((EventId::new(event_id), NotificationId::new(event_id + 1)))
+        })
+    }
+
+    fn dispatched<'a>(&'a self, event: &'a EventRecord) -> StoreFuture<'a, ()> {
+        self.write_unit(Op::Dispatched(event.clone()))
+    }
+
+    fn running(&self, event_id: EventId) -> StoreFuture<'_, ()> {
+        // Not written: after a crash a dispatched and a running event end the same way.
+        self.running_now().insert(event_id);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.running_now().remove(&notification.event_id);
+        self.write_unit(Op::Finished(notification.clone()))
+    }
+
+    fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        self.write_unit(Op::Update(notification.clone()))
+    }
+
+    fn delivered<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        let mut record = notification.clone();
+        record.state = DeliveryState::Delivered;
+        self.write_unit(Op::Update(record))
+    }
+
+    fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        let mut record = notification.clone();
+        record.state = DeliveryState::Dead;
+        self.write_unit(Op::Update(record))
+    }
+
+    fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM {}.events WHERE event_id = $1",
+                self.shared.quoted
+            );
+            let rows = self.query(&sql, event_id.get() as i64).await?;
+            let Some(row) = rows.first() else {
+                return Ok(None);
+            };
+            Ok(match record_of(row)? {
+                Stored::Unfinished(mut event) => {
+                    event.running = self.running_now().contains(&event_id);
+                    Some(EventSnapshot::Unfinished(event))
+                }
+                Stored::Finished(notification) => {
+                    let expired = matches!(
+                        notification.state,
+                        DeliveryState::Delivered | DeliveryState::NotRequested
+                    ) && notification.retain_until_ms <= unix_ms();
+                    (!expired).then_some(EventSnapshot::Finished(notification))
+                }
+            })
+        })
+    }
+
+    fn recover(&self) -> StoreFuture<'_, Recovery> {
+        let own = !self.shared.recovered_own.swap(true, Ordering::AcqRel);
+        Box::pin(nodes::take_over(&self.shared, own))
+    }
+
+    fn take_over(&self) -> Option<StoreFuture<'_, Recovery>> {
+        Some(Box::pin(async move {
+            let every = self.shared.lease_timeout / 3;
+            // Either a peer said it left, or it is time to look.
+            let _ = tokio::time::timeout(every, self.shared.wake.notified()).await;
+            nodes::take_over(&self.shared, false).await
+        }))
+    }
+
+    fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {COLUMNS} FROM {}.events WHERE state = 3 AND event_id > $1
+                 ORDER BY notification_id",
+                self.shared.quoted
+            );
+            self.query(&sql, 0)
+                .await?
+                .iter()
+                .filter_map(|row| record_of(row).map(Stored::finished).transpose())
+                .collect()
+        })
+    }
+
+    fn revive(
+        &self,
+        notification_id: NotificationId,
+    ) -> StoreFuture<'_, Option<NotificationRecord>> {
+        self.write(Op::Revive(notification_id))
+    }
+}

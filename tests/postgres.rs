@@ -1,0 +1,482 @@
+//! `PostgresStore` against a real server (`DATABASE_URL`, default the local one): nodes sharing
+//! one database, the store contract, takeover, and an outage. Skipped, with one line saying so,
+//! where no server answers.
+#![cfg(feature = "postgres")]
+
+mod pg;
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::{body::Body, routing::post, Router};
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use pg::Schema;
+use serde_json::Value;
+use support::{eventually, Answer, Receiver};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceExt;
+use tower_async_request::store::{
+    DeliveryState, EventRecord, EventStore, NotificationRecord, PostgresStore,
+};
+use tower_async_request::{AsyncRequestLayer, EventId};
+
+const FILE: &str = "tests/postgres.rs";
+const STATUS_SECRET: &str = "a status secret every node shares";
+
+async fn store(schema: &Schema) -> Arc<PostgresStore> {
+    Arc::new(
+        PostgresStore::builder(pg::url())
+            .schema(schema.0.clone())
+            .lease_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .unwrap(),
+    )
+}
+
+fn app(
+    store: Arc<PostgresStore>,
+    receiver: &Receiver,
+) -> (Router, tower_async_request::AsyncRequestHandle) {
+    let layer = AsyncRequestLayer::builder()
+        .instance_id(30)
+        .default_callback_url(receiver.url())
+        .status_endpoint("/events")
+        .status_secret(STATUS_SECRET)
+        .retry_schedule([Duration::from_millis(100)])
+        .store(store)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let router = Router::new()
+        .route(
+            "/work",
+            post(|body: String| async move { format!("done {body}") }),
+        )
+        .layer(layer);
+    (router, handle)
+}
+
+fn async_request() -> Request<Body> {
+    Request::post("/work")
+        .header("Elements-Async-Request", "true")
+        .body(Body::from("job"))
+        .unwrap()
+}
+
+async fn send(app: &Router, request: Request<Body>) -> (StatusCode, http::HeaderMap, Value) {
+    let response = app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_dead_letters_redelivery_and_ids_work_from_any_node() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    // The first callback is refused for good: a dead letter at once.
+    let mut receiver = Receiver::start(vec![Answer::status(410)]).await;
+    let (node_a, handle_a) = app(store(&schema).await, &receiver);
+    let (node_b, handle_b) = app(store(&schema).await, &receiver);
+
+    let (status, headers, receipt) = send(&node_a, async_request()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    assert_eq!(receiver.next().await.answered, 410);
+
+    // Node B sees node A's dead letter and its status...
+    let dead = loop {
+        let dead = handle_b.dead_letters().await.unwrap();
+        if !dead.is_empty() {
+            break dead;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].event_id.get(), receipt["eventId"].as_u64().unwrap());
+    let get = || Request::get(location.as_str()).body(Body::empty()).unwrap();
+    let (status, _, on_b) = send(&node_b, get()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(on_b["eventId"], receipt["eventId"]);
+    assert_eq!(on_b["instanceId"], 30);
+    assert_eq!(on_b["delivery"]["state"], "dead");
+
+    // ...and redelivers it: same notification, now delivered, as node A sees too.
+    handle_b.redeliver(dead[0].notification_id).await.unwrap();
+    let hit = receiver.next().await;
+    assert_eq!(hit.answered, 200);
+    assert_eq!(hit.json()["notificationId"], dead[0].notification_id.get());
+    eventually("delivered", || handle_b.metrics().delivered == 1).await;
+    let delivered = loop {
+        let (_, _, on_a) = send(&node_a, get()).await;
+        if on_a["delivery"]["state"] == "delivered" {
+            break on_a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(delivered["response"], "done job");
+    assert!(handle_a.dead_letters().await.unwrap().is_empty());
+
+    // Ids from both nodes never collide.
+    let mut ids = HashSet::new();
+    for _ in 0..50 {
+        for node in [&node_a, &node_b] {
+            let (status, _, receipt) = send(node, async_request()).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+            let id = receipt["eventId"].as_u64().unwrap();
+            assert!(id <= tower_async_request::MAX_SAFE_ID);
+            assert!(ids.insert(id), "id {id} handed out twice");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_accepted_event_and_its_outcome_wait_for_the_wal_flush() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let store = store(&schema).await;
+    let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+    let event = EventRecord {
+        event_id,
+        notification_id,
+        instance_id: 30,
+        target: "https://hooks.example.com/in".into(),
+        instance_url: true,
+        accepted_at_ms: 1,
+        running: false,
+    };
+    let before = store.stats();
+    store.dispatched(&event).await.unwrap();
+    store.running(event_id).await.unwrap();
+    let mut notification = NotificationRecord {
+        event_id,
+        notification_id,
+        instance_id: 30,
+        target: event.target.clone(),
+        instance_url: true,
+        body: Bytes::from_static(b"{\"eventId\":1,\"bytes\":\"\xff\"}"),
+        attempts: 0,
+        next_attempt_at_ms: 5,
+        last_error: None,
+        state: DeliveryState::Pending,
+        retain_until_ms: u64::MAX,
+    };
+    store.finished(&notification).await.unwrap();
+    let durable = store.stats();
+    assert_eq!(durable.durable_commits - before.durable_commits, 2);
+    notification.attempts = 1;
+    notification.last_error = Some("the receiver answered 503".into());
+    store.attempted(&notification).await.unwrap();
+    store.dead(&notification).await.unwrap();
+    let after = store.stats();
+    assert_eq!(
+        after.durable_commits, durable.durable_commits,
+        "not waited for"
+    );
+    assert_eq!(after.transactions, durable.transactions + 2);
+    // Read back at once, exactly as written.
+    let dead = store.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, notification.body);
+    assert_eq!(dead[0].instance_id, 30);
+    assert!(dead[0].instance_url);
+    assert_eq!(
+        dead[0].last_error.as_deref(),
+        Some("the receiver answered 503")
+    );
+    let revived = store.revive(notification_id).await.unwrap().unwrap();
+    assert_eq!(
+        (revived.state, revived.attempts),
+        (DeliveryState::Pending, 0)
+    );
+    assert_eq!(store.stats().durable_commits, after.durable_commits + 1);
+    assert!(store.revive(notification_id).await.unwrap().is_none());
+    let unknown = EventId::new(event_id.get() + 1_000_000);
+    assert!(store.status(unknown).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_starting_together_create_the_schema_once() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let stores = futures_join(
+        (0..4)
+            .map(|_| {
+                PostgresStore::builder(pg::url())
+                    .schema(schema.0.clone())
+                    .connect()
+            })
+            .collect(),
+    )
+    .await;
+    let ids: HashSet<u64> = stores
+        .iter()
+        .map(|s| s.as_ref().unwrap().node_id())
+        .collect();
+    assert_eq!(ids.len(), 4, "each node has its own id");
+    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let versions: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM \"{}\".migrations", schema.0),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 1);
+    assert!(PostgresStore::builder(pg::url())
+        .schema("Not-Valid")
+        .connect()
+        .await
+        .is_err());
+}
+
+/// Runs the futures concurrently, in order of their answers' positions.
+async fn futures_join<F: std::future::Future + Send + 'static>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_work_of_a_silent_node_is_finished_by_another() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let mut receiver = Receiver::start(vec![]).await;
+    // Node A accepts an event and finishes another, then goes silent (its store is dropped:
+    // no more heartbeats) with neither delivered.
+    let (running, pending) = {
+        let a = store(&schema).await;
+        let (e1, n1) = a.allocate_ids().await.unwrap();
+        let (e2, n2) = a.allocate_ids().await.unwrap();
+        let event = |event_id, notification_id| EventRecord {
+            event_id,
+            notification_id,
+            instance_id: 30,
+            target: receiver.url(),
+            instance_url: false,
+            accepted_at_ms: 1,
+            running: false,
+        };
+        a.dispatched(&event(e1, n1)).await.unwrap();
+        a.dispatched(&event(e2, n2)).await.unwrap();
+        let body = format!(
+            r#"{{"eventId":{e2},"instanceId":30,"eventStatus":"completed","statusCode":200,"response":"done","notificationId":{n2}}}"#
+        );
+        a.finished(&NotificationRecord {
+            event_id: e2,
+            notification_id: n2,
+            instance_id: 30,
+            target: receiver.url(),
+            instance_url: false,
+            body: Bytes::from(body),
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            last_error: None,
+            state: DeliveryState::Pending,
+            retain_until_ms: 0,
+        })
+        .await
+        .unwrap();
+        (e1, e2)
+    };
+    let (_node_b, handle_b) = app(store(&schema).await, &receiver);
+    // Node B's layer looks for orphans every third of the lease (1 s).
+    handle_b.dead_letters().await.unwrap(); // starts B's recovery
+    let mut seen = std::collections::HashMap::new();
+    while seen.len() < 2 {
+        let hit = receiver.next().await;
+        let json = hit.json();
+        seen.insert(json["eventId"].as_u64().unwrap(), json);
+    }
+    assert_eq!(seen[&running.get()]["eventStatus"], "failed");
+    assert_eq!(seen[&running.get()]["error"]["code"], "interrupted");
+    assert_eq!(seen[&pending.get()]["eventStatus"], "completed");
+    assert_eq!(seen[&pending.get()]["response"], "done");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_leaves_hands_its_work_over_at_once() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let mut receiver = Receiver::start(vec![]).await;
+    let long_lease = |schema: &Schema| {
+        PostgresStore::builder(pg::url())
+            .schema(schema.0.clone())
+            .lease_timeout(Duration::from_secs(60))
+            .connect()
+    };
+    let b = Arc::new(long_lease(&schema).await.unwrap());
+    let (_node_b, handle_b) = app(b, &receiver);
+    handle_b.dead_letters().await.unwrap(); // starts B's takeover loop
+    let pending = {
+        let a = long_lease(&schema).await.unwrap();
+        let (event_id, notification_id) = a.allocate_ids().await.unwrap();
+        a.dispatched(&EventRecord {
+            event_id,
+            notification_id,
+            instance_id: 30,
+            target: receiver.url(),
+            instance_url: false,
+            accepted_at_ms: 1,
+            running: false,
+        })
+        .await
+        .unwrap();
+        a.leave().await.unwrap(); // NOTIFY: B need not wait 60 s
+        event_id
+    };
+    let started = std::time::Instant::now();
+    let hit = receiver.next().await;
+    assert_eq!(hit.json()["eventId"], pending.get());
+    assert_eq!(hit.json()["error"]["code"], "interrupted");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "taken over on NOTIFY, not after the 20 s poll"
+    );
+}
+
+/// A TCP proxy in front of the server that can be cut (every connection closed, new ones
+/// refused) and restored, to play an outage without stopping the shared server.
+struct Proxy {
+    port: u16,
+    up: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let up = Arc::new(up);
+        let (target, watch) = (target.to_owned(), up.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = listener.accept().await.unwrap();
+                let mut state = watch.subscribe();
+                if !*state.borrow() {
+                    continue; // dropped: refused
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = state.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { port, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_refuses_new_requests_with_503_and_loses_nothing_accepted() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let config: tokio_postgres::Config = pg::url().parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(host) => host.clone(),
+        #[cfg(unix)]
+        _ => "127.0.0.1".to_owned(),
+    };
+    let proxy = Proxy::start(&format!(
+        "{host}:{}",
+        config.get_ports().first().unwrap_or(&5432)
+    ))
+    .await;
+    let user = config.get_user().unwrap_or("postgres");
+    let dbname = config.get_dbname().unwrap_or("postgres");
+    let via_proxy = format!("postgres://{user}@127.0.0.1:{}/{dbname}", proxy.port);
+    let store = Arc::new(
+        PostgresStore::builder(via_proxy)
+            .schema(schema.0.clone())
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut receiver = Receiver::start(vec![]).await;
+    let (node, handle) = app(store, &receiver);
+
+    let mut accepted = HashSet::new();
+    for _ in 0..5 {
+        let (status, _, receipt) = send(&node, async_request()).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        accepted.insert(receipt["eventId"].as_u64().unwrap());
+    }
+    proxy.set(false);
+    let mut refused = 0;
+    for _ in 0..5 {
+        let (status, _, body) = send(&node, async_request()).await;
+        match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["code"], "store_unavailable");
+                refused += 1;
+            }
+            StatusCode::ACCEPTED => {
+                accepted.insert(body["eventId"].as_u64().unwrap());
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(
+        refused >= 4,
+        "the server is out of reach: {refused} refused"
+    );
+    proxy.set(true);
+    // Back by itself: the pool reconnects.
+    let back = loop {
+        let (status, _, body) = send(&node, async_request()).await;
+        if status == StatusCode::ACCEPTED {
+            break body["eventId"].as_u64().unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    accepted.insert(back);
+    let mut delivered = HashSet::new();
+    while !accepted.is_subset(&delivered) {
+        let hit = receiver.next().await;
+        delivered.insert(hit.json()["eventId"].as_u64().unwrap());
+    }
+    eventually("counted", || {
+        handle.metrics().delivered >= accepted.len() as u64
+    })
+    .await;
+}
