@@ -4,102 +4,23 @@
 #![cfg(all(feature = "redb", unix))]
 
 mod support;
+mod worker;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use support::{Answer, Receiver};
-
-/// The `durable_worker` example, built next to the test binaries' directory (`cargo test` builds
-/// examples; a run of this test alone builds it here).
-fn worker_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("durable_worker");
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "durable_worker", "--features", "redb"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "could not build the durable_worker example"
-        );
-    }
-    assert!(path.exists(), "{} is missing", path.display());
-    path
-}
-
-/// A worker process, killed with SIGKILL when dropped, so a failing test leaves none behind.
-struct Worker(Child);
-
-impl Worker {
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use worker::{accept, Worker};
 
 fn start_worker(db: &Path, callback: &str) -> (Worker, String) {
     start_worker_with(db, callback, &[])
 }
 
 fn start_worker_with(db: &Path, callback: &str, more: &[&str]) -> (Worker, String) {
-    let mut child = Command::new(worker_binary())
-        .args([
-            "--db",
-            db.to_str().unwrap(),
-            "--callback",
-            callback,
-            "--retry-ms",
-            "3000,100,100,100,100,100,100,100",
-        ])
-        .args(more)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (Worker(child), addr)
-}
-
-async fn accept(addr: &str, ms: u64) -> u64 {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = http::Request::post(format!("http://{addr}/work?ms={ms}"))
-        .header("Elements-Async-Request", "true")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    assert_eq!(response.status(), 202);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    let receipt: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    receipt["eventId"].as_u64().unwrap()
+    let mut args = vec!["--db", db.to_str().unwrap()];
+    args.extend_from_slice(more);
+    Worker::start(callback, &args)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,96 @@
+//! The `durable_worker` example as a real process, for crash tests: started, asked for async
+//! work over HTTP, and killed with SIGKILL.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+/// The `durable_worker` example, built next to the test binaries' directory (`cargo test` builds
+/// examples; a run of one test file alone builds it here).
+fn worker_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("durable_worker");
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "durable_worker", "--all-features"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "could not build the durable_worker example"
+        );
+    }
+    assert!(path.exists(), "{} is missing", path.display());
+    path
+}
+
+/// A worker process, killed with SIGKILL when dropped, so a failing test leaves none behind.
+pub struct Worker(Child);
+
+impl Worker {
+    /// Starts a worker delivering to `callback` (first retry after 3 s, then every 100 ms) with
+    /// `args` for its store; returns it and the address it listens on.
+    pub fn start(callback: &str, args: &[&str]) -> (Self, String) {
+        let mut child = Command::new(worker_binary())
+            .args([
+                "--callback",
+                callback,
+                "--retry-ms",
+                "3000,100,100,100,100,100,100,100",
+            ])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        (Self(child), addr)
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `POST /work?ms=N` as an async request; the event id of its receipt.
+pub async fn accept(addr: &str, ms: u64) -> u64 {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = http::Request::post(format!("http://{addr}/work?ms={ms}"))
+        .header("Elements-Async-Request", "true")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let receipt: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    receipt["eventId"].as_u64().unwrap()
+}
