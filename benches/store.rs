@@ -1,6 +1,8 @@
-//! The stores side by side: `MemoryStore` vs `RedbStore`.
+//! The stores side by side: `MemoryStore`, `RedbStore` (feature `redb`) and `PostgresStore`
+//! (feature `postgres`, on `DATABASE_URL` or the local server; one node and two nodes).
 //!
-//! `cargo bench --features redb --bench store` (`STORE_BENCH=paced` or `=full` runs one mode)
+//! `cargo bench --features redb,postgres --bench store` (`STORE_BENCH=paced` or `=full` runs
+//! one mode)
 //!
 //! - **Full load** (criterion): receipts per second, 32 concurrent clients, in-process. Each
 //!   iteration is one accepted async request until its receipt; the receipts of all clients count
@@ -39,10 +41,15 @@ fn app<T: EventStore>(store: T) -> Router {
 }
 
 async fn receipts(app: &Router, total: u64) -> Duration {
+    receipts_across(std::slice::from_ref(app), total).await
+}
+
+/// The clients spread over the nodes, one node per client.
+async fn receipts_across(nodes: &[Router], total: u64) -> Duration {
     let start = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
-            let app = app.clone();
+            let app = nodes[client as usize % nodes.len()].clone();
             let count = total / CLIENTS + u64::from(client < total % CLIENTS);
             tokio::spawn(async move {
                 for _ in 0..count {
@@ -85,7 +92,67 @@ fn store(c: &mut Criterion) {
         });
         let _ = std::fs::remove_file(&path);
     }
+    #[cfg(feature = "postgres")]
+    {
+        let schema = format!("tar_bench_{}", std::process::id());
+        let nodes = runtime.block_on(async {
+            let mut nodes = Vec::new();
+            for _ in 0..2 {
+                match postgres::store(&schema).await {
+                    Some(store) => nodes.push(app(store)),
+                    None => break,
+                }
+            }
+            nodes
+        });
+        if nodes.len() == 2 {
+            group.bench_function("postgres", |b| {
+                b.iter_custom(|iters| runtime.block_on(receipts(&nodes[0], iters)))
+            });
+            group.bench_function("postgres_two_nodes", |b| {
+                b.iter_custom(|iters| runtime.block_on(receipts_across(&nodes, iters)))
+            });
+        }
+        drop(nodes);
+        runtime.block_on(postgres::drop_schema(&schema));
+    }
     group.finish();
+}
+
+/// A PostgreSQL server for the bench: `DATABASE_URL`, or the local default.
+#[cfg(feature = "postgres")]
+mod postgres {
+    use tower_async_request::store::PostgresStore;
+
+    fn url() -> String {
+        std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    }
+
+    /// A store (a node) on `schema`, or `None` with a line saying why.
+    pub async fn store(schema: &str) -> Option<PostgresStore> {
+        match PostgresStore::builder(url()).schema(schema).connect().await {
+            Ok(store) => Some(store),
+            Err(error) => {
+                println!(
+                    "postgres skipped: no server at {} ({error}); set DATABASE_URL",
+                    url()
+                );
+                None
+            }
+        }
+    }
+
+    pub async fn drop_schema(schema: &str) {
+        if let Ok((client, connection)) =
+            tokio_postgres::connect(&url(), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(connection);
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .await;
+        }
+    }
 }
 
 /// Which modes to run: `STORE_BENCH=full|paced`, both by default.
@@ -119,7 +186,7 @@ fn paced(_: &mut Criterion) {
     );
     let rows = vec![paced::run(
         "memory",
-        Arc::new(tower_async_request::store::MemoryStore::new()),
+        || async { Some(Arc::new(tower_async_request::store::MemoryStore::new())) },
         secs,
         rate,
     )];
@@ -128,11 +195,27 @@ fn paced(_: &mut Criterion) {
         let mut rows = rows;
         let path = std::env::temp_dir().join(format!("tar-paced-{}.redb", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let store = Arc::new(tower_async_request::store::RedbStore::open(&path).unwrap());
+        let store = || async {
+            Some(Arc::new(
+                tower_async_request::store::RedbStore::open(&path).unwrap(),
+            ))
+        };
         rows.push(paced::run("redb", store, secs, rate));
         let _ = std::fs::remove_file(&path);
         rows
     };
+    #[cfg(feature = "postgres")]
+    let rows = {
+        let mut rows = rows;
+        let schema = format!("tar_paced_{}", std::process::id());
+        let store = || async { postgres::store(&schema).await.map(Arc::new) };
+        rows.push(paced::run("postgres", store, secs, rate));
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(postgres::drop_schema(&schema));
+        rows
+    };
+    let rows: Vec<paced::Row> = rows.into_iter().flatten().collect();
     let memory_cpu = rows[0].cpu_per_event;
     for row in &rows {
         println!(
@@ -229,13 +312,20 @@ mod paced {
         arrived
     }
 
-    pub fn run<T: EventStore>(name: &'static str, store: Arc<T>, secs: u64, rate: u64) -> Row {
+    /// The paced run of the store `make` opens (on the run's own runtime); `None` if it opens none.
+    pub fn run<T, F, Fut>(name: &'static str, make: F, secs: u64, rate: u64) -> Option<Row>
+    where
+        T: EventStore,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Option<Arc<T>>>,
+    {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .unwrap();
         runtime.block_on(async {
+            let store = make().await?;
             let (hook, mut callbacks) = receiver().await;
             let layer = AsyncRequestLayer::builder()
                 .default_callback_url(hook) // operator config: loopback is fine
@@ -297,7 +387,7 @@ mod paced {
                 .collect();
             latencies.sort_by(f64::total_cmp);
             let per_event = |n: u64| n as f64 / total as f64;
-            Row {
+            Some(Row {
                 name,
                 events: total,
                 cpu_per_event: cpu / total as f64,
@@ -305,7 +395,7 @@ mod paced {
                 durable_per_event: per_event(after.durable_commits - stats.durable_commits),
                 p50: latencies[latencies.len() / 2],
                 p99: latencies[latencies.len() * 99 / 100],
-            }
+            })
         })
     }
 }

@@ -81,6 +81,10 @@ async fn prune(shared: &Shared) -> Result<(), StoreError> {
 pub(super) async fn take_over(shared: &Shared, own: bool) -> Result<Recovery, StoreError> {
     let mut client = shared.pool.get().await.map_err(StoreError::new)?;
     let txn = client.transaction().await.map_err(StoreError::new)?;
+    // By key and partial index only (see the writer).
+    txn.batch_execute("SET LOCAL enable_seqscan = off")
+        .await
+        .map_err(StoreError::new)?;
     let schema = &shared.quoted;
     let lease = shared.lease_timeout.as_secs_f64();
     let dead: Vec<i64> = txn

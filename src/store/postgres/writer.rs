@@ -1,5 +1,6 @@
 //! The writer: one task folds every write waiting at that moment into one transaction, one
-//! statement per kind of write (`UNNEST` over arrays), so concurrent receipts share a commit.
+//! statement per kind of write (`UNNEST` over arrays), so concurrent receipts share a commit;
+//! the transaction's statements are pipelined, and a few transactions are in flight at once.
 //! A transaction holding a write the store contract calls durable commits synchronously; one
 //! holding only the others commits with `synchronous_commit = off` (no wait for the WAL flush).
 
@@ -8,8 +9,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::task::Poll;
+
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::ToSql;
 
 use super::{record_of, Shared, COLUMNS};
 use crate::ids::NotificationId;
@@ -46,62 +51,86 @@ pub(super) struct Write {
     pub(super) done: oneshot::Sender<Answer>,
 }
 
+/// Transactions in flight at once: while one waits for its commit, the next batch gathers and
+/// goes out. The layer never has two writes of one event outstanding, so batches committing
+/// side by side never touch the same row.
+const IN_FLIGHT: usize = 4;
+
 pub(super) async fn run(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Write>) {
-    let mut batch = Vec::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = queue.recv().await {
-        batch.push(first);
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
                 Ok(write) => batch.push(write),
                 Err(_) => break,
             }
         }
-        let durable = batch.iter().any(|write| write.op.is_durable());
-        let answers =
-            match tokio::time::timeout(WRITE_TIMEOUT, commit(&shared, &batch, durable)).await {
-                Ok(Ok(answers)) => {
-                    shared.transactions.fetch_add(1, Ordering::Relaxed);
-                    if durable {
-                        shared.durable_commits.fetch_add(1, Ordering::Relaxed);
-                    }
-                    answers
-                }
-                Ok(Err(error)) => {
-                    let message = error.to_string();
-                    tracing::warn!(%message, "the event store could not commit");
-                    batch
-                        .iter()
-                        .map(|_| Err(StoreError::new(message.clone())))
-                        .collect()
-                }
-                Err(_) => {
-                    tracing::warn!("the event store did not commit within {WRITE_TIMEOUT:?}");
-                    batch
-                        .iter()
-                        .map(|_| Err(StoreError::new("the database did not answer in time")))
-                        .collect()
-                }
-            };
-        for (write, answer) in batch.drain(..).zip(answers) {
-            let _ = write.done.send(answer);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            commit_and_answer(&shared, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn commit_and_answer(shared: &Shared, batch: Vec<Write>) {
+    let durable = batch.iter().any(|write| write.op.is_durable());
+    let answers = match tokio::time::timeout(WRITE_TIMEOUT, commit(shared, &batch, durable)).await
+    {
+        Ok(Ok(answers)) => {
+            shared.transactions.fetch_add(1, Ordering::Relaxed);
+            if durable {
+                shared.durable_commits.fetch_add(1, Ordering::Relaxed);
+            }
+            answers
+        }
+        Ok(Err(error)) => {
+            let message = error.to_string();
+            tracing::warn!(%message, "the event store could not commit");
+            batch.iter().map(|_| Err(StoreError::new(message.clone()))).collect()
+        }
+        Err(_) => {
+            tracing::warn!("the event store did not commit within {WRITE_TIMEOUT:?}");
+            batch
+                .iter()
+                .map(|_| Err(StoreError::new("the database did not answer in time")))
+                .collect()
+        }
+    };
+    for (write, answer) in batch.into_iter().zip(answers) {
+        let _ = write.done.send(answer);
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A pooled connection that goes back to the pool only once its transaction has ended: one
+/// given up midway (a timeout) is closed instead, never reused inside an open transaction.
+struct Checkout {
+    client: Option<deadpool_postgres::Object>,
+    ended: bool,
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let (false, Some(client)) = (self.ended, self.client.take()) {
+            drop(deadpool_postgres::Object::take(client));
         }
     }
 }
 
-/// One transaction for the whole batch; an answer per write, in order.
-async fn commit(
-    shared: &Shared,
-    batch: &[Write],
-    durable: bool,
-) -> Result<Vec<Answer>, Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = shared.pool.get().await?;
-    let txn = client.transaction().await?;
-    if !durable {
-        txn.batch_execute("SET LOCAL synchronous_commit = off")
-            .await?;
-    }
+/// One transaction for the whole batch, its statements pipelined (sent together, answered
+/// together: one round trip and the commit); an answer per write, in order.
+async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<Answer>, BoxError> {
+    let mut checkout = Checkout {
+        client: Some(shared.pool.get().await?),
+        ended: false,
+    };
+    let client = checkout.client.as_ref().expect("checked out above");
     let sql = &shared.sql;
-    let me = shared.node_id;
+    let me = &shared.node_id;
 
     let dispatched: Vec<&EventRecord> = batch
         .iter()
@@ -110,31 +139,6 @@ async fn commit(
             _ => None,
         })
         .collect();
-    if !dispatched.is_empty() {
-        let column =
-            |f: fn(&EventRecord) -> i64| dispatched.iter().map(|e| f(e)).collect::<Vec<_>>();
-        let statement = txn.prepare_cached(&sql.insert_events).await?;
-        txn.execute(
-            &statement,
-            &[
-                &column(|e| e.event_id.get() as i64),
-                &column(|e| e.notification_id.get() as i64),
-                &column(|e| e.instance_id as i64),
-                &dispatched
-                    .iter()
-                    .map(|e| e.target.as_str())
-                    .collect::<Vec<_>>(),
-                &dispatched
-                    .iter()
-                    .map(|e| e.instance_url)
-                    .collect::<Vec<_>>(),
-                &column(|e| e.accepted_at_ms as i64),
-                &me,
-            ],
-        )
-        .await?;
-    }
-
     let finished: Vec<&NotificationRecord> = batch
         .iter()
         .filter_map(|w| match &w.op {
@@ -142,40 +146,6 @@ async fn commit(
             _ => None,
         })
         .collect();
-    let mut kept = std::collections::HashSet::new();
-    if !finished.is_empty() {
-        let statement = txn.prepare_cached(&sql.finish_events).await?;
-        let rows = txn
-            .query(
-                &statement,
-                &[
-                    &finished
-                        .iter()
-                        .map(|n| n.event_id.get() as i64)
-                        .collect::<Vec<_>>(),
-                    &finished
-                        .iter()
-                        .map(|n| state_code(n.state))
-                        .collect::<Vec<_>>(),
-                    &finished
-                        .iter()
-                        .map(|n| n.body.as_ref())
-                        .collect::<Vec<&[u8]>>(),
-                    &finished
-                        .iter()
-                        .map(|n| n.next_attempt_at_ms as i64)
-                        .collect::<Vec<_>>(),
-                    &finished
-                        .iter()
-                        .map(|n| n.retain_until_ms as i64)
-                        .collect::<Vec<_>>(),
-                    &me,
-                ],
-            )
-            .await?;
-        kept = rows.iter().map(|row| row.get::<_, i64>(0) as u64).collect();
-    }
-
     // Later writes of one notification supersede earlier ones (each carries the whole state).
     let mut updates: HashMap<u64, &NotificationRecord> = HashMap::new();
     for write in batch {
@@ -187,76 +157,164 @@ async fn commit(
     let (gone, changed): (Vec<&NotificationRecord>, Vec<&NotificationRecord>) = updates
         .into_values()
         .partition(|n| n.state == DeliveryState::Delivered && n.retain_until_ms <= now);
-    if !gone.is_empty() {
-        // Nothing asks for it any more (no status endpoint): keep nothing.
-        let statement = txn.prepare_cached(&sql.delete_notifications).await?;
-        let ids: Vec<i64> = gone
-            .iter()
-            .map(|n| n.notification_id.get() as i64)
-            .collect();
-        txn.execute(&statement, &[&ids]).await?;
-    }
-    if !changed.is_empty() {
-        let statement = txn.prepare_cached(&sql.update_notifications).await?;
-        txn.execute(
-            &statement,
-            &[
-                &changed
-                    .iter()
-                    .map(|n| n.notification_id.get() as i64)
-                    .collect::<Vec<_>>(),
-                &changed
-                    .iter()
-                    .map(|n| state_code(n.state))
-                    .collect::<Vec<_>>(),
-                &changed
-                    .iter()
-                    .map(|n| n.attempts as i32)
-                    .collect::<Vec<_>>(),
-                &changed
-                    .iter()
-                    .map(|n| n.next_attempt_at_ms as i64)
-                    .collect::<Vec<_>>(),
-                &changed
-                    .iter()
-                    .map(|n| n.last_error.as_deref())
-                    .collect::<Vec<_>>(),
-                &changed
-                    .iter()
-                    .map(|n| n.retain_until_ms as i64)
-                    .collect::<Vec<_>>(),
-            ],
-        )
-        .await?;
-    }
+    let revives: Vec<(usize, i64)> = batch
+        .iter()
+        .enumerate()
+        .filter_map(|(index, w)| match &w.op {
+            Op::Revive(id) => Some((index, id.get() as i64)),
+            _ => None,
+        })
+        .collect();
 
-    let mut answers = Vec::with_capacity(batch.len());
-    for write in batch {
-        answers.push(match &write.op {
+    // Prepared once per connection (cached), before the pipelined part.
+    let insert = client.prepare_cached(&sql.insert_events).await?;
+    let finish = client.prepare_cached(&sql.finish_events).await?;
+    let delete = client.prepare_cached(&sql.delete_notifications).await?;
+    let update = client.prepare_cached(&sql.update_notifications).await?;
+    let revive = client.prepare_cached(&sql.revive).await?;
+
+    let ids = |n: &[&NotificationRecord]| -> Vec<i64> {
+        n.iter().map(|n| n.notification_id.get() as i64).collect()
+    };
+    let i64s = |values: Vec<u64>| -> Vec<i64> { values.into_iter().map(|v| v as i64).collect() };
+    let insert_params = (
+        i64s(dispatched.iter().map(|e| e.event_id.get()).collect()),
+        i64s(dispatched.iter().map(|e| e.notification_id.get()).collect()),
+        i64s(dispatched.iter().map(|e| e.instance_id).collect()),
+        dispatched.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+        dispatched.iter().map(|e| e.instance_url).collect::<Vec<_>>(),
+        i64s(dispatched.iter().map(|e| e.accepted_at_ms).collect()),
+    );
+    let finish_params = (
+        i64s(finished.iter().map(|n| n.event_id.get()).collect()),
+        finished.iter().map(|n| state_code(n.state)).collect::<Vec<_>>(),
+        finished.iter().map(|n| n.body.as_ref()).collect::<Vec<&[u8]>>(),
+        i64s(finished.iter().map(|n| n.next_attempt_at_ms).collect()),
+        i64s(finished.iter().map(|n| n.retain_until_ms).collect()),
+    );
+    let gone_ids = ids(&gone);
+    let update_params = (
+        ids(&changed),
+        changed.iter().map(|n| state_code(n.state)).collect::<Vec<_>>(),
+        changed.iter().map(|n| n.attempts as i32).collect::<Vec<_>>(),
+        i64s(changed.iter().map(|n| n.next_attempt_at_ms).collect()),
+        changed.iter().map(|n| n.last_error.as_deref()).collect::<Vec<_>>(),
+        i64s(changed.iter().map(|n| n.retain_until_ms).collect()),
+    );
+    let now_param = now as i64;
+
+    // Every statement here finds its rows by key. Without the planner's statistics of a table
+    // that grew quickly (autovacuum has not analysed it yet) a join with UNNEST can be planned as
+    // a scan of the whole table; the indexes are always right here.
+    let begin = client.batch_execute(if durable {
+        "BEGIN; SET LOCAL enable_seqscan = off"
+    } else {
+        "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL synchronous_commit = off"
+    });
+    let inserted = async {
+        if dispatched.is_empty() {
+            return Ok(0);
+        }
+        let p = &insert_params;
+        client
+            .execute(&insert, &[&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, me])
+            .await
+    };
+    let kept = async {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        let p = &finish_params;
+        client
+            .query(&finish, &[&p.0, &p.1, &p.2, &p.3, &p.4, me])
+            .await
+    };
+    let deleted = async {
+        if gone_ids.is_empty() {
+            return Ok(0);
+        }
+        client.execute(&delete, &[&gone_ids]).await
+    };
+    let updated = async {
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let p = &update_params;
+        client
+            .execute(&update, &[&p.0, &p.1, &p.2, &p.3, &p.4, &p.5])
+            .await
+    };
+    let revive_params: Vec<[&(dyn ToSql + Sync); 3]> = revives
+        .iter()
+        .map(|(_, id)| [id as &(dyn ToSql + Sync), &now_param, me])
+        .collect();
+    // All sent at once, so all are inside the transaction, before its COMMIT.
+    let revived = join_all(
+        revive_params
+            .iter()
+            .map(|params| client.query_opt(&revive, params))
+            .collect(),
+    );
+    let end = client.batch_execute("COMMIT");
+    let (begun, inserted, kept, deleted, updated, revived, ended) =
+        tokio::join!(begin, inserted, kept, deleted, updated, revived, end);
+    checkout.ended = true;
+    // The first failure is the cause; the later ones only say the transaction was aborted.
+    begun?;
+    inserted?;
+    let kept: std::collections::HashSet<u64> =
+        kept?.iter().map(|row| row.get::<_, i64>(0) as u64).collect();
+    deleted?;
+    updated?;
+    ended?;
+
+    let mut answers: Vec<Answer> = batch
+        .iter()
+        .map(|write| match &write.op {
             Op::Finished(notification) if !kept.contains(&notification.event_id.get()) => {
                 Err(StoreError::superseded(format!(
                     "event {} was taken over by another node",
                     notification.event_id
                 )))
             }
-            Op::Revive(notification_id) => {
-                let statement = txn.prepare_cached(&sql.revive).await?;
-                let row = txn
-                    .query_opt(
-                        &statement,
-                        &[&(notification_id.get() as i64), &(now as i64), &me],
-                    )
-                    .await?;
-                Ok(row
-                    .map(|row| record_of(&row))
-                    .transpose()?
-                    .and_then(|r| r.finished()))
-            }
             _ => Ok(None),
-        });
+        })
+        .collect();
+    for ((index, _), row) in revives.iter().zip(revived) {
+        answers[*index] = row?
+            .map(|row| record_of(&row).map(|stored| stored.finished()))
+            .transpose()
+            .map(Option::flatten);
     }
-    txn.commit().await?;
     Ok(answers)
+}
+
+/// Polls every future from the first poll on (so requests they send go out together, in order)
+/// until all are done; their outputs, in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("polled to the end")).collect()
 }
 
 pub(super) fn state_code(state: DeliveryState) -> i16 {
