@@ -480,3 +480,82 @@ async fn an_outage_refuses_new_requests_with_503_and_loses_nothing_accepted() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_events_are_deleted_past_their_retention_in_batches() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let store = store(&schema).await;
+    let mut expired = Vec::new();
+    for i in 0..2500u64 {
+        let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+        let target = "https://hooks.example.com/in".to_owned();
+        store
+            .dispatched(&EventRecord {
+                event_id,
+                notification_id,
+                instance_id: 30,
+                target: target.clone(),
+                instance_url: false,
+                accepted_at_ms: 1,
+                running: false,
+            })
+            .await
+            .unwrap();
+        let kept = i % 10 == 0; // one in ten is still within its retention
+        let record = NotificationRecord {
+            event_id,
+            notification_id,
+            instance_id: 30,
+            target,
+            instance_url: false,
+            body: Bytes::from_static(b"{}"),
+            attempts: 1,
+            next_attempt_at_ms: 0,
+            last_error: None,
+            state: DeliveryState::Pending,
+            retain_until_ms: if kept { u64::MAX } else { 1 },
+        };
+        store.finished(&record).await.unwrap();
+        if !kept {
+            expired.push(event_id);
+        }
+    }
+    // Status answers stop at once; the rows go in batches.
+    assert!(
+        store.status(expired[0]).await.unwrap().is_some(),
+        "pending, not expired"
+    );
+    assert_eq!(
+        store.delete_expired().await.unwrap(),
+        0,
+        "pending ones are kept"
+    );
+    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "UPDATE \"{}\".events SET state = 2 WHERE state = 1",
+            schema.0
+        ))
+        .await
+        .unwrap();
+    assert!(
+        store.status(expired[0]).await.unwrap().is_none(),
+        "past its retention"
+    );
+    assert_eq!(store.delete_expired().await.unwrap(), 2250);
+    let left: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM \"{}\".events", schema.0),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 250);
+}

@@ -56,8 +56,8 @@ pub(super) async fn register(shared: &Shared) -> Result<(), StoreError> {
     beat(shared).await
 }
 
-/// Deletes delivered and not-requested events past their retention, in batches.
-async fn prune(shared: &Shared) -> Result<(), StoreError> {
+/// Deletes delivered and not-requested events past their retention, in batches; how many.
+pub(super) async fn prune(shared: &Shared) -> Result<u64, StoreError> {
     let client = shared.pool.get().await.map_err(StoreError::new)?;
     let sql = format!(
         "DELETE FROM {schema}.events WHERE event_id IN (
@@ -65,13 +65,15 @@ async fn prune(shared: &Shared) -> Result<(), StoreError> {
              WHERE state IN (2, 4) AND retain_until_ms <= $1 LIMIT $2)",
         schema = shared.quoted
     );
+    let mut total = 0;
     loop {
         let deleted = client
             .execute(&sql, &[&(unix_ms() as i64), &PRUNE_BATCH])
             .await
             .map_err(StoreError::new)?;
+        total += deleted;
         if deleted < PRUNE_BATCH as u64 {
-            return Ok(());
+            return Ok(total);
         }
     }
 }

@@ -77,8 +77,7 @@ pub(super) async fn run(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<
 
 async fn commit_and_answer(shared: &Shared, batch: Vec<Write>) {
     let durable = batch.iter().any(|write| write.op.is_durable());
-    let answers = match tokio::time::timeout(WRITE_TIMEOUT, commit(shared, &batch, durable)).await
-    {
+    let answers = match tokio::time::timeout(WRITE_TIMEOUT, commit(shared, &batch, durable)).await {
         Ok(Ok(answers)) => {
             shared.transactions.fetch_add(1, Ordering::Relaxed);
             if durable {
@@ -89,7 +88,10 @@ async fn commit_and_answer(shared: &Shared, batch: Vec<Write>) {
         Ok(Err(error)) => {
             let message = error.to_string();
             tracing::warn!(%message, "the event store could not commit");
-            batch.iter().map(|_| Err(StoreError::new(message.clone()))).collect()
+            batch
+                .iter()
+                .map(|_| Err(StoreError::new(message.clone())))
+                .collect()
         }
         Err(_) => {
             tracing::warn!("the event store did not commit within {WRITE_TIMEOUT:?}");
@@ -176,29 +178,56 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     let ids = |n: &[&NotificationRecord]| -> Vec<i64> {
         n.iter().map(|n| n.notification_id.get() as i64).collect()
     };
-    let i64s = |values: Vec<u64>| -> Vec<i64> { values.into_iter().map(|v| v as i64).collect() };
+    // Ids are below 2^53; times may be "forever" (`u64::MAX`), kept as the largest bigint.
+    let i64s = |values: Vec<u64>| -> Vec<i64> {
+        values
+            .into_iter()
+            .map(|v| v.min(i64::MAX as u64) as i64)
+            .collect()
+    };
     let insert_params = (
         i64s(dispatched.iter().map(|e| e.event_id.get()).collect()),
         i64s(dispatched.iter().map(|e| e.notification_id.get()).collect()),
         i64s(dispatched.iter().map(|e| e.instance_id).collect()),
-        dispatched.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
-        dispatched.iter().map(|e| e.instance_url).collect::<Vec<_>>(),
+        dispatched
+            .iter()
+            .map(|e| e.target.as_str())
+            .collect::<Vec<_>>(),
+        dispatched
+            .iter()
+            .map(|e| e.instance_url)
+            .collect::<Vec<_>>(),
         i64s(dispatched.iter().map(|e| e.accepted_at_ms).collect()),
     );
     let finish_params = (
         i64s(finished.iter().map(|n| n.event_id.get()).collect()),
-        finished.iter().map(|n| state_code(n.state)).collect::<Vec<_>>(),
-        finished.iter().map(|n| n.body.as_ref()).collect::<Vec<&[u8]>>(),
+        finished
+            .iter()
+            .map(|n| state_code(n.state))
+            .collect::<Vec<_>>(),
+        finished
+            .iter()
+            .map(|n| n.body.as_ref())
+            .collect::<Vec<&[u8]>>(),
         i64s(finished.iter().map(|n| n.next_attempt_at_ms).collect()),
         i64s(finished.iter().map(|n| n.retain_until_ms).collect()),
     );
     let gone_ids = ids(&gone);
     let update_params = (
         ids(&changed),
-        changed.iter().map(|n| state_code(n.state)).collect::<Vec<_>>(),
-        changed.iter().map(|n| n.attempts as i32).collect::<Vec<_>>(),
+        changed
+            .iter()
+            .map(|n| state_code(n.state))
+            .collect::<Vec<_>>(),
+        changed
+            .iter()
+            .map(|n| n.attempts as i32)
+            .collect::<Vec<_>>(),
         i64s(changed.iter().map(|n| n.next_attempt_at_ms).collect()),
-        changed.iter().map(|n| n.last_error.as_deref()).collect::<Vec<_>>(),
+        changed
+            .iter()
+            .map(|n| n.last_error.as_deref())
+            .collect::<Vec<_>>(),
         i64s(changed.iter().map(|n| n.retain_until_ms).collect()),
     );
     let now_param = now as i64;
@@ -262,8 +291,10 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     // The first failure is the cause; the later ones only say the transaction was aborted.
     begun?;
     inserted?;
-    let kept: std::collections::HashSet<u64> =
-        kept?.iter().map(|row| row.get::<_, i64>(0) as u64).collect();
+    let kept: std::collections::HashSet<u64> = kept?
+        .iter()
+        .map(|row| row.get::<_, i64>(0) as u64)
+        .collect();
     deleted?;
     updated?;
     ended?;
@@ -314,7 +345,10 @@ async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
         }
     })
     .await;
-    outputs.into_iter().map(|o| o.expect("polled to the end")).collect()
+    outputs
+        .into_iter()
+        .map(|o| o.expect("polled to the end"))
+        .collect()
 }
 
 pub(super) fn state_code(state: DeliveryState) -> i16 {
