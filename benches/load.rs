@@ -76,6 +76,7 @@ const PHASE_C_MAX_IN_FLIGHT: usize = 200_000;
 enum StoreKind {
     Memory,
     Redb,
+    Postgres,
 }
 
 /// Which signatures each callback carries (the receiver checks the Elements one).
@@ -104,7 +105,7 @@ struct Options {
 
 const USAGE: &str =
     "usage: cargo bench --bench load -- [--concurrency N] [--rounds R] [--duration-secs D] \
-[--payload-bytes P] [--pending-events K] [--store memory|redb] [--signatures both|elements] \
+[--payload-bytes P] [--pending-events K] [--store memory|redb|postgres] [--signatures both|elements] \
 [--threads T] [--max-requests M] [--drain-secs S] [--memory-secs S]   (or env LOAD_CONCURRENCY, \
 LOAD_DURATION_SECS, …)";
 
@@ -160,7 +161,15 @@ impl Options {
                     "--store redb needs the redb feature: cargo bench --features redb --bench load"
                         .to_owned(),
                 ),
-                Some(other) => return Err(format!("--store: memory or redb, not {other:?}")),
+                Some("postgres") if cfg!(feature = "postgres") => StoreKind::Postgres,
+                Some("postgres") => return Err(
+                    "--store postgres needs the postgres feature (and DATABASE_URL, or the local \
+                     server): cargo bench --features postgres --bench load"
+                        .to_owned(),
+                ),
+                Some(other) => {
+                    return Err(format!("--store: memory, redb or postgres, not {other:?}"))
+                }
             };
         let signatures = match values.remove("signatures").as_deref() {
             None | Some("both") => Signatures::Both,
@@ -199,10 +208,12 @@ impl Options {
         let features = match self.store {
             StoreKind::Memory => "",
             StoreKind::Redb => " --features redb",
+            StoreKind::Postgres => " --features postgres",
         };
         let store = match self.store {
             StoreKind::Memory => "memory",
             StoreKind::Redb => "redb",
+            StoreKind::Postgres => "postgres",
         };
         let signatures = match self.signatures {
             Signatures::Both => "both",
@@ -231,7 +242,17 @@ impl Options {
 /// Files of redb stores made by this run, removed at the end.
 static STORE_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-fn with_store(
+/// PostgreSQL schemas made by this run, dropped at the end.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+static STORE_SCHEMAS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+async fn with_store(
     builder: AsyncRequestLayerBuilder,
     store: StoreKind,
     tag: &str,
@@ -251,7 +272,45 @@ fn with_store(
         }
         #[cfg(not(feature = "redb"))]
         StoreKind::Redb => unreachable!("rejected by Options::parse ({tag})"),
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres => {
+            let schema = format!("tar_load_{}_{tag}", std::process::id());
+            let opened = tower_async_request::store::PostgresStore::builder(database_url())
+                .schema(schema.clone())
+                .connect()
+                .await
+                .expect("a PostgreSQL server at DATABASE_URL (or the local default)");
+            STORE_SCHEMAS.lock().unwrap().push(schema);
+            builder.store(opened)
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreKind::Postgres => unreachable!("rejected by Options::parse ({tag})"),
     }
+}
+
+/// Drops the schemas this run made.
+#[cfg(feature = "postgres")]
+fn drop_schemas() {
+    let schemas: Vec<String> = STORE_SCHEMAS.lock().unwrap().drain(..).collect();
+    if schemas.is_empty() {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        if let Ok((client, connection)) =
+            tokio_postgres::connect(&database_url(), tokio_postgres::NoTls).await
+        {
+            tokio::spawn(connection);
+            for schema in schemas {
+                let _ = client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                    .await;
+            }
+        }
+    });
 }
 
 /// The endpoint: echoes the request body as JSON, so each notification carries the payload.
@@ -752,6 +811,7 @@ async fn phase_memory(options: &Options, client: &HttpClient) -> MemoryFigures {
         .local_addr()
         .unwrap();
     let layer = with_store(layer_builder(options.signatures), options.store, "pending")
+        .await
         .default_callback_url(format!("http://{closed}/cb"))
         .retry_schedule([Duration::from_secs(3600)])
         .max_in_flight(PHASE_C_MAX_IN_FLIGHT.max(options.pending_events as usize))
@@ -840,6 +900,7 @@ async fn run(options: Options) {
 
     // The app of phases (a) and (b): default HttpSink, default max_in_flight.
     let layer = with_store(layer_builder(options.signatures), options.store, "load")
+        .await
         .build()
         .expect("layer");
     let handle = layer.handle();
@@ -1127,6 +1188,8 @@ fn main() -> ExitCode {
     for path in STORE_FILES.lock().unwrap().drain(..) {
         let _ = std::fs::remove_file(path);
     }
+    #[cfg(feature = "postgres")]
+    drop_schemas();
     println!("total {:.1} s", started.elapsed().as_secs_f64());
     ExitCode::SUCCESS
 }
