@@ -91,6 +91,9 @@ where
         })
 }
 
+/// Longest wait between two tries to record an outcome the store refused.
+const MAX_FINISHED_WAIT: Duration = Duration::from_secs(5);
+
 /// Ends an event: counts its outcome, records its notification as pending and delivers it.
 /// `event.target` is the stored callback URL (empty: none); `parsed`, the same URL parsed, when
 /// the caller has it at hand.
@@ -129,15 +132,23 @@ pub(crate) async fn conclude(
     // The inner body may be a slice of a larger buffer (a request's, say): let it go now rather
     // than hold it through a retry schedule of hours.
     drop(outcome);
-    match config.store.finished(&notification).await {
-        Ok(()) => {}
-        Err(error) if error.is_superseded() => {
-            // Another node took the event over and ends it; a second outcome would contradict.
-            tracing::warn!(%error, "the event was taken over by another node; not delivering");
-            return;
-        }
-        Err(error) => {
-            tracing::error!(%error, "could not record a finished event; delivering anyway")
+    // The outcome must be in the store before the first attempt (the store contract): were a
+    // delivered `completed` unknown to the store, a crash could recover it into a contradicting
+    // `interrupted`. While the store cannot take it, the notification waits.
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match config.store.finished(&notification).await {
+            Ok(()) => break,
+            Err(error) if error.is_superseded() => {
+                // Another node took the event over and ends it; a second outcome would contradict.
+                tracing::warn!(%error, "the event was taken over by another node; not delivering");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, retry_in = ?wait, "could not record a finished event; trying again before delivering");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_FINISHED_WAIT);
+            }
         }
     }
     if requested {
