@@ -175,8 +175,10 @@ async fn only_the_accepted_event_and_its_outcome_wait_for_the_wal_flush() {
         retain_until_ms: u64::MAX,
     };
     store.finished(&notification).await.unwrap();
+    // Written again (its first answer was lost with a broken connection, say): still fine.
+    store.finished(&notification).await.unwrap();
     let durable = store.stats();
-    assert_eq!(durable.durable_commits - before.durable_commits, 2);
+    assert_eq!(durable.durable_commits - before.durable_commits, 3);
     notification.attempts = 1;
     notification.last_error = Some("the receiver answered 503".into());
     store.attempted(&notification).await.unwrap();
@@ -472,7 +474,15 @@ async fn an_outage_refuses_new_requests_with_503_and_loses_nothing_accepted() {
     accepted.insert(back);
     let mut delivered = HashSet::new();
     while !accepted.is_subset(&delivered) {
-        let hit = receiver.next().await;
+        let Ok(Some(hit)) =
+            tokio::time::timeout(Duration::from_secs(20), receiver.hits.recv()).await
+        else {
+            panic!(
+                "not delivered: {:?} of {accepted:?}; {:?}",
+                accepted.difference(&delivered).collect::<Vec<_>>(),
+                handle.metrics()
+            );
+        };
         delivered.insert(hit.json()["eventId"].as_u64().unwrap());
     }
     eventually("counted", || {
@@ -558,4 +568,45 @@ async fn finished_events_are_deleted_past_their_retention_in_batches() {
         .unwrap()
         .get(0);
     assert_eq!(left, 250);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outcome_from_a_node_whose_event_was_taken_over_is_refused() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let (a, b) = (store(&schema).await, store(&schema).await);
+    let (event_id, notification_id) = a.allocate_ids().await.unwrap();
+    let event = EventRecord {
+        event_id,
+        notification_id,
+        instance_id: 30,
+        target: "https://hooks.example.com/in".into(),
+        instance_url: false,
+        accepted_at_ms: 1,
+        running: false,
+    };
+    a.dispatched(&event).await.unwrap();
+    a.leave().await.unwrap(); // as if silent past its lease
+    let taken = b.take_over().unwrap().await.unwrap();
+    assert_eq!(taken.unfinished.len(), 1);
+    assert_eq!(taken.unfinished[0].event_id, event_id);
+    let error = a
+        .finished(&NotificationRecord {
+            event_id,
+            notification_id,
+            instance_id: 30,
+            target: event.target.clone(),
+            instance_url: false,
+            body: Bytes::from_static(b"{}"),
+            attempts: 0,
+            next_attempt_at_ms: 0,
+            last_error: None,
+            state: DeliveryState::Pending,
+            retain_until_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert!(error.is_superseded(), "{error}");
 }

@@ -97,6 +97,8 @@ pub(super) struct Shared {
     wake: Arc<Notify>,
     /// Whether this node's own earlier life (a fixed node id) was taken back yet.
     recovered_own: std::sync::atomic::AtomicBool,
+    /// Set by `leave`: no more heartbeats.
+    left: std::sync::atomic::AtomicBool,
     transactions: AtomicU64,
     durable_commits: AtomicU64,
 }
@@ -209,6 +211,7 @@ impl PostgresStoreBuilder {
             running: Mutex::default(),
             wake: Arc::default(),
             recovered_own: Default::default(),
+            left: Default::default(),
             transactions: AtomicU64::new(0),
             durable_commits: AtomicU64::new(0),
         });
@@ -248,8 +251,9 @@ impl PostgresStore {
     }
 
     /// Hands what this node leaves unfinished to its peers now rather than after the lease
-    /// timeout: marks the node as gone and tells them (`NOTIFY`). Call it after the layer's
-    /// [`shutdown`](crate::AsyncRequestHandle::shutdown) when work is left.
+    /// timeout: marks the node as gone, stops its heartbeat and tells the peers (`NOTIFY`). Call
+    /// it after the layer's [`shutdown`](crate::AsyncRequestHandle::shutdown) when work is left;
+    /// outcomes this node records afterwards for events a peer took are refused.
     pub async fn leave(&self) -> Result<(), StoreError> {
         nodes::leave(&self.shared).await
     }

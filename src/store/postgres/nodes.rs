@@ -29,6 +29,9 @@ pub(super) async fn heartbeat(shared: Weak<Shared>, every: Duration) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        if shared.left.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         if let Err(error) = beat(&shared).await {
             tracing::warn!(%error, "could not renew this node's lease in the event store");
         }
@@ -145,6 +148,7 @@ pub(super) async fn take_over(shared: &Shared, own: bool) -> Result<Recovery, St
 
 /// Marks this node as gone, so peers take over what it leaves at once, and tells them.
 pub(super) async fn leave(shared: &Shared) -> Result<(), StoreError> {
+    shared.left.store(true, std::sync::atomic::Ordering::Release);
     let client = shared.pool.get().await.map_err(StoreError::new)?;
     client
         .batch_execute(&format!(

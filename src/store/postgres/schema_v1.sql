@@ -17,7 +17,7 @@ CREATE TABLE {schema}.nodes (
 -- dead (3) or not requested (4). `owner` is the node that runs its job and delivers it.
 CREATE TABLE {schema}.events (
     event_id           bigint PRIMARY KEY,
-    notification_id    bigint NOT NULL UNIQUE,
+    notification_id    bigint NOT NULL, -- unique by the sequence; found by it only when dead
     instance_id        bigint NOT NULL,
     target             text NOT NULL,
     instance_url       boolean NOT NULL,

@@ -152,7 +152,7 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     let mut updates: HashMap<u64, &NotificationRecord> = HashMap::new();
     for write in batch {
         if let Op::Update(notification) = &write.op {
-            updates.insert(notification.notification_id.get(), notification);
+            updates.insert(notification.event_id.get(), notification);
         }
     }
     let now = unix_ms();
@@ -175,8 +175,9 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     let update = client.prepare_cached(&sql.update_notifications).await?;
     let revive = client.prepare_cached(&sql.revive).await?;
 
+    // Rows are found by their primary key, the event id.
     let ids = |n: &[&NotificationRecord]| -> Vec<i64> {
-        n.iter().map(|n| n.notification_id.get() as i64).collect()
+        n.iter().map(|n| n.event_id.get() as i64).collect()
     };
     // Ids are below 2^53; times may be "forever" (`u64::MAX`), kept as the largest bigint.
     let i64s = |values: Vec<u64>| -> Vec<i64> {
@@ -380,13 +381,16 @@ impl Statements {
                  FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::bool[], $6::int8[])
                      AS x(e, n, i, t, u, a)"
             ),
-            // Only an event this node still owns: one taken over meanwhile ends elsewhere.
+            // Only an event this node still owns: one taken over meanwhile ends elsewhere. The
+            // same outcome written again counts: a commit whose answer was lost (the connection
+            // broke) is tried again, and must not read as taken over.
             finish_events: format!(
                 "UPDATE {schema}.events AS ev
                  SET state = x.s, body = x.b, next_attempt_at_ms = x.nx, retain_until_ms = x.r
                  FROM UNNEST($1::int8[], $2::int2[], $3::bytea[], $4::int8[], $5::int8[])
                      AS x(e, s, b, nx, r)
-                 WHERE ev.event_id = x.e AND ev.state = 0 AND ev.owner = $6
+                 WHERE ev.event_id = x.e AND ev.owner = $6
+                     AND (ev.state = 0 OR (ev.state = x.s AND ev.body = x.b))
                  RETURNING ev.event_id"
             ),
             update_notifications: format!(
@@ -394,11 +398,11 @@ impl Statements {
                  SET state = x.s, attempts = x.at, next_attempt_at_ms = x.nx, last_error = x.le,
                      retain_until_ms = x.r
                  FROM UNNEST($1::int8[], $2::int2[], $3::int4[], $4::int8[], $5::text[], $6::int8[])
-                     AS x(n, s, at, nx, le, r)
-                 WHERE ev.notification_id = x.n"
+                     AS x(e, s, at, nx, le, r)
+                 WHERE ev.event_id = x.e"
             ),
             delete_notifications: format!(
-                "DELETE FROM {schema}.events WHERE notification_id = ANY($1::int8[])"
+                "DELETE FROM {schema}.events WHERE event_id = ANY($1::int8[])"
             ),
             revive: format!(
                 "UPDATE {schema}.events
