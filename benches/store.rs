@@ -176,59 +176,114 @@ fn paced(_: &mut Criterion) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let (secs, rate) = (env("PACED_SECS", 10), env("PACED_RATE", 200));
-    println!(
-        "paced: {rate} events/s for {secs} s, real TCP on loopback: client -> app (layer) -> HttpSink -> receiver, one process"
+    let (secs, rate, rounds) = (
+        env("PACED_SECS", 10),
+        env("PACED_RATE", 200),
+        env("PACED_ROUNDS", 3).max(1),
     );
     println!(
-        "{:<8} {:>7} {:>14} {:>14} {:>16} {:>10} {:>10}",
-        "store", "events", "CPU/event", "txns/event", "durable/event", "e2e p50", "e2e p99"
+        "paced: {rate} events/s for {secs} s per store and round, {rounds} rounds (the order \
+         turns each round), real TCP on loopback: client -> app (layer) -> HttpSink -> receiver, \
+         one process; CPU is this process's (a database server's own is not in it)"
     );
-    let rows = vec![paced::run(
-        "memory",
-        || async { Some(Arc::new(tower_async_request::store::MemoryStore::new())) },
-        secs,
-        rate,
-    )];
-    #[cfg(feature = "redb")]
-    let rows = {
-        let mut rows = rows;
-        let path = std::env::temp_dir().join(format!("tar-paced-{}.redb", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let store = || async {
-            Some(Arc::new(
-                tower_async_request::store::RedbStore::open(&path).unwrap(),
-            ))
-        };
-        rows.push(paced::run("redb", store, secs, rate));
-        let _ = std::fs::remove_file(&path);
-        rows
-    };
-    #[cfg(feature = "postgres")]
-    let rows = {
-        let mut rows = rows;
-        let schema = format!("tar_paced_{}", std::process::id());
-        let store = || async { postgres::store(&schema).await.map(Arc::new) };
-        rows.push(paced::run("postgres", store, secs, rate));
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(postgres::drop_schema(&schema));
-        rows
-    };
-    let rows: Vec<paced::Row> = rows.into_iter().flatten().collect();
-    let memory_cpu = rows[0].cpu_per_event;
-    for row in &rows {
+    let header = || {
         println!(
-            "{:<8} {:>7} {:>8.3} ms {:>4.2}x {:>14.2} {:>16.2} {:>7.2} ms {:>7.2} ms",
-            row.name,
-            row.events,
-            row.cpu_per_event * 1e3,
-            row.cpu_per_event / memory_cpu,
-            row.transactions_per_event,
-            row.durable_per_event,
-            row.p50 * 1e3,
-            row.p99 * 1e3,
-        );
+            "{:<8} {:>7} {:>14} {:>14} {:>16} {:>10} {:>10}",
+            "store", "events", "CPU/event", "txns/event", "durable/event", "e2e p50", "e2e p99"
+        )
+    };
+    let redb_path = std::env::temp_dir().join(format!("tar-paced-{}.redb", std::process::id()));
+    let schema = format!("tar_paced_{}", std::process::id());
+    let mut names = vec!["memory"];
+    if cfg!(feature = "redb") {
+        names.push("redb");
+    }
+    if cfg!(feature = "postgres") {
+        names.push("postgres");
+    }
+    // Per store, each round's row and its CPU per event over memory's in the same round.
+    let mut table: Vec<(&str, Vec<(paced::Row, f64)>)> =
+        names.iter().map(|name| (*name, Vec::new())).collect();
+    for round in 0..rounds {
+        let mut order = names.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut rows = Vec::new();
+        for name in order {
+            let row = match name {
+                "memory" => paced::run(
+                    "memory",
+                    || async { Some(Arc::new(tower_async_request::store::MemoryStore::new())) },
+                    secs,
+                    rate,
+                ),
+                #[cfg(feature = "redb")]
+                "redb" => {
+                    let _ = std::fs::remove_file(&redb_path);
+                    let open = || async {
+                        Some(Arc::new(
+                            tower_async_request::store::RedbStore::open(&redb_path).unwrap(),
+                        ))
+                    };
+                    paced::run("redb", open, secs, rate)
+                }
+                #[cfg(feature = "postgres")]
+                "postgres" => {
+                    let open = || async { postgres::store(&schema).await.map(Arc::new) };
+                    paced::run("postgres", open, secs, rate)
+                }
+                _ => None,
+            };
+            rows.extend(row);
+        }
+        let Some(memory) = rows
+            .iter()
+            .find(|row| row.name == "memory")
+            .map(|r| r.cpu_per_event)
+        else {
+            continue;
+        };
+        println!("round {} of {rounds}:", round + 1);
+        header();
+        for row in rows {
+            paced::print(&row, row.cpu_per_event / memory);
+            let ratio = row.cpu_per_event / memory;
+            if let Some((_, runs)) = table.iter_mut().find(|(name, _)| *name == row.name) {
+                runs.push((row, ratio));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&redb_path);
+    #[cfg(feature = "postgres")]
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(postgres::drop_schema(&schema));
+    let _ = &schema;
+    println!("median of {rounds} rounds (each figure's own median; ratio to memory per round):");
+    header();
+    for (_, runs) in &mut table {
+        if runs.is_empty() {
+            continue;
+        }
+        let median = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let pick = |f: fn(&paced::Row) -> f64| -> f64 {
+            median(&mut runs.iter().map(|(row, _)| f(row)).collect())
+        };
+        let ratio = median(&mut runs.iter().map(|(_, ratio)| *ratio).collect());
+        let row = paced::Row {
+            name: runs[0].0.name,
+            events: runs[0].0.events,
+            cpu_per_event: pick(|r| r.cpu_per_event),
+            transactions_per_event: pick(|r| r.transactions_per_event),
+            durable_per_event: pick(|r| r.durable_per_event),
+            p50: pick(|r| r.p50),
+            p99: pick(|r| r.p99),
+        };
+        paced::print(&row, ratio);
     }
 }
 
@@ -294,6 +349,21 @@ mod paced {
             )
             .with_state(tx);
         (format!("{}/hook", serve(router).await), rx)
+    }
+
+    /// One line of the table.
+    pub fn print(row: &Row, ratio: f64) {
+        println!(
+            "{:<8} {:>7} {:>8.3} ms {:>4.2}x {:>14.2} {:>16.2} {:>7.2} ms {:>7.2} ms",
+            row.name,
+            row.events,
+            row.cpu_per_event * 1e3,
+            ratio,
+            row.transactions_per_event,
+            row.durable_per_event,
+            row.p50 * 1e3,
+            row.p99 * 1e3,
+        );
     }
 
     /// Waits for `total` callbacks: when each event's arrived.

@@ -148,7 +148,9 @@ pub(super) async fn take_over(shared: &Shared, own: bool) -> Result<Recovery, St
 
 /// Marks this node as gone, so peers take over what it leaves at once, and tells them.
 pub(super) async fn leave(shared: &Shared) -> Result<(), StoreError> {
-    shared.left.store(true, std::sync::atomic::Ordering::Release);
+    shared
+        .left
+        .store(true, std::sync::atomic::Ordering::Release);
     let client = shared.pool.get().await.map_err(StoreError::new)?;
     client
         .batch_execute(&format!(
