@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use tower_async_request::store::{
     DeliveryState, EventRecord, EventStore, NotificationRecord, PostgresStore,
 };
-use tower_async_request::{AsyncRequestLayer, EventId};
+use tower_async_request::{AsyncRequestLayer, EventId, NotificationId};
 
 const FILE: &str = "tests/postgres.rs";
 const STATUS_SECRET: &str = "a status secret every node shares";
@@ -77,6 +77,36 @@ async fn send(app: &Router, request: Request<Body>) -> (StatusCode, http::Header
         parts.headers,
         serde_json::from_slice(&body).unwrap_or(Value::Null),
     )
+}
+
+/// An accepted event of instance 30, delivered to `target`.
+fn event(event_id: EventId, notification_id: NotificationId, target: &str) -> EventRecord {
+    EventRecord {
+        event_id,
+        notification_id,
+        instance_id: 30,
+        target: target.to_owned(),
+        instance_url: false,
+        accepted_at_ms: 1,
+        running: false,
+    }
+}
+
+/// Its notification, pending, with `body`.
+fn pending(event: &EventRecord, body: impl Into<Bytes>) -> NotificationRecord {
+    NotificationRecord {
+        event_id: event.event_id,
+        notification_id: event.notification_id,
+        instance_id: event.instance_id,
+        target: event.target.clone(),
+        instance_url: event.instance_url,
+        body: body.into(),
+        attempts: 0,
+        next_attempt_at_ms: 0,
+        last_error: None,
+        state: DeliveryState::Pending,
+        retain_until_ms: 0,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,29 +180,15 @@ async fn only_the_accepted_event_and_its_outcome_wait_for_the_wal_flush() {
     let store = store(&schema).await;
     let (event_id, notification_id) = store.allocate_ids().await.unwrap();
     let event = EventRecord {
-        event_id,
-        notification_id,
-        instance_id: 30,
-        target: "https://hooks.example.com/in".into(),
         instance_url: true,
-        accepted_at_ms: 1,
-        running: false,
+        ..event(event_id, notification_id, "https://hooks.example.com/in")
     };
     let before = store.stats();
     store.dispatched(&event).await.unwrap();
     store.running(event_id).await.unwrap();
     let mut notification = NotificationRecord {
-        event_id,
-        notification_id,
-        instance_id: 30,
-        target: event.target.clone(),
-        instance_url: true,
-        body: Bytes::from_static(b"{\"eventId\":1,\"bytes\":\"\xff\"}"),
-        attempts: 0,
-        next_attempt_at_ms: 5,
-        last_error: None,
-        state: DeliveryState::Pending,
         retain_until_ms: u64::MAX,
+        ..pending(&event, &b"{\"eventId\":1,\"bytes\":\"\xff\"}"[..])
     };
     store.finished(&notification).await.unwrap();
     // Written again (its first answer was lost with a broken connection, say): still fine.
@@ -277,35 +293,16 @@ async fn the_work_of_a_silent_node_is_finished_by_another() {
         let a = store(&schema).await;
         let (e1, n1) = a.allocate_ids().await.unwrap();
         let (e2, n2) = a.allocate_ids().await.unwrap();
-        let event = |event_id, notification_id| EventRecord {
-            event_id,
-            notification_id,
-            instance_id: 30,
-            target: receiver.url(),
-            instance_url: false,
-            accepted_at_ms: 1,
-            running: false,
-        };
-        a.dispatched(&event(e1, n1)).await.unwrap();
-        a.dispatched(&event(e2, n2)).await.unwrap();
+        let (first, second) = (
+            event(e1, n1, &receiver.url()),
+            event(e2, n2, &receiver.url()),
+        );
+        a.dispatched(&first).await.unwrap();
+        a.dispatched(&second).await.unwrap();
         let body = format!(
             r#"{{"eventId":{e2},"instanceId":30,"eventStatus":"completed","statusCode":200,"response":"done","notificationId":{n2}}}"#
         );
-        a.finished(&NotificationRecord {
-            event_id: e2,
-            notification_id: n2,
-            instance_id: 30,
-            target: receiver.url(),
-            instance_url: false,
-            body: Bytes::from(body),
-            attempts: 0,
-            next_attempt_at_ms: 0,
-            last_error: None,
-            state: DeliveryState::Pending,
-            retain_until_ms: 0,
-        })
-        .await
-        .unwrap();
+        a.finished(&pending(&second, body)).await.unwrap();
         (e1, e2)
     };
     let (_node_b, handle_b) = app(store(&schema).await, &receiver);
@@ -342,17 +339,9 @@ async fn a_node_that_leaves_hands_its_work_over_at_once() {
     let pending = {
         let a = long_lease(&schema).await.unwrap();
         let (event_id, notification_id) = a.allocate_ids().await.unwrap();
-        a.dispatched(&EventRecord {
-            event_id,
-            notification_id,
-            instance_id: 30,
-            target: receiver.url(),
-            instance_url: false,
-            accepted_at_ms: 1,
-            running: false,
-        })
-        .await
-        .unwrap();
+        a.dispatched(&event(event_id, notification_id, &receiver.url()))
+            .await
+            .unwrap();
         a.leave().await.unwrap(); // NOTIFY: B need not wait 60 s
         event_id
     };
@@ -501,32 +490,12 @@ async fn finished_events_are_deleted_past_their_retention_in_batches() {
     let mut expired = Vec::new();
     for i in 0..2500u64 {
         let (event_id, notification_id) = store.allocate_ids().await.unwrap();
-        let target = "https://hooks.example.com/in".to_owned();
-        store
-            .dispatched(&EventRecord {
-                event_id,
-                notification_id,
-                instance_id: 30,
-                target: target.clone(),
-                instance_url: false,
-                accepted_at_ms: 1,
-                running: false,
-            })
-            .await
-            .unwrap();
+        let accepted = event(event_id, notification_id, "https://hooks.example.com/in");
+        store.dispatched(&accepted).await.unwrap();
         let kept = i % 10 == 0; // one in ten is still within its retention
         let record = NotificationRecord {
-            event_id,
-            notification_id,
-            instance_id: 30,
-            target,
-            instance_url: false,
-            body: Bytes::from_static(b"{}"),
-            attempts: 1,
-            next_attempt_at_ms: 0,
-            last_error: None,
-            state: DeliveryState::Pending,
             retain_until_ms: if kept { u64::MAX } else { 1 },
+            ..pending(&accepted, &b"{}"[..])
         };
         store.finished(&record).await.unwrap();
         if !kept {
@@ -578,34 +547,14 @@ async fn an_outcome_from_a_node_whose_event_was_taken_over_is_refused() {
     let schema = Schema::new();
     let (a, b) = (store(&schema).await, store(&schema).await);
     let (event_id, notification_id) = a.allocate_ids().await.unwrap();
-    let event = EventRecord {
-        event_id,
-        notification_id,
-        instance_id: 30,
-        target: "https://hooks.example.com/in".into(),
-        instance_url: false,
-        accepted_at_ms: 1,
-        running: false,
-    };
-    a.dispatched(&event).await.unwrap();
+    let accepted = event(event_id, notification_id, "https://hooks.example.com/in");
+    a.dispatched(&accepted).await.unwrap();
     a.leave().await.unwrap(); // as if silent past its lease
     let taken = b.take_over().unwrap().await.unwrap();
     assert_eq!(taken.unfinished.len(), 1);
     assert_eq!(taken.unfinished[0].event_id, event_id);
     let error = a
-        .finished(&NotificationRecord {
-            event_id,
-            notification_id,
-            instance_id: 30,
-            target: event.target.clone(),
-            instance_url: false,
-            body: Bytes::from_static(b"{}"),
-            attempts: 0,
-            next_attempt_at_ms: 0,
-            last_error: None,
-            state: DeliveryState::Pending,
-            retain_until_ms: 0,
-        })
+        .finished(&pending(&accepted, &b"{}"[..]))
         .await
         .unwrap_err();
     assert!(error.is_superseded(), "{error}");

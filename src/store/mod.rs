@@ -352,6 +352,34 @@ impl std::error::Error for StoreError {
     }
 }
 
+/// Events whose job runs in this process, for status answers. A durable store keeps this in
+/// memory only: after a crash a dispatched and a running event end the same way (`interrupted`),
+/// so writing it would cost a transaction and buy nothing.
+#[cfg(any(feature = "redb", feature = "postgres"))]
+#[derive(Debug, Default)]
+pub(crate) struct RunningJobs(std::sync::Mutex<std::collections::HashSet<EventId>>);
+
+#[cfg(any(feature = "redb", feature = "postgres"))]
+impl RunningJobs {
+    fn set(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<EventId>> {
+        self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The job started: resolves at once.
+    pub(crate) fn start(&self, event_id: EventId) -> StoreFuture<'_, ()> {
+        self.set().insert(event_id);
+        Box::pin(async { Ok(()) })
+    }
+
+    pub(crate) fn end(&self, event_id: EventId) {
+        self.set().remove(&event_id);
+    }
+
+    pub(crate) fn contains(&self, event_id: EventId) -> bool {
+        self.set().contains(&event_id)
+    }
+}
+
 pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use super::{
     unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
-    StoreError, StoreFuture, StoreStats,
+    RunningJobs, StoreError, StoreFuture, StoreStats,
 };
 use crate::ids::{EventId, IdGenerator, NotificationId};
 
@@ -72,8 +72,7 @@ pub struct RedbStore {
     // the file is released when the store is gone.
     writes: Option<mpsc::Sender<Write>>,
     writer: Option<thread::JoinHandle<()>>,
-    /// Events whose job runs in this process (kept in memory only; see `running`).
-    running: std::sync::Mutex<std::collections::HashSet<EventId>>,
+    running: RunningJobs,
     commits: Arc<Commits>,
 }
 
@@ -214,12 +213,6 @@ impl RedbStore {
             running: Default::default(),
             commits,
         })
-    }
-
-    fn running_now(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<EventId>> {
-        self.running
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn write(&self, op: Op) -> StoreFuture<'_, Option<NotificationRecord>> {
@@ -638,14 +631,11 @@ impl EventStore for RedbStore {
     }
 
     fn running(&self, event_id: EventId) -> StoreFuture<'_, ()> {
-        // Not written to disk: after a crash a dispatched and a running event end the same way
-        // (`interrupted`), so this costs no transaction; it only serves status queries.
-        self.running_now().insert(event_id);
-        Box::pin(async { Ok(()) })
+        self.running.start(event_id)
     }
 
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
-        self.running_now().remove(&notification.event_id);
+        self.running.end(notification.event_id);
         self.write_unit(Op::Finished(notification.clone()))
     }
 
@@ -658,7 +648,7 @@ impl EventStore for RedbStore {
     }
 
     fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>> {
-        let running = self.running_now().contains(&event_id);
+        let running = self.running.contains(event_id);
         self.read(move |db| {
             let txn = db.begin_read()?;
             if let Some(bytes) = txn.open_table(EVENTS)?.get(event_id.get())? {

@@ -10,10 +10,9 @@ mod migrate;
 mod nodes;
 mod writer;
 
-use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -23,7 +22,7 @@ use tokio_postgres::{NoTls, Row};
 use self::writer::{body_of, Op, Statements, Write};
 use super::{
     unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
-    StoreError, StoreFuture, StoreStats,
+    RunningJobs, StoreError, StoreFuture, StoreStats,
 };
 use crate::ids::{EventId, NotificationId};
 
@@ -91,8 +90,7 @@ pub(super) struct Shared {
     sql_register: String,
     /// The current block of ids: next, end.
     ids: tokio::sync::Mutex<(i64, i64)>,
-    /// Events whose job runs on this node (kept in memory only, as `RedbStore` does).
-    running: Mutex<HashSet<EventId>>,
+    running: RunningJobs,
     /// Woken when a peer leaves with work left.
     wake: Arc<Notify>,
     /// Whether this node's own earlier life (a fixed node id) was taken back yet.
@@ -208,7 +206,7 @@ impl PostgresStoreBuilder {
             node_id,
             lease_timeout: self.lease_timeout,
             ids: tokio::sync::Mutex::new((0, 0)),
-            running: Mutex::default(),
+            running: RunningJobs::default(),
             wake: Arc::default(),
             recovered_own: Default::default(),
             left: Default::default(),
@@ -280,13 +278,6 @@ impl PostgresStore {
     fn write_unit(&self, op: Op) -> StoreFuture<'_, ()> {
         let write = self.write(op);
         Box::pin(async move { write.await.map(|_| ()) })
-    }
-
-    fn running_now(&self) -> std::sync::MutexGuard<'_, HashSet<EventId>> {
-        self.shared
-            .running
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     async fn query(&self, sql: &str, id: i64) -> Result<Vec<Row>, StoreError> {
@@ -398,13 +389,11 @@ impl EventStore for PostgresStore {
     }
 
     fn running(&self, event_id: EventId) -> StoreFuture<'_, ()> {
-        // Not written: after a crash a dispatched and a running event end the same way.
-        self.running_now().insert(event_id);
-        Box::pin(async { Ok(()) })
+        self.shared.running.start(event_id)
     }
 
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
-        self.running_now().remove(&notification.event_id);
+        self.shared.running.end(notification.event_id);
         self.write_unit(Op::Finished(notification.clone()))
     }
 
@@ -436,7 +425,7 @@ impl EventStore for PostgresStore {
             };
             Ok(match record_of(row)? {
                 Stored::Unfinished(mut event) => {
-                    event.running = self.running_now().contains(&event_id);
+                    event.running = self.shared.running.contains(event_id);
                     Some(EventSnapshot::Unfinished(event))
                 }
                 Stored::Finished(notification) => {
