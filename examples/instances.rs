@@ -18,14 +18,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::{body::Bytes, extract::State, http::HeaderMap, routing::post, Json, Router};
-use http::{header::AUTHORIZATION, request::Parts, StatusCode};
+use http::{header::AUTHORIZATION, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::{net::TcpListener, sync::mpsc, time::timeout};
 use tower_async_request::{
-    instance::{Instance, InstanceMap},
+    instance::{element_token, Instance, InstanceMap},
     notification::Notification,
     verify::{ElementsVerifier, StandardWebhooksVerifier},
     AsyncRequestLayer,
@@ -72,21 +72,6 @@ const GLOBEX: Tenant = Tenant {
 /// Acme's Elements signing key after the rotation in step 5.
 const ACME_ROTATED_KEY: &str = "acme-signing-key-2";
 
-/// The identify closure of the `InstanceMap`: `Authorization: User <secret>, Element <token>`,
-/// and the element token names the instance. (Checking the user secret is the app's business,
-/// not the layer's.)
-fn element_of(parts: &Parts) -> Option<u64> {
-    let header = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let token = header
-        .split(',')
-        .find_map(|part| part.trim().strip_prefix("Element "))?
-        .trim();
-    [&ACME, &GLOBEX]
-        .into_iter()
-        .find(|tenant| tenant.element_token == token)
-        .map(|tenant| tenant.id)
-}
-
 /// The endpoint: pretends to copy a folder and reports what it created.
 async fn copy_folder(Json(request): Json<Value>) -> Json<Value> {
     tokio::time::sleep(Duration::from_millis(100)).await; // the "long" work
@@ -130,8 +115,12 @@ async fn start_receiver(tenant: &Tenant) -> Result<(String, mpsc::Receiver<Callb
     Ok((format!("http://{addr}/webhooks"), rx))
 }
 
-fn instance(id: u64, callback_url: &str, keys: Keys) -> Result<Instance, String> {
-    Instance::builder(id)
+/// A tenant's instance. Its element token is its credential: the `InstanceMap` finds a request's
+/// token in `Authorization: User <secret>, Element <token>` and knows whose it is. (Checking the
+/// user secret is the app's business, not the layer's.)
+fn instance(tenant: &Tenant, callback_url: &str, keys: Keys) -> Result<Instance, String> {
+    Instance::builder(tenant.id)
+        .credential(tenant.element_token)
         .callback_url(callback_url)
         .signing_key(keys.signing_key)
         .standard_webhooks_secret(keys.whsec)
@@ -345,9 +334,9 @@ async fn run() -> Result<(), String> {
     println!("== 1. two instances, each with its own receiver and keys");
     let (acme_url, mut acme_rx) = start_receiver(&ACME).await?;
     let (globex_url, mut globex_rx) = start_receiver(&GLOBEX).await?;
-    let instances = InstanceMap::new(element_of);
+    let instances = InstanceMap::by_credential(element_token);
     for (tenant, url) in [(&ACME, &acme_url), (&GLOBEX, &globex_url)] {
-        instances.insert(instance(tenant.id, url, tenant.keys)?);
+        instances.insert(instance(tenant, url, tenant.keys)?);
         println!(
             "instance {} ({}): element token {}, callbacks to {url}",
             tenant.id, tenant.name, tenant.element_token
@@ -408,7 +397,7 @@ async fn run() -> Result<(), String> {
         ..ACME.keys
     };
     if instances
-        .insert(instance(ACME.id, &acme_url, rotated)?)
+        .insert(instance(&ACME, &acme_url, rotated)?)
         .is_none()
     {
         return Err(format!("instance {} was not in the map", ACME.id));

@@ -517,3 +517,44 @@ async fn a_resolver_failing_at_delivery_time_counts_as_a_failed_attempt_and_is_r
     eventually("delivered", || handle.metrics().delivered == 1).await;
     assert_eq!(handle.metrics().retries, 1);
 }
+
+#[tokio::test]
+async fn with_credentials_an_instance_added_at_run_time_is_reachable_at_once() {
+    let mut hooks = Receiver::start(vec![]).await;
+    // An API key header names the instance: no table of tokens outside the map.
+    let instances = InstanceMap::by_credential(|parts: &http::request::Parts| {
+        parts.headers.get("x-api-key")?.to_str().ok()
+    });
+    let layer = builder(instances.clone()).build().unwrap();
+    let app = app(layer, Arc::default(), None);
+    let request = |key: &str| {
+        let mut request = async_request(None);
+        request
+            .headers_mut()
+            .insert("x-api-key", key.parse().unwrap());
+        request
+    };
+    assert_eq!(
+        send(&app, request("key-40")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+
+    instances.insert(
+        Instance::builder(40)
+            .callback_url(hooks.url())
+            .signing_key(ACME_KEY)
+            .credential("key-40")
+            .build()
+            .unwrap(),
+    );
+    let (status, _, receipt) = send(&app, request("key-40")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let hit = hooks.next().await;
+    assert_eq!(hit.json()["instanceId"], 40);
+    assert_eq!(hit.json()["eventId"], receipt["eventId"]);
+
+    instances.remove(40);
+    let (status, _, body) = send(&app, request("key-40")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["code"], "unknown_instance");
+}

@@ -10,7 +10,10 @@
 //!
 //! - [`Instance`]: an instance's settings, made by [`Instance::builder`].
 //! - [`ResolveInstance`]: the trait the layer asks; [`InstanceMap`] is the built-in one, a map
-//!   from id to instance that an operator changes while requests flow.
+//!   from id to instance that an operator changes while requests flow. [`InstanceMap::new`] takes
+//!   a function that names a request's instance id; [`InstanceMap::by_credential`] one that finds
+//!   its credential (say [`element_token`]), each instance listing its own
+//!   ([`InstanceBuilder::credential`]), so an instance added at run time is reachable at once.
 //!
 //! | request | answer |
 //! |---|---|
@@ -64,6 +67,11 @@
 //!     .signing_key("acme-key-2").build()?);
 //! instances.remove(31);
 //! # drop(layer);
+//!
+//! // Or let each instance carry its credential: nothing to keep in step outside the map.
+//! let by_token = InstanceMap::by_credential(tower_async_request::instance::element_token);
+//! by_token.insert(Instance::builder(32).callback_url("https://initech.example/hooks")
+//!     .credential("initech-element-token").build()?);
 //! # Ok(())
 //! # }
 //! ```
@@ -74,7 +82,7 @@ mod settings;
 mod sharded;
 mod share;
 
-pub use self::map::InstanceMap;
+pub use self::map::{element_token, InstanceMap};
 pub use self::resolve::{ResolveError, ResolveFuture, ResolveInstance};
 pub use self::settings::{Instance, InstanceBuilder};
 

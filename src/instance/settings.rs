@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::Uri;
+use sha2::{Digest, Sha256};
 
 use crate::callback_url::{self, Origin, UrlPolicy};
 use crate::ids::MAX_SAFE_ID;
@@ -26,6 +27,19 @@ struct Settings {
     callback_url: Option<Uri>,
     signer: Signer,
     max_in_flight: Option<u32>,
+    credentials: Vec<CredentialDigest>,
+}
+
+/// A credential as an [`InstanceMap`](super::InstanceMap) keeps it: its SHA-256.
+pub(crate) type CredentialDigest = [u8; 32];
+
+pub(crate) fn credential_digest(credential: &str) -> CredentialDigest {
+    Sha256::digest(credential.as_bytes()).into()
+}
+
+/// Where a digest goes in the map: its first eight bytes (uniform, as a hash's are).
+pub(crate) fn credential_key(digest: &CredentialDigest) -> u64 {
+    u64::from_le_bytes(digest[..8].try_into().expect("eight bytes"))
 }
 
 impl Instance {
@@ -37,6 +51,7 @@ impl Instance {
             signing_key: None,
             standard_secrets: Vec::new(),
             max_in_flight: None,
+            credentials: Vec::new(),
         }
     }
 
@@ -62,6 +77,10 @@ impl Instance {
     pub(crate) fn max_in_flight_u32(&self) -> Option<u32> {
         self.inner.max_in_flight
     }
+
+    pub(crate) fn credential_digests(&self) -> &[CredentialDigest] {
+        &self.inner.credentials
+    }
 }
 
 impl fmt::Debug for Instance {
@@ -71,6 +90,7 @@ impl fmt::Debug for Instance {
             .field("callback_url", &self.inner.callback_url)
             .field("signer", &self.inner.signer)
             .field("max_in_flight", &self.inner.max_in_flight)
+            .field("credentials", &self.inner.credentials.len())
             .finish()
     }
 }
@@ -83,6 +103,7 @@ pub struct InstanceBuilder {
     signing_key: Option<Vec<u8>>,
     standard_secrets: Vec<String>,
     max_in_flight: Option<usize>,
+    credentials: Vec<String>,
 }
 
 impl fmt::Debug for InstanceBuilder {
@@ -96,6 +117,7 @@ impl fmt::Debug for InstanceBuilder {
             )
             .field("standard_webhooks_secrets", &self.standard_secrets.len())
             .field("max_in_flight", &self.max_in_flight)
+            .field("credentials", &self.credentials.len())
             .finish()
     }
 }
@@ -135,6 +157,15 @@ impl InstanceBuilder {
     /// `max_in_flight` applies too. Unbounded by default.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = Some(max);
+        self
+    }
+
+    /// A credential that identifies this instance's requests (an element token, an API key), for
+    /// an [`InstanceMap::by_credential`](super::InstanceMap::by_credential). Repeatable: give
+    /// the new one alongside the old while clients move over. Kept only as its SHA-256, never
+    /// shown by `Debug`.
+    pub fn credential(mut self, credential: impl Into<String>) -> Self {
+        self.credentials.push(credential.into());
         self
     }
 
@@ -184,12 +215,23 @@ impl InstanceBuilder {
                 ))
             }
         };
+        if self.credentials.iter().any(String::is_empty) {
+            return Err(error("credential", &"must not be empty"));
+        }
+        let mut credentials: Vec<CredentialDigest> = self
+            .credentials
+            .iter()
+            .map(|credential| credential_digest(credential))
+            .collect();
+        credentials.sort_unstable();
+        credentials.dedup();
         Ok(Instance {
             inner: Arc::new(Settings {
                 id,
                 callback_url,
                 signer: Signer::new(self.signing_key.as_deref(), &standard_keys),
                 max_in_flight,
+                credentials,
             }),
         })
     }
@@ -214,6 +256,8 @@ mod tests {
         assert!(!message.contains("***"), "{message}");
         let message = error(Instance::builder(7).max_in_flight(0));
         assert!(message.contains("max_in_flight"), "{message}");
+        let message = error(Instance::builder(7).credential(""));
+        assert!(message.contains("credential"), "{message}");
     }
 
     #[test]
@@ -223,9 +267,11 @@ mod tests {
             .signing_key("acme-secret-key")
             .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
             .max_in_flight(3)
+            .credential("acme-element-token")
             .build()
             .unwrap();
         assert_eq!(instance.id(), 30);
+        assert_eq!(instance.credential_digests().len(), 1);
         assert_eq!(instance.callback_url().unwrap(), "http://10.0.0.5/hooks");
         assert_eq!(instance.max_in_flight(), Some(3));
         let text = format!("{instance:?}");
