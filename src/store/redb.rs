@@ -734,6 +734,19 @@ mod tests {
         dir
     }
 
+    /// An accepted event of instance 7.
+    fn event(event_id: EventId, notification_id: NotificationId, target: &str) -> EventRecord {
+        EventRecord {
+            event_id,
+            notification_id,
+            instance_id: 7,
+            instance_url: false,
+            target: target.to_owned(),
+            accepted_at_ms: 1,
+            running: false,
+        }
+    }
+
     fn notification(event: &EventRecord) -> NotificationRecord {
         NotificationRecord {
             event_id: event.event_id,
@@ -883,15 +896,7 @@ mod tests {
         let path = temp_path("durability");
         let store = RedbStore::open(&path).unwrap();
         let (event_id, notification_id) = store.allocate_ids().await.unwrap();
-        let event = EventRecord {
-            event_id,
-            notification_id,
-            instance_id: 7,
-            instance_url: false,
-            target: "https://example.com/".into(),
-            accepted_at_ms: 1,
-            running: false,
-        };
+        let event = event(event_id, notification_id, "https://example.com/");
         let durable = |store: &RedbStore| store.stats().durable_commits;
         store.dispatched(&event).await.unwrap();
         assert_eq!(durable(&store), 1, "accepted: on disk before the receipt");
@@ -951,16 +956,8 @@ mod tests {
             let mut floors = std::collections::BTreeSet::new();
             for _ in 0..50 {
                 let (event_id, notification_id) = store.allocate_ids().await.unwrap();
-                let event = EventRecord {
-                    event_id,
-                    notification_id,
-                    instance_id: 0,
-                    instance_url: false,
-                    target: String::new(),
-                    accepted_at_ms: 1,
-                    running: false,
-                };
-                store.dispatched(&event).await.unwrap();
+                let accepted = event(event_id, notification_id, "");
+                store.dispatched(&accepted).await.unwrap();
                 floors.insert(floor(&store).unwrap());
                 last = notification_id.get();
             }
