@@ -117,14 +117,6 @@ impl fmt::Debug for Delivery {
     }
 }
 
-/// Why an attempt could not even be made.
-enum Unsendable {
-    /// Never can be: the notification is dead.
-    Never(String),
-    /// Not now: the attempt counts as failed and is retried.
-    NotNow(String),
-}
-
 impl Delivery {
     /// The signed request for one attempt made at `timestamp` (Unix seconds), with `instance`'s
     /// keys.
@@ -183,35 +175,36 @@ impl Delivery {
     }
 
     /// The notification's instance as it is now, and where this attempt goes: the instance's
-    /// current URL when the event took it, else `parsed` or the record's own target.
+    /// current URL when the event took it, else `parsed` or the record's own target. Else why no
+    /// attempt can be made: never (`Final`) or not now (`Unsent`).
     async fn instance_and_target(
         instances: &Instances,
         notification: &NotificationRecord,
         parsed: Option<Uri>,
-    ) -> Result<(Instance, Uri), Unsendable> {
+    ) -> Result<(Instance, Uri), AttemptOutcome> {
         let id = notification.instance_id;
         let instance = match instances.current(id).await {
             Ok(Some(instance)) => instance,
             Ok(None) => {
-                return Err(Unsendable::Never(format!(
+                return Err(AttemptOutcome::Final(format!(
                     "instance {id} was removed before its notification was delivered"
                 )))
             }
             Err(error) => {
-                return Err(Unsendable::NotNow(format!(
+                return Err(AttemptOutcome::Unsent(format!(
                     "the settings of instance {id} could not be read: {error}"
                 )))
             }
         };
         let target = if notification.instance_url {
             instance.callback_url().cloned().ok_or_else(|| {
-                Unsendable::Never(format!("instance {id} no longer has a callback URL"))
+                AttemptOutcome::Final(format!("instance {id} no longer has a callback URL"))
             })?
         } else {
             match parsed.map_or_else(|| notification.target.parse::<Uri>(), Ok) {
                 Ok(target) => target,
                 Err(_) => {
-                    return Err(Unsendable::Never(
+                    return Err(AttemptOutcome::Final(
                         "the stored callback URL is not a valid URI".into(),
                     ))
                 }
@@ -237,12 +230,12 @@ impl Delivery {
                     .instrument(span)
                     .await
             }
-            Err(Unsendable::Never(reason)) => AttemptOutcome::Final(reason),
             // Counted, so the retry schedule bounds how long a resolver may fail.
-            Err(Unsendable::NotNow(reason)) => {
+            Err(unsent @ AttemptOutcome::Unsent(_)) => {
                 notification.attempts += 1;
-                AttemptOutcome::Unsent(reason)
+                unsent
             }
+            Err(never) => never,
         };
         let (retry_after, error) = match outcome {
             AttemptOutcome::Delivered(status) => {
