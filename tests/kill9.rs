@@ -9,9 +9,8 @@ mod worker;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use bytes::Bytes;
 use support::{Answer, Receiver};
-use worker::{accept, Worker};
+use worker::{accept, Outcomes, Worker};
 
 fn start_worker(db: &Path, callback: &str) -> (Worker, String) {
     start_worker_with(db, callback, &[])
@@ -124,7 +123,7 @@ async fn kill_9_after_a_receipt_an_outcome_or_a_delivery_never_gives_two_outcome
     // The first callback hangs until the process is gone; the next are taken at once.
     let mut receiver =
         Receiver::start(vec![Answer::status(200).after(Duration::from_secs(60))]).await;
-    let mut bodies: HashMap<u64, HashSet<Bytes>> = HashMap::new();
+    let mut outcomes = Outcomes::default();
 
     let (worker, addr) = start_worker(&db, &receiver.url());
     let on_the_wire = accept(&addr, 0).await;
@@ -133,40 +132,15 @@ async fn kill_9_after_a_receipt_an_outcome_or_a_delivery_never_gives_two_outcome
     let delivered = accept(&addr, 0).await;
     let hit = receiver.next().await;
     worker.kill(); // SIGKILL, right after the delivery
-    assert_eq!(hit.json()["eventId"], delivered);
-    bodies
-        .entry(delivered)
-        .or_default()
-        .insert(hit.body.clone());
+    assert_eq!(outcomes.record(&hit), delivered);
 
     let (worker, _) = start_worker(&db, &receiver.url());
-    let all = [delivered, on_the_wire, just_accepted];
-    let mut terminal = HashSet::from([delivered]);
-    while !all.iter().all(|id| terminal.contains(id)) {
-        let hit = receiver.next().await;
-        let id = hit.json()["eventId"].as_u64().unwrap();
-        assert!(all.contains(&id), "unknown event {id}");
-        bodies.entry(id).or_default().insert(hit.body.clone());
-        if hit.answered == 200 {
-            terminal.insert(id);
-        }
-    }
-    // A repeat of the delivered one may still be on its way.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    while let Ok(hit) = receiver.hits.try_recv() {
-        let id = hit.json()["eventId"].as_u64().unwrap();
-        bodies.entry(id).or_default().insert(hit.body.clone());
-    }
-    for id in all {
-        assert_eq!(
-            bodies[&id].len(),
-            1,
-            "event {id} got two different notifications"
-        );
-    }
+    let all = HashSet::from([delivered, on_the_wire, just_accepted]);
+    outcomes.until_terminal(&mut receiver, &all).await;
+    // A repeat of the delivered one may still be on its way: the same notification.
+    let notifications = outcomes.one_each(&mut receiver, &all).await;
     let outcome = |id: u64| {
-        let body = bodies[&id].iter().next().unwrap();
-        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let json = &notifications[&id];
         (json["eventStatus"].clone(), json["error"]["code"].clone())
     };
     assert_eq!(outcome(delivered).0, "completed");

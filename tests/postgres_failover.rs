@@ -9,12 +9,11 @@ mod pg;
 mod support;
 mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use support::{Answer, Receiver};
-use worker::{accept, Worker};
+use worker::{accept, Outcomes, Worker};
 
 const LEASE: Duration = Duration::from_secs(2);
 /// The workers' first retry delay (see `Worker::start`).
@@ -46,28 +45,18 @@ async fn a_killed_nodes_jobs_and_pending_notifications_are_finished_by_the_survi
         quick.insert(accept(&doomed_addr, 0).await);
         slow.insert(accept(&doomed_addr, 600_000).await);
     }
-    let mut bodies: HashMap<u64, HashSet<Bytes>> = HashMap::new();
+    let mut outcomes = Outcomes::default();
     for _ in 0..4 {
         let hit = receiver.next().await;
         assert_eq!(hit.answered, 503);
-        let id = hit.json()["eventId"].as_u64().unwrap();
-        bodies.entry(id).or_default().insert(hit.body);
+        outcomes.record(&hit);
     }
     // Now four notifications wait for their retry and four jobs run, all on the doomed node.
     doomed.kill();
     let killed = Instant::now();
 
     let all: HashSet<u64> = quick.union(&slow).copied().collect();
-    let mut terminal = HashSet::new();
-    while terminal != all {
-        let hit = receiver.next().await;
-        let id = hit.json()["eventId"].as_u64().unwrap();
-        assert!(all.contains(&id), "unknown event {id}");
-        bodies.entry(id).or_default().insert(hit.body.clone());
-        if hit.answered == 200 {
-            terminal.insert(id);
-        }
-    }
+    outcomes.until_terminal(&mut receiver, &all).await;
     let took = killed.elapsed();
     // The lease runs out, a survivor's look (every third of the lease) finds it, and the
     // notifications keep their retry time; a few seconds more for a loaded machine.
@@ -75,19 +64,8 @@ async fn a_killed_nodes_jobs_and_pending_notifications_are_finished_by_the_survi
     assert!(took < bound, "finished after {took:?}, over {bound:?}");
 
     // Anything repeated (the at-least-once rule) is the same notification.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    while let Ok(hit) = receiver.hits.try_recv() {
-        let id = hit.json()["eventId"].as_u64().unwrap();
-        bodies.entry(id).or_default().insert(hit.body);
-    }
-    for id in &all {
-        assert_eq!(
-            bodies[id].len(),
-            1,
-            "event {id} got two different notifications"
-        );
-        let body = bodies[id].iter().next().unwrap();
-        let notification: serde_json::Value = serde_json::from_slice(body).unwrap();
+    let notifications = outcomes.one_each(&mut receiver, &all).await;
+    for (id, notification) in &notifications {
         if quick.contains(id) {
             assert_eq!(notification["eventStatus"], "completed", "{id}");
             assert_eq!(notification["response"], serde_json::json!({"slept": 0}));

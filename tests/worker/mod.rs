@@ -2,13 +2,17 @@
 //! work over HTTP, and killed with SIGKILL.
 #![allow(dead_code)] // each test file uses a different part
 
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+
+use crate::support::{Hit, Receiver};
 
 /// The `durable_worker` example, built next to the test binaries' directory (`cargo test` builds
 /// examples; a run of one test file alone builds it here).
@@ -93,4 +97,59 @@ pub async fn accept(addr: &str, ms: u64) -> u64 {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let receipt: serde_json::Value = serde_json::from_slice(&body).unwrap();
     receipt["eventId"].as_u64().unwrap()
+}
+
+/// What a receiver got per event across a crash: every distinct notification body, so a test can
+/// tell a repeat (the same bytes, at-least-once) from a second outcome.
+#[derive(Debug, Default)]
+pub struct Outcomes {
+    bodies: HashMap<u64, HashSet<Bytes>>,
+    terminal: HashSet<u64>,
+}
+
+impl Outcomes {
+    /// Records one hit; a `2xx` answer makes its event terminal. Its event id.
+    pub fn record(&mut self, hit: &Hit) -> u64 {
+        let id = hit.json()["eventId"].as_u64().unwrap();
+        self.bodies.entry(id).or_default().insert(hit.body.clone());
+        if hit.answered.is_success() {
+            self.terminal.insert(id);
+        }
+        id
+    }
+
+    /// Takes hits until every one of `events` has had a `2xx` answer.
+    pub async fn until_terminal(&mut self, receiver: &mut Receiver, events: &HashSet<u64>) {
+        while !events.is_subset(&self.terminal) {
+            let hit = receiver.next().await;
+            let id = self.record(&hit);
+            assert!(events.contains(&id), "unknown event {id}");
+        }
+    }
+
+    /// Waits for repeats still on their way, then checks that each of `events` got one
+    /// notification, however often; returns each one's, parsed.
+    pub async fn one_each(
+        &mut self,
+        receiver: &mut Receiver,
+        events: &HashSet<u64>,
+    ) -> HashMap<u64, serde_json::Value> {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Ok(hit) = receiver.hits.try_recv() {
+            self.record(&hit);
+        }
+        events
+            .iter()
+            .map(|id| {
+                let bodies = &self.bodies[id];
+                assert_eq!(
+                    bodies.len(),
+                    1,
+                    "event {id} got two different notifications"
+                );
+                let body = bodies.iter().next().unwrap();
+                (*id, serde_json::from_slice(body).unwrap())
+            })
+            .collect()
+    }
 }
