@@ -13,6 +13,7 @@ use crate::config::Config;
 use crate::delivery::{DeadLetterHook, Delivery};
 use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
 use crate::instance::{Instance, Instances, Naming, ResolveInstance, Shares};
+use crate::metrics::Counters;
 use crate::recovery::start_recovery;
 use crate::retry::DeliveryPolicy;
 use crate::runner::{Runner, DEFAULT_MAX_IN_FLIGHT};
@@ -73,7 +74,7 @@ pub struct AsyncRequestLayerBuilder {
     on_dead_letter: Option<DeadLetterHook>,
     status_endpoint: Option<String>,
     status_secret: Option<Vec<u8>>,
-    status_retention: Duration,
+    status_retention: Option<Duration>,
     prefer_respond_async: bool,
     async_header: HeaderName,
     callback_header: HeaderName,
@@ -138,7 +139,7 @@ impl Default for AsyncRequestLayerBuilder {
             on_dead_letter: None,
             status_endpoint: None,
             status_secret: None,
-            status_retention: DEFAULT_STATUS_RETENTION,
+            status_retention: None,
             prefer_respond_async: false,
             async_header: ELEMENTS_ASYNC_REQUEST,
             callback_header: ELEMENTS_ASYNC_CALLBACK_URL,
@@ -272,10 +273,12 @@ impl AsyncRequestLayerBuilder {
         self
     }
 
-    /// How long a finished event stays readable through the status endpoint (default
-    /// [`DEFAULT_STATUS_RETENTION`], 24 h; the store may also bound how many it keeps).
+    /// How long a finished event stays readable through the status endpoint and the
+    /// [admin](crate::admin) routes (the store may also bound how many it keeps). Default: 24 h
+    /// ([`DEFAULT_STATUS_RETENTION`]) with a status endpoint, else nothing is kept once delivered;
+    /// set it to keep delivered events (their attempts) readable by operators without one.
     pub fn status_retention(mut self, retention: Duration) -> Self {
-        self.status_retention = retention;
+        self.status_retention = Some(retention);
         self
     }
 
@@ -396,7 +399,12 @@ impl AsyncRequestLayerBuilder {
                 std::any::type_name::<MemoryStore>(),
             )
         });
-        let counters = Arc::default();
+        // Counted as the one instance's, or (many instances) as the sum of theirs, each of which
+        // reports through the `metrics` facade on its own.
+        let counters = Arc::new(match instances.single() {
+            Some(instance) => Counters::for_instance(instance.id()),
+            None => Counters::default(),
+        });
         let delivery = Delivery {
             sink,
             sink_type,
@@ -409,11 +417,11 @@ impl AsyncRequestLayerBuilder {
             counters: Arc::clone(&counters),
             on_dead_letter: self.on_dead_letter,
             allow_private: self.allow_private_callbacks,
-            // Finished events are kept only for the status endpoint to read.
-            retention: if self.status_endpoint.is_some() {
-                self.status_retention
-            } else {
-                Duration::ZERO
+            // Finished events are kept only for someone to read: the status endpoint by default.
+            retention: match (self.status_retention, &self.status_endpoint) {
+                (Some(retention), _) => retention,
+                (None, Some(_)) => DEFAULT_STATUS_RETENTION,
+                (None, None) => Duration::ZERO,
             },
             outbox: Default::default(),
         };

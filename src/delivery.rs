@@ -14,7 +14,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -25,11 +25,13 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::header::ELEMENTS_EVENT_ID;
 use crate::instance::{Instance, Instances};
-use crate::metrics::{Counter, Counters};
+use crate::metrics::{AttemptResult, Counter, Counters};
 use crate::retry::{parse_retry_after, DeliveryPolicy};
 use crate::runner::Permit;
 use crate::sink::{DynSink, SinkError, SinkErrorKind, TrustedTarget};
-use crate::store::{unix_ms, DeliveryState, EventStore, NotificationRecord};
+use crate::store::{
+    history, unix_ms, AttemptRecord, DeliveryState, EventStore, NotificationRecord,
+};
 
 const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
@@ -51,8 +53,9 @@ pub(crate) enum AttemptOutcome {
     Unreachable(SinkError),
     /// Not sent: the instance's settings could not be read; a later attempt may fix it.
     Unsent(String),
-    /// An answer or error after which retrying is pointless: `410 Gone`, a forbidden target, a
-    /// closed sink.
+    /// The receiver answered `410 Gone`: it wants no more notifications; not retried.
+    Gone,
+    /// An error after which retrying is pointless: a forbidden target, a closed sink.
     Final(String),
 }
 
@@ -60,9 +63,7 @@ impl AttemptOutcome {
     pub(crate) fn judge(result: Result<Response<Bytes>, SinkError>, now: SystemTime) -> Self {
         match result {
             Ok(answer) if answer.status().is_success() => Self::Delivered(answer.status()),
-            Ok(answer) if answer.status() == StatusCode::GONE => {
-                Self::Final("the receiver answered 410 Gone".to_owned())
-            }
+            Ok(answer) if answer.status() == StatusCode::GONE => Self::Gone,
             Ok(answer) => {
                 let status = answer.status();
                 let retry_after = matches!(
@@ -86,6 +87,38 @@ impl AttemptOutcome {
                 Self::Final(error.to_string())
             }
             Err(error) => Self::Unreachable(error),
+        }
+    }
+
+    /// The receiver's status, when it answered.
+    fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Delivered(status) | Self::Rejected { status, .. } => Some(*status),
+            Self::Gone => Some(StatusCode::GONE),
+            Self::Unreachable(_) | Self::Unsent(_) | Self::Final(_) => None,
+        }
+    }
+
+    /// Why the notification was not delivered; `None` when it was.
+    fn error(&self) -> Option<String> {
+        Some(match self {
+            Self::Delivered(_) => return None,
+            Self::Rejected { status, .. } => format!("the receiver answered {status}"),
+            Self::Gone => "the receiver answered 410 Gone".to_owned(),
+            Self::Unreachable(error) => error.to_string(),
+            Self::Unsent(reason) | Self::Final(reason) => reason.clone(),
+        })
+    }
+
+    /// The attempt's `result` label.
+    fn result(&self) -> AttemptResult {
+        match self {
+            Self::Delivered(_) => AttemptResult::Delivered,
+            Self::Rejected { .. } => AttemptResult::Rejected,
+            Self::Gone => AttemptResult::Gone,
+            Self::Unreachable(_) => AttemptResult::Unreachable,
+            Self::Unsent(_) => AttemptResult::Unsent,
+            Self::Final(_) => AttemptResult::Refused,
         }
     }
 }
@@ -222,50 +255,77 @@ impl Delivery {
         parsed: Option<Uri>,
         permit: &Permit,
     ) -> Next {
-        let outcome = match Self::instance_and_target(instances, notification, parsed).await {
+        let counters = permit.instance_counters(&self.counters);
+        let started = Instant::now();
+        let at_ms = unix_ms();
+        let (outcome, host) = match Self::instance_and_target(instances, notification, parsed).await
+        {
             Ok((instance, target)) => {
                 notification.attempts += 1;
                 let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
-                self.attempt(notification, &instance, &target)
+                let outcome = self
+                    .attempt(notification, &instance, &target)
                     .instrument(span)
-                    .await
+                    .await;
+                // Labelled by host only when the operator configured it: bounded.
+                let host = notification
+                    .instance_url
+                    .then(|| target.host().map(str::to_owned))
+                    .flatten();
+                (outcome, host)
             }
             // Counted, so the retry schedule bounds how long a resolver may fail.
             Err(unsent @ AttemptOutcome::Unsent(_)) => {
                 notification.attempts += 1;
-                unsent
+                (unsent, None)
             }
-            Err(never) => never,
+            // Never attempted: no history entry, only the reason.
+            Err(never) => {
+                notification.last_error = never.error();
+                self.bury(notification.clone(), permit).await;
+                return Next::Done;
+            }
         };
-        let (retry_after, error) = match outcome {
+        counters.attempt(outcome.result(), host.as_deref());
+        let error = outcome.error();
+        history::push(
+            &mut notification.history,
+            AttemptRecord {
+                at_ms,
+                duration_us: started.elapsed().as_micros() as u64,
+                status: outcome.status().map(|status| status.as_u16()),
+                error: error.clone(),
+            },
+        );
+        let retry_after = match outcome {
             AttemptOutcome::Delivered(status) => {
                 tracing::debug!(%status, attempts = notification.attempts, "callback delivered");
                 notification.state = DeliveryState::Delivered;
+                let now = unix_ms();
                 notification.retain_until_ms =
-                    unix_ms().saturating_add(self.retention.as_millis() as u64);
+                    now.saturating_add(self.retention.as_millis() as u64);
                 if let Err(error) = self.store.delivered(notification).await {
                     tracing::error!(%error, "could not record a delivery; it may be repeated after a restart");
                 }
+                counters.delivered_after(Duration::from_millis(
+                    now.saturating_sub(notification.accepted_at_ms),
+                ));
                 permit.sub(&self.counters, Counter::Pending);
                 permit.add(&self.counters, Counter::Delivered);
                 return Next::Done;
             }
-            AttemptOutcome::Final(reason) => {
-                notification.last_error = Some(reason);
+            AttemptOutcome::Gone | AttemptOutcome::Final(_) => {
+                notification.last_error = error;
                 self.bury(notification.clone(), permit).await;
                 return Next::Done;
             }
-            AttemptOutcome::Rejected {
-                status,
-                retry_after,
-            } => (retry_after, format!("the receiver answered {status}")),
-            AttemptOutcome::Unreachable(error) => (None, error.to_string()),
-            AttemptOutcome::Unsent(reason) => (None, reason),
+            AttemptOutcome::Rejected { retry_after, .. } => retry_after,
+            AttemptOutcome::Unreachable(_) | AttemptOutcome::Unsent(_) => None,
         };
         let delay = self
             .policy
             .delay_before(notification.attempts, retry_after, random_unit());
-        notification.last_error = Some(error);
+        notification.last_error = error;
         let Some(delay) = delay else {
             self.bury(notification.clone(), permit).await;
             return Next::Done;
@@ -471,7 +531,7 @@ mod tests {
                 matches!(judge(answer(status, None)), AttemptOutcome::Rejected { status: s, retry_after: None } if s.as_u16() == status)
             );
         }
-        assert!(matches!(judge(answer(410, None)), AttemptOutcome::Final(_)));
+        assert!(matches!(judge(answer(410, None)), AttemptOutcome::Gone));
         let forbidden = SinkError::new(SinkErrorKind::Forbidden, "private");
         assert!(matches!(judge(Err(forbidden)), AttemptOutcome::Final(_)));
         let refused = SinkError::new(SinkErrorKind::Connect, "refused");
@@ -521,7 +581,9 @@ mod tests {
             instance_url: false,
             target: "https://hooks.example.com/in".into(),
             body: Bytes::from_static(b"{}"),
+            accepted_at_ms: 0,
             attempts: 0,
+            history: Vec::new(),
             next_attempt_at_ms: 0,
             last_error: None,
             state: DeliveryState::Pending,

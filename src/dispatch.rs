@@ -27,7 +27,7 @@ use crate::classify::{target, Target};
 use crate::config::Config;
 use crate::grpc;
 use crate::job;
-use crate::metrics::Counter;
+use crate::metrics::{Counter, Started};
 use crate::receipt::receipt;
 use crate::recovery::ensure_recovered;
 use crate::refusal::{Refusal, RefusalCode};
@@ -65,6 +65,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let started = Started::now();
     let (parts, body) = request.into_parts();
     let instance = match config.instances.for_request(&parts).await {
         Ok(instance) => instance,
@@ -105,6 +106,11 @@ where
         }
     };
     permit.add(&config.counters, Counter::Accepted);
+    // What is left until the receipt (spawning the job, writing the receipt) takes no time that
+    // matters next to reading the body and the store's commit.
+    permit
+        .instance_counters(&config.counters)
+        .receipt_ready(started);
     let event_id = event.event_id;
     let span = tracing::info_span!(
         parent: &parent,

@@ -1,5 +1,5 @@
-//! The handle: graceful shutdown, dead letters, redelivery and counters, from outside the
-//! request path.
+//! The handle: graceful shutdown, events, dead letters, redelivery, health and counters, from
+//! outside the request path. The [`admin`](crate::admin) service puts it on HTTP.
 //!
 //! # Example
 //!
@@ -34,10 +34,14 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::deliver;
-use crate::ids::NotificationId;
+use crate::ids::{EventId, NotificationId};
 use crate::metrics::{Counter, Metrics};
 use crate::recovery::ensure_recovered;
-use crate::store::{NotificationRecord, StoreError};
+use crate::runner::Permit;
+use crate::store::{DeadLetterQuery, EventSnapshot, NotificationRecord, StoreError};
+
+/// How long a [health](AsyncRequestHandle::health) check waits for the store.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Controls a layer from outside the request path; made by
 /// [`AsyncRequestLayer::handle`](crate::AsyncRequestLayer::handle). Cheap to clone.
@@ -74,6 +78,8 @@ pub struct ShutdownReport {
 pub enum RedeliverError {
     /// No dead letter has this id.
     NotFound,
+    /// The layer is shutting down and starts no new deliveries.
+    ShuttingDown,
     /// The store failed.
     Store(StoreError),
 }
@@ -82,8 +88,41 @@ impl std::fmt::Display for RedeliverError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NotFound => f.write_str("no dead letter has this notification id"),
+            Self::ShuttingDown => f.write_str("the layer is shutting down"),
             Self::Store(error) => error.fmt(f),
         }
+    }
+}
+
+/// What a [bulk redelivery](AsyncRequestHandle::redeliver_dead_letters) started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Redelivered {
+    /// The dead letters now pending again, lowest id first.
+    pub notification_ids: Vec<NotificationId>,
+    /// Whether dead letters that were asked for are left (more than the batch, or the layer's
+    /// `max_in_flight` was reached): ask again once these have landed.
+    pub more: bool,
+}
+
+/// What a [health check](AsyncRequestHandle::health) found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Health {
+    /// Why the store cannot be used now; `None` when it answered.
+    pub store_error: Option<String>,
+    /// Whether the layer is shutting down (it takes no new async requests).
+    pub shutting_down: bool,
+    /// Events unfinished now: jobs running or waiting, and notifications pending.
+    pub in_flight: u64,
+    /// The layer's counters now.
+    pub metrics: Metrics,
+}
+
+impl Health {
+    /// Whether the layer can take async requests: the store answers and it is not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.store_error.is_none() && !self.shutting_down
     }
 }
 
@@ -115,31 +154,127 @@ impl AsyncRequestHandle {
         }
     }
 
-    /// Notifications that could not be delivered, oldest first.
+    /// What the store knows about an event: unfinished, or its notification with its delivery
+    /// (attempts, their history, the exact body). Delivered events are kept only for the
+    /// status retention ([`status_retention`](crate::AsyncRequestLayerBuilder::status_retention)).
+    pub async fn event(&self, event_id: EventId) -> Result<Option<EventSnapshot>, StoreError> {
+        self.config.store.status(event_id).await
+    }
+
+    /// Notifications that could not be delivered, lowest id (oldest) first.
     pub async fn dead_letters(&self) -> Result<Vec<NotificationRecord>, StoreError> {
-        self.config.store.dead_letters().await
+        self.config.store.dead_letters(DeadLetterQuery::all()).await
+    }
+
+    /// The dead letters `query` asks for: one page of the listing, by notification id.
+    pub async fn dead_letter_page(
+        &self,
+        query: DeadLetterQuery,
+    ) -> Result<Vec<NotificationRecord>, StoreError> {
+        self.config.store.dead_letters(query).await
     }
 
     /// Delivers a dead letter again, with a fresh retry schedule starting now. Returns once the
     /// redelivery has started (it waits for room under `max_in_flight`).
     pub async fn redeliver(&self, notification_id: NotificationId) -> Result<(), RedeliverError> {
-        ensure_recovered(&self.config)
+        self.ready_to_redeliver().await?;
+        let permit = self.config.runner.wait_for_permit().await;
+        self.revive(notification_id, permit)
+            .await?
+            .ok_or(RedeliverError::NotFound)
+    }
+
+    /// Delivers up to `limit` dead letters again (all of them, or `instance`'s), lowest id first,
+    /// each with a fresh schedule. It does not wait for room under `max_in_flight`: it stops
+    /// there and says [`more`](Redelivered::more).
+    pub async fn redeliver_dead_letters(
+        &self,
+        instance: Option<u64>,
+        limit: usize,
+    ) -> Result<Redelivered, RedeliverError> {
+        self.ready_to_redeliver().await?;
+        let query = DeadLetterQuery {
+            instance,
+            after: None,
+            limit,
+        };
+        let batch = self
+            .config
+            .store
+            .dead_letters(query)
             .await
             .map_err(RedeliverError::Store)?;
-        let mut permit = self.config.runner.wait_for_permit().await;
-        let notification = self
+        let mut notification_ids = Vec::with_capacity(batch.len());
+        for dead in &batch {
+            let Ok(permit) = self.config.runner.admit() else {
+                break;
+            };
+            // `None`: redelivered meanwhile by someone else.
+            if let Some(()) = self.revive(dead.notification_id, permit).await? {
+                notification_ids.push(dead.notification_id);
+            }
+        }
+        let left = self
+            .config
+            .store
+            .dead_letters(DeadLetterQuery { limit: 1, ..query })
+            .await
+            .map_err(RedeliverError::Store)?;
+        Ok(Redelivered {
+            notification_ids,
+            more: !left.is_empty(),
+        })
+    }
+
+    async fn ready_to_redeliver(&self) -> Result<(), RedeliverError> {
+        if self.config.runner.is_shutting_down() {
+            return Err(RedeliverError::ShuttingDown);
+        }
+        ensure_recovered(&self.config)
+            .await
+            .map_err(RedeliverError::Store)
+    }
+
+    /// Makes a dead letter pending and starts its delivery under `permit`; `None` if it is not
+    /// a dead letter (any more).
+    async fn revive(
+        &self,
+        notification_id: NotificationId,
+        mut permit: Permit,
+    ) -> Result<Option<()>, RedeliverError> {
+        let Some(notification) = self
             .config
             .store
             .revive(notification_id)
             .await
             .map_err(RedeliverError::Store)?
-            .ok_or(RedeliverError::NotFound)?;
+        else {
+            return Ok(None);
+        };
         self.config
             .count_in_share(&mut permit, notification.instance_id);
         permit.add(&self.config.counters, Counter::Pending);
-        let config = self.config.clone();
-        tokio::spawn(deliver(config, notification, permit, None));
-        Ok(())
+        tokio::spawn(deliver(self.config.clone(), notification, permit, None));
+        Ok(Some(()))
+    }
+
+    /// Whether the store answers (within 5 s) and the layer takes async requests, with what is
+    /// in flight.
+    pub async fn health(&self) -> Health {
+        let store_error =
+            match tokio::time::timeout(HEALTH_TIMEOUT, self.config.store.check()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some(format!(
+                    "the store did not answer within {HEALTH_TIMEOUT:?}"
+                )),
+            };
+        Health {
+            store_error,
+            shutting_down: self.config.runner.is_shutting_down(),
+            in_flight: self.config.runner.in_flight(),
+            metrics: self.config.counters.snapshot(),
+        }
     }
 
     /// Stops taking async requests (they get `503`, code `shutting_down`; synchronous requests

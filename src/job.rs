@@ -119,7 +119,9 @@ pub(crate) async fn conclude(
         target: event.target,
         instance_url: event.instance_url,
         body: outcome.to_json(event.event_id, event.instance_id, event.notification_id),
+        accepted_at_ms: event.accepted_at_ms,
         attempts: 0,
+        history: Vec::new(),
         next_attempt_at_ms: now,
         last_error: None,
         state: if requested {

@@ -71,6 +71,7 @@
 //! | RFC 7240 `Prefer: respond-async` and `wait` | `prefer` |
 //! | gRPC receipts, refusals and notifications | `grpc` |
 //! | shutdown, dead letters, counters from outside | `handle`, `metrics` |
+//! | the operator's HTTP routes: events, dead letters, replay, health | [`admin`] |
 //! | verifying a callback on the receiving side | [`verify`], `receiver` (feature `axum`) |
 //!
 //! # Wire contract
@@ -117,6 +118,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod address;
+pub mod admin;
 mod body;
 mod builder;
 mod callback_url;
@@ -158,7 +160,7 @@ pub use self::builder::{
 };
 pub use self::callback_url::MAX_CALLBACK_URL_BYTES;
 pub use self::future::ResponseFuture;
-pub use self::handle::{AsyncRequestHandle, RedeliverError, ShutdownReport};
+pub use self::handle::{AsyncRequestHandle, Health, RedeliverError, Redelivered, ShutdownReport};
 pub use self::ids::{EventId, NotificationId, MAX_SAFE_ID};
 pub use self::layer::AsyncRequestLayer;
 pub use self::metrics::Metrics;

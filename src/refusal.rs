@@ -87,6 +87,8 @@ impl Refusal {
 
     /// The refusal as an answer: JSON, or a gRPC error for a gRPC call.
     pub(crate) fn respond(self, grpc: bool) -> Response<OwnBody> {
+        #[cfg(feature = "metrics")]
+        crate::metrics::refused(self.code.as_str());
         if grpc {
             crate::grpc::refusal(self)
         } else {

@@ -75,6 +75,12 @@ impl Permit {
         }
     }
 
+    /// The counters of the event's instance: its share's, or the layer's when the layer has one
+    /// instance (for what only the instance's report counts: attempts, latencies).
+    pub(crate) fn instance_counters<'a>(&'a self, layer: &'a Counters) -> &'a Counters {
+        self.share.as_ref().map_or(layer, |share| &share.counters)
+    }
+
     /// Takes one from a counter of the layer's and of the event's instance.
     pub(crate) fn sub(&self, counters: &Counters, counter: Counter) {
         counters.sub(counter);
@@ -134,6 +140,10 @@ impl Runner {
     /// Events holding a permit now.
     pub(crate) fn in_flight(&self) -> u64 {
         u64::from(self.max_in_flight) - self.permits.available_permits() as u64
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
     }
 
     pub(crate) fn stop_admitting(&self) {

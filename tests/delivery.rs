@@ -381,8 +381,8 @@ struct Flaky {
 mod flaky_store {
     use super::*;
     use tower_async_request::store::{
-        EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery, StoreError,
-        StoreFuture,
+        DeadLetterQuery, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
+        StoreError, StoreFuture,
     };
     use tower_async_request::{EventId, NotificationId};
 
@@ -424,8 +424,8 @@ mod flaky_store {
         fn recover(&self) -> StoreFuture<'_, Recovery> {
             self.inner.recover()
         }
-        fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
-            self.inner.dead_letters()
+        fn dead_letters(&self, query: DeadLetterQuery) -> StoreFuture<'_, Vec<NotificationRecord>> {
+            self.inner.dead_letters(query)
         }
         fn revive(
             &self,

@@ -20,7 +20,7 @@ use support::{eventually, Answer, Receiver};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tower_async_request::store::{
-    DeliveryState, EventRecord, EventStore, NotificationRecord, PostgresStore,
+    DeadLetterQuery, DeliveryState, EventRecord, EventStore, NotificationRecord, PostgresStore,
 };
 use tower_async_request::{AsyncRequestLayer, EventId, NotificationId};
 
@@ -101,7 +101,9 @@ fn pending(event: &EventRecord, body: impl Into<Bytes>) -> NotificationRecord {
         target: event.target.clone(),
         instance_url: event.instance_url,
         body: body.into(),
+        accepted_at_ms: event.accepted_at_ms,
         attempts: 0,
+        history: Vec::new(),
         next_attempt_at_ms: 0,
         last_error: None,
         state: DeliveryState::Pending,
@@ -206,7 +208,7 @@ async fn only_the_accepted_event_and_its_outcome_wait_for_the_wal_flush() {
     );
     assert_eq!(after.transactions, durable.transactions + 2);
     // Read back at once, exactly as written.
-    let dead = store.dead_letters().await.unwrap();
+    let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, notification.body);
     assert_eq!(dead[0].instance_id, 30);
@@ -259,12 +261,66 @@ async fn nodes_starting_together_create_the_schema_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 1);
+    assert_eq!(versions, 2, "each version applied once");
     assert!(PostgresStore::builder(pg::url())
         .schema("Not-Valid")
         .connect()
         .await
         .is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_1_schema_is_migrated_with_its_dead_letters_readable() {
+    if !pg::available(FILE).await {
+        return;
+    };
+    let schema = Schema::new();
+    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let quoted = format!("\"{}\"", schema.0);
+    // The schema as version 1 left it, with a dead letter in it.
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {quoted};
+             CREATE TABLE {quoted}.migrations (version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             {}
+             INSERT INTO {quoted}.migrations (version) VALUES (1);
+             INSERT INTO {quoted}.events (event_id, notification_id, instance_id, target,
+                 instance_url, accepted_at_ms, owner, state, body, attempts, last_error)
+             VALUES (5, 6, 30, 'https://hooks.example.com/in', true, 7, 1, 3, '{{}}', 8, 'gone');",
+            include_str!("../src/store/postgres/schema_v1.sql").replace("{schema}", &quoted)
+        ))
+        .await
+        .unwrap();
+    let store = PostgresStore::builder(pg::url())
+        .schema(schema.0.clone())
+        .connect()
+        .await
+        .unwrap();
+    let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (
+            dead[0].notification_id.get(),
+            dead[0].attempts,
+            dead[0].accepted_at_ms
+        ),
+        (6, 8, 7)
+    );
+    assert!(dead[0].history.is_empty(), "no history before version 2");
+    let versions: i64 = client
+        .query_one(
+            &format!("SELECT max(version) FROM {quoted}.migrations"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i32>(0)
+        .into();
+    assert_eq!(versions, 2);
 }
 
 /// Runs the futures concurrently, in order of their answers' positions.

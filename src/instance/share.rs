@@ -16,6 +16,14 @@ pub(crate) struct Share {
 }
 
 impl Share {
+    /// The share of instance `id`, with its own counters.
+    pub(crate) fn new(id: u64) -> Self {
+        Self {
+            in_flight: AtomicU32::new(0),
+            counters: Counters::for_instance(id),
+        }
+    }
+
     /// Takes a place for a new event, unless the instance already holds `limit`.
     pub(crate) fn try_enter(&self, limit: Option<u32>) -> bool {
         match limit {
@@ -69,7 +77,11 @@ impl Shares {
         if let Some(share) = self.shares.read(id).get(&id) {
             return share.clone();
         }
-        self.shares.write(id).entry(id).or_default().clone()
+        self.shares
+            .write(id)
+            .entry(id)
+            .or_insert_with(|| Arc::new(Share::new(id)))
+            .clone()
     }
 
     /// The share of instance `id`, if the layer has seen it.

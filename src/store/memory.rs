@@ -5,8 +5,8 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use super::{
-    unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
-    StoreError, StoreFuture,
+    unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
+    NotificationRecord, Recovery, StoreError, StoreFuture,
 };
 use crate::ids::{EventId, IdGenerator, IdMap, NotificationId};
 
@@ -235,11 +235,15 @@ impl EventStore for MemoryStore {
         Box::pin(async move { Ok(recovery) })
     }
 
-    fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
+    fn dead_letters(&self, query: DeadLetterQuery) -> StoreFuture<'_, Vec<NotificationRecord>> {
         let dead = self.with(|r| {
+            let after = query.after.map_or(0, |id| id.get().saturating_add(1));
             r.dead
-                .iter()
-                .filter_map(|id| r.notifications.get(id).cloned())
+                .range(NotificationId::new(after)..)
+                .filter_map(|id| r.notifications.get(id))
+                .filter(|record| query.matches(record))
+                .take(query.limit)
+                .cloned()
                 .collect()
         });
         Box::pin(async move { Ok(dead) })
@@ -276,7 +280,14 @@ mod tests {
             instance_url: false,
             target: "https://example.com/".into(),
             body: Bytes::from_static(b"{}"),
+            accepted_at_ms: 1,
             attempts: 3,
+            history: vec![crate::store::AttemptRecord {
+                at_ms: 2,
+                duration_us: 1500,
+                status: Some(503),
+                error: Some("the receiver answered 503".into()),
+            }],
             next_attempt_at_ms: 0,
             last_error: Some("503".into()),
             state: DeliveryState::Pending,
@@ -358,12 +369,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn dead_letters_page_by_id_and_instance() {
+        let store = MemoryStore::new();
+        for id in [10, 20, 30, 40, 50] {
+            let mut record = notification(id);
+            record.instance_id = if id == 20 || id == 40 { 8 } else { 7 };
+            store.dead(&record).await.unwrap();
+        }
+        store.finished(&notification(60)).await.unwrap(); // pending: never listed
+        let page = |instance, after: Option<u64>, limit| {
+            let query = DeadLetterQuery {
+                instance,
+                after: after.map(NotificationId::new),
+                limit,
+            };
+            let dead = futures_now(store.dead_letters(query));
+            dead.iter().map(|d| d.event_id.get()).collect::<Vec<_>>()
+        };
+        assert_eq!(page(None, None, 2), [10, 20]);
+        assert_eq!(page(None, Some(21), 2), [30, 40]);
+        assert_eq!(page(None, Some(41), 2), [50]);
+        assert_eq!(page(Some(7), None, 10), [10, 30, 50]);
+        assert_eq!(page(Some(8), Some(21), 10), [40]);
+        assert!(page(Some(9), None, 10).is_empty());
+    }
+
+    /// A memory store's answer, which is ready at once.
+    fn futures_now<T>(future: StoreFuture<'_, T>) -> T {
+        let waker = std::task::Waker::noop();
+        match std::pin::pin!(future).poll(&mut Context::from_waker(waker)) {
+            Poll::Ready(answer) => answer.unwrap(),
+            Poll::Pending => panic!("a memory store answers at once"),
+        }
+    }
+
+    #[tokio::test]
     async fn dead_letters_are_bounded_and_revivable() {
         let store = MemoryStore::new().max_dead_letters(2);
         for id in [10, 20, 30] {
             store.dead(&notification(id)).await.unwrap();
         }
-        let dead = store.dead_letters().await.unwrap();
+        let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
         assert_eq!(
             dead.iter().map(|d| d.event_id.get()).collect::<Vec<_>>(),
             [20, 30]
@@ -378,7 +424,16 @@ mod tests {
             (revived.attempts, revived.state),
             (0, DeliveryState::Pending)
         );
-        assert_eq!(store.dead_letters().await.unwrap().len(), 1);
+        assert_eq!(revived.history, notification(20).history, "kept");
+        assert_eq!(revived.history.len(), 1);
+        assert_eq!(
+            store
+                .dead_letters(DeadLetterQuery::all())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         assert_eq!(store.recover().await.unwrap().pending.len(), 1);
         assert!(store
             .revive(NotificationId::new(21))

@@ -52,6 +52,7 @@
 //! # drop(layer);
 //! ```
 
+pub(crate) mod history;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -66,6 +67,7 @@ use bytes::Bytes;
 
 use crate::ids::{EventId, NotificationId};
 
+pub use self::history::{AttemptRecord, MAX_ATTEMPT_HISTORY};
 pub use self::memory::{MemoryStore, DEFAULT_MAX_DEAD_LETTERS, DEFAULT_MAX_RETAINED};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -142,8 +144,12 @@ pub struct NotificationRecord {
     pub instance_url: bool,
     /// The exact JSON body (signatures are made per attempt).
     pub body: Bytes,
-    /// Attempts made so far.
+    /// When the event was accepted, Unix milliseconds (0 when the store did not know it).
+    pub accepted_at_ms: u64,
+    /// Attempts made so far (since the last redelivery: a revived dead letter starts again at 0).
     pub attempts: u32,
+    /// The last attempts, oldest first: at most [`MAX_ATTEMPT_HISTORY`], across redeliveries.
+    pub history: Vec<AttemptRecord>,
     /// When the next attempt is due, Unix milliseconds.
     pub next_attempt_at_ms: u64,
     /// Why the last attempt failed.
@@ -162,6 +168,42 @@ pub enum EventSnapshot {
     Unfinished(EventRecord),
     /// The job finished; its notification and where its delivery is.
     Finished(NotificationRecord),
+}
+
+/// Which dead letters to list: those after a cursor, of one instance or all, at most `limit`;
+/// in notification-id order (the order events were accepted in).
+///
+/// A page ends with the last id it holds; asking for the next page `after` that id neither repeats
+/// nor skips a dead letter, however many die or are redelivered meanwhile (a dead letter that dies
+/// later with a smaller id than the cursor is listed by the next pass from the start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadLetterQuery {
+    /// Only this instance's dead letters.
+    pub instance: Option<u64>,
+    /// Only dead letters whose notification id is above this one.
+    pub after: Option<NotificationId>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl DeadLetterQuery {
+    /// Every dead letter, of every instance.
+    pub fn all() -> Self {
+        Self {
+            instance: None,
+            after: None,
+            limit: usize::MAX,
+        }
+    }
+
+    /// Whether `record` is a dead letter this query lists (ignoring `limit`).
+    pub fn matches(&self, record: &NotificationRecord) -> bool {
+        record.state == DeliveryState::Dead
+            && self.instance.is_none_or(|id| id == record.instance_id)
+            && self
+                .after
+                .is_none_or(|after| record.notification_id > after)
+    }
 }
 
 /// What an earlier process left unfinished.
@@ -235,11 +277,17 @@ pub trait EventStore: Send + Sync + 'static {
         None
     }
 
-    /// The dead letters, oldest first.
-    fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>>;
+    /// The dead letters `query` asks for, by notification id, lowest first.
+    fn dead_letters(&self, query: DeadLetterQuery) -> StoreFuture<'_, Vec<NotificationRecord>>;
 
-    /// Makes a dead letter pending again, with a fresh schedule starting now; `None` if there is
-    /// no such dead letter. **Durable**.
+    /// Whether the store can be used now (a round trip to a database server, say), for health
+    /// checks. The default: always.
+    fn check(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Makes a dead letter pending again, with a fresh schedule starting now (attempts back to
+    /// 0, its history kept); `None` if there is no such dead letter. **Durable**.
     fn revive(
         &self,
         notification_id: NotificationId,
@@ -296,8 +344,12 @@ impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
         (**self).take_over()
     }
 
-    fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
-        (**self).dead_letters()
+    fn dead_letters(&self, query: DeadLetterQuery) -> StoreFuture<'_, Vec<NotificationRecord>> {
+        (**self).dead_letters(query)
+    }
+
+    fn check(&self) -> StoreFuture<'_, ()> {
+        (**self).check()
     }
 
     fn revive(

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
-    unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
-    RunningJobs, StoreError, StoreFuture, StoreStats,
+    unix_ms, AttemptRecord, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
+    NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture, StoreStats,
 };
 use crate::ids::{EventId, IdGenerator, NotificationId};
 
@@ -149,7 +149,11 @@ struct StoredNotification {
     target: String,
     #[serde(default)]
     instance_url: bool,
+    #[serde(default)]
+    accepted_at_ms: u64,
     attempts: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    history: Vec<AttemptRecord>,
     next_attempt_at_ms: u64,
     last_error: Option<String>,
     state: u8,
@@ -524,7 +528,9 @@ fn encode_notification(record: &NotificationRecord) -> Vec<u8> {
         instance_id: record.instance_id,
         target: record.target.clone(),
         instance_url: record.instance_url,
+        accepted_at_ms: record.accepted_at_ms,
         attempts: record.attempts,
+        history: record.history.clone(),
         next_attempt_at_ms: record.next_attempt_at_ms,
         last_error: record.last_error.clone(),
         state: state_code(record.state),
@@ -554,7 +560,9 @@ fn decode_notification(id: u64, bytes: &[u8]) -> Result<NotificationRecord, redb
         instance_url: meta.instance_url,
         target: meta.target,
         body: Bytes::copy_from_slice(&bytes[4 + len..]),
+        accepted_at_ms: meta.accepted_at_ms,
         attempts: meta.attempts,
+        history: meta.history,
         next_attempt_at_ms: meta.next_attempt_at_ms,
         last_error: meta.last_error,
         state: state_from(meta.state)?,
@@ -592,17 +600,23 @@ fn prune(db: &Database) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// The notifications `wanted` from the one after `after` on, at most `limit` of them.
 fn notifications_where(
     db: &Database,
-    state: DeliveryState,
+    after: u64,
+    limit: usize,
+    wanted: impl Fn(&NotificationRecord) -> bool,
 ) -> Result<Vec<NotificationRecord>, redb::Error> {
     let txn = db.begin_read()?;
     let table = txn.open_table(NOTIFICATIONS)?;
     let mut out = Vec::new();
-    for entry in table.iter()? {
+    for entry in table.range(after.saturating_add(1)..)? {
+        if out.len() >= limit {
+            break;
+        }
         let (id, bytes) = entry?;
         let record = decode_notification(id.value(), bytes.value())?;
-        if record.state == state {
+        if wanted(&record) {
             out.push(record);
         }
     }
@@ -704,7 +718,9 @@ impl EventStore for RedbStore {
                     running: stored.running,
                 });
             }
-            let pending = notifications_where(db, DeliveryState::Pending)?;
+            let pending = notifications_where(db, 0, usize::MAX, |record| {
+                record.state == DeliveryState::Pending
+            })?;
             Ok(Recovery {
                 unfinished,
                 pending,
@@ -712,8 +728,17 @@ impl EventStore for RedbStore {
         })
     }
 
-    fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
-        self.read(|db| notifications_where(db, DeliveryState::Dead))
+    /// Reads notifications from the cursor on until the page is full: a file with many
+    /// delivered notifications kept for status queries and few dead letters reads more of them.
+    fn dead_letters(&self, query: DeadLetterQuery) -> StoreFuture<'_, Vec<NotificationRecord>> {
+        self.read(move |db| {
+            let after = query.after.map_or(0, NotificationId::get);
+            notifications_where(db, after, query.limit, |record| query.matches(record))
+        })
+    }
+
+    fn check(&self) -> StoreFuture<'_, ()> {
+        self.read(|db| db.begin_read().map(drop).map_err(redb::Error::from))
     }
 
     fn revive(
@@ -755,7 +780,9 @@ mod tests {
             instance_url: event.instance_url,
             target: event.target.clone(),
             body: Bytes::from_static(b"{\"eventId\":1}\xff"),
+            accepted_at_ms: event.accepted_at_ms,
             attempts: 0,
+            history: Vec::new(),
             next_attempt_at_ms: 5,
             last_error: None,
             state: DeliveryState::Pending,
@@ -844,6 +871,7 @@ mod tests {
         bytes.extend_from_slice(b"{}");
         let record = decode_notification(6, &bytes).unwrap();
         assert_eq!((record.instance_id, record.instance_url), (0, false));
+        assert_eq!((record.accepted_at_ms, record.history.len()), (0, 0));
         assert_eq!(record.target, "https://example.com/");
         assert_eq!(
             decode_notification(6, &encode_notification(&record)).unwrap(),
@@ -876,7 +904,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let dead = store.dead_letters().await.unwrap();
+        let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!((dead[0].state, dead[0].attempts), (DeliveryState::Dead, 8));
         assert_eq!(dead[0].body, record.body);
@@ -886,8 +914,69 @@ mod tests {
             (revived.state, revived.attempts),
             (DeliveryState::Pending, 0)
         );
-        assert!(store.dead_letters().await.unwrap().is_empty());
+        assert!(store
+            .dead_letters(DeadLetterQuery::all())
+            .await
+            .unwrap()
+            .is_empty());
         assert!(store.revive(notification_id).await.unwrap().is_none());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_page_by_id_and_instance_and_keep_their_history_across_reopening() {
+        let path = temp_path("pages");
+        let mut written = Vec::new();
+        {
+            let store = RedbStore::open(&path).unwrap();
+            for i in 0..6u64 {
+                let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+                let mut accepted = event(event_id, notification_id, "https://example.com/");
+                accepted.instance_id = 30 + i % 2;
+                store.dispatched(&accepted).await.unwrap();
+                let mut record = notification(&accepted);
+                store.finished(&record).await.unwrap();
+                record.attempts = 1;
+                record.history.push(AttemptRecord {
+                    at_ms: 10 + i,
+                    duration_us: 1500,
+                    status: Some(503),
+                    error: Some("the receiver answered 503".into()),
+                });
+                store.dead(&record).await.unwrap();
+                record.state = DeliveryState::Dead;
+                written.push(record);
+            }
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let page = |instance, after, limit| {
+            store.dead_letters(DeadLetterQuery {
+                instance,
+                after,
+                limit,
+            })
+        };
+        assert_eq!(page(None, None, usize::MAX).await.unwrap(), written);
+        let first = page(None, None, 4).await.unwrap();
+        assert_eq!(first, written[..4]);
+        let rest = page(None, Some(first[3].notification_id), 4).await.unwrap();
+        assert_eq!(rest, written[4..]);
+        let odd = page(Some(31), None, 2).await.unwrap();
+        assert_eq!(odd, [written[1].clone(), written[3].clone()]);
+        let odd_rest = page(Some(31), Some(odd[1].notification_id), 2)
+            .await
+            .unwrap();
+        assert_eq!(odd_rest, [written[5].clone()]);
+        let revived = store
+            .revive(written[0].notification_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            revived.history, written[0].history,
+            "kept across redelivery"
+        );
+        store.check().await.unwrap();
         let _ = std::fs::remove_file(&path);
     }
 
@@ -918,7 +1007,11 @@ mod tests {
         );
         assert_eq!(after.transactions, before.transactions + 2);
         assert_eq!(
-            store.dead_letters().await.unwrap().len(),
+            store
+                .dead_letters(DeadLetterQuery::all())
+                .await
+                .unwrap()
+                .len(),
             1,
             "yet read back at once"
         );

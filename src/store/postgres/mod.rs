@@ -2,7 +2,7 @@
 //! answers status queries and redelivers dead letters, and a node that dies has its work finished
 //! by another.
 //!
-//! - `migrate.rs` and `schema_v1.sql`: the schema, versioned and created by the store itself.
+//! - `migrate.rs` and `schema_v*.sql`: the schema, versioned and created by the store itself.
 //! - `writer.rs`: group commit, and the store contract (what waits for the WAL flush).
 //! - `nodes.rs`: heartbeats, leases and takeover; `LISTEN`/`NOTIFY`; retention.
 
@@ -21,8 +21,8 @@ use tokio_postgres::{NoTls, Row};
 
 use self::writer::{body_of, Op, Statements, Write};
 use super::{
-    unix_ms, DeliveryState, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
-    RunningJobs, StoreError, StoreFuture, StoreStats,
+    history, unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
+    NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture, StoreStats,
 };
 use crate::ids::{EventId, NotificationId};
 
@@ -36,7 +36,8 @@ const ID_BLOCK: i64 = 1024;
 
 /// The columns a record is read from, in [`record_of`]'s order.
 const COLUMNS: &str = "event_id, notification_id, instance_id, target, instance_url, \
-    accepted_at_ms, state, body, attempts, next_attempt_at_ms, last_error, retain_until_ms";
+    accepted_at_ms, state, body, attempts, next_attempt_at_ms, last_error, retain_until_ms, \
+    history::text";
 
 /// The shared store on PostgreSQL (cargo feature `postgres`): several nodes of an app use one
 /// database, and what one node accepted, another can report, redeliver and, if the first dies,
@@ -343,7 +344,15 @@ pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
         target,
         instance_url,
         body: body_of(row.try_get(7).map_err(StoreError::new)?),
+        accepted_at_ms: get_u64(5)?,
         attempts: row.try_get::<_, i32>(8).map_err(StoreError::new)? as u32,
+        history: match row
+            .try_get::<_, Option<&str>>(12)
+            .map_err(StoreError::new)?
+        {
+            Some(text) => history::decode(text).map_err(StoreError::new)?,
+            None => Vec::new(),
+        },
         next_attempt_at_ms: get_u64(9)?,
         last_error: row.try_get(10).map_err(StoreError::new)?,
         state,
@@ -453,18 +462,42 @@ impl EventStore for PostgresStore {
         }))
     }
 
-    fn dead_letters(&self) -> StoreFuture<'_, Vec<NotificationRecord>> {
+    fn dead_letters(&self, query: DeadLetterQuery) -> StoreFuture<'_, Vec<NotificationRecord>> {
         Box::pin(async move {
             let sql = format!(
-                "SELECT {COLUMNS} FROM {}.events WHERE state = 3 AND event_id > $1
-                 ORDER BY notification_id",
+                "SELECT {COLUMNS} FROM {}.events
+                 WHERE state = 3 AND notification_id > $1
+                     AND ($2::int8 IS NULL OR instance_id = $2)
+                 ORDER BY notification_id LIMIT $3",
                 self.shared.quoted
             );
-            self.query(&sql, 0)
-                .await?
+            let after = query.after.map_or(0, |id| id.get() as i64);
+            let instance = query.instance.map(|id| id as i64);
+            let limit = query.limit.min(i64::MAX as usize) as i64;
+            let client = self.shared.pool.get().await.map_err(StoreError::new)?;
+            let statement = client.prepare_cached(&sql).await.map_err(StoreError::new)?;
+            client
+                .query(&statement, &[&after, &instance, &limit])
+                .await
+                .map_err(StoreError::new)?
                 .iter()
                 .filter_map(|row| record_of(row).map(Stored::finished).transpose())
                 .collect()
+        })
+    }
+
+    /// A round trip to the server on a pooled connection, and the writer still running.
+    fn check(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            if self.writes.is_closed() {
+                return Err(StoreError::new("the store writer has stopped"));
+            }
+            let client = self.shared.pool.get().await.map_err(StoreError::new)?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(StoreError::new)
         })
     }
 

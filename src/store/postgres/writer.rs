@@ -18,7 +18,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{record_of, Shared, COLUMNS};
 use crate::ids::NotificationId;
-use crate::store::{unix_ms, DeliveryState, EventRecord, NotificationRecord, StoreError};
+use crate::store::{history, unix_ms, DeliveryState, EventRecord, NotificationRecord, StoreError};
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -230,6 +230,10 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
             .map(|n| n.last_error.as_deref())
             .collect::<Vec<_>>(),
         i64s(changed.iter().map(|n| n.retain_until_ms).collect()),
+        changed
+            .iter()
+            .map(|n| history::encode(&n.history))
+            .collect::<Vec<_>>(),
     );
     let now_param = now as i64;
 
@@ -271,7 +275,7 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
         }
         let p = &update_params;
         client
-            .execute(&update, &[&p.0, &p.1, &p.2, &p.3, &p.4, &p.5])
+            .execute(&update, &[&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, &p.6])
             .await
     };
     let revive_params: Vec<[&(dyn ToSql + Sync); 3]> = revives
@@ -396,9 +400,10 @@ impl Statements {
             update_notifications: format!(
                 "UPDATE {schema}.events AS ev
                  SET state = x.s, attempts = x.at, next_attempt_at_ms = x.nx, last_error = x.le,
-                     retain_until_ms = x.r
-                 FROM UNNEST($1::int8[], $2::int2[], $3::int4[], $4::int8[], $5::text[], $6::int8[])
-                     AS x(e, s, at, nx, le, r)
+                     retain_until_ms = x.r, history = x.h::jsonb
+                 FROM UNNEST($1::int8[], $2::int2[], $3::int4[], $4::int8[], $5::text[], $6::int8[],
+                     $7::text[])
+                     AS x(e, s, at, nx, le, r, h)
                  WHERE ev.event_id = x.e"
             ),
             delete_notifications: format!(

@@ -1,0 +1,217 @@
+//! Counters of what the layer has done, readable through
+//! [`AsyncRequestHandle::metrics`](crate::AsyncRequestHandle::metrics), and per instance through
+//! [`AsyncRequestHandle::instance_metrics`](crate::AsyncRequestHandle::instance_metrics); with
+//! the cargo feature `metrics`, also reported through the [`metrics`](https://docs.rs/metrics)
+//! facade (`facade.rs`, the names in README "Operating it").
+//!
+//! Every count of an event goes through its instance's [`Counters`], so the facade sees each
+//! event once, labelled with its instance.
+
+#[cfg(feature = "metrics")]
+mod facade;
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+#[cfg(feature = "metrics")]
+pub(crate) use self::facade::refused;
+
+/// A snapshot of the layer's counters. Totals count since the layer was built; `running` and
+/// `pending` are what is in progress now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Metrics {
+    /// Async requests accepted (receipts sent).
+    pub accepted: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Jobs that ended with a response (`completed`).
+    pub completed: u64,
+    /// Jobs that ended without one (`failed`, including `interrupted` ones found on recovery).
+    pub failed: u64,
+    /// Notifications waiting for delivery now (first attempt or retry).
+    pub pending: u64,
+    /// Notifications the receiver acknowledged with `2xx`.
+    pub delivered: u64,
+    /// Notifications that became dead letters.
+    pub dead: u64,
+    /// Attempts that failed and were scheduled again.
+    pub retries: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Where the counts are reported with an instance label (feature `metrics`); `None` for the
+    /// layer-wide counters of a layer with many instances (each instance's own report).
+    #[cfg(feature = "metrics")]
+    facade: Option<facade::Facade>,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) running: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) pending: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) dead: AtomicU64,
+    pub(crate) retries: AtomicU64,
+}
+
+/// One of the [`Counters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counter {
+    Accepted,
+    Running,
+    Completed,
+    Failed,
+    Pending,
+    Delivered,
+    Dead,
+    Retries,
+}
+
+/// How a delivery attempt ended, as the facade labels it (`result`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttemptResult {
+    /// The receiver answered `2xx`.
+    Delivered,
+    /// Another answer (retried).
+    Rejected,
+    /// `410 Gone` (not retried).
+    Gone,
+    /// No answer: connection error or timeout (retried).
+    Unreachable,
+    /// Not sent: the instance's settings could not be read (retried).
+    Unsent,
+    /// The sink refused the target or is closed (not retried).
+    Refused,
+}
+
+impl AttemptResult {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) const ALL: [Self; 6] = [
+        Self::Delivered,
+        Self::Rejected,
+        Self::Gone,
+        Self::Unreachable,
+        Self::Unsent,
+        Self::Refused,
+    ];
+
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Rejected => "rejected",
+            Self::Gone => "gone",
+            Self::Unreachable => "unreachable",
+            Self::Unsent => "unsent",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// When the layer began answering an async request, for the receipt-latency histogram; nothing
+/// at all without the feature `metrics`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Started {
+    #[cfg(feature = "metrics")]
+    at: std::time::Instant,
+}
+
+impl Started {
+    #[inline]
+    pub(crate) fn now() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            at: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Counters {
+    /// Counters reported through the `metrics` facade labelled with `instance` (with the
+    /// feature), else plain counters.
+    pub(crate) fn for_instance(instance: u64) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = instance;
+        Self {
+            #[cfg(feature = "metrics")]
+            facade: Some(facade::Facade::new(instance)),
+            ..Self::default()
+        }
+    }
+
+    fn get(&self, counter: Counter) -> &AtomicU64 {
+        match counter {
+            Counter::Accepted => &self.accepted,
+            Counter::Running => &self.running,
+            Counter::Completed => &self.completed,
+            Counter::Failed => &self.failed,
+            Counter::Pending => &self.pending,
+            Counter::Delivered => &self.delivered,
+            Counter::Dead => &self.dead,
+            Counter::Retries => &self.retries,
+        }
+    }
+
+    pub(crate) fn add(&self, counter: Counter) {
+        self.get(counter).fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(facade) = &self.facade {
+            facade.add(counter);
+        }
+    }
+
+    pub(crate) fn sub(&self, counter: Counter) {
+        self.get(counter).fetch_sub(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        if let Some(facade) = &self.facade {
+            facade.sub(counter);
+        }
+    }
+
+    /// A delivery attempt ended so (reported through the facade only).
+    #[inline]
+    pub(crate) fn attempt(&self, result: AttemptResult, host: Option<&str>) {
+        #[cfg(feature = "metrics")]
+        if let Some(facade) = &self.facade {
+            facade.attempt(result, host);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (result, host);
+    }
+
+    /// A receipt is ready, the request having reached the layer at `started`.
+    #[inline]
+    pub(crate) fn receipt_ready(&self, started: Started) {
+        #[cfg(feature = "metrics")]
+        if let Some(facade) = &self.facade {
+            facade.receipt_ready(started.at.elapsed());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = started;
+    }
+
+    /// A notification was delivered `since_accepted` after its event was accepted.
+    #[inline]
+    pub(crate) fn delivered_after(&self, since_accepted: Duration) {
+        #[cfg(feature = "metrics")]
+        if let Some(facade) = &self.facade {
+            facade.delivered_after(since_accepted);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = since_accepted;
+    }
+
+    pub(crate) fn snapshot(&self) -> Metrics {
+        Metrics {
+            accepted: self.accepted.load(Relaxed),
+            running: self.running.load(Relaxed),
+            completed: self.completed.load(Relaxed),
+            failed: self.failed.load(Relaxed),
+            pending: self.pending.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            dead: self.dead.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+        }
+    }
+}
