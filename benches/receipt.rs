@@ -19,7 +19,8 @@
 //!
 //! Each iteration is one request; criterion reports elements/s. At the end, the receipt and the
 //! whole event with 10 000 instances are also measured in turns against one static instance
-//! (`support::interleaved`), and the ratios printed.
+//! (`support::interleaved`), and the ratios printed; with `--features metrics`, so are both with
+//! the layer's metrics going to a Prometheus recorder against the same layer without one.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -224,6 +225,39 @@ fn receipt(c: &mut Criterion) {
             || batch(&many, &many_received, &mut many_sent, 200, whole),
         );
         println!("{what}: InstanceMap of {INSTANCES} instances / one static instance = {ratio}");
+    }
+
+    // With `--features metrics`: the same static app reporting to a Prometheus recorder, in
+    // turns against `app`, whose facade handles were registered with no recorder (no-ops).
+    #[cfg(feature = "metrics")]
+    {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let prometheus = recorder.handle();
+        // The layer registers its handles when built: with this recorder, here.
+        let (measured, measured_received) =
+            metrics::with_local_recorder(&recorder, || runtime.block_on(async { make_app(false) }));
+        let mut measured_sent = 0;
+        for (what, whole) in [("receipt", false), ("receipt and callback", true)] {
+            let ratio = support::interleaved_timed(
+                || batch(&app, &received, &mut sent, 200, whole),
+                || {
+                    batch(
+                        &measured,
+                        &measured_received,
+                        &mut measured_sent,
+                        200,
+                        whole,
+                    )
+                },
+            );
+            println!("{what}: metrics to a Prometheus recorder / no recorder = {ratio}");
+        }
+        let scrape = prometheus.render();
+        let accepted = format!("async_request_accepted_total{{instance=\"30\"}} {measured_sent}");
+        assert!(
+            scrape.contains(&accepted),
+            "the recorder saw every event:\n{scrape}"
+        );
     }
 }
 

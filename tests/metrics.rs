@@ -1,0 +1,228 @@
+//! The `metrics` facade (feature `metrics`) as an operator sees it: a Prometheus recorder, its
+//! `/metrics` scraped over real HTTP after real traffic, the numbers checked.
+#![cfg(feature = "metrics")]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::{routing::get, routing::post, Router};
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use support::{eventually, Answer, Receiver};
+use tokio::net::TcpListener;
+use tower_async_request::AsyncRequestLayer;
+
+/// One sample of a scrape: its name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+fn parse(scrape: &str) -> Vec<Sample> {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap();
+                    (key.to_owned(), value.trim_matches('"').to_owned())
+                })
+                .collect();
+            (name.to_owned(), labels, value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The value of the sample named `name` whose labels include `labels` (0 when absent, as
+/// Prometheus reads a series that was never written).
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(v))
+        })
+        .map(|(.., v)| *v)
+        .collect();
+    assert!(
+        found.len() <= 1,
+        "{name} {labels:?} is ambiguous: {found:?}"
+    );
+    found.first().copied().unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prometheus_scrape_after_real_traffic_shows_the_counts() {
+    // Installed before the layer is built, as the facade requires.
+    let prometheus = PrometheusBuilder::new().install_recorder().unwrap();
+    // One event's notification fails twice (503) and is delivered at the third attempt; one
+    // fails three times and is dead; three are delivered at once.
+    let mut receiver = Receiver::start(vec![
+        Answer::status(503),
+        Answer::status(503),
+        Answer::status(503),
+        Answer::status(503),
+        Answer::status(503),
+    ])
+    .await;
+    let layer = AsyncRequestLayer::builder()
+        .instance_id(30)
+        .default_callback_url(receiver.url())
+        .retry_schedule([Duration::from_millis(20), Duration::from_millis(20)])
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route("/work", post(|| async { "done" }))
+        .layer(layer);
+    let operator = Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(prometheus.render())),
+    );
+    let app_addr = serve(app).await;
+    let operator_addr = serve(operator).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let send = |headers: &[(&str, &str)]| {
+        let mut request = Request::post(format!("http://{app_addr}/work"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        client.request(request.body(Full::default()).unwrap())
+    };
+
+    // The first two events take the first five answers (503s) between them.
+    for _ in 0..2 {
+        let response = send(&[("Elements-Async-Request", "true")]).await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    eventually("one dead, one delivered", || {
+        let m = handle.metrics();
+        m.dead == 1 && m.delivered == 1
+    })
+    .await;
+    for _ in 0..3 {
+        let response = send(&[("Elements-Async-Request", "true")]).await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    let refused = send(&[("Elements-Async-Request", "maybe")]).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    for url in ["ftp://example.com/", "not a url"] {
+        let refused = send(&[
+            ("Elements-Async-Request", "true"),
+            ("Elements-Async-Callback-Url", url),
+        ])
+        .await
+        .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    }
+    let passthrough = send(&[]).await.unwrap();
+    assert_eq!(passthrough.status(), StatusCode::OK);
+    eventually("four delivered", || handle.metrics().delivered == 4).await;
+    for _ in 0..5 + 1 + 3 {
+        receiver.next().await;
+    }
+
+    let scrape = client
+        .get(format!("http://{operator_addr}/metrics").parse().unwrap())
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let scrape = String::from_utf8(scrape.to_vec()).unwrap();
+    let samples = parse(&scrape);
+    let of = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
+    let instance = ("instance", "30");
+
+    assert_eq!(
+        of("async_request_accepted_total", &[instance]),
+        5.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        of(
+            "async_request_refused_total",
+            &[("code", "invalid_async_header")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        of(
+            "async_request_refused_total",
+            &[("code", "invalid_callback_url")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        of(
+            "async_request_jobs_total",
+            &[instance, ("outcome", "completed")]
+        ),
+        5.0
+    );
+    assert_eq!(
+        of(
+            "async_request_jobs_total",
+            &[instance, ("outcome", "failed")]
+        ),
+        0.0
+    );
+    assert_eq!(of("async_request_delivered_total", &[instance]), 4.0);
+    assert_eq!(of("async_request_dead_letters_total", &[instance]), 1.0);
+    let attempts = |result| {
+        of(
+            "async_request_delivery_attempts_total",
+            &[instance, ("result", result)],
+        )
+    };
+    assert_eq!((attempts("delivered"), attempts("rejected")), (4.0, 5.0));
+    assert_eq!(attempts("unreachable"), 0.0);
+    // The default callback URL is the operator's own: its host is a bounded label.
+    assert_eq!(
+        of(
+            "async_request_delivery_attempts_by_host_total",
+            &[("host", "127.0.0.1"), ("result", "rejected")]
+        ),
+        5.0
+    );
+    for gauge in [
+        "async_request_in_flight",
+        "async_request_jobs_running",
+        "async_request_notifications_pending",
+    ] {
+        assert_eq!(of(gauge, &[instance]), 0.0, "{gauge} is back to zero");
+    }
+    assert_eq!(of("async_request_receipt_seconds_count", &[instance]), 5.0);
+    assert_eq!(of("async_request_delivery_seconds_count", &[instance]), 4.0);
+    let slowest = of(
+        "async_request_delivery_seconds",
+        &[instance, ("quantile", "1")],
+    );
+    assert!(
+        slowest >= 0.04,
+        "the notification delivered at its third attempt waited two retries: {slowest}"
+    );
+    assert!(scrape.contains("# HELP async_request_accepted_total"));
+}
+
+async fn serve(router: Router) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
