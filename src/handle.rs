@@ -179,9 +179,10 @@ impl AsyncRequestHandle {
     pub async fn redeliver(&self, notification_id: NotificationId) -> Result<(), RedeliverError> {
         self.ready_to_redeliver().await?;
         let permit = self.config.runner.wait_for_permit().await;
-        self.revive(notification_id, permit)
-            .await?
-            .ok_or(RedeliverError::NotFound)
+        match self.revive(notification_id, permit).await? {
+            true => Ok(()),
+            false => Err(RedeliverError::NotFound),
+        }
     }
 
     /// Delivers up to `limit` dead letters again (all of them, or `instance`'s), lowest id first,
@@ -209,8 +210,8 @@ impl AsyncRequestHandle {
             let Ok(permit) = self.config.runner.admit() else {
                 break;
             };
-            // `None`: redelivered meanwhile by someone else.
-            if let Some(()) = self.revive(dead.notification_id, permit).await? {
+            // Not revived: redelivered meanwhile by someone else.
+            if self.revive(dead.notification_id, permit).await? {
                 notification_ids.push(dead.notification_id);
             }
         }
@@ -235,13 +236,13 @@ impl AsyncRequestHandle {
             .map_err(RedeliverError::Store)
     }
 
-    /// Makes a dead letter pending and starts its delivery under `permit`; `None` if it is not
-    /// a dead letter (any more).
+    /// Makes a dead letter pending and starts its delivery under `permit`; false if it is not a
+    /// dead letter (any more).
     async fn revive(
         &self,
         notification_id: NotificationId,
         mut permit: Permit,
-    ) -> Result<Option<()>, RedeliverError> {
+    ) -> Result<bool, RedeliverError> {
         let Some(notification) = self
             .config
             .store
@@ -249,13 +250,13 @@ impl AsyncRequestHandle {
             .await
             .map_err(RedeliverError::Store)?
         else {
-            return Ok(None);
+            return Ok(false);
         };
         self.config
             .count_in_share(&mut permit, notification.instance_id);
         permit.add(&self.config.counters, Counter::Pending);
         tokio::spawn(deliver(self.config.clone(), notification, permit, None));
-        Ok(Some(()))
+        Ok(true)
     }
 
     /// Whether the store answers (within 5 s) and the layer takes async requests, with what is
