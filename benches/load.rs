@@ -65,6 +65,13 @@ use tokio::net::TcpListener;
 use tower_async_request::verify::ElementsVerifier;
 use tower_async_request::{AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder};
 
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
+
+/// Counts only in the app's own process (`--shape processes`); see `counting_alloc`.
+#[global_allocator]
+static ALLOCATOR: counting_alloc::Counting = counting_alloc::Counting;
+
 const SIGNING_KEY: &str = "event-signature-key";
 const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 const PHASE_C_MAX_IN_FLIGHT: usize = 200_000;
@@ -88,8 +95,30 @@ enum Signatures {
     Elements,
 }
 
+/// Where the app, the load client and the receiver run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// One process, a tokio runtime each.
+    InProcess,
+    /// Three processes (the app and the receiver started by the harness, which is the client):
+    /// the shape of a deployment.
+    Processes,
+}
+
+/// What a process started by the harness is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    App,
+    Receiver,
+}
+
 #[derive(Debug, Clone)]
 struct Options {
+    shape: Shape,
+    /// Requests (sync) and events (async) per second, spread over the connections; 0: as many
+    /// as the app takes.
+    rate: u64,
+    role: Option<Role>,
     concurrency: usize,
     rounds: u64,
     duration_secs: u64,
@@ -104,7 +133,7 @@ struct Options {
 }
 
 const USAGE: &str =
-    "usage: cargo bench --bench load -- [--concurrency N] [--rounds R] [--duration-secs D] \
+    "usage: cargo bench --bench load -- [--shape in-process|processes] [--rate R] [--concurrency N] [--rounds R] [--duration-secs D] \
 [--payload-bytes P] [--pending-events K] [--store memory|redb|postgres] [--signatures both|elements] \
 [--threads T] [--max-requests M] [--drain-secs S] [--memory-secs S]   (or env LOAD_CONCURRENCY, \
 LOAD_DURATION_SECS, …)";
@@ -114,6 +143,8 @@ impl Options {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut values: HashMap<String, String> = HashMap::new();
         for (name, env) in [
+            ("shape", "LOAD_SHAPE"),
+            ("rate", "LOAD_RATE"),
             ("concurrency", "LOAD_CONCURRENCY"),
             ("rounds", "LOAD_ROUNDS"),
             ("duration-secs", "LOAD_DURATION_SECS"),
@@ -171,6 +202,17 @@ impl Options {
                     return Err(format!("--store: memory, redb or postgres, not {other:?}"))
                 }
             };
+        let shape = match values.remove("shape").as_deref() {
+            None | Some("in-process") => Shape::InProcess,
+            Some("processes") => Shape::Processes,
+            Some(other) => return Err(format!("--shape: in-process or processes, not {other:?}")),
+        };
+        let role = match values.remove("role").as_deref() {
+            None => None,
+            Some("app") => Some(Role::App),
+            Some("receiver") => Some(Role::Receiver),
+            Some(other) => return Err(format!("--role: app or receiver, not {other:?}")),
+        };
         let signatures = match values.remove("signatures").as_deref() {
             None | Some("both") => Signatures::Both,
             Some("elements") => Signatures::Elements,
@@ -185,6 +227,9 @@ impl Options {
             }
         };
         let options = Options {
+            shape,
+            rate: take("rate", 0)?,
+            role,
             concurrency: take("concurrency", 32)?.max(1) as usize,
             rounds: take("rounds", 3)?.max(1),
             duration_secs: take("duration-secs", 4)?.max(1),
@@ -219,10 +264,16 @@ impl Options {
             Signatures::Both => "both",
             Signatures::Elements => "elements",
         };
+        let shape = match self.shape {
+            Shape::InProcess => "in-process",
+            Shape::Processes => "processes",
+        };
         format!(
-            "cargo bench{features} --bench load -- --concurrency {} --rounds {} --duration-secs {} \
+            "cargo bench{features} --bench load -- --shape {shape} --rate {} --concurrency {} \
+             --rounds {} --duration-secs {} \
              --payload-bytes {} --pending-events {} --store {store} --signatures {signatures} \
              --threads {} --max-requests {} --drain-secs {} --memory-secs {}",
+            self.rate,
             self.concurrency,
             self.rounds,
             self.duration_secs,
@@ -322,18 +373,21 @@ async fn work(body: Bytes) -> ([(header::HeaderName, &'static str); 1], Bytes) {
 /// process ends.
 async fn serve(router: Router, side: Side) -> SocketAddr {
     side.runtime()
-        .spawn(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let address = listener.local_addr().unwrap();
-            let listener = listener.tap_io(move |tcp| {
-                let _ = tcp.set_nodelay(true);
-                ACCEPTED[side as usize].fetch_add(1, Ordering::Relaxed);
-            });
-            tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
-            address
-        })
+        .spawn(serve_here(router, side))
         .await
         .expect("serve")
+}
+
+/// Serves `router` on the runtime this is called on.
+async fn serve_here(router: Router, side: Side) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().unwrap();
+    let listener = listener.tap_io(move |tcp| {
+        let _ = tcp.set_nodelay(true);
+        ACCEPTED[side as usize].fetch_add(1, Ordering::Relaxed);
+    });
+    tokio::spawn(async move { axum::serve(listener, router).await.expect("serve") });
+    address
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,6 +414,8 @@ static THREADS: [Mutex<Vec<u32>>; 3] = [
     Mutex::new(Vec::new()),
 ];
 static RUNTIMES: OnceLock<[tokio::runtime::Runtime; 2]> = OnceLock::new();
+/// With `--shape processes`: the process ids of the app and the receiver.
+static REMOTE_PIDS: [OnceLock<u32>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
 /// Connections each side's servers accepted (the receiver's count shows whether callbacks reuse
 /// pooled connections).
 static ACCEPTED: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
@@ -402,17 +458,38 @@ impl Side {
             .expect("runtime")
     }
 
-    /// CPU time this side's threads have had so far, in nanoseconds (Linux `schedstat`).
-    fn cpu_ns(self) -> u64 {
+    /// The `/proc` directories of this side's threads: its runtime's threads in this process, or
+    /// every thread of its own process (`--shape processes`).
+    fn tasks(self) -> Vec<PathBuf> {
+        if let Some(pid) = REMOTE_PIDS[self as usize].get() {
+            return std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|dir| dir.filter_map(|entry| Some(entry.ok()?.path())).collect())
+                .unwrap_or_default();
+        }
         self.threads()
             .lock()
             .unwrap()
             .iter()
-            .filter_map(|tid| {
-                let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat"));
-                stat.ok()?.split_whitespace().next()?.parse::<u64>().ok()
-            })
-            .sum()
+            .map(|tid| PathBuf::from(format!("/proc/self/task/{tid}")))
+            .collect()
+    }
+
+    /// CPU time this side's threads have had so far, in nanoseconds (Linux `schedstat`), and
+    /// how often they were switched out (voluntarily or not).
+    fn usage(self) -> (u64, u64) {
+        self.tasks().iter().fold((0, 0), |(cpu, switches), task| {
+            let ns = std::fs::read_to_string(task.join("schedstat"))
+                .ok()
+                .and_then(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            let status = std::fs::read_to_string(task.join("status")).unwrap_or_default();
+            let switched: u64 = status
+                .lines()
+                .filter(|line| line.contains("ctxt_switches:"))
+                .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            (cpu + ns, switches + switched)
+        })
     }
 }
 
@@ -422,21 +499,39 @@ fn thread_id() -> Option<u32> {
     link.file_name()?.to_str()?.parse().ok()
 }
 
-/// CPU time of every side, read together.
+/// CPU time and context switches of every side, read together.
 #[derive(Debug, Clone, Copy, Default)]
-struct CpuTimes([u64; 3]);
+struct Usage {
+    cpu_ns: [u64; 3],
+    switches: [u64; 3],
+}
 
-impl CpuTimes {
+/// What each side spent per item (request or event).
+#[derive(Debug, Clone, Copy, Default)]
+struct PerItem {
+    /// Microseconds of CPU, by [`Side`].
+    cpu: [f64; 3],
+    /// Context switches, by [`Side`].
+    switches: [f64; 3],
+}
+
+impl Usage {
     fn now() -> Self {
-        Self(SIDES.map(Side::cpu_ns))
+        let read = SIDES.map(Side::usage);
+        Self {
+            cpu_ns: read.map(|(cpu, _)| cpu),
+            switches: read.map(|(_, switches)| switches),
+        }
     }
 
-    /// Microseconds of CPU per item, for each side, since `earlier`.
-    fn per_item_since(self, earlier: CpuTimes, items: u64) -> [f64; 3] {
-        let mut per = [0.0; 3];
+    /// Per item, for each side, since `earlier`.
+    fn per_item_since(self, earlier: Usage, items: u64) -> PerItem {
+        let items = items.max(1) as f64;
+        let mut per = PerItem::default();
         for side in SIDES {
             let i = side as usize;
-            per[i] = self.0[i].saturating_sub(earlier.0[i]) as f64 / 1e3 / items.max(1) as f64;
+            per.cpu[i] = self.cpu_ns[i].saturating_sub(earlier.cpu_ns[i]) as f64 / 1e3 / items;
+            per.switches[i] = self.switches[i].saturating_sub(earlier.switches[i]) as f64 / items;
         }
         per
     }
@@ -470,6 +565,284 @@ async fn receive(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Three processes (`--shape processes`)
+//
+// The harness starts this same binary twice more, as `--role app` and `--role receiver`, each
+// printing `LISTENING <address>` once it serves and stopping when its standard input closes. Each
+// also answers `GET /__stats` (outside the layer) with what the harness cannot read from `/proc`.
+
+/// The receiver's routes: callbacks on `/cb`, and its tally on `/__stats?since=N` (the count,
+/// bad signatures and the arrivals from the N-th on, as Unix nanoseconds).
+fn receiver_router(received: Arc<Received>) -> Router {
+    Router::new()
+        .route("/cb", post(receive))
+        .with_state((received.clone(), ElementsVerifier::new(SIGNING_KEY)))
+        .route(
+            "/__stats",
+            axum::routing::get(move |query: axum::extract::RawQuery| {
+                let since: usize = query
+                    .0
+                    .as_deref()
+                    .and_then(|q| q.strip_prefix("since="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let (now, unix_now) = (Instant::now(), unix_ns());
+                let arrivals: Vec<(u64, u128)> = received
+                    .arrivals
+                    .lock()
+                    .unwrap()
+                    .get(since..)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|(id, at)| (*id, unix_now - (now - *at).as_nanos()))
+                    .collect();
+                let body = serde_json::json!({
+                    "count": received.count.load(Ordering::Relaxed),
+                    "badSignatures": received.bad_signatures.load(Ordering::Relaxed),
+                    "arrivals": arrivals,
+                });
+                std::future::ready(axum::Json(body))
+            }),
+        )
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Runs this process as the app or the receiver until its standard input closes.
+fn child_main(options: Options, role: Role) -> ExitCode {
+    let (runtime, router) = match role {
+        Role::App => {
+            counting_alloc::enable();
+            let runtime = Side::App.build_runtime(options.threads);
+            let router = runtime.block_on(async {
+                let layer = with_store(layer_builder(options.signatures), options.store, "load")
+                    .await
+                    .build()
+                    .expect("layer");
+                let handle = layer.handle();
+                Router::new().route("/work", post(work)).layer(layer).route(
+                    "/__stats",
+                    axum::routing::get(move || {
+                        let (allocations, bytes) = counting_alloc::totals();
+                        std::future::ready(axum::Json(serde_json::json!({
+                            "allocations": allocations,
+                            "bytes": bytes,
+                            "metrics": format!("{:?}", handle.metrics()),
+                        })))
+                    }),
+                )
+            });
+            (runtime, router)
+        }
+        Role::Receiver => (
+            Side::Receiver.build_runtime(1),
+            receiver_router(Arc::default()),
+        ),
+    };
+    runtime.block_on(async {
+        let side = match role {
+            Role::App => Side::App,
+            Role::Receiver => Side::Receiver,
+        };
+        let address = serve_here(router, side).await;
+        println!("LISTENING {address}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // Until the harness closes our standard input (or goes away).
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+        })
+        .await;
+    });
+    runtime.shutdown_background();
+    for path in STORE_FILES.lock().unwrap().drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+    #[cfg(feature = "postgres")]
+    drop_schemas();
+    ExitCode::SUCCESS
+}
+
+/// A process the harness started: stopped and reaped when dropped.
+struct ChildProcess {
+    child: std::process::Child,
+    address: SocketAddr,
+}
+
+impl ChildProcess {
+    fn start(options: &Options, role: Role) -> Self {
+        use std::io::BufRead;
+        let command = options.command_line();
+        let args = command.split_once(" -- ").map_or("", |(_, args)| args);
+        let role_name = match role {
+            Role::App => "app",
+            Role::Receiver => "receiver",
+        };
+        let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+            .args(args.split_whitespace())
+            .args(["--role", role_name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start a child process");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut line)
+            .expect("the child says where it listens");
+        let address = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("the {role_name} process said {line:?}"));
+        let side = match role {
+            Role::App => Side::App,
+            Role::Receiver => Side::Receiver,
+        };
+        let _ = REMOTE_PIDS[side as usize].set(child.id());
+        Self { child, address }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take()); // asks it to stop
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn get_json(client: &HttpClient, url: String) -> serde_json::Value {
+    let response = client
+        .get(url.parse().unwrap())
+        .await
+        .expect("a child process answers");
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).expect("JSON")
+}
+
+/// The receiver, in this process or its own.
+enum ReceiverView {
+    Local(Arc<Received>),
+    Remote(SocketAddr),
+}
+
+/// What the receiver has seen: bad signatures, and when each event's callback came.
+struct Arrivals {
+    bad_signatures: u64,
+    at: HashMap<u64, Instant>,
+}
+
+impl ReceiverView {
+    async fn count(&self, client: &HttpClient) -> u64 {
+        match self {
+            Self::Local(received) => received.count.load(Ordering::Relaxed),
+            Self::Remote(address) => {
+                // Only the count: ask for arrivals from far past the end.
+                get_json(
+                    client,
+                    format!("http://{address}/__stats?since={}", usize::MAX >> 1),
+                )
+                .await
+                .get("count")
+                .and_then(|c| c.as_u64())
+                .unwrap_or(0)
+            }
+        }
+    }
+
+    /// Everything from the `since`-th callback on.
+    async fn arrivals(&self, client: &HttpClient, since: u64) -> Arrivals {
+        match self {
+            Self::Local(received) => Arrivals {
+                bad_signatures: received.bad_signatures.load(Ordering::Relaxed),
+                at: received.arrivals.lock().unwrap()[since as usize..]
+                    .iter()
+                    .copied()
+                    .collect(),
+            },
+            Self::Remote(address) => {
+                let stats =
+                    get_json(client, format!("http://{address}/__stats?since={since}")).await;
+                // Both processes read the same clock: map Unix time onto this process's instants.
+                let (now, unix_now) = (Instant::now(), unix_ns());
+                let at = stats["arrivals"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|pair| {
+                        let id = pair.get(0)?.as_u64()?;
+                        let unix = pair.get(1)?.as_u64()? as u128;
+                        let ago = Duration::from_nanos(unix_now.saturating_sub(unix) as u64);
+                        Some((id, now.checked_sub(ago)?))
+                    })
+                    .collect();
+                Arrivals {
+                    bad_signatures: stats["badSignatures"].as_u64().unwrap_or(0),
+                    at,
+                }
+            }
+        }
+    }
+}
+
+/// The app, in this process or its own.
+enum AppView {
+    Local(AsyncRequestHandle),
+    Remote(SocketAddr),
+}
+
+impl AppView {
+    /// The layer's counters, as text.
+    async fn metrics(&self, client: &HttpClient) -> String {
+        match self {
+            Self::Local(handle) => format!("{:?}", handle.metrics()),
+            Self::Remote(address) => get_json(client, format!("http://{address}/__stats")).await
+                ["metrics"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        }
+    }
+
+    /// Allocations and bytes allocated so far, where counted (the app's own process).
+    async fn allocations(&self, client: &HttpClient) -> Option<(u64, u64)> {
+        match self {
+            Self::Local(_) => None,
+            Self::Remote(address) => {
+                let stats = get_json(client, format!("http://{address}/__stats")).await;
+                Some((stats["allocations"].as_u64()?, stats["bytes"].as_u64()?))
+            }
+        }
+    }
+}
+
+/// Allocations and bytes per item between two readings.
+fn allocations_per(
+    before: Option<(u64, u64)>,
+    after: Option<(u64, u64)>,
+    items: u64,
+) -> Option<(f64, f64)> {
+    let ((count0, bytes0), (count1, bytes1)) = (before?, after?);
+    let items = items.max(1) as f64;
+    Some((
+        count1.saturating_sub(count0) as f64 / items,
+        bytes1.saturating_sub(bytes0) as f64 / items,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
 // The client
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -490,6 +863,8 @@ struct Shot {
     payload: Bytes,
     /// `Some(callback URL)` (or `Some("")` for none): an async request.
     asynchronous: Option<String>,
+    /// With `--rate`: how often each connection sends.
+    period: Option<Duration>,
 }
 
 impl Shot {
@@ -550,11 +925,25 @@ async fn drive(
         StatusCode::OK
     };
     let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
+        .map(|task| {
             let (client, shot, issued) = (client.clone(), shot.clone(), issued.clone());
             Side::Client.runtime().spawn(async move {
                 let mut tally = Tally::default();
+                // Paced: the connections take turns, evenly spread over each period.
+                let mut ticker = shot.period.map(|period| {
+                    let offset = period.mul_f64(task as f64 / concurrency as f64);
+                    let mut ticker =
+                        tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticker
+                });
                 while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < limit {
+                    if let Some(ticker) = &mut ticker {
+                        ticker.tick().await;
+                        if Instant::now() >= deadline {
+                            break;
+                        }
+                    }
                     let sent = Instant::now();
                     let response = match client.request(shot.request()).await {
                         Ok(response) => response,
@@ -680,8 +1069,10 @@ fn layer_builder(signatures: Signatures) -> AsyncRequestLayerBuilder {
 struct SyncFigures {
     tally: Tally,
     elapsed: Duration,
-    /// Microseconds of CPU per request, by [`Side`].
-    cpu: [f64; 3],
+    /// CPU and context switches per request, by [`Side`].
+    usage: PerItem,
+    /// The app's allocations and bytes allocated per request, where counted.
+    allocations: Option<(f64, f64)>,
 }
 
 struct AsyncFigures {
@@ -692,9 +1083,12 @@ struct AsyncFigures {
     drained_after: Duration,
     end_to_end: Vec<Duration>,
     bad_signatures: u64,
-    metrics: tower_async_request::Metrics,
-    /// Microseconds of CPU per event, by [`Side`], from the first request to the last callback.
-    cpu: [f64; 3],
+    metrics: String,
+    /// CPU and context switches per event, by [`Side`], from the first request to the last
+    /// callback.
+    usage: PerItem,
+    /// The app's allocations and bytes allocated per event, where counted.
+    allocations: Option<(f64, f64)>,
 }
 
 struct MemoryFigures {
@@ -706,11 +1100,23 @@ struct MemoryFigures {
     send_elapsed: Duration,
 }
 
-async fn phase_sync(options: &Options, client: &HttpClient, app: SocketAddr) -> SyncFigures {
+/// With `--rate`: each connection's period.
+fn period(options: &Options) -> Option<Duration> {
+    (options.rate > 0)
+        .then(|| Duration::from_secs_f64(options.concurrency as f64 / options.rate as f64))
+}
+
+async fn phase_sync(
+    options: &Options,
+    client: &HttpClient,
+    app: SocketAddr,
+    app_view: &AppView,
+) -> SyncFigures {
     let shot = Shot {
         uri: format!("http://{app}/work").parse().unwrap(),
         payload: payload(options.payload_bytes),
         asynchronous: None,
+        period: None,
     };
     // Warm-up: open the pooled connections, untimed.
     let warm = drive(
@@ -723,8 +1129,13 @@ async fn phase_sync(options: &Options, client: &HttpClient, app: SocketAddr) -> 
     .await;
     assert!(warm.ok > 0, "warm-up failed: {:?}", warm.first_error);
 
+    let shot = Shot {
+        period: period(options),
+        ..shot
+    };
+    let allocations_start = app_view.allocations(client).await;
     let start = Instant::now();
-    let cpu_start = CpuTimes::now();
+    let usage_start = Usage::now();
     let tally = drive(
         client,
         &shot,
@@ -734,8 +1145,15 @@ async fn phase_sync(options: &Options, client: &HttpClient, app: SocketAddr) -> 
     )
     .await;
     let elapsed = start.elapsed();
+    let usage = Usage::now().per_item_since(usage_start, tally.ok);
+    let allocations = allocations_per(
+        allocations_start,
+        app_view.allocations(client).await,
+        tally.ok,
+    );
     SyncFigures {
-        cpu: CpuTimes::now().per_item_since(cpu_start, tally.ok),
+        usage,
+        allocations,
         tally,
         elapsed,
     }
@@ -745,18 +1163,20 @@ async fn phase_async(
     options: &Options,
     client: &HttpClient,
     app: SocketAddr,
-    handle: &AsyncRequestHandle,
-    received: &Received,
+    app_view: &AppView,
+    receiver_view: &ReceiverView,
     receiver: SocketAddr,
 ) -> AsyncFigures {
     let shot = Shot {
         uri: format!("http://{app}/work").parse().unwrap(),
         payload: payload(options.payload_bytes),
         asynchronous: Some(format!("http://{receiver}/cb")),
+        period: period(options),
     };
-    let received_before = received.count.load(Ordering::Relaxed);
+    let received_before = receiver_view.count(client).await;
+    let allocations_start = app_view.allocations(client).await;
     let start = Instant::now();
-    let cpu_start = CpuTimes::now();
+    let usage_start = Usage::now();
     let mut tally = drive(
         client,
         &shot,
@@ -768,24 +1188,34 @@ async fn phase_async(
     let elapsed = start.elapsed();
     let window_end = start + elapsed;
 
-    // Wait for the callbacks still on their way.
+    // Wait for the callbacks still on their way (asking a receiver process every 50 ms costs it
+    // a few requests, nothing next to the phase).
     let drain_deadline = Instant::now() + Duration::from_secs(options.drain_secs);
-    while received.count.load(Ordering::Relaxed) - received_before < tally.ok
+    let poll = match receiver_view {
+        ReceiverView::Local(_) => Duration::from_millis(10),
+        ReceiverView::Remote(_) => Duration::from_millis(50),
+    };
+    while receiver_view.count(client).await - received_before < tally.ok
         && Instant::now() < drain_deadline
     {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(poll).await;
     }
-    let cpu = CpuTimes::now().per_item_since(cpu_start, tally.ok);
-    let arrivals: HashMap<u64, Instant> =
-        received.arrivals.lock().unwrap().iter().copied().collect();
+    let usage = Usage::now().per_item_since(usage_start, tally.ok);
+    let allocations = allocations_per(
+        allocations_start,
+        app_view.allocations(client).await,
+        tally.ok,
+    );
+    let arrivals = receiver_view.arrivals(client, received_before).await;
     let delivered_in_window = arrivals
+        .at
         .values()
         .filter(|&&at| start <= at && at <= window_end)
         .count() as u64;
     let mut end_to_end = Vec::with_capacity(tally.events.len());
     let mut last = start;
     for (event_id, sent) in &tally.events {
-        if let Some(&arrived) = arrivals.get(event_id) {
+        if let Some(&arrived) = arrivals.at.get(event_id) {
             end_to_end.push(arrived.saturating_duration_since(*sent));
             last = last.max(arrived);
         }
@@ -798,9 +1228,10 @@ async fn phase_async(
         delivered_in_window,
         drained_after: last - start,
         end_to_end,
-        bad_signatures: received.bad_signatures.load(Ordering::Relaxed),
-        metrics: handle.metrics(),
-        cpu,
+        bad_signatures: arrivals.bad_signatures,
+        metrics: app_view.metrics(client).await,
+        usage,
+        allocations,
     }
 }
 
@@ -831,6 +1262,7 @@ async fn phase_memory(options: &Options, client: &HttpClient) -> MemoryFigures {
         uri: uri.clone(),
         payload: payload.clone(),
         asynchronous: None,
+        period: None,
     };
     drive(
         client,
@@ -847,6 +1279,7 @@ async fn phase_memory(options: &Options, client: &HttpClient) -> MemoryFigures {
         uri,
         payload,
         asynchronous: Some(String::new()), // the default callback URL: the closed port
+        period: None,
     };
     let start = Instant::now();
     let deadline = start + Duration::from_secs(options.memory_secs);
@@ -888,27 +1321,37 @@ struct Round {
 async fn run(options: Options) {
     let client = client(options.concurrency);
 
-    // The receiver.
-    let received = Arc::new(Received::default());
-    let receiver = serve(
-        Router::new()
-            .route("/cb", post(receive))
-            .with_state((received.clone(), ElementsVerifier::new(SIGNING_KEY))),
-        Side::Receiver,
-    )
-    .await;
-
-    // The app of phases (a) and (b): default HttpSink, default max_in_flight.
-    let layer = with_store(layer_builder(options.signatures), options.store, "load")
-        .await
-        .build()
-        .expect("layer");
-    let handle = layer.handle();
-    let app = serve(
-        Router::new().route("/work", post(work)).layer(layer),
-        Side::App,
-    )
-    .await;
+    // The receiver and the app of phases (a) and (b) (default HttpSink, default max_in_flight):
+    // here, or each in a process of its own (kept until the end of the run).
+    let (receiver, receiver_view, app, app_view, _children) = match options.shape {
+        Shape::InProcess => {
+            let received = Arc::new(Received::default());
+            let receiver = serve(receiver_router(received.clone()), Side::Receiver).await;
+            let layer = with_store(layer_builder(options.signatures), options.store, "load")
+                .await
+                .build()
+                .expect("layer");
+            let handle = layer.handle();
+            let app = serve(
+                Router::new().route("/work", post(work)).layer(layer),
+                Side::App,
+            )
+            .await;
+            let views = (ReceiverView::Local(received), AppView::Local(handle));
+            (receiver, views.0, app, views.1, Vec::new())
+        }
+        Shape::Processes => {
+            let receiver = ChildProcess::start(&options, Role::Receiver);
+            let app = ChildProcess::start(&options, Role::App);
+            (
+                receiver.address,
+                ReceiverView::Remote(receiver.address),
+                app.address,
+                AppView::Remote(app.address),
+                vec![receiver, app],
+            )
+        }
+    };
     println!("app on http://{app}/work, receiver on http://{receiver}/cb");
 
     // Rounds of (a) then (b), each ratio from two phases seconds apart: a neighbour on a shared
@@ -918,7 +1361,7 @@ async fn run(options: Options) {
         println!("round {round} of {}", options.rounds);
         let rss_start = resident_bytes().unwrap_or(0);
         println!("(a) sync for {} s …", options.duration_secs);
-        let sync = phase_sync(&options, &client, app).await;
+        let sync = phase_sync(&options, &client, app, &app_view).await;
         let rss_after_sync = resident_bytes().unwrap_or(0);
         println!(
             "    {} × 200, {} other answers, {} errors in {:.2} s; VmRSS {} → {}{}",
@@ -939,12 +1382,14 @@ async fn run(options: Options) {
             "(b) async for {} s, then up to {} s for the last callbacks …",
             options.duration_secs, options.drain_secs
         );
-        let asynchronous = phase_async(&options, &client, app, &handle, &received, receiver).await;
+        let asynchronous =
+            phase_async(&options, &client, app, &app_view, &receiver_view, receiver).await;
         let rss_after_async = resident_bytes().unwrap_or(0);
         println!(
             "    {} × 202, {} × 503 overloaded, {} other answers, {} errors in {:.2} s; \
-             {} callbacks matched, {} bad signatures, receiver accepted {} connections; VmRSS {} → {}; \
-             layer metrics {:?}{}",
+             {} callbacks matched, {} bad signatures, receiver accepted {} connections (in-process \
+             shape); VmRSS {} → {}; \
+             layer metrics {}{}",
             asynchronous.tally.ok,
             asynchronous.tally.overloaded,
             asynchronous.tally.other_status,
@@ -965,11 +1410,16 @@ async fn run(options: Options) {
         );
         let callbacks_ratio = rate(asynchronous.delivered_in_window, asynchronous.elapsed)
             / rate(sync.tally.ok, sync.elapsed).max(1e-9);
-        let app_cpu_ratio =
-            sync.cpu[Side::App as usize] / asynchronous.cpu[Side::App as usize].max(1e-9);
+        let app = Side::App as usize;
+        let app_cpu_ratio = sync.usage.cpu[app] / asynchronous.usage.cpu[app].max(1e-9);
         println!(
             "    round {round}: callbacks/s ÷ sync req/s = {callbacks_ratio:.3}; \
-             app CPU per sync request ÷ per async event = {app_cpu_ratio:.3}"
+             app CPU per sync request ÷ per async event = {app_cpu_ratio:.3} \
+             ({:.1} / {:.1} µs); app context switches per request / event = {:.3} / {:.3}",
+            sync.usage.cpu[app],
+            asynchronous.usage.cpu[app],
+            sync.usage.switches[app],
+            asynchronous.usage.switches[app],
         );
         rounds.push(Round {
             sync,
@@ -992,21 +1442,28 @@ async fn run(options: Options) {
         ..
     } = rounds.swap_remove(rounds.len() / 2);
 
-    println!(
-        "(c) {} pending events (callback URL: a closed port; retry in 1 h), at most {} s …",
-        options.pending_events, options.memory_secs
-    );
-    let memory = phase_memory(&options, &client).await;
-    println!(
-        "    {} accepted in {:.2} s, {} not accepted, {} waiting for their retry; \
-         VmRSS {} → {}",
-        memory.accepted,
-        memory.send_elapsed.as_secs_f64(),
-        memory.refused,
-        memory.waiting,
-        mib(memory.before),
-        mib(memory.after),
-    );
+    // Phase (c) reads this process's memory: the in-process shape only.
+    let memory = if options.shape == Shape::InProcess && options.pending_events > 0 {
+        println!(
+            "(c) {} pending events (callback URL: a closed port; retry in 1 h), at most {} s …",
+            options.pending_events, options.memory_secs
+        );
+        let memory = phase_memory(&options, &client).await;
+        println!(
+            "    {} accepted in {:.2} s, {} not accepted, {} waiting for their retry; \
+             VmRSS {} → {}",
+            memory.accepted,
+            memory.send_elapsed.as_secs_f64(),
+            memory.refused,
+            memory.waiting,
+            mib(memory.before),
+            mib(memory.after),
+        );
+        Some(memory)
+    } else {
+        println!("(c) skipped (it runs in the in-process shape, with --pending-events above 0)");
+        None
+    };
 
     // The table.
     let sync_rate = rate(sync.tally.ok, sync.elapsed);
@@ -1014,15 +1471,23 @@ async fn run(options: Options) {
     let window_rate = rate(asynchronous.delivered_in_window, asynchronous.elapsed);
     let drained_rate = rate(asynchronous.matched, asynchronous.drained_after);
     let ratio = |value: f64| format!("{:.3}", value / sync_rate.max(1e-9));
-    let per_event = if memory.accepted > 0 {
-        Some((memory.after as f64 - memory.before as f64) / memory.accepted as f64)
-    } else {
-        None
-    };
+    let per_event = memory
+        .filter(|memory| memory.accepted > 0)
+        .map(|memory| (memory.after as f64 - memory.before as f64) / memory.accepted as f64);
     // What the app alone pays, wherever its client and receiver run: an async event is one
     // inbound exchange and one outbound callback, so at best twice a synchronous request.
-    let app_cpu_ratio =
-        sync.cpu[Side::App as usize] / asynchronous.cpu[Side::App as usize].max(1e-9);
+    let (app, client_side, receiver_side) = (
+        Side::App as usize,
+        Side::Client as usize,
+        Side::Receiver as usize,
+    );
+    let app_cpu_ratio = sync.usage.cpu[app] / asynchronous.usage.cpu[app].max(1e-9);
+    let allocations = |per: Option<(f64, f64)>| {
+        per.map_or(
+            "- (counted with --shape processes)".to_owned(),
+            |(count, bytes)| format!("{count:.1} / {bytes:.0} B"),
+        )
+    };
     let rows: Vec<(String, String, String)> = vec![
         (
             "(a) sync requests/s".into(),
@@ -1077,8 +1542,7 @@ async fn run(options: Options) {
             "(a) CPU per sync request: app / client".into(),
             format!(
                 "{:.1} / {:.1} µs",
-                sync.cpu[Side::App as usize],
-                sync.cpu[Side::Client as usize]
+                sync.usage.cpu[app], sync.usage.cpu[client_side]
             ),
             String::new(),
         ),
@@ -1086,15 +1550,48 @@ async fn run(options: Options) {
             "(b) CPU per async event: app / client / receiver".into(),
             format!(
                 "{:.1} / {:.1} / {:.1} µs",
-                asynchronous.cpu[Side::App as usize],
-                asynchronous.cpu[Side::Client as usize],
-                asynchronous.cpu[Side::Receiver as usize]
+                asynchronous.usage.cpu[app],
+                asynchronous.usage.cpu[client_side],
+                asynchronous.usage.cpu[receiver_side]
             ),
             String::new(),
         ),
         (
             "app CPU per sync request ÷ per async event (limit 0.5)".into(),
             format!("{app_cpu_ratio:.3}"),
+            String::new(),
+        ),
+        (
+            "app CPU per async event ÷ per sync request".into(),
+            format!("{:.2} ×", 1.0 / app_cpu_ratio.max(1e-9)),
+            String::new(),
+        ),
+        (
+            "(a) context switches per sync request: app / client".into(),
+            format!(
+                "{:.3} / {:.3}",
+                sync.usage.switches[app], sync.usage.switches[client_side]
+            ),
+            String::new(),
+        ),
+        (
+            "(b) context switches per async event: app / client / receiver".into(),
+            format!(
+                "{:.3} / {:.3} / {:.3}",
+                asynchronous.usage.switches[app],
+                asynchronous.usage.switches[client_side],
+                asynchronous.usage.switches[receiver_side]
+            ),
+            String::new(),
+        ),
+        (
+            "(a) app allocations / bytes per sync request".into(),
+            allocations(sync.allocations),
+            String::new(),
+        ),
+        (
+            "(b) app allocations / bytes per async event".into(),
+            allocations(asynchronous.allocations),
             String::new(),
         ),
         (
@@ -1147,9 +1644,12 @@ async fn run(options: Options) {
     print!("{table}");
     println!(
         "callbacks/s ÷ sync req/s = {}; receipts/s ÷ sync req/s = {}; \
-         app CPU per sync request ÷ per async event = {app_cpu_ratio:.3}",
+         app CPU per sync request ÷ per async event = {app_cpu_ratio:.3} (async ÷ sync {:.2} ×); \
+         app context switches per async event = {:.3}",
         ratio(window_rate),
-        ratio(receipts_rate)
+        ratio(receipts_rate),
+        1.0 / app_cpu_ratio.max(1e-9),
+        asynchronous.usage.switches[app],
     );
 }
 
@@ -1161,6 +1661,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(role) = options.role {
+        return child_main(options, role);
+    }
     println!("reproduce: {}", options.command_line());
     println!(
         "NOTE: the app ({} worker threads), the client ({} tasks, 1 thread) and the callback \
