@@ -5,7 +5,17 @@
 //! cargo bench --bench load                                   # defaults, well under 2 minutes
 //! cargo bench --bench load -- --duration-secs 3 --pending-events 20000
 //! cargo bench --features redb --bench load -- --store redb
+//! cargo bench --bench load -- --shape processes               # app, client, receiver: 3 processes
+//! cargo bench --bench load -- --shape processes --rate 200    # paced, 200 requests/events per s
 //! ```
+//!
+//! `--shape processes` is the shape of a deployment: the harness (the client) starts this same
+//! binary twice more, as the app (`--role app`) and the receiver (`--role receiver`), each in a
+//! process of its own, and stops them at the end. Per side it reports CPU time and context
+//! switches from `/proc/<pid>/task/*`, and the app's allocations and bytes allocated per request
+//! and per event (a counting allocator in this binary, counting in the app's process only).
+//! `LOAD_APP_WRAPPER="heaptrack -o /tmp/app"` (or `perf record -g -o … --`) runs the app under a
+//! profiler. Phase (c) runs in the in-process shape only.
 //!
 //! Phases, each bounded by a count and a time, so the run ends by itself. (a) and (b) run
 //! `--rounds` times, alternately, and the table shows the round whose callbacks/s ÷ sync req/s is
@@ -23,6 +33,8 @@
 //!   the events, less the payload each one carries.
 //!
 //! Options are `--name value` arguments or environment variables (arguments win):
+//! `--shape in-process|processes` / `LOAD_SHAPE` (in-process), `--rate` / `LOAD_RATE` (requests or
+//! events per second over all connections, 0 for as many as the app takes; default 0),
 //! `--concurrency` / `LOAD_CONCURRENCY` (client tasks, default 32), `--rounds` / `LOAD_ROUNDS` (3),
 //! `--duration-secs` / `LOAD_DURATION_SECS` (of each phase (a) and (b) in a round, 4),
 //! `--payload-bytes` / `LOAD_PAYLOAD_BYTES` (1024), `--pending-events` /
@@ -683,22 +695,43 @@ impl ChildProcess {
             Role::App => "app",
             Role::Receiver => "receiver",
         };
-        let mut child = std::process::Command::new(std::env::current_exe().expect("this binary"))
+        // `LOAD_APP_WRAPPER="heaptrack -o /tmp/app"` (say) runs the app under a profiler.
+        let wrapper = std::env::var("LOAD_APP_WRAPPER")
+            .ok()
+            .filter(|_| role == Role::App);
+        let exe = std::env::current_exe().expect("this binary");
+        let mut command = match wrapper.as_deref().map(str::split_whitespace) {
+            Some(mut words) => {
+                let mut command = std::process::Command::new(words.next().expect("a command"));
+                command.args(words).arg(exe);
+                command
+            }
+            None => std::process::Command::new(exe),
+        };
+        let mut child = command
             .args(args.split_whitespace())
             .args(["--role", role_name])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start a child process");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("piped"))
-            .read_line(&mut line)
-            .expect("the child says where it listens");
-        let address = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("the {role_name} process said {line:?}"));
+        // The first line that says where it listens (a wrapper may print before it); the rest
+        // of its output is passed on.
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let address = loop {
+            match lines.next() {
+                Some(Ok(line)) => match line.trim().strip_prefix("LISTENING ") {
+                    Some(address) => break address.parse().expect("an address"),
+                    None => println!("[{role_name}] {line}"),
+                },
+                _ => panic!("the {role_name} process ended without saying where it listens"),
+            }
+        };
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                println!("[{role_name}] {line}");
+            }
+        });
         let side = match role {
             Role::App => Side::App,
             Role::Receiver => Side::Receiver,
