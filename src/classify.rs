@@ -57,6 +57,15 @@ pub(crate) fn classify(headers: &HeaderMap, config: &Config) -> Classification {
     };
     match wants_async {
         Ok(false) => Classification::Passthrough,
+        // The client would get a `202` on a connection it meant to take over (a WebSocket, say):
+        // there is nothing to run in the background.
+        Ok(true) if headers.contains_key(http::header::UPGRADE) => {
+            Classification::Refuse(Refusal::new(
+                RefusalCode::AsyncUpgrade,
+                "A request that asks to upgrade its connection (Upgrade) cannot be asynchronous; \
+                 send it without Elements-Async-Request.",
+            ))
+        }
         Ok(true) => match callback(headers, config) {
             Ok(callback) => Classification::Async {
                 callback,

@@ -90,6 +90,7 @@
 //! | the store could not record the event | `503`, `store_unavailable` |
 //! | [many instances](instance): none identified | `401`, `unknown_instance` |
 //! | many instances: the resolver failed | `503` + `Retry-After`, `instance_unavailable` |
+//! | async, and asks to upgrade its connection (`Upgrade`) | `400`, `async_upgrade` |
 //! | many instances: the instance holds its own `max_in_flight` | `503` + `Retry-After`, `overloaded` |
 //!
 //! Refusals carry `{"code":"…","message":"…"}` and never reach the inner service.

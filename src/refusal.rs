@@ -36,6 +36,9 @@ pub enum RefusalCode {
     /// The instance resolver failed, so the request's instance is not known. `503` with
     /// `Retry-After`.
     InstanceUnavailable,
+    /// The request asks to upgrade its connection (`Upgrade`, a WebSocket say), which an async
+    /// request cannot do. `400`.
+    AsyncUpgrade,
 }
 
 impl RefusalCode {
@@ -53,6 +56,7 @@ impl RefusalCode {
             Self::StoreUnavailable => "store_unavailable",
             Self::UnknownInstance => "unknown_instance",
             Self::InstanceUnavailable => "instance_unavailable",
+            Self::AsyncUpgrade => "async_upgrade",
         }
     }
 

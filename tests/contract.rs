@@ -363,6 +363,27 @@ async fn async_header_repeated_is_invalid_async_header() {
     }
 }
 
+#[tokio::test]
+async fn an_async_request_that_asks_to_upgrade_is_async_upgrade() {
+    let fixture = fixture(|b| b.default_callback_url(DEFAULT_CALLBACK));
+    let request = post_work(
+        &[
+            (ASYNC_HEADER, value("true")),
+            ("connection", value("upgrade")),
+            ("upgrade", value("websocket")),
+        ],
+        Body::empty(),
+    );
+    assert_refused(&fixture, request, StatusCode::BAD_REQUEST, "async_upgrade").await;
+    // Without the async header the upgrade is the inner service's business.
+    let (status, ..) = send(
+        &fixture.app,
+        post_work(&[("upgrade", value("websocket"))], Body::empty()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The callback URL
 
