@@ -72,6 +72,7 @@
 //! | gRPC receipts, refusals and notifications | `grpc` |
 //! | shutdown, dead letters, counters from outside | `handle`, `metrics` |
 //! | the operator's HTTP routes: events, dead letters, replay, health | [`admin`] |
+//! | forwarding to an upstream API in any language (feature `proxy`) | `proxy` |
 //! | verifying a callback on the receiving side | [`verify`], `receiver` (feature `axum`) |
 //!
 //! # Wire contract
@@ -138,6 +139,9 @@ mod layer;
 mod metrics;
 pub mod notification;
 mod prefer;
+#[cfg(feature = "proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
+pub mod proxy;
 mod receipt;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]

@@ -1,0 +1,248 @@
+//! What a request and its answer look like on the other side of the proxy: the upstream's URL,
+//! the hop-by-hop headers removed (RFC 9110 §7.6.1), the `Forwarded` / `X-Forwarded-*` headers
+//! added (RFC 7239), the layer's own headers kept to this hop.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), besides those the
+/// `Connection` header names.
+const HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The upstream's base: scheme, authority and a path prefix every request path is joined to.
+#[derive(Debug, Clone)]
+pub(super) struct Base {
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// Without a trailing `/` (empty for the root).
+    prefix: String,
+}
+
+impl Base {
+    /// `url` must be an absolute `http` URL without a query.
+    pub(super) fn parse(url: &str) -> Result<Self, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|error| format!("{url:?} is not a URL: {error}"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => {
+                return Err(format!(
+                    "{url:?}: the upstream must be http:// (not {other}://); put TLS in front of the proxy or behind a local hop"
+                ))
+            }
+            None => return Err(format!("{url:?} is not an absolute URL (http://host:port/…)")),
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{url:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!(
+                "{url:?}: credentials in the upstream URL are not supported"
+            ));
+        }
+        if uri.query().is_some() {
+            return Err(format!("{url:?}: the upstream URL may not carry a query"));
+        }
+        Ok(Self {
+            scheme: uri.scheme().cloned().expect("checked above"),
+            authority,
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The upstream URL of a request for `path_and_query`: the base's path, then the request's
+    /// path and query exactly as they came (`/api` + `/v1/items?x=1` = `/api/v1/items?x=1`).
+    pub(super) fn join(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        let requested = path_and_query.map_or("/", PathAndQuery::as_str);
+        let joined = if self.prefix.is_empty() {
+            PathAndQuery::try_from(requested)
+        } else {
+            PathAndQuery::try_from(format!("{}{requested}", self.prefix))
+        }
+        .expect("a valid path after a valid prefix is valid");
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(joined)
+            .build()
+            .expect("parts of valid URIs")
+    }
+}
+
+/// Removes the hop-by-hop headers: the fixed ones and every one `Connection` names.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Adds this hop to `Forwarded` and `X-Forwarded-For` (kept from earlier hops, as a chain) and
+/// sets `X-Forwarded-Proto` and `X-Forwarded-Host` (the client's view: `Host` as it came).
+pub(super) fn add_forwarded(headers: &mut HeaderMap, peer: Option<SocketAddr>, proto: &str) {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .map(str::to_owned);
+    let node = match peer {
+        // RFC 7239 §6: an IPv6 address is quoted and bracketed.
+        Some(SocketAddr::V6(peer)) => format!("\"[{}]\"", peer.ip()),
+        Some(SocketAddr::V4(peer)) => peer.ip().to_string(),
+        None => "unknown".to_owned(),
+    };
+    let mut forwarded = format!("for={node};proto={proto}");
+    if let Some(host) = host.as_deref().filter(|host| is_token_or_quotable(host)) {
+        forwarded.push_str(&format!(";host=\"{host}\""));
+    }
+    append(headers, header::FORWARDED, &forwarded);
+    if let Some(peer) = peer {
+        append(
+            headers,
+            HeaderName::from_static("x-forwarded-for"),
+            &peer.ip().to_string(),
+        );
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_str(proto).expect("a scheme is a valid header value"),
+    );
+    if let Some(host) = host {
+        if let Ok(value) = HeaderValue::from_str(&host) {
+            headers.insert(HeaderName::from_static("x-forwarded-host"), value);
+        }
+    }
+}
+
+/// A host a quoted string can carry as it is (no quote or backslash to escape).
+fn is_token_or_quotable(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+/// Appends `value` to the comma-separated list `name` already holds (all its lines joined).
+fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let earlier: Vec<&str> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    let joined = if earlier.is_empty() {
+        value.to_owned()
+    } else {
+        format!("{}, {value}", earlier.join(", "))
+    };
+    if let Ok(joined) = HeaderValue::from_str(&joined) {
+        headers.insert(name, joined);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(url: &str) -> Base {
+        Base::parse(url).unwrap()
+    }
+
+    fn joined(base_url: &str, request: &str) -> String {
+        let uri: Uri = request.parse().unwrap();
+        base(base_url).join(uri.path_and_query()).to_string()
+    }
+
+    #[test]
+    fn paths_and_queries_join_the_base_path_exactly() {
+        assert_eq!(
+            joined("http://up:8000", "/v1/items?x=1"),
+            "http://up:8000/v1/items?x=1"
+        );
+        assert_eq!(joined("http://up:8000/", "/v1"), "http://up:8000/v1");
+        assert_eq!(
+            joined("http://up:8000/api", "/v1/items?x=1&y=%20"),
+            "http://up:8000/api/v1/items?x=1&y=%20"
+        );
+        assert_eq!(joined("http://up:8000/api/", "/"), "http://up:8000/api/");
+        assert_eq!(
+            joined("http://up:8000/api", "/a//b/../c?q"),
+            "http://up:8000/api/a//b/../c?q",
+            "no normalising: the upstream sees the path as sent"
+        );
+    }
+
+    #[test]
+    fn upstream_urls_are_checked() {
+        for bad in [
+            "up:8000",
+            "/relative",
+            "https://up",
+            "ftp://up/",
+            "http://user:pw@up/",
+            "http://up/?q=1",
+        ] {
+            assert!(Base::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("x-secret-hop", "1"),
+            ("x-kept", "yes"),
+            ("content-type", "application/json"),
+        ] {
+            headers.append(name, value.parse().unwrap());
+        }
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept", "content-type"]);
+    }
+
+    #[test]
+    fn forwarded_headers_extend_the_chain() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "api.example.com".parse().unwrap());
+        headers.insert(
+            header::FORWARDED,
+            "for=192.0.2.60;proto=https".parse().unwrap(),
+        );
+        headers.insert("x-forwarded-for", "192.0.2.60".parse().unwrap());
+        add_forwarded(&mut headers, Some("10.1.2.3:5555".parse().unwrap()), "http");
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=192.0.2.60;proto=https, for=10.1.2.3;proto=http;host=\"api.example.com\""
+        );
+        assert_eq!(headers["x-forwarded-for"], "192.0.2.60, 10.1.2.3");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "api.example.com");
+
+        let mut headers = HeaderMap::new();
+        add_forwarded(&mut headers, Some("[::1]:80".parse().unwrap()), "http");
+        assert_eq!(headers[header::FORWARDED], "for=\"[::1]\";proto=http");
+        assert_eq!(headers["x-forwarded-for"], "::1");
+    }
+}

@@ -1,0 +1,52 @@
+//! A reverse proxy in front of any HTTP API (cargo feature `proxy`), so an API written in any
+//! language gets asynchronous requests: [`Upstream`] is a tower `Service` that forwards each
+//! request to an upstream base URL, and `AsyncRequestLayer` in front of it does the rest.
+//!
+//! - Bodies stream both ways; nothing is buffered on the synchronous path.
+//! - Hop-by-hop headers (RFC 9110 §7.6.1: `Connection` and the headers it names, `Keep-Alive`,
+//!   `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`) stop at the proxy, both ways;
+//!   so do the layer's own `Elements-Async-Request` and `Elements-Async-Callback-Url`.
+//! - `Forwarded` and `X-Forwarded-For` gain this hop (the client's address from [`PeerAddr`]),
+//!   `X-Forwarded-Proto` and `X-Forwarded-Host` say what the client asked for; `Host` becomes
+//!   the upstream's.
+//! - The request's path and query are appended to the upstream's base path exactly as sent
+//!   (`http://api:8000/v2` + `/items?x=1` = `http://api:8000/v2/items?x=1`).
+//! - Upstream unreachable: an [`UpstreamError`], which
+//!   [`into_response`](UpstreamError::into_response) makes `502 upstream_unavailable`; no answer
+//!   within the [timeout](Upstream::timeout): `504 upstream_timeout` — JSON `{code, message}` like
+//!   every refusal of the layer. Behind the layer, an async request whose upstream failed so
+//!   ends in a `failed` notification (`inner_error`, with the same message).
+//! - `Upgrade` (a WebSocket) passes through on the synchronous path; the layer refuses an async
+//!   request that asks to upgrade (`400 async_upgrade`).
+//!
+//! - `upstream.rs`: [`Upstream`], its future and [`PeerAddr`].
+//! - `forward.rs`: the upstream URL, hop-by-hop and forwarding headers.
+//! - `body.rs`: [`ProxyBody`], the upstream's body streamed, or the proxy's JSON error.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use tower::ServiceBuilder;
+//! use tower_async_request::{proxy::Upstream, AsyncRequestLayer};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let service = ServiceBuilder::new()
+//!     .layer(
+//!         AsyncRequestLayer::builder()
+//!             .default_callback_url("https://hooks.example.com/in")
+//!             .build()?,
+//!     )
+//!     .service(Upstream::new("http://127.0.0.1:8000")?);
+//! # drop(service);
+//! # Ok(())
+//! # }
+//! ```
+
+mod body;
+mod forward;
+mod upstream;
+
+pub use self::body::ProxyBody;
+pub use self::upstream::{
+    PeerAddr, ResponseFuture, Upstream, UpstreamError, UpstreamErrorKind, DEFAULT_UPSTREAM_TIMEOUT,
+};

@@ -1,0 +1,257 @@
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tower_service::Service;
+
+use super::body::ProxyBody;
+use super::forward::{add_forwarded, strip_hop_by_hop, Base};
+use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
+use crate::{BoxError, ConfigError};
+
+/// How long [`Upstream`] waits for an answer's head by default.
+pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The address of the client a request came from, for `Forwarded` and `X-Forwarded-For`: the
+/// server in front of [`Upstream`] puts it in the request's extensions (without it, `for=unknown`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+type OutBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Forwards each request to an upstream HTTP API and streams its answer back; see the
+/// [module docs](super). Cheap to clone (clones share the connection pool).
+#[derive(Clone)]
+pub struct Upstream {
+    base: Arc<Base>,
+    client: Client<HttpConnector, OutBody>,
+    timeout: Duration,
+    /// The layer's own headers, which end at the proxy.
+    local: Arc<[HeaderName]>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("base", &self.base)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    /// Forwards to `url`, an absolute `http://` URL whose path (if any) prefixes every request's
+    /// path. Keep-alive connections are pooled.
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        let base =
+            Base::parse(url).map_err(|message| ConfigError::new(format!("upstream {message}")))?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(connector);
+        Ok(Self {
+            base: Arc::new(base),
+            client,
+            timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            local: Arc::new([ELEMENTS_ASYNC_REQUEST, ELEMENTS_ASYNC_CALLBACK_URL]),
+        })
+    }
+
+    /// How long to wait for the upstream's answer to begin (its status and headers; the body
+    /// then streams for as long as it takes). Default [`DEFAULT_UPSTREAM_TIMEOUT`]; past it the
+    /// client gets `504 upstream_timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The names of the layer's async header and callback-URL header, when the layer in front
+    /// was configured with other names than the `Elements-*` defaults: they are not forwarded.
+    pub fn async_headers(mut self, async_header: HeaderName, callback_header: HeaderName) -> Self {
+        self.local = Arc::new([async_header, callback_header]);
+        self
+    }
+}
+
+impl<B> Service<Request<B>> for Upstream
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = UpstreamError;
+    type Future = ResponseFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // A connection upgrade (a WebSocket) is forwarded as such: its headers stay, and once
+        // both sides said `101` the two connections are joined.
+        let upgrade = request.headers().get(header::UPGRADE).cloned();
+        let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        let peer = parts.extensions.get::<PeerAddr>().map(|peer| peer.0);
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        for name in self.local.iter() {
+            headers.remove(name);
+        }
+        if let Some(upgrade) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, upgrade);
+        }
+        add_forwarded(headers, peer, "http");
+        // The client sets `Host` to the upstream's authority; the client's is in
+        // `X-Forwarded-Host`.
+        headers.remove(header::HOST);
+        parts.uri = self.base.join(parts.uri.path_and_query());
+        let outgoing = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        let (client, timeout) = (self.client.clone(), self.timeout);
+        ResponseFuture {
+            inner: Box::pin(async move {
+                let mut response = match tokio::time::timeout(timeout, client.request(outgoing))
+                    .await
+                {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => {
+                        let cause = std::error::Error::source(&error)
+                            .map_or_else(|| error.to_string(), ToString::to_string);
+                        tracing::warn!(%cause, "the upstream could not be reached");
+                        return Err(UpstreamError {
+                                kind: UpstreamErrorKind::Unavailable,
+                                message: format!(
+                                    "The upstream service could not be reached or broke off its answer: {cause}."
+                                ),
+                            });
+                    }
+                    Err(_) => {
+                        return Err(UpstreamError {
+                            kind: UpstreamErrorKind::Timeout,
+                            message: format!(
+                                "The upstream service did not answer within {timeout:?}."
+                            ),
+                        })
+                    }
+                };
+                match (response.status(), client_side) {
+                    (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) => {
+                        let upstream_side = hyper::upgrade::on(&mut response);
+                        tokio::spawn(async move {
+                            if let (Ok(client), Ok(upstream)) =
+                                tokio::join!(client_side, upstream_side)
+                            {
+                                let _ = tokio::io::copy_bidirectional(
+                                    &mut TokioIo::new(client),
+                                    &mut TokioIo::new(upstream),
+                                )
+                                .await;
+                            }
+                        });
+                    }
+                    _ => strip_hop_by_hop(response.headers_mut()),
+                }
+                Ok(response.map(ProxyBody::upstream))
+            }),
+        }
+    }
+}
+
+/// Why [`Upstream`] has no answer to give: the service's error, so that behind the layer an
+/// async request whose upstream failed ends in a `failed` notification. In front of clients,
+/// [`into_response`](Self::into_response) makes it the proxy's JSON answer (`502`/`504`).
+#[derive(Debug)]
+pub struct UpstreamError {
+    kind: UpstreamErrorKind,
+    message: String,
+}
+
+/// What went wrong with the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamErrorKind {
+    /// It could not be reached, or broke off its answer. `502 upstream_unavailable`.
+    Unavailable,
+    /// Its answer did not begin within the timeout. `504 upstream_timeout`.
+    Timeout,
+}
+
+impl UpstreamError {
+    /// What went wrong.
+    pub fn kind(&self) -> UpstreamErrorKind {
+        self.kind
+    }
+
+    /// The stable code of the JSON answer.
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            UpstreamErrorKind::Unavailable => "upstream_unavailable",
+            UpstreamErrorKind::Timeout => "upstream_timeout",
+        }
+    }
+
+    /// The HTTP status of the JSON answer.
+    pub fn status(&self) -> StatusCode {
+        match self.kind {
+            UpstreamErrorKind::Unavailable => StatusCode::BAD_GATEWAY,
+            UpstreamErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The answer for the client: the status and `{"code":"…","message":"…"}`.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let body = serde_json::json!({ "code": self.code(), "message": self.message });
+        let mut response = Response::new(ProxyBody::own(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code(), self.message)
+    }
+}
+
+impl std::error::Error for UpstreamError {}
+
+type Answer = Result<Response<ProxyBody>, UpstreamError>;
+
+/// The future of an [`Upstream`] answer.
+pub struct ResponseFuture {
+    inner: Pin<Box<dyn Future<Output = Answer> + Send>>,
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Answer;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}

@@ -1,0 +1,379 @@
+//! `proxy::Upstream` behind the layer, served on 127.0.0.1:0 and called with a real client, in
+//! front of a real upstream on 127.0.0.1:0.
+#![cfg(feature = "proxy")]
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request as AxumRequest};
+use axum::routing::{any, get, post};
+use axum::Router;
+use common::recv_callback;
+use http::{header, HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_async_request::proxy::{PeerAddr, Upstream};
+use tower_async_request::sink::{CallbackReceiver, ChannelSink};
+use tower_async_request::AsyncRequestLayer;
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    address
+}
+
+/// The request the upstream saw, as JSON: its path and query, and its headers.
+async fn inspect(request: AxumRequest) -> axum::Json<Value> {
+    let headers: serde_json::Map<String, Value> = request
+        .headers()
+        .keys()
+        .map(|name| {
+            let values: Vec<Value> = request
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| Value::from(v.to_str().unwrap_or("?")))
+                .collect();
+            (name.as_str().to_owned(), Value::Array(values))
+        })
+        .collect();
+    axum::Json(json!({
+        "method": request.method().as_str(),
+        "pathAndQuery": request.uri().path_and_query().map(|p| p.as_str()),
+        "headers": headers,
+    }))
+}
+
+/// Answers with the request body, and headers of its own: one kept, hop-by-hop ones dropped.
+async fn echo(headers: HeaderMap, body: Bytes) -> (HeaderMap, Bytes) {
+    let mut answer = HeaderMap::new();
+    answer.insert("x-upstream", "yes".parse().unwrap());
+    answer.insert("x-hop", "drop me".parse().unwrap());
+    answer.insert(header::CONNECTION, "x-hop".parse().unwrap());
+    if let Some(kind) = headers.get(header::CONTENT_TYPE) {
+        answer.insert(header::CONTENT_TYPE, kind.clone());
+    }
+    (answer, body)
+}
+
+/// Takes over the connection (`Upgrade: echo`) and echoes every byte.
+async fn upgrade(mut request: AxumRequest) -> axum::response::Response {
+    let upgraded = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        let mut io = TokioIo::new(upgraded.await.unwrap());
+        let mut buffer = [0u8; 1024];
+        loop {
+            match io.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => io.write_all(&buffer[..n]).await.unwrap(),
+            }
+        }
+    });
+    axum::response::Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "echo")
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// The upstream: an API under `/base`.
+async fn upstream() -> SocketAddr {
+    serve(
+        Router::new()
+            .route("/base/inspect", any(inspect))
+            .route("/base/echo", post(echo))
+            .route("/base/upgrade", get(upgrade))
+            .route(
+                "/base/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            ),
+    )
+    .await
+}
+
+/// The proxy: the layer (callbacks to a channel) over `Upstream`, its errors as JSON answers,
+/// the client's address passed on as `PeerAddr`.
+async fn proxy(upstream: Upstream) -> (SocketAddr, CallbackReceiver) {
+    let (sink, callbacks) = ChannelSink::new(64);
+    let layer = AsyncRequestLayer::builder()
+        .instance_id(30)
+        .default_callback_url("https://hooks.example.com/in")
+        .signing_key("event-signature-key")
+        .sink(sink)
+        .build()
+        .unwrap();
+    let service = ServiceBuilder::new().layer(layer).service(upstream);
+    let front = tower::service_fn(move |mut request: AxumRequest| {
+        let service = service.clone();
+        async move {
+            if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+                let peer = *peer;
+                request.extensions_mut().insert(PeerAddr(peer));
+            }
+            let answer = match service.oneshot(request).await {
+                Ok(response) => response.map(Body::new),
+                Err(error) => error.into_response().map(Body::new),
+            };
+            Ok::<_, Infallible>(answer)
+        }
+    });
+    (
+        serve(Router::new().fallback_service(front)).await,
+        callbacks,
+    )
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn send(request: Request<Full<Bytes>>) -> (StatusCode, HeaderMap, Bytes) {
+    let response = client().request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).unwrap()
+}
+
+/// A closed port on 127.0.0.1.
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_sync_request_gets_exactly_what_the_upstream_answers() {
+    let upstream = upstream().await;
+    let (proxy, _callbacks) =
+        proxy(Upstream::new(&format!("http://{upstream}/base")).unwrap()).await;
+    // 1 MiB that is not valid UTF-8 anywhere near the chunk boundaries.
+    let body: Vec<u8> = (0..1 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let request = Request::post(format!("http://{proxy}/echo?x=1"))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Full::from(body.clone()))
+        .unwrap();
+    let (status, headers, answer) = send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer.len(), body.len());
+    assert!(answer == body, "byte for byte");
+    assert_eq!(headers["x-upstream"], "yes");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/octet-stream");
+    assert!(
+        !headers.contains_key("x-hop"),
+        "a header the upstream's Connection named stays with that hop"
+    );
+}
+
+#[tokio::test]
+async fn the_upstream_sees_the_joined_path_forwarding_headers_and_no_hop_headers() {
+    let upstream = upstream().await;
+    let (proxy, _callbacks) =
+        proxy(Upstream::new(&format!("http://{upstream}/base/")).unwrap()).await;
+    let request = Request::get(format!("http://{proxy}/inspect?q=a%20b&r=%2F"))
+        .header(header::CONNECTION, "x-hop-header")
+        .header("x-hop-header", "1")
+        .header("keep-alive", "timeout=5")
+        .header(header::TE, "trailers")
+        .header("x-custom", "kept")
+        .header(header::FORWARDED, "for=192.0.2.60;proto=https")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, answer) = send(request).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = json(&answer);
+    assert_eq!(seen["pathAndQuery"], "/base/inspect?q=a%20b&r=%2F");
+    let headers = &seen["headers"];
+    for gone in ["x-hop-header", "keep-alive", "te", "elements-async-request"] {
+        assert!(
+            headers.get(gone).is_none(),
+            "{gone} reached the upstream: {seen}"
+        );
+    }
+    assert_eq!(headers["x-custom"], json!(["kept"]));
+    assert_eq!(headers["host"], json!([upstream.to_string()]));
+    assert_eq!(
+        headers["forwarded"],
+        json!([format!(
+            "for=192.0.2.60;proto=https, for=127.0.0.1;proto=http;host=\"{proxy}\""
+        )])
+    );
+    assert_eq!(headers["x-forwarded-for"], json!(["127.0.0.1"]));
+    assert_eq!(headers["x-forwarded-proto"], json!(["http"]));
+    assert_eq!(headers["x-forwarded-host"], json!([proxy.to_string()]));
+}
+
+#[tokio::test]
+async fn an_async_request_is_answered_by_the_upstream_in_its_notification() {
+    let upstream = upstream().await;
+    let (proxy, mut callbacks) =
+        proxy(Upstream::new(&format!("http://{upstream}/base")).unwrap()).await;
+    let request = Request::get(format!("http://{proxy}/inspect?n=1"))
+        .header("Elements-Async-Request", "true")
+        .header(
+            "Elements-Async-Callback-Url",
+            "https://hooks.example.com/other",
+        )
+        .body(Full::default())
+        .unwrap();
+    let (status, _, receipt) = send(request).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let event_id = json(&receipt)["eventId"].as_u64().unwrap();
+    let callback = recv_callback(&mut callbacks).await;
+    assert_eq!(callback.uri(), "https://hooks.example.com/other");
+    let notification = json(callback.body());
+    assert_eq!(notification["eventId"], event_id);
+    assert_eq!(notification["eventStatus"], "completed");
+    assert_eq!(notification["statusCode"], 200);
+    let seen = &notification["response"];
+    assert_eq!(seen["pathAndQuery"], "/base/inspect?n=1");
+    for local in ["elements-async-request", "elements-async-callback-url"] {
+        assert!(
+            seen["headers"].get(local).is_none(),
+            "{local} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_502_for_sync_and_a_failed_notification_for_async() {
+    let (proxy, mut callbacks) =
+        proxy(Upstream::new(&format!("http://{}", closed_port())).unwrap()).await;
+    let (status, headers, answer) = send(
+        Request::get(format!("http://{proxy}/anything"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let answer = json(&answer);
+    assert_eq!(answer["code"], "upstream_unavailable");
+    assert!(answer["message"]
+        .as_str()
+        .unwrap()
+        .contains("could not be reached"));
+
+    let request = Request::post(format!("http://{proxy}/anything"))
+        .header("Elements-Async-Request", "true")
+        .body(Full::from("{}"))
+        .unwrap();
+    let (status, _, _) = send(request).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let notification = json(recv_callback(&mut callbacks).await.body());
+    assert_eq!(notification["eventStatus"], "failed", "{notification}");
+    assert!(
+        notification["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream_unavailable"),
+        "{notification}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_slower_than_the_timeout_is_504() {
+    let upstream = upstream().await;
+    let upstream = Upstream::new(&format!("http://{upstream}/base"))
+        .unwrap()
+        .timeout(Duration::from_millis(200));
+    let (proxy, _callbacks) = proxy(upstream).await;
+    let (status, _, answer) = send(
+        Request::get(format!("http://{proxy}/slow"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(json(&answer)["code"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn an_upgrade_passes_through_and_the_connections_are_joined() {
+    let upstream = upstream().await;
+    let (proxy, _callbacks) =
+        proxy(Upstream::new(&format!("http://{upstream}/base")).unwrap()).await;
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "GET /upgrade HTTP/1.1\r\nHost: {proxy}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "the head ended early"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo"), "{head}");
+    stream
+        .write_all(b"ping over the joined connection")
+        .await
+        .unwrap();
+    let mut echoed = [0u8; 31];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
+        .await
+        .expect("echoed in time")
+        .unwrap();
+    assert_eq!(&echoed, b"ping over the joined connection");
+}
+
+#[test]
+fn upstream_urls_are_checked_when_built() {
+    for bad in [
+        "nope",
+        "https://api.example.com",
+        "http://u:p@api.example.com",
+    ] {
+        let error = Upstream::new(bad).unwrap_err();
+        assert!(error.to_string().contains("upstream"), "{error}");
+    }
+    let mut upstream = Upstream::new("http://127.0.0.1:9/api").unwrap();
+    // A plain tower service: always ready.
+    let waker = std::task::Waker::noop();
+    let ready = Service::<Request<Full<Bytes>>>::poll_ready(
+        &mut upstream,
+        &mut std::task::Context::from_waker(waker),
+    );
+    assert!(ready.is_ready());
+}
