@@ -1,0 +1,364 @@
+//! `async-request-proxy`: asynchronous requests in front of any HTTP API, as one binary.
+//!
+//! `AsyncRequestLayer` over `proxy::Upstream`: a request with `Elements-Async-Request: true` gets
+//! its `202` receipt from the proxy, the upstream's answer follows as a signed callback; every
+//! other request is forwarded and streamed back as it is. Every flag can also be set from the
+//! environment (`ASYNC_REQUEST_PROXY_<FLAG>`); secrets come from files or the environment only
+//! (`ASYNC_REQUEST_PROXY_SIGNING_KEY`, `ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET`), never
+//! from the command line, which `ps` shows. A bad flag or file: one line naming it, exit code 2,
+//! nothing started. SIGTERM or SIGINT: stop accepting, drain, print the shutdown report, exit 0.
+//! SIGHUP: read `--instances` again.
+
+mod instances;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::Router;
+use clap::{Parser, ValueEnum};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_async_request::admin::Admin;
+use tower_async_request::proxy::{PeerAddr, Upstream};
+use tower_async_request::store::{PostgresStore, RedbStore};
+use tower_async_request::{AsyncRequestLayer, AsyncRequestLayerBuilder};
+
+const ENV_SIGNING_KEY: &str = "ASYNC_REQUEST_PROXY_SIGNING_KEY";
+const ENV_WHSEC: &str = "ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET";
+
+/// Asynchronous requests in front of any HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "async-request-proxy", version)]
+struct Args {
+    /// Address to serve on.
+    #[arg(
+        long,
+        env = "ASYNC_REQUEST_PROXY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    listen: SocketAddr,
+    /// The API to forward to: an http:// URL whose path prefixes every request's.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM")]
+    upstream: String,
+    /// Where events are recorded: memory, redb:PATH or postgres:URL.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_STORE", default_value = "memory", value_parser = parse_store)]
+    store: StoreArg,
+    /// The default callback URL (one instance; see --instances for many).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_CALLBACK_URL")]
+    callback_url: Option<String>,
+    /// The `instanceId` of notifications (one instance).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_INSTANCE_ID", default_value_t = 0)]
+    instance_id: u64,
+    /// A file holding the key of `Elements-Webhook-Signature` (or set ASYNC_REQUEST_PROXY_SIGNING_KEY).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_SIGNING_KEY_FILE")]
+    signing_key_file: Option<PathBuf>,
+    /// A file holding Standard Webhooks secrets (`whsec_…`), one per line (or set
+    /// ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET_FILE")]
+    standard_webhooks_secret_file: Option<PathBuf>,
+    /// Many instances, from a TOML file, re-read on SIGHUP.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_INSTANCES")]
+    instances: Option<PathBuf>,
+    /// A second listener for operators: /metrics, /health and the admin routes. Off by default.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_ADMIN_LISTEN")]
+    admin_listen: Option<SocketAddr>,
+    /// Largest body of an async request, in bytes.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_BODY", default_value_t = tower_async_request::DEFAULT_MAX_REQUEST_BYTES)]
+    max_body: usize,
+    /// How long the upstream may take to begin its answer (e.g. 500ms, 30s, 2m).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
+    /// How long a shutdown waits for jobs and callbacks.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Let request-supplied callback URLs reach private and loopback addresses (development).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_ALLOW_PRIVATE_CALLBACKS")]
+    allow_private_callbacks: bool,
+    /// Log lines as text for people, or JSON for collectors (filter with RUST_LOG).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+enum StoreArg {
+    Memory,
+    Redb(PathBuf),
+    Postgres(String),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn parse_store(text: &str) -> Result<StoreArg, String> {
+    match text.split_once(':') {
+        None if text == "memory" => Ok(StoreArg::Memory),
+        Some(("redb", path)) if !path.is_empty() => Ok(StoreArg::Redb(path.into())),
+        Some(("postgres", _)) => Ok(StoreArg::Postgres(text.to_owned())),
+        _ => Err("memory, redb:PATH or postgres:URL".to_owned()),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or("a number with a unit: 500ms, 30s, 2m")?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| "a number with a unit: 500ms, 30s, 2m")?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err("a number with a unit: 500ms, 30s, 2m".to_owned()),
+    }
+}
+
+/// A secret file's contents, without the trailing newline editors add.
+pub(crate) fn secret_file(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
+    let mut bytes =
+        std::fs::read(path).map_err(|error| format!("--{flag} {}: {error}", path.display()))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(format!("--{flag} {}: the file is empty", path.display()));
+    }
+    Ok(bytes)
+}
+
+fn main() -> ExitCode {
+    // clap prints a bad flag with its usage and exits with 2.
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(1, &format!("no runtime: {error}")),
+    };
+    runtime.block_on(run(args))
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("async-request-proxy: {message}");
+    ExitCode::from(code)
+}
+
+/// Everything the flags and files say, checked before anything starts.
+struct Setup {
+    builder: AsyncRequestLayerBuilder,
+    instances: Option<instances::Instances>,
+    upstream: Upstream,
+}
+
+async fn configure(args: &Args) -> Result<Setup, String> {
+    let upstream = Upstream::new(&args.upstream)
+        .map_err(|error| format!("--upstream: {error}"))?
+        .timeout(args.upstream_timeout);
+    let mut builder = AsyncRequestLayer::builder()
+        .max_request_bytes(args.max_body)
+        .allow_private_callbacks(args.allow_private_callbacks);
+    if args.admin_listen.is_some() {
+        // Operators look delivered events up too, with their attempts.
+        builder = builder.status_retention(tower_async_request::DEFAULT_STATUS_RETENTION);
+    }
+    let instances = match &args.instances {
+        Some(path) => {
+            if args.callback_url.is_some()
+                || args.signing_key_file.is_some()
+                || args.standard_webhooks_secret_file.is_some()
+            {
+                return Err("--instances: callback URLs and keys then come from the file, not from --callback-url, --signing-key-file or --standard-webhooks-secret-file".into());
+            }
+            let instances = instances::Instances::start(path)?;
+            builder = builder.instances(instances.map());
+            Some(instances)
+        }
+        None => {
+            builder = builder.instance_id(args.instance_id);
+            if let Some(url) = &args.callback_url {
+                builder = builder.default_callback_url(url.clone());
+            }
+            let key = match &args.signing_key_file {
+                Some(path) => Some(secret_file(path, "signing-key-file")?),
+                None => std::env::var(ENV_SIGNING_KEY).ok().map(String::into_bytes),
+            };
+            if let Some(key) = key {
+                builder = builder.signing_key(key);
+            }
+            let secrets = match &args.standard_webhooks_secret_file {
+                Some(path) => {
+                    String::from_utf8(secret_file(path, "standard-webhooks-secret-file")?)
+                        .map_err(|_| "--standard-webhooks-secret-file: not UTF-8 text".to_owned())?
+                }
+                None => std::env::var(ENV_WHSEC).unwrap_or_default(),
+            };
+            for secret in secrets.lines().map(str::trim).filter(|s| !s.is_empty()) {
+                builder = builder.standard_webhooks_secret(secret);
+            }
+            None
+        }
+    };
+    builder = match &args.store {
+        StoreArg::Memory => builder,
+        StoreArg::Redb(path) => builder.store(
+            RedbStore::open(path)
+                .map_err(|error| format!("--store redb:{}: {error}", path.display()))?,
+        ),
+        StoreArg::Postgres(url) => builder.store(
+            PostgresStore::connect(url.clone())
+                .await
+                .map_err(|error| format!("--store postgres: {error}"))?,
+        ),
+    };
+    Ok(Setup {
+        builder,
+        instances,
+        upstream,
+    })
+}
+
+async fn run(args: Args) -> ExitCode {
+    // The recorder before the layer: the layer registers its metrics when it is built.
+    let prometheus = match args.admin_listen {
+        Some(_) => match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => return fail(1, &format!("metrics: {error}")),
+        },
+        None => None,
+    };
+    let setup = match configure(&args).await {
+        Ok(setup) => setup,
+        Err(message) => return fail(2, &message),
+    };
+    let layer = match setup.builder.build() {
+        Ok(layer) => layer,
+        Err(error) => return fail(2, &error.to_string()),
+    };
+    let handle = layer.handle();
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(error) => return fail(2, &format!("--listen {}: {error}", args.listen)),
+    };
+    let admin_listener = match args.admin_listen {
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => return fail(2, &format!("--admin-listen {address}: {error}")),
+        },
+        None => None,
+    };
+
+    let service = ServiceBuilder::new().layer(layer).service(setup.upstream);
+    let front = tower::service_fn(move |mut request: Request| {
+        let service = service.clone();
+        async move {
+            if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+                let peer = *peer;
+                request.extensions_mut().insert(PeerAddr(peer));
+            }
+            Ok::<_, Infallible>(match service.oneshot(request).await {
+                Ok(response) => response.map(Body::new),
+                Err(error) => error.into_response().map(Body::new),
+            })
+        }
+    });
+    let app = Router::new().fallback_service(front);
+
+    if let (Some(listener), Some(prometheus)) = (admin_listener, prometheus) {
+        let admin = Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || std::future::ready(prometheus.render())),
+            )
+            .fallback_service(Admin::new(handle.clone()));
+        if let Ok(address) = listener.local_addr() {
+            println!("async-request-proxy: admin on http://{address}");
+        }
+        tokio::spawn(async move { axum::serve(listener, admin).await });
+    }
+    if let Some(instances) = setup.instances {
+        tokio::spawn(reload_on_sighup(Arc::new(Mutex::new(instances))));
+    }
+
+    let address = listener
+        .local_addr()
+        .map_or(args.listen.to_string(), |a| a.to_string());
+    // On standard output, for people and for scripts that start it on port 0.
+    println!(
+        "async-request-proxy: listening on http://{address}, forwarding to {}",
+        args.upstream
+    );
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop_signal())
+    .await;
+    if let Err(error) = served {
+        return fail(1, &format!("serving stopped: {error}"));
+    }
+    let report = handle.shutdown(args.drain_timeout).await;
+    println!(
+        "async-request-proxy: shutdown report: drained={} jobs_finished={} delivered={} dead={} jobs_left={} notifications_left={} persisted={}",
+        report.drained,
+        report.jobs_finished,
+        report.delivered,
+        report.dead,
+        report.jobs_left,
+        report.notifications_left,
+        report.persisted
+    );
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping: no new connections; draining");
+}
+
+async fn reload_on_sighup(instances: Arc<Mutex<instances::Instances>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let result = instances
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .reload();
+        match result {
+            Ok(count) => tracing::info!(instances = count, "instances file read again"),
+            Err(message) => {
+                tracing::error!(%message, "instances file not applied; the instances stay as they were")
+            }
+        }
+    }
+}

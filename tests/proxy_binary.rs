@@ -1,0 +1,621 @@
+//! The real `async-request-proxy` binary on 127.0.0.1, in front of real upstreams (an axum one
+//! and Python's `http.server`), with a real callback receiver.
+#![cfg(feature = "proxy")]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::routing::{get, post};
+use axum::Router;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use support::{Answer, Receiver};
+use tokio::net::TcpListener;
+use tower_async_request::verify::ElementsVerifier;
+
+const BIN: &str = env!("CARGO_BIN_EXE_async-request-proxy");
+
+/// A running proxy: killed when dropped unless it already ended.
+struct Proxy {
+    child: Child,
+    address: SocketAddr,
+    admin: Option<SocketAddr>,
+    /// Standard output after the start-up lines (the shutdown report).
+    rest: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proxy {
+    fn start(args: &[&str]) -> Self {
+        Self::start_with(args, &[])
+    }
+
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the proxy binary starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut admin = None;
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("the proxy says where it listens")
+                .unwrap();
+            if let Some(rest) = line.strip_prefix("async-request-proxy: admin on http://") {
+                admin = Some(rest.trim().parse().unwrap());
+            }
+            if let Some(rest) = line.strip_prefix("async-request-proxy: listening on http://") {
+                break rest.split(',').next().unwrap().parse().unwrap();
+            }
+        };
+        let (sender, rest) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let _ = sender.send(line);
+            }
+        });
+        Self {
+            child,
+            address,
+            admin,
+            rest,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: a plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
+    /// Waits (up to 20 s) for the process to end; its exit code.
+    fn wait(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the proxy did not stop within 20 s");
+    }
+
+    /// Peak resident memory so far, bytes.
+    fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    address
+}
+
+/// An axum upstream: `/echo` streams the request body back, `/report` answers JSON, `/slow`
+/// takes two seconds.
+async fn axum_upstream() -> SocketAddr {
+    serve(
+        Router::new()
+            .route(
+                "/api/echo",
+                post(|body: Body| async move { Body::from_stream(body.into_data_stream()) }),
+            )
+            .route(
+                "/api/report",
+                post(|| async { axum::Json(serde_json::json!({"report": "ready"})) }),
+            )
+            .route(
+                "/api/slow",
+                post(|| async {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    "slow"
+                }),
+            )
+            .route("/api/hello", get(|| async { "hello" })),
+    )
+    .await
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+async fn call(request: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
+    let response = client().request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+fn async_post(url: String) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("Elements-Async-Request", "true")
+        .body(Full::from("{}"))
+        .unwrap()
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("tar-proxy-{}-{name}", std::process::id()))
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+}
+
+fn closed_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_answers_pass_through_and_async_answers_arrive_signed() {
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let key = temp("sync-async.key");
+    write(&key, "proxy-signing-key\n");
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--callback-url",
+        &receiver.url(),
+        "--instance-id",
+        "30",
+        "--signing-key-file",
+        key.to_str().unwrap(),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+
+    let (status, headers, body) = call(
+        Request::get(proxy.url("/hello"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+
+    let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let event_id = serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone();
+    let hit = receiver.next().await;
+    ElementsVerifier::new("proxy-signing-key")
+        .verify(&hit.headers, &hit.body)
+        .expect("the callback is signed with the key from the file");
+    let notification = hit.json();
+    assert_eq!(notification["eventId"], event_id);
+    assert_eq!(notification["instanceId"], 30);
+    assert_eq!(notification["statusCode"], 200);
+    assert_eq!(notification["response"]["report"], "ready");
+
+    // The operator's listener: health, the admin routes, and the metrics of what just happened.
+    let admin = proxy.admin.expect("--admin-listen serves");
+    let (status, _, health) = call(
+        Request::get(format!("http://{admin}/health"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&health).unwrap()["status"],
+        "ok"
+    );
+    let (status, _, event) = call(
+        Request::get(format!("http://{admin}/events/{event_id}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&event).unwrap()["eventId"],
+        event_id
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, scrape) = call(
+            Request::get(format!("http://{admin}/metrics"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        let scrape = String::from_utf8_lossy(&scrape).into_owned();
+        if scrape.contains("async_request_delivered_total{instance=\"30\"} 1") {
+            assert!(scrape.contains("async_request_accepted_total{instance=\"30\"} 1"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{scrape}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(key);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
+    let dir = temp("python-root");
+    std::fs::create_dir_all(&dir).unwrap();
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(dir.join("data.bin"), &content).unwrap();
+    let port = closed_port().port();
+    let mut python = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 is on every machine");
+    // Until it listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "python's http.server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://127.0.0.1:{port}"),
+        "--callback-url",
+        &receiver.url(),
+    ]);
+    let (status, _, body) = call(
+        Request::get(proxy.url("/data.bin"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == content, "byte for byte");
+
+    let request = Request::get(proxy.url("/data.bin"))
+        .header("Elements-Async-Request", "true")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(call(request).await.0, StatusCode::ACCEPTED);
+    let notification = receiver.next().await.json();
+    assert_eq!(notification["statusCode"], 200);
+    // Not JSON or text: the answer travels as base64.
+    assert_eq!(notification["responseEncoding"], "base64", "{notification}");
+    let _ = python.kill();
+    let _ = python.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_is_down_is_502_sync_and_failed_async() {
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{}", closed_port()),
+        "--callback-url",
+        &receiver.url(),
+    ]);
+    let (status, _, body) =
+        call(Request::get(proxy.url("/x")).body(Full::default()).unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["code"],
+        "upstream_unavailable"
+    );
+    assert_eq!(
+        call(async_post(proxy.url("/x"))).await.0,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(receiver.next().await.json()["eventStatus"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_with_a_changed_instances_file_rekeys_the_next_delivery() {
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let file = temp("instances.toml");
+    let receiver_url = receiver.url();
+    let instances = |key: &str| {
+        format!(
+            "match = \"element\"\n\n[[instance]]\nid = 31\ncredentials = [\"globex-token\"]\n\
+             callback_url = \"{receiver_url}\"\nsigning_key = \"{key}\"\n"
+        )
+    };
+    write(&file, &instances("first-key"));
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--instances",
+        file.to_str().unwrap(),
+    ]);
+    let request = || {
+        Request::post(proxy.url("/report"))
+            .header("Elements-Async-Request", "true")
+            .header(header::AUTHORIZATION, "User abc, Element globex-token")
+            .body(Full::from("{}"))
+            .unwrap()
+    };
+    let (status, _, _) = call(
+        Request::post(proxy.url("/report"))
+            .header("Elements-Async-Request", "true")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "no element token: unknown_instance"
+    );
+    assert_eq!(call(request()).await.0, StatusCode::ACCEPTED);
+    let hit = receiver.next().await;
+    assert_eq!(hit.json()["instanceId"], 31);
+    ElementsVerifier::new("first-key")
+        .verify(&hit.headers, &hit.body)
+        .unwrap();
+
+    // A broken file keeps the instances as they were.
+    write(&file, "this is = not [ toml");
+    proxy.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(call(request()).await.0, StatusCode::ACCEPTED);
+    let hit = receiver.next().await;
+    ElementsVerifier::new("first-key")
+        .verify(&hit.headers, &hit.body)
+        .expect("still the old key");
+
+    write(&file, &instances("second-key"));
+    proxy.signal(libc::SIGHUP);
+    // The reload lands between two requests; the first callback signed with the new key ends it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert_eq!(call(request()).await.0, StatusCode::ACCEPTED);
+        let hit = receiver.next().await;
+        if ElementsVerifier::new("second-key")
+            .verify(&hit.headers, &hit.body)
+            .is_ok()
+        {
+            assert!(ElementsVerifier::new("first-key")
+                .verify(&hit.headers, &hit.body)
+                .is_err());
+            break;
+        }
+        assert!(Instant::now() < deadline, "never re-keyed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_a_pending_delivery_and_exits_0() {
+    let upstream = axum_upstream().await;
+    // The receiver takes its time: the delivery is on its way when SIGTERM comes.
+    let mut receiver =
+        Receiver::start(vec![Answer::status(200).after(Duration::from_millis(700))]).await;
+    let mut proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--callback-url",
+        &receiver.url(),
+    ]);
+    assert_eq!(
+        call(async_post(proxy.url("/report"))).await.0,
+        StatusCode::ACCEPTED
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.signal(libc::SIGTERM);
+    let code = tokio::task::spawn_blocking(move || {
+        let code = proxy.wait();
+        let report: Vec<String> = proxy.rest.try_iter().collect();
+        (code, report)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0), "{:?}", code.1);
+    let report = code.1.join("\n");
+    assert!(report.contains("drained=true"), "{report}");
+    assert!(report.contains("delivered=1"), "{report}");
+    assert_eq!(receiver.next().await.answered, StatusCode::OK);
+}
+
+#[test]
+fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
+    let missing = temp("does-not-exist.toml");
+    for (args, names) in [
+        (
+            vec!["--upstream", "http://127.0.0.1:9", "--store", "sqlite:x"],
+            "--store",
+        ),
+        (vec!["--upstream", "ftp://127.0.0.1:9"], "--upstream"),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--instances",
+                missing.to_str().unwrap(),
+            ],
+            "--instances",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--upstream-timeout",
+                "soon",
+            ],
+            "--upstream-timeout",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--callback-url",
+                "not a url",
+            ],
+            "default_callback_url",
+        ),
+        (vec!["--no-such-flag"], "--no-such-flag"),
+    ] {
+        let output = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(names), "{args:?}: {stderr}");
+        assert!(output.stdout.is_empty(), "nothing started: {args:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redb_a_killed_proxy_delivers_every_accepted_event_after_a_restart() {
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let store = temp("kill.redb");
+    let _ = std::fs::remove_file(&store);
+    let args = [
+        "--upstream".to_owned(),
+        format!("http://{upstream}/api"),
+        "--callback-url".to_owned(),
+        receiver.url(),
+        "--store".to_owned(),
+        format!("redb:{}", store.display()),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut events = Vec::new();
+    {
+        let mut proxy = Proxy::start(&args);
+        for _ in 0..3 {
+            let (status, _, receipt) = call(async_post(proxy.url("/slow"))).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+            events.push(serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone());
+        }
+        proxy.signal(libc::SIGKILL);
+        proxy.wait();
+    }
+    let _proxy = Proxy::start(&args);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let notification = receiver.next().await.json();
+        assert_eq!(notification["eventStatus"], "failed", "{notification}");
+        assert_eq!(
+            notification["error"]["code"], "interrupted",
+            "{notification}"
+        );
+        seen.push(notification["eventId"].clone());
+    }
+    seen.sort_by_key(|id| id.as_u64());
+    events.sort_by_key(|id| id.as_u64());
+    assert_eq!(seen, events);
+    let _ = std::fs::remove_file(store);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_64_mib_body_streams_both_ways_in_under_32_mib() {
+    let upstream = axum_upstream().await;
+    let proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    const SIZE: usize = 64 << 20;
+    const CHUNK: usize = 64 << 10;
+    let chunks = Chunks {
+        next: 0,
+        count: SIZE / CHUNK,
+        size: CHUNK,
+    };
+    let request = Request::post(proxy.url("/echo")).body(chunks).unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let (mut total, mut sum) = (0usize, 0u64);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            total += data.len();
+            sum = data
+                .iter()
+                .fold(sum, |s, b| s.wrapping_mul(31).wrapping_add(*b as u64));
+        }
+    }
+    assert_eq!(total, SIZE);
+    let expected = (0..SIZE).fold(0u64, |s, i| {
+        s.wrapping_mul(31).wrapping_add(pattern(i) as u64)
+    });
+    assert_eq!(sum, expected, "byte for byte");
+    let peak = proxy.peak_rss();
+    assert!(
+        peak < 32 << 20,
+        "the proxy's peak resident memory was {peak} B"
+    );
+}
+
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(7) ^ (i >> 11)) as u8
+}
+
+/// `count` chunks of `size` bytes of [`pattern`], made as they are sent: a body of unknown
+/// length that is never whole in memory.
+struct Chunks {
+    next: usize,
+    count: usize,
+    size: usize,
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if self.next == self.count {
+            return std::task::Poll::Ready(None);
+        }
+        let start = self.next * self.size;
+        let chunk: Vec<u8> = (start..start + self.size).map(pattern).collect();
+        self.next += 1;
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(chunk)))))
+    }
+}
