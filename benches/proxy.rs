@@ -100,7 +100,9 @@ fn wait_for(port: u16, what: &str) {
 
 fn start_proxy(upstream: SocketAddr, receiver: SocketAddr) -> (Process, u16) {
     let port = free_port();
-    let child = Command::new(BIN)
+    // `PROXY_BENCH_BIN=path` measures another build of the binary (two builds side by side).
+    let bin = std::env::var("PROXY_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+    let child = Command::new(bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--upstream", &format!("http://{upstream}")])
         .args(["--callback-url", &format!("http://{receiver}/cb")])

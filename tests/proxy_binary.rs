@@ -448,7 +448,8 @@ async fn sigterm_drains_a_pending_delivery_and_exits_0() {
     proxy.signal(libc::SIGTERM);
     let code = tokio::task::spawn_blocking(move || {
         let code = proxy.wait();
-        let report: Vec<String> = proxy.rest.try_iter().collect();
+        // Everything it printed, to the end of its output (the reader ends with the process).
+        let report: Vec<String> = proxy.rest.iter().collect();
         (code, report)
     })
     .await
