@@ -258,8 +258,7 @@ impl Delivery {
         let counters = permit.instance_counters(&self.counters);
         let started = Instant::now();
         let at_ms = unix_ms();
-        let (outcome, host) = match Self::instance_and_target(instances, notification, parsed).await
-        {
+        let outcome = match Self::instance_and_target(instances, notification, parsed).await {
             Ok((instance, target)) => {
                 notification.attempts += 1;
                 let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
@@ -268,16 +267,15 @@ impl Delivery {
                     .instrument(span)
                     .await;
                 // Labelled by host only when the operator configured it: bounded.
-                let host = notification
-                    .instance_url
-                    .then(|| target.host().map(str::to_owned))
-                    .flatten();
-                (outcome, host)
+                let host = target.host().filter(|_| notification.instance_url);
+                counters.attempt(outcome.result(), host);
+                outcome
             }
             // Counted, so the retry schedule bounds how long a resolver may fail.
             Err(unsent @ AttemptOutcome::Unsent(_)) => {
                 notification.attempts += 1;
-                (unsent, None)
+                counters.attempt(unsent.result(), None);
+                unsent
             }
             // Never attempted: no history entry, only the reason.
             Err(never) => {
@@ -286,7 +284,6 @@ impl Delivery {
                 return Next::Done;
             }
         };
-        counters.attempt(outcome.result(), host.as_deref());
         let error = outcome.error();
         history::push(
             &mut notification.history,

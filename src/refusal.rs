@@ -101,13 +101,7 @@ impl Refusal {
     }
 
     pub(crate) fn into_response(self) -> Response<Bytes> {
-        let body = serde_json::json!({ "code": self.code.as_str(), "message": self.message });
-        let mut response = Response::new(Bytes::from(body.to_string()));
-        *response.status_mut() = self.code.status();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut response = json_error(self.code.status(), self.code.as_str(), &self.message);
         if matches!(
             self.code,
             RefusalCode::Overloaded | RefusalCode::InstanceUnavailable
@@ -120,6 +114,24 @@ impl Refusal {
         }
         response
     }
+}
+
+/// `status` with a JSON body.
+pub(crate) fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Bytes> {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `status` with `{"code":"…","message":"…"}`: the shape of every error the crate answers with
+/// (refusals, the status endpoint, the admin routes, the proxy).
+pub(crate) fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Bytes> {
+    let body = serde_json::json!({ "code": code, "message": message });
+    json_response(status, body.to_string())
 }
 
 #[cfg(test)]

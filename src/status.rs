@@ -33,6 +33,7 @@ use serde_json::{json, Map, Value};
 
 use crate::config::Config;
 use crate::ids::EventId;
+use crate::refusal::{json_error, json_response};
 use crate::signature::{keyed, HmacSha256};
 use crate::store::{EventSnapshot, NotificationRecord};
 use crate::ConfigError;
@@ -151,9 +152,10 @@ pub(crate) async fn answer(config: &Config, uri: Uri) -> Response<Bytes> {
         Ok(None) => not_found(),
         Err(error) => {
             tracing::error!(%error, "could not read an event's status");
-            json_response(
+            json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                json!({"code": "store_unavailable", "message": "The event's status could not be read. Retry later."}),
+                "store_unavailable",
+                "The event's status could not be read. Retry later.",
             )
         }
     }
@@ -173,7 +175,7 @@ fn found(event_id: EventId, snapshot: EventSnapshot) -> Response<Bytes> {
         ),
         EventSnapshot::Finished(notification) => (finished_body(event_id, &notification), true),
     };
-    let mut response = json_response(StatusCode::OK, body);
+    let mut response = json_response(StatusCode::OK, body.to_string());
     if !finished {
         response
             .headers_mut()
@@ -209,20 +211,11 @@ fn finished_body(event_id: EventId, notification: &NotificationRecord) -> Value 
 }
 
 fn not_found() -> Response<Bytes> {
-    json_response(
+    json_error(
         StatusCode::NOT_FOUND,
-        json!({"code": "not_found", "message": "No event matches this status URL."}),
+        "not_found",
+        "No event matches this status URL.",
     )
-}
-
-fn json_response(status: StatusCode, body: Value) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }
 
 #[cfg(test)]

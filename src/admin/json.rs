@@ -186,9 +186,3 @@ impl<'a> From<&'a Health> for HealthReport<'a> {
         }
     }
 }
-
-#[derive(Serialize)]
-pub(super) struct Error<'a> {
-    pub(super) code: &'a str,
-    pub(super) message: &'a str,
-}

@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use super::json;
 use super::route::{route, Refused, Route};
+use crate::refusal::{json_error, json_response};
 use crate::store::StoreError;
 use crate::{AsyncRequestHandle, RedeliverError};
 
@@ -162,13 +163,7 @@ fn store_unavailable(error: &StoreError) -> Response<Full<Bytes>> {
 }
 
 fn refusal(refused: &Refused) -> Response<Full<Bytes>> {
-    let mut response = respond(
-        refused.status,
-        &json::Error {
-            code: refused.code,
-            message: &refused.message,
-        },
-    );
+    let mut response = json_error(refused.status, refused.code, &refused.message).map(Full::new);
     if let Some(allow) = refused.allow {
         response
             .headers_mut()
@@ -179,11 +174,5 @@ fn refusal(refused: &Refused) -> Response<Full<Bytes>> {
 
 fn respond(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec(body).expect("admin answers serialize");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    json_response(status, body).map(Full::new)
 }

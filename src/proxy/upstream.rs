@@ -216,14 +216,7 @@ impl UpstreamError {
 
     /// The answer for the client: the status and `{"code":"…","message":"…"}`.
     pub fn into_response(self) -> Response<ProxyBody> {
-        let body = serde_json::json!({ "code": self.code(), "message": self.message });
-        let mut response = Response::new(ProxyBody::own(Bytes::from(body.to_string())));
-        *response.status_mut() = self.status();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        response
+        crate::refusal::json_error(self.status(), self.code(), &self.message).map(ProxyBody::own)
     }
 }
 
