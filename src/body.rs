@@ -6,10 +6,13 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
+
+use crate::BoxError;
 
 pin_project! {
     /// The request body the inner service receives.
@@ -225,6 +228,57 @@ impl Body for OwnBody {
     }
 }
 
+/// Reads `body` to its end, at most `limit` bytes (past it, the error is a
+/// [`LengthLimitError`](http_body_util::LengthLimitError)): its bytes and its trailers.
+///
+/// What `Limited::collect` does, without a list of chunks to join: a body that arrives as one
+/// chunk, as most small ones do, is kept as it came, and several are joined into one buffer.
+pub(crate) async fn read_to_end<B>(
+    body: B,
+    limit: usize,
+) -> Result<(Bytes, Option<HeaderMap>), BoxError>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let mut body = std::pin::pin!(Limited::new(body, limit));
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    let mut trailers: Option<HeaderMap> = None;
+    while let Some(frame) = body.frame().await {
+        let mut data = match frame?.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(more) = frame.into_trailers() {
+                    match &mut trailers {
+                        Some(trailers) => trailers.extend(more),
+                        None => trailers = Some(more),
+                    }
+                }
+                continue;
+            }
+        };
+        if !data.has_remaining() {
+            continue;
+        }
+        if let Some(joined) = &mut joined {
+            joined.put(data);
+        } else if first.is_empty() {
+            first = data.copy_to_bytes(data.remaining());
+        } else {
+            // Room for what is known to be coming, within the limit.
+            let size = (first.len() + data.remaining())
+                .saturating_add(body.size_hint().lower() as usize)
+                .min(limit);
+            let mut both = BytesMut::with_capacity(size);
+            both.put(std::mem::take(&mut first));
+            both.put(data);
+            joined = Some(both);
+        }
+    }
+    Ok((joined.map_or(first, BytesMut::freeze), trailers))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +331,64 @@ mod tests {
         assert_eq!(body.collect().await.unwrap().to_bytes(), "{}");
         let empty: ResponseBody<Full<Bytes>> = ResponseBody::own(Bytes::new().into());
         assert!(empty.is_end_stream());
+    }
+
+    /// A body that yields the frames it was given, each in its own poll.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    fn frames(data: &[&'static [u8]], trailers: &[(&'static str, &'static str)]) -> Frames {
+        let mut frames: std::collections::VecDeque<_> = data
+            .iter()
+            .map(|chunk| Frame::data(Bytes::from_static(chunk)))
+            .collect();
+        for (name, value) in trailers {
+            let mut map = HeaderMap::new();
+            map.insert(*name, value.parse().unwrap());
+            frames.push_back(Frame::trailers(map));
+        }
+        Frames(frames)
+    }
+
+    #[tokio::test]
+    async fn one_chunk_is_kept_as_it_came() {
+        static CHUNK: &[u8] = b"{\"a\":1}";
+        let (bytes, trailers) = read_to_end(frames(&[b"", CHUNK, b""], &[]), 64)
+            .await
+            .unwrap();
+        assert_eq!(bytes, CHUNK);
+        assert_eq!(bytes.as_ptr(), CHUNK.as_ptr(), "not copied");
+        assert!(trailers.is_none());
+    }
+
+    #[tokio::test]
+    async fn several_chunks_are_joined_in_order_and_trailers_merged() {
+        let body = frames(&[b"ab", b"", b"cd", b"e"], &[("x-a", "1"), ("x-b", "2")]);
+        let (bytes, trailers) = read_to_end(body, 5).await.unwrap();
+        assert_eq!(bytes, "abcde");
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers["x-a"], "1");
+        assert_eq!(trailers["x-b"], "2");
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_is_empty_and_one_byte_past_the_limit_is_refused() {
+        let (bytes, trailers) = read_to_end(frames(&[], &[]), 0).await.unwrap();
+        assert!(bytes.is_empty() && trailers.is_none());
+        let error = read_to_end(frames(&[b"ab", b"cd"], &[]), 3)
+            .await
+            .unwrap_err();
+        assert!(error.is::<http_body_util::LengthLimitError>(), "{error}");
     }
 }

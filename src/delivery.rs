@@ -23,7 +23,7 @@ use tokio_util::time::DelayQueue;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::header::ELEMENTS_EVENT_ID;
+use crate::header::{HeaderText, ELEMENTS_EVENT_ID};
 use crate::instance::{Instance, Instances};
 use crate::metrics::{AttemptResult, Counter, Counters};
 use crate::retry::{parse_retry_after, DeliveryPolicy};
@@ -174,13 +174,17 @@ impl Delivery {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
-        headers.insert(ELEMENTS_EVENT_ID, notification.event_id.get().into());
-        instance.signer().sign(
-            headers,
+        // The event id and every signature header share one buffer.
+        let signer = instance.signer();
+        let mut text = HeaderText::with_capacity(20 + signer.text_len());
+        text.decimal(ELEMENTS_EVENT_ID, notification.event_id.get());
+        signer.sign(
+            &mut text,
             notification.notification_id,
             timestamp,
             &notification.body,
         );
+        text.insert_into(headers);
         request
     }
 

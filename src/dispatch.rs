@@ -16,12 +16,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
 use tokio::sync::oneshot;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::body::{OwnBody, RequestBody};
+use crate::body::{read_to_end, OwnBody, RequestBody};
 use crate::callback_url;
 use crate::classify::{target, Target};
 use crate::config::Config;
@@ -78,8 +77,8 @@ where
         Ok(target) => target,
         Err(refusal) => return refusal.respond(accepted.grpc),
     };
-    let collected = match Limited::new(body, config.max_request_bytes).collect().await {
-        Ok(collected) => collected,
+    let (data, trailers) = match read_to_end(body, config.max_request_bytes).await {
+        Ok(read) => read,
         Err(error) if job::is_length_limit(&*error) => {
             return request_too_large(config.max_request_bytes).respond(accepted.grpc)
         }
@@ -91,8 +90,7 @@ where
             .respond(accepted.grpc)
         }
     };
-    let trailers = collected.trailers().cloned();
-    let request = Request::from_parts(parts, RequestBody::buffered(collected.to_bytes(), trailers));
+    let request = Request::from_parts(parts, RequestBody::buffered(data, trailers));
 
     let mut event = match record_dispatched(&config, &target, instance.id()).await {
         Ok(event) => event,
@@ -166,7 +164,7 @@ where
                     Err(_) => (outcome, callback),
                 }
             }
-            (Ok(completed), None) => (completed.outcome(), callback),
+            (Ok(completed), None) => (completed.into_outcome(), callback),
             (Err(failed), _) => (failed, callback),
         };
         job::conclude(&shared, event, parsed, outcome, permit).await;

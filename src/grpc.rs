@@ -43,9 +43,12 @@ pub(crate) struct GrpcStatus {
 
 /// Whether a content type is gRPC's (`application/grpc`, `application/grpc+proto`, …).
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+    headers.get(header::CONTENT_TYPE).is_some_and(is_grpc_type)
+}
+
+/// Whether a `content-type` is gRPC's.
+pub(crate) fn is_grpc_type(content_type: &HeaderValue) -> bool {
+    content_type.as_bytes().starts_with(b"application/grpc")
 }
 
 /// The receipt of an async gRPC call: one empty message, `grpc-status: 0`, the receipt in

@@ -14,12 +14,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Response, Uri};
+use http::{header, HeaderValue, Response, Uri};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::LengthLimitError;
 use pin_project_lite::pin_project;
 
-use crate::body::OwnBody;
+use crate::body::{read_to_end, OwnBody};
 use crate::config::Config;
 use crate::delivery::deliver;
 use crate::grpc;
@@ -38,9 +38,24 @@ pub(crate) struct Completed {
 }
 
 impl Completed {
+    /// The outcome, when the response also goes elsewhere.
     pub(crate) fn outcome(&self) -> Outcome {
+        let content_type = self.parts.headers.get(header::CONTENT_TYPE).cloned();
+        self.outcome_with(content_type, self.body.clone())
+    }
+
+    /// The outcome, when it is all the response is for: its body and content type move into it.
+    pub(crate) fn into_outcome(mut self) -> Outcome {
+        let content_type = self.parts.headers.remove(header::CONTENT_TYPE);
+        let body = std::mem::take(&mut self.body);
+        self.outcome_with(content_type, body)
+    }
+
+    fn outcome_with(&self, content_type: Option<HeaderValue>, body: Bytes) -> Outcome {
         // A gRPC answer carries its message and its real status in trailers.
-        let grpc = grpc::is_grpc(&self.parts.headers)
+        let grpc = content_type
+            .as_ref()
+            .is_some_and(grpc::is_grpc_type)
             .then(|| grpc::status(&self.parts.headers, self.trailers.as_ref()))
             .map(|status| {
                 status.unwrap_or(grpc::GrpcStatus {
@@ -50,11 +65,11 @@ impl Completed {
             });
         Outcome::Completed {
             status: self.parts.status,
-            content_type: self.parts.headers.get(header::CONTENT_TYPE).cloned(),
+            content_type,
             body: if grpc.is_some() {
-                grpc::unframe(&self.body)
+                grpc::unframe(&body)
             } else {
-                self.body.clone()
+                body
             },
             grpc,
         }
@@ -180,11 +195,11 @@ where
     if body.size_hint().lower() > max_response_bytes as u64 {
         return Err(too_large(max_response_bytes));
     }
-    match CatchUnwind::new(Limited::new(body, max_response_bytes).collect()).await {
-        Ok(Ok(collected)) => Ok(Completed {
+    match CatchUnwind::new(read_to_end(body, max_response_bytes)).await {
+        Ok(Ok((body, trailers))) => Ok(Completed {
             parts,
-            trailers: collected.trailers().cloned(),
-            body: collected.to_bytes(),
+            body,
+            trailers,
         }),
         Ok(Err(error)) if is_length_limit(&*error) => Err(too_large(max_response_bytes)),
         Ok(Err(error)) => Err(Outcome::failed(
@@ -264,7 +279,7 @@ mod tests {
         E: Into<BoxError>,
     {
         match run(work, max, timeout).await {
-            Ok(completed) => completed.outcome(),
+            Ok(completed) => completed.into_outcome(),
             Err(failed) => failed,
         }
     }

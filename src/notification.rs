@@ -292,12 +292,19 @@ impl Outcome {
                 object.end();
             }
         }
-        // The notification may wait hours for delivery: keep exactly what it needs. A `Vec` with
-        // room to spare would also make `Bytes::from` allocate a second, shared header for it.
-        out.shrink_to_fit();
+        // The notification may wait hours for delivery: it keeps little more than it needs. A
+        // few spare bytes are kept rather than moved: `Bytes::from` then gives them a shared
+        // header at once, which the first copy of the notification (the store's, the
+        // attempt's) would otherwise allocate.
+        if out.capacity() - out.len() > MAX_SPARE {
+            out.shrink_to_fit();
+        }
         Bytes::from(out)
     }
 }
+
+/// Most bytes a notification's buffer keeps beyond its JSON.
+const MAX_SPARE: usize = 256;
 
 fn response_value<'a>(
     content_type: Option<&HeaderValue>,

@@ -3,6 +3,8 @@
 //! `202 Accepted`, `content-type: application/json`, `Elements-Event-Id: <id>`, and the body
 //! `{"eventId":N,"eventStatus":"dispatched"}`.
 
+use std::fmt::Write as _;
+
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -10,23 +12,59 @@ use crate::header::ELEMENTS_EVENT_ID;
 use crate::ids::EventId;
 
 pub(crate) fn receipt(status: StatusCode, event_id: EventId) -> Response<Bytes> {
-    // The id's digits are written once, for the header, and copied into the body from there.
-    let id = HeaderValue::from(event_id.get());
-    let (head, tail) = (br#"{"eventId":"#, br#","eventStatus":"dispatched"}"#);
-    let mut body = Vec::with_capacity(head.len() + id.len() + tail.len());
-    body.extend_from_slice(head);
-    body.extend_from_slice(id.as_bytes());
-    body.extend_from_slice(tail);
-    let mut response = Response::new(Bytes::from(body));
+    // The id's digits are written once, into the body, and the header is cut from there; the
+    // length is one of twenty: no value of the receipt costs an allocation of its own.
+    let mut body = String::with_capacity(HEAD.len() + 20 + TAIL.len());
+    body.push_str(HEAD);
+    write!(body, "{}", event_id.get()).expect("writing to a String does not fail");
+    let digits = HEAD.len()..body.len();
+    body.push_str(TAIL);
+    let length = CONTENT_LENGTHS[digits.len() - 1].clone();
+    let body = Bytes::from(body);
+    let id = HeaderValue::from_maybe_shared(body.slice(digits)).expect("digits are header text");
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    headers.insert(header::CONTENT_LENGTH, length);
     headers.insert(ELEMENTS_EVENT_ID, id);
     response
 }
+
+const HEAD: &str = r#"{"eventId":"#;
+const TAIL: &str = r#","eventStatus":"dispatched"}"#;
+
+/// The receipt's length for ids of 1 to 20 digits.
+const CONTENT_LENGTHS: [HeaderValue; 20] = {
+    const fn length(text: &'static str) -> HeaderValue {
+        HeaderValue::from_static(text)
+    }
+    [
+        length("40"),
+        length("41"),
+        length("42"),
+        length("43"),
+        length("44"),
+        length("45"),
+        length("46"),
+        length("47"),
+        length("48"),
+        length("49"),
+        length("50"),
+        length("51"),
+        length("52"),
+        length("53"),
+        length("54"),
+        length("55"),
+        length("56"),
+        length("57"),
+        length("58"),
+        length("59"),
+    ]
+};
 
 #[cfg(test)]
 mod tests {
@@ -39,6 +77,24 @@ mod tests {
             response.body(),
             r#"{"eventId":18446744073709551615,"eventStatus":"dispatched"}"#
         );
+    }
+
+    #[test]
+    fn the_length_is_the_body_s_for_every_number_of_digits() {
+        // The smallest and the largest id of each number of digits, 1 to 20.
+        for digits in 1..=20u32 {
+            let smallest = 10u64.pow(digits - 1);
+            let largest = 10u64.checked_pow(digits).map_or(u64::MAX, |n| n - 1);
+            for id in [smallest, largest] {
+                let response = receipt(StatusCode::ACCEPTED, EventId::new(id));
+                assert_eq!(
+                    response.headers()[header::CONTENT_LENGTH],
+                    response.body().len().to_string(),
+                    "{id}"
+                );
+                assert_eq!(response.headers()[ELEMENTS_EVENT_ID], id.to_string());
+            }
+        }
     }
 
     #[test]

@@ -15,10 +15,11 @@ use std::fmt;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use http::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 
-use crate::header::{ELEMENTS_WEBHOOK_SIGNATURE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP};
+use crate::header::{
+    HeaderText, ELEMENTS_WEBHOOK_SIGNATURE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
+};
 use crate::ids::NotificationId;
 
 pub(crate) type HmacSha256 = Hmac<Sha256>;
@@ -71,46 +72,57 @@ impl Signer {
         }
     }
 
-    /// Adds the signature headers of every configured scheme for one attempt.
+    /// Bytes of header text [`sign`](Self::sign) writes at most.
+    pub(crate) fn text_len(&self) -> usize {
+        let elements = if self.elements.is_some() {
+            ELEMENTS_PREFIX.len() + TAG_BASE64_LEN
+        } else {
+            0
+        };
+        // Two decimal u64s (id, timestamp) and "v1," and a tag per secret, a space between.
+        let standard = match self.standard.len() {
+            0 => 0,
+            n => 2 * 20 + n * (3 + TAG_BASE64_LEN + 1) - 1,
+        };
+        elements + standard
+    }
+
+    /// Writes the signature headers of every configured scheme for one attempt.
     pub(crate) fn sign(
         &self,
-        headers: &mut HeaderMap,
+        headers: &mut HeaderText,
         notification_id: NotificationId,
         timestamp: u64,
         body: &[u8],
     ) {
         if let Some(key) = &self.elements {
-            headers.insert(ELEMENTS_WEBHOOK_SIGNATURE, elements_signature(key, body));
+            let mut mac = key.clone();
+            mac.update(body);
+            let text = headers.text();
+            text.push_str(ELEMENTS_PREFIX);
+            STANDARD.encode_string(mac.finalize().into_bytes(), text);
+            headers.end(ELEMENTS_WEBHOOK_SIGNATURE);
         }
         if !self.standard.is_empty() {
-            let id = notification_id.to_string();
-            let timestamp = timestamp.to_string();
-            // Exactly "v1," and 44 base64 characters per secret, a space between: a string with
-            // no room to spare becomes the header's bytes without another allocation.
-            let mut value = String::with_capacity(48 * self.standard.len() - 1);
-            for key in &self.standard {
-                if !value.is_empty() {
-                    value.push(' ');
+            let id = headers.decimal(WEBHOOK_ID, notification_id.get());
+            let timestamp = headers.decimal(WEBHOOK_TIMESTAMP, timestamp);
+            for (i, key) in self.standard.iter().enumerate() {
+                let tag = standard_mac(
+                    key,
+                    headers.get(id.clone()),
+                    headers.get(timestamp.clone()),
+                    body,
+                );
+                let text = headers.text();
+                if i > 0 {
+                    text.push(' ');
                 }
-                value.push_str("v1,");
-                STANDARD.encode_string(standard_mac(key, &id, &timestamp, body), &mut value);
+                text.push_str("v1,");
+                STANDARD.encode_string(tag, text);
             }
-            debug_assert_eq!(value.len(), value.capacity());
-            headers.insert(WEBHOOK_ID, header_value(id));
-            headers.insert(WEBHOOK_TIMESTAMP, header_value(timestamp));
-            headers.insert(WEBHOOK_SIGNATURE, header_value(value));
+            headers.end(WEBHOOK_SIGNATURE);
         }
     }
-}
-
-pub(crate) fn elements_signature(key: &HmacSha256, body: &[u8]) -> HeaderValue {
-    let mut mac = key.clone();
-    mac.update(body);
-    let mut value = String::with_capacity(ELEMENTS_PREFIX.len() + TAG_BASE64_LEN);
-    value.push_str(ELEMENTS_PREFIX);
-    STANDARD.encode_string(mac.finalize().into_bytes(), &mut value);
-    debug_assert_eq!(value.len(), value.capacity());
-    header_value(value)
 }
 
 pub(crate) const ELEMENTS_PREFIX: &str = "sha256=";
@@ -144,14 +156,36 @@ pub(crate) fn standard_update(mac: &mut HmacSha256, id: &str, timestamp: &str, b
     mac.update(body);
 }
 
-fn header_value(text: String) -> HeaderValue {
-    HeaderValue::try_from(text).expect("base64, digits and ASCII punctuation are valid header text")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
     use serde_json::Value;
+
+    /// The headers `signer` writes for one attempt, and checks it wrote no more than it said.
+    pub(super) fn signed(
+        signer: &Signer,
+        notification_id: u64,
+        timestamp: u64,
+        body: &[u8],
+    ) -> HeaderMap {
+        let mut text = HeaderText::with_capacity(signer.text_len());
+        signer.sign(
+            &mut text,
+            NotificationId::new(notification_id),
+            timestamp,
+            body,
+        );
+        let mut headers = HeaderMap::new();
+        text.insert_into(&mut headers);
+        let written: usize = headers.values().map(|value| value.len()).sum();
+        assert!(
+            written <= signer.text_len(),
+            "{written} > {}",
+            signer.text_len()
+        );
+        headers
+    }
 
     fn vectors() -> Value {
         serde_json::from_str(include_str!("../tests/data/signatures.json")).unwrap()
@@ -165,13 +199,7 @@ mod tests {
             .unwrap()
         {
             let signer = Signer::new(Some(case["key"].as_str().unwrap().as_bytes()), &[]);
-            let mut headers = HeaderMap::new();
-            signer.sign(
-                &mut headers,
-                NotificationId::new(1),
-                0,
-                case["body"].as_str().unwrap().as_bytes(),
-            );
+            let headers = signed(&signer, 1, 0, case["body"].as_str().unwrap().as_bytes());
             assert_eq!(
                 headers[ELEMENTS_WEBHOOK_SIGNATURE],
                 case["expected"].as_str().unwrap()
@@ -232,9 +260,8 @@ mod tests {
         let secret = decode_whsec(case["secret"].as_str().unwrap()).unwrap();
         let other = decode_whsec("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let signer = Signer::new(Some(b"event-signature-key"), &[secret, other]);
-        let mut headers = HeaderMap::new();
         let body = case["body"].as_str().unwrap().as_bytes();
-        signer.sign(&mut headers, NotificationId::new(1084), 1_764_000_000, body);
+        let headers = signed(&signer, 1084, 1_764_000_000, body);
         assert_eq!(headers[WEBHOOK_ID], "1084");
         assert_eq!(headers[WEBHOOK_TIMESTAMP], "1764000000");
         let signatures = headers[WEBHOOK_SIGNATURE].to_str().unwrap();
@@ -283,8 +310,7 @@ mod properties {
             flip: usize,
         ) {
             let signer = Signer::new(Some(&key), std::slice::from_ref(&secret));
-            let mut headers = HeaderMap::new();
-            signer.sign(&mut headers, NotificationId::new(id), u64::from(timestamp), &body);
+            let headers = super::tests::signed(&signer, id, u64::from(timestamp), &body);
             let elements = ElementsVerifier::new(&key);
             let whsec = format!("whsec_{}", STANDARD.encode(&secret));
             let standard = StandardWebhooksVerifier::new(&whsec).unwrap();

@@ -78,11 +78,12 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle connections to one scheme and authority. An exchange holds its `Host` from checkout
-/// to release, so putting the connection back does not look the authority up a second time.
-#[derive(Default)]
+/// The idle connections to one scheme and authority, and the `Host` header every request to it
+/// carries (written once, not once per request). An exchange holds its `Host` from checkout to
+/// release, so putting the connection back does not look the authority up a second time.
 struct Host {
     idle: Mutex<VecDeque<Idle>>,
+    header: HeaderValue,
 }
 
 /// The hosts of one pool.
@@ -115,6 +116,19 @@ impl Lease {
 }
 
 impl Host {
+    fn new(key: &Key) -> Self {
+        // The authority without any user information: `host[:port]`. Every byte an authority
+        // may hold is header text.
+        let authority = key.authority.as_str();
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        Self {
+            idle: Mutex::default(),
+            header: HeaderValue::from_str(host).expect("an authority is header text"),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, VecDeque<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -153,7 +167,7 @@ impl Connections {
         if let Some(host) = hosts.get(key) {
             return host.clone();
         }
-        let host = Arc::new(Host::default());
+        let host = Arc::new(Host::new(key));
         hosts.insert(key.clone(), host.clone());
         host
     }
@@ -211,6 +225,9 @@ where
     ) -> Result<(Response<Incoming>, Lease), SinkError> {
         let key = prepare(&mut request)?;
         let host = self.connections.host(&key);
+        if !request.headers().contains_key(HOST) {
+            request.headers_mut().insert(HOST, host.header.clone());
+        }
         // Started with the first host, so hosts that never connect are swept away too.
         self.start_sweeper();
         while let Some(mut sender) = host.checkout() {
@@ -297,7 +314,7 @@ async fn sweep(pool: Weak<Connections>) {
 }
 
 /// Checks the target, and turns the request into what goes on an HTTP/1.1 connection: the
-/// request-target in origin form and a `Host` header.
+/// request-target in origin form; where it goes.
 fn prepare(request: &mut Request<Full<Bytes>>) -> Result<Key, SinkError> {
     let uri = request.uri();
     let https = match uri.scheme_str() {
@@ -308,16 +325,6 @@ fn prepare(request: &mut Request<Full<Bytes>>) -> Result<Key, SinkError> {
     let Some(authority) = uri.authority().cloned() else {
         return Err(unsupported(uri));
     };
-    if !request.headers().contains_key(HOST) {
-        // The authority without any user information: `host[:port]`.
-        let host = authority
-            .as_str()
-            .rsplit_once('@')
-            .map_or(authority.as_str(), |(_, host)| host);
-        let host = HeaderValue::from_str(host)
-            .map_err(|error| SinkError::new(SinkErrorKind::Protocol, error))?;
-        request.headers_mut().insert(HOST, host);
-    }
     let origin = match request.uri().path_and_query() {
         Some(path) if path.as_str() != "/" => {
             let mut parts = http::uri::Parts::default();
@@ -364,15 +371,16 @@ mod tests {
         assert!(!key.https);
         assert_eq!(key.authority, "receiver.example:8080");
         assert_eq!(request.uri(), "/hooks/in?tenant=7");
-        assert_eq!(request.headers()[HOST], "Receiver.example:8080");
+        assert_eq!(Host::new(&key).header, "Receiver.example:8080");
     }
 
     #[test]
     fn a_bare_authority_gets_a_slash_and_user_information_stays_out_of_host() {
         let (request, key) = prepared("https://user:secret@receiver.example");
-        assert!(key.unwrap().https);
+        let key = key.unwrap();
+        assert!(key.https);
         assert_eq!(request.uri(), "/");
-        assert_eq!(request.headers()[HOST], "receiver.example");
+        assert_eq!(Host::new(&key).header, "receiver.example");
     }
 
     #[test]
