@@ -292,19 +292,14 @@ impl Outcome {
                 object.end();
             }
         }
-        // The notification may wait hours for delivery: it keeps little more than it needs. A
-        // few spare bytes are kept rather than moved: `Bytes::from` then gives them a shared
-        // header at once, which the first copy of the notification (the store's, the
-        // attempt's) would otherwise allocate.
-        if out.capacity() - out.len() > MAX_SPARE {
-            out.shrink_to_fit();
-        }
+        // The notification may wait hours for delivery: keep exactly what it needs. (A `Vec`
+        // with room to spare would make `Bytes::from` allocate its shared header at once, which
+        // the first copy of the notification allocates anyway; but held by a million waiting
+        // notifications, the spare room costs more than one allocation saves.)
+        out.shrink_to_fit();
         Bytes::from(out)
     }
 }
-
-/// Most bytes a notification's buffer keeps beyond its JSON.
-const MAX_SPARE: usize = 256;
 
 fn response_value<'a>(
     content_type: Option<&HeaderValue>,
