@@ -13,7 +13,10 @@
 //! installed) in processes of their own, started with generated configurations and stopped at
 //! the end. Each round measures, one after the other: the upstream directly, through the proxy,
 //! through nginx (sync: requests/s and p50/p99 latency), then async requests through the proxy
-//! (callbacks delivered/s during the window). The table shows the median round of each.
+//! (callbacks delivered/s during the window). The table shows the median round of each, with the
+//! CPU time the proxy and nginx (master and workers) spent per request in that round (Linux
+//! `schedstat` of all their threads), which does not depend on how the machine's cores were
+//! shared between them, the upstream and the load client.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -172,6 +175,29 @@ struct Figures {
     per_second: f64,
     p50: Duration,
     p99: Duration,
+    /// CPU time of the process in front of the upstream per answer, in microseconds.
+    cpu_per_request: Option<f64>,
+}
+
+/// CPU time so far, in nanoseconds, of every thread of `pid` and of its child processes
+/// (nginx's workers), from `/proc/<pid>/task/<tid>/schedstat`.
+fn cpu_ns(pid: u32) -> u64 {
+    let mut pids = vec![pid];
+    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+        pids.extend(
+            children
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids.iter()
+        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
 }
 
 /// `concurrency` connections sending for `duration`: requests/s and latencies (answers other
@@ -181,7 +207,9 @@ async fn load(
     url: &str,
     asynchronous: bool,
     options: &Options,
+    process: Option<u32>,
 ) -> (Figures, u64) {
+    let cpu_before = process.map(cpu_ns);
     let expected = if asynchronous {
         StatusCode::ACCEPTED
     } else {
@@ -230,6 +258,9 @@ async fn load(
         failures += failed;
     }
     let elapsed = start.elapsed();
+    let cpu_per_request = process
+        .zip(cpu_before)
+        .map(|(pid, before)| (cpu_ns(pid) - before) as f64 / 1e3 / latencies.len().max(1) as f64);
     latencies.sort_unstable();
     let at = |q: f64| {
         latencies
@@ -242,6 +273,7 @@ async fn load(
             per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
             p50: at(0.5),
             p99: at(0.99),
+            cpu_per_request,
         },
         failures,
     )
@@ -250,6 +282,11 @@ async fn load(
 fn median(mut values: Vec<Figures>) -> Figures {
     values.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
     values[values.len() / 2]
+}
+
+/// `"12.3 µs CPU per request, "`, or nothing when not measured.
+fn cpu(per: Option<f64>, what: &str) -> String {
+    per.map_or_else(String::new, |us| format!("{us:.1} µs CPU per {what}, "))
 }
 
 fn ms(duration: Duration) -> String {
@@ -286,7 +323,7 @@ fn main() {
         };
         (bind(upstream).await, bind(receiver).await)
     });
-    let (_proxy, proxy_port) = start_proxy(upstream, receiver);
+    let (proxy, proxy_port) = start_proxy(upstream, receiver);
     let nginx = start_nginx(upstream);
     if nginx.is_none() {
         println!("nginx: not installed (Debian package `nginx`), so the nginx column is skipped");
@@ -303,12 +340,22 @@ fn main() {
             .pool_max_idle_per_host(options.concurrency)
             .build(connector)
     });
-    let targets: Vec<(&str, String)> = [
-        Some(("direct", format!("http://{upstream}/work"))),
-        Some(("proxy", format!("http://127.0.0.1:{proxy_port}/work"))),
-        nginx
-            .as_ref()
-            .map(|(_, port, _)| ("nginx", format!("http://127.0.0.1:{port}/work"))),
+    // Each target's URL and the process in front of the upstream (the upstream itself runs in
+    // this one).
+    let targets: Vec<(&str, String, Option<u32>)> = [
+        Some(("direct", format!("http://{upstream}/work"), None)),
+        Some((
+            "proxy",
+            format!("http://127.0.0.1:{proxy_port}/work"),
+            Some(proxy.0.id()),
+        )),
+        nginx.as_ref().map(|(process, port, _)| {
+            (
+                "nginx",
+                format!("http://127.0.0.1:{port}/work"),
+                Some(process.0.id()),
+            )
+        }),
     ]
     .into_iter()
     .flatten()
@@ -322,57 +369,67 @@ fn main() {
     let mut sync: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
     let mut asynchronous = Vec::new();
     client_runtime.block_on(async {
-        for (_, url) in &targets {
+        for (_, url, _) in &targets {
             // Warm-up: connections open, caches warm.
             let warm = Options {
                 duration: Duration::from_millis(500),
                 ..options
             };
-            load(&client, url, false, &warm).await;
+            load(&client, url, false, &warm, None).await;
         }
         for round in 1..=options.rounds {
-            for (index, (name, url)) in targets.iter().enumerate() {
-                let (figures, failures) = load(&client, url, false, &options).await;
+            for (index, (name, url, process)) in targets.iter().enumerate() {
+                let (figures, failures) = load(&client, url, false, &options, *process).await;
                 println!(
-                    "round {round}: {name:6} sync {:>8.0} req/s, p50 {}, p99 {}, {failures} failures",
+                    "round {round}: {name:6} sync {:>8.0} req/s, p50 {}, p99 {}, {}{failures} failures",
                     figures.per_second,
                     ms(figures.p50),
-                    ms(figures.p99)
+                    ms(figures.p99),
+                    cpu(figures.cpu_per_request, "request"),
                 );
                 sync[index].push(figures);
             }
             let before = callbacks.load(Ordering::Relaxed);
             let window = Instant::now();
-            let (receipts, failures) = load(&client, &targets[1].1, true, &options).await;
+            let proxy_cpu = cpu_ns(proxy.0.id());
+            let (receipts, failures) = load(&client, &targets[1].1, true, &options, None).await;
             let delivered = callbacks.load(Ordering::Relaxed) - before;
             let callbacks_per_second = delivered as f64 / window.elapsed().as_secs_f64();
+            // The callbacks still on their way when the window closes are counted with their
+            // CPU: the window is measured up to here, both on the same clock.
+            let per_event =
+                (cpu_ns(proxy.0.id()) - proxy_cpu) as f64 / 1e3 / delivered.max(1) as f64;
             println!(
-                "round {round}: proxy  async {:>8.0} receipts/s, {callbacks_per_second:.0} callbacks/s, {failures} failures",
-                receipts.per_second
+                "round {round}: proxy  async {:>8.0} receipts/s, {callbacks_per_second:.0} callbacks/s, {}{failures} failures",
+                receipts.per_second,
+                cpu(Some(per_event), "event"),
             );
-            asynchronous.push((callbacks_per_second, receipts));
+            asynchronous.push((callbacks_per_second, per_event));
             // Let the last callbacks land before the next round.
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
     let medians: Vec<Figures> = sync.into_iter().map(median).collect();
     asynchronous.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let (callbacks_per_second, _) = asynchronous[asynchronous.len() / 2];
+    let (callbacks_per_second, per_event) = asynchronous[asynchronous.len() / 2];
     println!();
-    println!("| target | sync requests/s | p50 | p99 | ÷ proxy |");
-    println!("|---|---|---|---|---|");
+    println!("| target | sync requests/s | p50 | p99 | ÷ proxy | CPU per request |");
+    println!("|---|---|---|---|---|---|");
     let proxy_rate = medians[1].per_second;
-    for ((name, _), figures) in targets.iter().zip(&medians) {
+    for ((name, _, _), figures) in targets.iter().zip(&medians) {
         println!(
-            "| {name} | {:.0} | {} | {} | {:.2} |",
+            "| {name} | {:.0} | {} | {} | {:.2} | {} |",
             figures.per_second,
             ms(figures.p50),
             ms(figures.p99),
-            figures.per_second / proxy_rate
+            figures.per_second / proxy_rate,
+            figures
+                .cpu_per_request
+                .map_or_else(|| "-".to_owned(), |us| format!("{us:.1} µs")),
         );
     }
     println!(
-        "| proxy, async | {callbacks_per_second:.0} callbacks delivered/s | | | {:.2} |",
+        "| proxy, async | {callbacks_per_second:.0} callbacks delivered/s | | | {:.2} | {per_event:.1} µs per event |",
         callbacks_per_second / proxy_rate
     );
     if let Some((process, _, dir)) = nginx {

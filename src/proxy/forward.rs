@@ -2,6 +2,7 @@
 //! the hop-by-hop headers removed (RFC 9110 §7.6.1), the `Forwarded` / `X-Forwarded-*` headers
 //! added (RFC 7239), the layer's own headers kept to this hop.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -64,13 +65,15 @@ impl Base {
     /// The upstream URL of a request for `path_and_query`: the base's path, then the request's
     /// path and query exactly as they came (`/api` + `/v1/items?x=1` = `/api/v1/items?x=1`).
     pub(super) fn join(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
-        let requested = path_and_query.map_or("/", PathAndQuery::as_str);
-        let joined = if self.prefix.is_empty() {
-            PathAndQuery::try_from(requested)
-        } else {
-            PathAndQuery::try_from(format!("{}{requested}", self.prefix))
-        }
-        .expect("a valid path after a valid prefix is valid");
+        let joined = match path_and_query {
+            // At the root, the request's own (a shared reference to what it was parsed from).
+            Some(path) if self.prefix.is_empty() => path.clone(),
+            _ => {
+                let requested = path_and_query.map_or("/", PathAndQuery::as_str);
+                PathAndQuery::try_from(format!("{}{requested}", self.prefix))
+                    .expect("a valid path after a valid prefix is valid")
+            }
+        };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -96,61 +99,97 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Adds this hop to `Forwarded` and `X-Forwarded-For` (kept from earlier hops, as a chain) and
 /// sets `X-Forwarded-Proto` and `X-Forwarded-Host` (the client's view: `Host` as it came).
-pub(super) fn add_forwarded(headers: &mut HeaderMap, peer: Option<SocketAddr>, proto: &str) {
+///
+/// Every request through the proxy pays for this: each new value is written once, into a buffer
+/// of exactly its size, and the host is shared with `Host` rather than copied.
+pub(super) fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: Option<SocketAddr>,
+    proto: &'static str,
+) {
     let host = headers
         .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .map(str::to_owned);
-    let node = match peer {
-        // RFC 7239 §6: an IPv6 address is quoted and bracketed.
-        Some(SocketAddr::V6(peer)) => format!("\"[{}]\"", peer.ip()),
-        Some(SocketAddr::V4(peer)) => peer.ip().to_string(),
-        None => "unknown".to_owned(),
+        .filter(|host| host.to_str().is_ok())
+        .cloned();
+    // The peer's address as text: at most 39 characters (IPv6), on the stack.
+    let mut ip = [0u8; 48];
+    let ip_len = peer.map_or(0, |peer| {
+        let mut cursor = std::io::Cursor::new(&mut ip[..]);
+        write!(cursor, "{}", peer.ip()).expect("an IP address fits in 48 bytes");
+        cursor.position() as usize
+    });
+    let ip = &ip[..ip_len];
+    // RFC 7239 §6: an IPv6 address is quoted and bracketed.
+    let node: [&[u8]; 3] = match peer {
+        Some(SocketAddr::V6(_)) => [b"\"[", ip, b"]\""],
+        Some(SocketAddr::V4(_)) => [b"", ip, b""],
+        None => [b"", b"unknown", b""],
     };
-    let mut forwarded = format!("for={node};proto={proto}");
-    if let Some(host) = host.as_deref().filter(|host| is_token_or_quotable(host)) {
-        forwarded.push_str(&format!(";host=\"{host}\""));
-    }
+    let quotable_host = host
+        .as_ref()
+        .map(HeaderValue::as_bytes)
+        .filter(|host| is_token_or_quotable(host));
+    let forwarded = [
+        &b"for="[..],
+        node[0],
+        node[1],
+        node[2],
+        b";proto=",
+        proto.as_bytes(),
+        if quotable_host.is_some() {
+            b";host=\""
+        } else {
+            b""
+        },
+        quotable_host.unwrap_or_default(),
+        if quotable_host.is_some() { b"\"" } else { b"" },
+    ];
     append(headers, header::FORWARDED, &forwarded);
-    if let Some(peer) = peer {
-        append(
-            headers,
-            HeaderName::from_static("x-forwarded-for"),
-            &peer.ip().to_string(),
-        );
+    if peer.is_some() {
+        append(headers, HeaderName::from_static("x-forwarded-for"), &[ip]);
     }
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_str(proto).expect("a scheme is a valid header value"),
+        HeaderValue::from_static(proto),
     );
     if let Some(host) = host {
-        if let Ok(value) = HeaderValue::from_str(&host) {
-            headers.insert(HeaderName::from_static("x-forwarded-host"), value);
-        }
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
     }
 }
 
 /// A host a quoted string can carry as it is (no quote or backslash to escape).
-fn is_token_or_quotable(host: &str) -> bool {
+fn is_token_or_quotable(host: &[u8]) -> bool {
     !host.is_empty()
         && host
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
 }
 
-/// Appends `value` to the comma-separated list `name` already holds (all its lines joined).
-fn append(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let earlier: Vec<&str> = headers
-        .get_all(&name)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .collect();
-    let joined = if earlier.is_empty() {
-        value.to_owned()
-    } else {
-        format!("{}, {value}", earlier.join(", "))
+/// Appends the value made of `parts` to the comma-separated list `name` already holds (all its
+/// lines joined; lines that are not visible ASCII are dropped, as before this hop).
+fn append(headers: &mut HeaderMap, name: HeaderName, parts: &[&[u8]]) {
+    const SEPARATOR: &[u8] = b", ";
+    let earlier = || {
+        headers
+            .get_all(&name)
+            .iter()
+            .filter(|value| value.to_str().is_ok())
     };
-    if let Ok(joined) = HeaderValue::from_str(&joined) {
+    let size = earlier()
+        .map(|value| value.len() + SEPARATOR.len())
+        .sum::<usize>()
+        + parts.iter().map(|part| part.len()).sum::<usize>();
+    let mut joined = Vec::with_capacity(size);
+    for value in earlier() {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(SEPARATOR);
+    }
+    for part in parts {
+        joined.extend_from_slice(part);
+    }
+    // Exactly its size: the buffer becomes the value's without another allocation.
+    debug_assert_eq!(joined.len(), joined.capacity());
+    if let Ok(joined) = HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)) {
         headers.insert(name, joined);
     }
 }
@@ -244,5 +283,26 @@ mod tests {
         add_forwarded(&mut headers, Some("[::1]:80".parse().unwrap()), "http");
         assert_eq!(headers[header::FORWARDED], "for=\"[::1]\";proto=http");
         assert_eq!(headers["x-forwarded-for"], "::1");
+    }
+
+    #[test]
+    fn an_unknown_peer_and_a_host_no_quoted_string_can_carry() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, "we\"ird".parse().unwrap());
+        headers.append(header::FORWARDED, "for=a".parse().unwrap());
+        headers.append(
+            header::FORWARDED,
+            HeaderValue::from_bytes(b"for=\xff").unwrap(),
+        );
+        headers.append(header::FORWARDED, "for=b".parse().unwrap());
+        add_forwarded(&mut headers, None, "http");
+        assert_eq!(
+            headers[header::FORWARDED],
+            "for=a, for=b, for=unknown;proto=http",
+            "no host parameter, and a line that is not visible ASCII is dropped"
+        );
+        assert!(!headers.contains_key("x-forwarded-for"));
+        assert_eq!(headers["x-forwarded-host"], "we\"ird");
+        assert_eq!(headers.get_all(header::FORWARDED).iter().count(), 1);
     }
 }

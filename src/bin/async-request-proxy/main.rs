@@ -18,14 +18,19 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Request};
 use axum::Router;
 use clap::{Parser, ValueEnum};
-use tower::{ServiceBuilder, ServiceExt};
+use http::{Request, Response};
+use http_body_util::Either;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_async_request::admin::Admin;
-use tower_async_request::proxy::{PeerAddr, Upstream};
+use tower_async_request::proxy::{PeerAddr, ProxyBody, Upstream, UpstreamError};
 use tower_async_request::store::{PostgresStore, RedbStore};
+use tower_async_request::ResponseBody;
 use tower_async_request::{AsyncRequestLayer, AsyncRequestLayerBuilder};
 
 const ENV_SIGNING_KEY: &str = "ASYNC_REQUEST_PROXY_SIGNING_KEY";
@@ -271,20 +276,6 @@ async fn run(args: Args) -> ExitCode {
     };
 
     let service = ServiceBuilder::new().layer(layer).service(setup.upstream);
-    let front = tower::service_fn(move |mut request: Request| {
-        let service = service.clone();
-        async move {
-            if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
-                let peer = *peer;
-                request.extensions_mut().insert(PeerAddr(peer));
-            }
-            Ok::<_, Infallible>(match service.oneshot(request).await {
-                Ok(response) => response.map(Body::new),
-                Err(error) => error.into_response().map(Body::new),
-            })
-        }
-    });
-    let app = Router::new().fallback_service(front);
 
     if let (Some(listener), Some(prometheus)) = (admin_listener, prometheus) {
         let admin = Router::new()
@@ -310,15 +301,7 @@ async fn run(args: Args) -> ExitCode {
         "async-request-proxy: listening on http://{address}, forwarding to {}",
         args.upstream
     );
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_signal())
-    .await;
-    if let Err(error) = served {
-        return fail(1, &format!("serving stopped: {error}"));
-    }
+    serve(listener, service).await;
     let report = handle.shutdown(args.drain_timeout).await;
     println!(
         "async-request-proxy: shutdown report: drained={} jobs_finished={} delivered={} dead={} jobs_left={} notifications_left={} persisted={}",
@@ -334,6 +317,65 @@ async fn run(args: Args) -> ExitCode {
 }
 
 /// SIGTERM or SIGINT.
+/// Serves `service` on every connection `listener` accepts until SIGTERM or SIGINT, then stops
+/// accepting and waits for the connections to finish what they started (idle ones close now).
+///
+/// hyper's own HTTP/1.1 connections, each told its peer's address: every request through the
+/// proxy pays for what sits between the socket and the layer, so nothing else does (a router,
+/// a body boxed on the way in and again on the way out).
+async fn serve<S>(listener: tokio::net::TcpListener, service: S)
+where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<ResponseBody<ProxyBody>>,
+            Error = UpstreamError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    let mut stop = std::pin::pin!(stop_signal());
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, say: wait a little rather than spin.
+                    tracing::warn!(%error, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let answer = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(PeerAddr(peer));
+            let service = service.clone();
+            async move {
+                Ok::<_, Infallible>(match service.oneshot(request).await {
+                    Ok(response) => response.map(Either::Left),
+                    Err(error) => error.into_response().map(Either::Right),
+                })
+            }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), answer)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
