@@ -6,6 +6,8 @@ mod common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -356,6 +358,82 @@ async fn an_upgrade_passes_through_and_the_connections_are_joined() {
         .expect("echoed in time")
         .unwrap();
     assert_eq!(&echoed, b"ping over the joined connection");
+}
+
+/// An upstream written by hand: answers every `GET` on a connection with `200 ok` (keep-alive
+/// framing), or closes each connection a moment after its first answer, as an upstream whose
+/// idle timeout is short does; counts the connections.
+async fn counting_upstream(close_after_each: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let end = loop {
+                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    buffer.drain(..end);
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    if close_after_each {
+                        // Once the proxy has put the connection back.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test]
+async fn requests_one_after_another_share_one_upstream_connection() {
+    let (upstream, accepted) = counting_upstream(false).await;
+    let (proxy, _callbacks) = proxy(Upstream::new(&format!("http://{upstream}")).unwrap()).await;
+    for _ in 0..5 {
+        let (status, _, body) = send(
+            Request::get(format!("http://{proxy}/again"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_gives_the_request_to_a_new_one() {
+    let (upstream, accepted) = counting_upstream(true).await;
+    let (proxy, _callbacks) = proxy(Upstream::new(&format!("http://{upstream}")).unwrap()).await;
+    for round in 1..=3 {
+        let (status, _, body) = send(
+            Request::get(format!("http://{proxy}/once"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]), "{round}");
+        // The upstream closes the idle connection before the next request.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
 #[test]

@@ -1,10 +1,13 @@
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+
+use super::connection::{Connection, Connections};
 
 pin_project! {
     /// The body of an [`Upstream`](super::Upstream) answer: the upstream's own, streamed as it
@@ -21,6 +24,12 @@ pin_project! {
     #[derive(Debug)]
     enum Kind {
         Upstream { #[pin] body: Incoming },
+        // The upstream's, on a connection this body drives until its end, then gives back.
+        Driven {
+            #[pin] body: Incoming,
+            connection: Option<Connection>,
+            connections: Arc<Connections>,
+        },
         Own { body: Option<Bytes> },
     }
 }
@@ -29,6 +38,39 @@ impl ProxyBody {
     pub(super) fn upstream(body: Incoming) -> Self {
         Self {
             kind: Kind::Upstream { body },
+        }
+    }
+
+    pub(super) fn driven(
+        body: Incoming,
+        connection: Connection,
+        connections: Arc<Connections>,
+    ) -> Self {
+        let mut this = Self {
+            kind: Kind::Driven {
+                body,
+                connection: Some(connection),
+                connections,
+            },
+        };
+        this.release_at_end();
+        this
+    }
+
+    /// Gives the connection back once nothing more will be read on it (an empty answer ends
+    /// before its first poll).
+    fn release_at_end(&mut self) {
+        if let Kind::Driven {
+            body,
+            connection,
+            connections,
+        } = &mut self.kind
+        {
+            if body.is_end_stream() {
+                if let Some(connection) = connection.take() {
+                    connections.release(connection);
+                }
+            }
         }
     }
 
@@ -49,20 +91,48 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project().kind.project() {
             KindProj::Upstream { body } => body.poll_frame(cx),
+            KindProj::Driven {
+                mut body,
+                connection,
+                connections,
+            } => {
+                if let Some(connection) = connection.as_mut() {
+                    connection.drive(cx);
+                }
+                let polled = body.as_mut().poll_frame(cx);
+                match &polled {
+                    // The last frame: a body that knows its length says so before it is asked
+                    // again (and may not be), so the connection goes back now.
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
+                        if let Some(connection) = connection.take() {
+                            connections.release(connection);
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(connection) = connection.take() {
+                            connections.release(connection);
+                        }
+                    }
+                    // Broken off: the connection closes with this body.
+                    Poll::Ready(Some(Err(_))) => *connection = None,
+                    _ => {}
+                }
+                polled
+            }
             KindProj::Own { body } => Poll::Ready(body.take().map(|data| Ok(Frame::data(data)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Upstream { body } | Kind::Driven { body, .. } => body.is_end_stream(),
             Kind::Own { body } => body.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream { body } => body.size_hint(),
+            Kind::Upstream { body } | Kind::Driven { body, .. } => body.size_hint(),
             Kind::Own { body } => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
         }
     }

@@ -65,7 +65,17 @@ impl Base {
     /// The upstream URL of a request for `path_and_query`: the base's path, then the request's
     /// path and query exactly as they came (`/api` + `/v1/items?x=1` = `/api/v1/items?x=1`).
     pub(super) fn join(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
-        let joined = match path_and_query {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(self.join_path(path_and_query))
+            .build()
+            .expect("parts of valid URIs")
+    }
+
+    /// The upstream path and query of a request for `path_and_query` (see [`Base::join`]).
+    pub(super) fn join_path(&self, path_and_query: Option<&PathAndQuery>) -> PathAndQuery {
+        match path_and_query {
             // At the root, the request's own (a shared reference to what it was parsed from).
             Some(path) if self.prefix.is_empty() => path.clone(),
             _ => {
@@ -73,13 +83,12 @@ impl Base {
                 PathAndQuery::try_from(format!("{}{requested}", self.prefix))
                     .expect("a valid path after a valid prefix is valid")
             }
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(joined)
-            .build()
-            .expect("parts of valid URIs")
+        }
+    }
+
+    /// `host[:port]` of the upstream, for the `Host` of every request sent to it.
+    pub(super) fn authority(&self) -> &http::uri::Authority {
+        &self.authority
     }
 }
 

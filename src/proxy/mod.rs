@@ -20,8 +20,11 @@
 //!   request that asks to upgrade (`400 async_upgrade`).
 //!
 //! - `upstream.rs`: [`Upstream`], its future and [`PeerAddr`].
+//! - `connection.rs`: keep-alive connections to the upstream, each driven by the request using
+//!   it (no task and no channel between a request and its answer).
 //! - `forward.rs`: the upstream URL, hop-by-hop and forwarding headers.
-//! - `body.rs`: [`ProxyBody`], the upstream's body streamed, or the proxy's JSON error.
+//! - `body.rs`: [`ProxyBody`], the upstream's body streamed (driving its connection until the
+//!   end, then giving it back), or the proxy's JSON error.
 //!
 //! # Example
 //!
@@ -43,6 +46,7 @@
 //! ```
 
 mod body;
+mod connection;
 mod forward;
 mod upstream;
 

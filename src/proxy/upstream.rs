@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower_service::Service;
 
 use super::body::ProxyBody;
+use super::connection::Connections;
 use super::forward::{add_forwarded, strip_hop_by_hop, Base};
 use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
 use crate::{BoxError, ConfigError};
@@ -38,6 +39,10 @@ type OutBody = UnsyncBoxBody<Bytes, BoxError>;
 pub struct Upstream {
     base: Arc<Base>,
     client: Client<HttpConnector, OutBody>,
+    /// Connections for everything but upgrades, driven by the requests that use them.
+    connections: Arc<Connections>,
+    /// The upstream's `host[:port]`, the `Host` of every request sent to it.
+    host: HeaderValue,
     timeout: Duration,
     /// The layer's own headers, which end at the proxy.
     local: Arc<[HeaderName]>,
@@ -63,7 +68,17 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
+        let authority = base.authority();
+        let address = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|error| ConfigError::new(format!("upstream {url:?}: {error}")))?;
         Ok(Self {
+            connections: Arc::new(Connections::new(address)),
+            host,
             base: Arc::new(base),
             client,
             timeout: DEFAULT_UPSTREAM_TIMEOUT,
@@ -118,38 +133,40 @@ where
             headers.insert(header::UPGRADE, upgrade);
         }
         add_forwarded(headers, peer, "http");
-        // The client sets `Host` to the upstream's authority; the client's is in
-        // `X-Forwarded-Host`.
+        // `Host` becomes the upstream's authority (set below, or by hyper-util's client for an
+        // upgrade); the client's is in `X-Forwarded-Host`.
         headers.remove(header::HOST);
+        if client_side.is_none() {
+            // Everything but an upgrade: on a connection this request drives itself.
+            parts.headers.insert(header::HOST, self.host.clone());
+            parts.uri = Uri::from(self.base.join_path(parts.uri.path_and_query()));
+            let outgoing = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+            let (connections, timeout) = (self.connections.clone(), self.timeout);
+            return ResponseFuture {
+                inner: Box::pin(async move {
+                    match tokio::time::timeout(timeout, connections.send(outgoing)).await {
+                        Ok(Ok((mut response, connection))) => {
+                            strip_hop_by_hop(response.headers_mut());
+                            Ok(response
+                                .map(|body| ProxyBody::driven(body, connection, connections)))
+                        }
+                        Ok(Err(error)) => Err(unavailable(&*error)),
+                        Err(_) => Err(timed_out(timeout)),
+                    }
+                }),
+            };
+        }
         parts.uri = self.base.join(parts.uri.path_and_query());
         let outgoing = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         let (client, timeout) = (self.client.clone(), self.timeout);
         ResponseFuture {
             inner: Box::pin(async move {
-                let mut response = match tokio::time::timeout(timeout, client.request(outgoing))
-                    .await
-                {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(error)) => {
-                        let cause = std::error::Error::source(&error)
-                            .map_or_else(|| error.to_string(), ToString::to_string);
-                        tracing::warn!(%cause, "the upstream could not be reached");
-                        return Err(UpstreamError {
-                                kind: UpstreamErrorKind::Unavailable,
-                                message: format!(
-                                    "The upstream service could not be reached or broke off its answer: {cause}."
-                                ),
-                            });
-                    }
-                    Err(_) => {
-                        return Err(UpstreamError {
-                            kind: UpstreamErrorKind::Timeout,
-                            message: format!(
-                                "The upstream service did not answer within {timeout:?}."
-                            ),
-                        })
-                    }
-                };
+                let mut response =
+                    match tokio::time::timeout(timeout, client.request(outgoing)).await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(error)) => return Err(unavailable(&error)),
+                        Err(_) => return Err(timed_out(timeout)),
+                    };
                 match (response.status(), client_side) {
                     (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) => {
                         let upstream_side = hyper::upgrade::on(&mut response);
@@ -217,6 +234,28 @@ impl UpstreamError {
     /// The answer for the client: the status and `{"code":"…","message":"…"}`.
     pub fn into_response(self) -> Response<ProxyBody> {
         crate::refusal::json_error(self.status(), self.code(), &self.message).map(ProxyBody::own)
+    }
+}
+
+/// `502 upstream_unavailable`, logged with its cause.
+fn unavailable(error: &(dyn std::error::Error + 'static)) -> UpstreamError {
+    let cause = error
+        .source()
+        .map_or_else(|| error.to_string(), ToString::to_string);
+    tracing::warn!(%cause, "the upstream could not be reached");
+    UpstreamError {
+        kind: UpstreamErrorKind::Unavailable,
+        message: format!(
+            "The upstream service could not be reached or broke off its answer: {cause}."
+        ),
+    }
+}
+
+/// `504 upstream_timeout`.
+fn timed_out(timeout: Duration) -> UpstreamError {
+    UpstreamError {
+        kind: UpstreamErrorKind::Timeout,
+        message: format!("The upstream service did not answer within {timeout:?}."),
     }
 }
 
