@@ -100,22 +100,22 @@ impl Body for ProxyBody {
                     connection.drive(cx);
                 }
                 let polled = body.as_mut().poll_frame(cx);
-                match &polled {
-                    // The last frame: a body that knows its length says so before it is asked
-                    // again (and may not be), so the connection goes back now.
-                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
-                        if let Some(connection) = connection.take() {
-                            connections.release(connection);
-                        }
-                    }
-                    Poll::Ready(None) => {
-                        if let Some(connection) = connection.take() {
-                            connections.release(connection);
-                        }
-                    }
+                let ended = match &polled {
+                    // A body that knows its length says it ended with its last frame, before
+                    // it is asked again (and it may not be): the connection goes back now.
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    Poll::Ready(None) => true,
                     // Broken off: the connection closes with this body.
-                    Poll::Ready(Some(Err(_))) => *connection = None,
-                    _ => {}
+                    Poll::Ready(Some(Err(_))) => {
+                        *connection = None;
+                        false
+                    }
+                    Poll::Pending => false,
+                };
+                if ended {
+                    if let Some(connection) = connection.take() {
+                        connections.release(connection);
+                    }
                 }
                 polled
             }
