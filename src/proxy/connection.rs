@@ -4,6 +4,7 @@
 //! tasks. An idle connection is polled by nobody; one the upstream closed meanwhile gives the
 //! unsent request back and the next is tried.
 
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -27,8 +28,8 @@ type Driver = http1::Connection<TokioIo<TcpStream>, OutBody>;
 /// Most idle connections kept.
 const MAX_IDLE: usize = 256;
 
-/// How long an idle connection is kept (an upstream that closed it meanwhile is found out when
-/// it is next used).
+/// How long an idle connection is kept: nothing polls it, so one the upstream closed meanwhile
+/// is found out when it is next used, and dropped (which closes our side) once this has passed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The idle connections to one upstream.
@@ -36,7 +37,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub(super) struct Connections {
     /// `host:port`, to connect to.
     address: String,
-    idle: Mutex<Vec<(Connection, Instant)>>,
+    /// Oldest first, each with when it was put back.
+    idle: Mutex<VecDeque<(Connection, Instant)>>,
+    idle_timeout: Duration,
 }
 
 /// One connection: the handle requests are sent on, and the connection itself, which must be
@@ -72,26 +75,37 @@ impl Connections {
     pub(super) fn new(address: String) -> Self {
         Self {
             address,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 
-    /// Keeps `connection` for the next request, if it can carry one.
+    /// Keeps `connection` for the next request, if it can carry one; drops those idle for too
+    /// long (the oldest are first).
     pub(super) fn release(&self, connection: Connection) {
-        if connection.usable() {
+        let now = Instant::now();
+        let expired = {
             let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-            if idle.len() < MAX_IDLE {
-                idle.push((connection, Instant::now()));
+            let fresh = idle
+                .iter()
+                .position(|(_, since)| now.duration_since(*since) < self.idle_timeout)
+                .unwrap_or(idle.len());
+            let expired: Vec<_> = idle.drain(..fresh).collect();
+            if connection.usable() && idle.len() < MAX_IDLE {
+                idle.push_back((connection, now));
             }
-        }
+            expired
+        };
+        // Closed outside the lock.
+        drop(expired);
     }
 
+    /// The most recently used idle connection that is still usable.
     fn checkout(&self) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        // The most recently used first: the oldest ones age out.
         let now = Instant::now();
-        while let Some((connection, since)) = idle.pop() {
-            if connection.usable() && now.duration_since(since) < IDLE_TIMEOUT {
+        while let Some((connection, since)) = idle.pop_back() {
+            if connection.usable() && now.duration_since(since) < self.idle_timeout {
                 return Some(connection);
             }
         }
@@ -149,5 +163,80 @@ impl Connections {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body::Body as _;
+    use http_body_util::{BodyExt, Empty};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An upstream that answers `200` with an empty body to every request on a connection.
+    async fn upstream() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    loop {
+                        while let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buffer.drain(..at + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        address
+    }
+
+    /// One request on `connections`; the connection goes back when the (empty) answer ends.
+    async fn exchange(connections: &Arc<Connections>) {
+        let request = Request::get("/")
+            .header(http::header::HOST, "upstream")
+            .body(Empty::new().map_err(Into::into).boxed_unsync())
+            .unwrap();
+        let (response, connection) = connections.send(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert!(response.body().is_end_stream());
+        connections.release(connection);
+    }
+
+    fn idle(connections: &Connections) -> usize {
+        connections.idle.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn connections_idle_past_the_timeout_are_dropped_when_another_comes_back() {
+        let mut connections = Connections::new(upstream().await);
+        connections.idle_timeout = Duration::from_millis(200);
+        let connections = Arc::new(connections);
+        // Three at once: three connections, all kept.
+        tokio::join!(
+            exchange(&connections),
+            exchange(&connections),
+            exchange(&connections)
+        );
+        assert_eq!(idle(&connections), 3);
+        // The most recent one is used again while it is fresh; the two below it are not.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        exchange(&connections).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        exchange(&connections).await;
+        // By now the two unused ones are past the timeout: putting the other back dropped them.
+        assert_eq!(idle(&connections), 1);
     }
 }
