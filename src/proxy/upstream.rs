@@ -38,6 +38,8 @@ type OutBody = UnsyncBoxBody<Bytes, BoxError>;
 #[derive(Clone)]
 pub struct Upstream {
     base: Arc<Base>,
+    /// For upgrades (a WebSocket) only: hyper-util's client hands over both connections once the
+    /// upstream says `101`.
     client: Client<HttpConnector, OutBody>,
     /// Connections for everything but upgrades, driven by the requests that use them.
     connections: Arc<Connections>,
