@@ -247,7 +247,9 @@ where
                 },
             }
         }
-        let mut sender = self.connect(&key).await?;
+        // Boxed: connecting (resolving, TLS) takes far more state than sending on a kept
+        // connection, and most callbacks find one; the future every attempt allocates stays small.
+        let mut sender = Box::pin(self.connect(&key)).await?;
         let response = sender
             .send_request(request)
             .await
