@@ -6,6 +6,7 @@
 //! not a lookup by name. That is also why the recorder must be installed before the layer is
 //! built: handles registered before it are no-ops.
 
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram};
@@ -39,6 +40,19 @@ pub(crate) struct Facade {
     attempts: [Counter; AttemptResult::ALL.len()],
     receipt_seconds: Histogram,
     delivery_seconds: Histogram,
+    /// Attempts by receiver host, registered on a host's first attempt with each result: a
+    /// lookup by name (and two allocations) per attempt otherwise.
+    by_host: Mutex<Vec<ByHost>>,
+}
+
+/// Most hosts whose handles one instance keeps (its callback URL's, and earlier ones after the
+/// URL changed); attempts to more are counted without keeping their handles.
+const MAX_HOSTS: usize = 16;
+
+#[derive(Debug)]
+struct ByHost {
+    host: Box<str>,
+    attempts: [Option<Counter>; AttemptResult::ALL.len()],
 }
 
 impl Facade {
@@ -59,6 +73,7 @@ impl Facade {
             }),
             receipt_seconds: metrics::histogram!(RECEIPT_SECONDS, "instance" => instance.clone()),
             delivery_seconds: metrics::histogram!(DELIVERY_SECONDS, "instance" => instance.clone()),
+            by_host: Mutex::new(Vec::new()),
         }
     }
 
@@ -100,10 +115,25 @@ impl Facade {
         self.attempts[result as usize].increment(1);
         // Only hosts the operator configured (an instance's callback URL): a label taken from
         // request headers would let clients grow the metric without bound.
-        if let Some(host) = host {
-            metrics::counter!(ATTEMPTS_BY_HOST, "host" => host.to_owned(), "result" => result.as_str())
-                .increment(1);
-        }
+        let Some(host) = host else {
+            return;
+        };
+        let register = || metrics::counter!(ATTEMPTS_BY_HOST, "host" => host.to_owned(), "result" => result.as_str());
+        let mut hosts = self.by_host.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = match hosts.iter().position(|known| *known.host == *host) {
+            Some(index) => &mut hosts[index],
+            None if hosts.len() < MAX_HOSTS => {
+                hosts.push(ByHost {
+                    host: host.into(),
+                    attempts: Default::default(),
+                });
+                hosts.last_mut().expect("just pushed")
+            }
+            None => return register().increment(1),
+        };
+        known.attempts[result as usize]
+            .get_or_insert_with(register)
+            .increment(1);
     }
 
     pub(crate) fn receipt_ready(&self, took: Duration) {
@@ -175,4 +205,97 @@ fn describe() {
         Unit::Seconds,
         "Time from an event's acceptance to its notification's delivery."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use metrics::{Key, KeyName, Metadata, Recorder, SharedString, Unit};
+
+    use super::*;
+
+    /// Counts by-host registrations, and what each by-host counter was incremented by.
+    #[derive(Default)]
+    struct ByHostRecorder {
+        registered: Mutex<Vec<(String, Arc<AtomicU64>)>>,
+    }
+
+    impl Recorder for ByHostRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            if key.name() != ATTEMPTS_BY_HOST {
+                return Counter::noop();
+            }
+            let labels: Vec<String> = key
+                .labels()
+                .map(|label| format!("{}={}", label.key(), label.value()))
+                .collect();
+            let count = Arc::new(AtomicU64::new(0));
+            self.registered
+                .lock()
+                .unwrap()
+                .push((labels.join(","), count.clone()));
+            Counter::from_arc(count)
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn attempts_by_host_register_each_host_and_result_once() {
+        let recorder = ByHostRecorder::default();
+        metrics::with_local_recorder(&recorder, || {
+            let facade = Facade::new(7);
+            for _ in 0..3 {
+                facade.attempt(AttemptResult::Delivered, Some("a.example"));
+            }
+            facade.attempt(AttemptResult::Rejected, Some("a.example"));
+            facade.attempt(AttemptResult::Delivered, Some("b.example"));
+            facade.attempt(AttemptResult::Delivered, None);
+        });
+        let registered = recorder.registered.lock().unwrap();
+        let counts: Vec<(&str, u64)> = registered
+            .iter()
+            .map(|(labels, count)| (labels.as_str(), count.load(Ordering::Relaxed)))
+            .collect();
+        assert_eq!(
+            counts,
+            [
+                ("host=a.example,result=delivered", 3),
+                ("host=a.example,result=rejected", 1),
+                ("host=b.example,result=delivered", 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn hosts_past_the_limit_are_still_counted() {
+        let recorder = ByHostRecorder::default();
+        metrics::with_local_recorder(&recorder, || {
+            let facade = Facade::new(7);
+            for round in 0..2 {
+                for host in 0..MAX_HOSTS + 2 {
+                    facade.attempt(AttemptResult::Delivered, Some(&format!("h{host}.example")));
+                }
+                let kept = facade.by_host.lock().unwrap().len();
+                assert_eq!(kept, MAX_HOSTS, "round {round}");
+            }
+        });
+        let registered = recorder.registered.lock().unwrap();
+        let total: u64 = registered
+            .iter()
+            .map(|(_, count)| count.load(Ordering::Relaxed))
+            .sum();
+        assert_eq!(total, 2 * (MAX_HOSTS as u64 + 2), "every attempt counted");
+        // Kept hosts registered once; the two past the limit once per attempt.
+        assert_eq!(registered.len(), MAX_HOSTS + 2 * 2);
+    }
 }
