@@ -37,7 +37,14 @@ type OutBody = UnsyncBoxBody<Bytes, BoxError>;
 /// [module docs](super). Cheap to clone (clones share the connection pool).
 #[derive(Clone)]
 pub struct Upstream {
-    base: Arc<Base>,
+    /// Behind one `Arc`: a clone per request (as a server makes) costs one count, not five.
+    shared: Arc<Shared>,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+struct Shared {
+    base: Base,
     /// For upgrades (a WebSocket) only: hyper-util's client hands over both connections once the
     /// upstream says `101`.
     client: Client<HttpConnector, OutBody>,
@@ -45,15 +52,14 @@ pub struct Upstream {
     connections: Arc<Connections>,
     /// The upstream's `host[:port]`, the `Host` of every request sent to it.
     host: HeaderValue,
-    timeout: Duration,
     /// The layer's own headers, which end at the proxy.
-    local: Arc<[HeaderName]>,
+    local: [HeaderName; 2],
 }
 
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
-            .field("base", &self.base)
+            .field("base", &self.shared.base)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -79,12 +85,14 @@ impl Upstream {
         let host = HeaderValue::from_str(authority.as_str())
             .map_err(|error| ConfigError::new(format!("upstream {url:?}: {error}")))?;
         Ok(Self {
-            connections: Arc::new(Connections::new(address)),
-            host,
-            base: Arc::new(base),
-            client,
+            shared: Arc::new(Shared {
+                connections: Arc::new(Connections::new(address)),
+                host,
+                base,
+                client,
+                local: [ELEMENTS_ASYNC_REQUEST, ELEMENTS_ASYNC_CALLBACK_URL],
+            }),
             timeout: DEFAULT_UPSTREAM_TIMEOUT,
-            local: Arc::new([ELEMENTS_ASYNC_REQUEST, ELEMENTS_ASYNC_CALLBACK_URL]),
         })
     }
 
@@ -99,7 +107,7 @@ impl Upstream {
     /// The names of the layer's async header and callback-URL header, when the layer in front
     /// was configured with other names than the `Elements-*` defaults: they are not forwarded.
     pub fn async_headers(mut self, async_header: HeaderName, callback_header: HeaderName) -> Self {
-        self.local = Arc::new([async_header, callback_header]);
+        Arc::make_mut(&mut self.shared).local = [async_header, callback_header];
         self
     }
 }
@@ -124,10 +132,11 @@ where
         let upgrade = request.headers().get(header::UPGRADE).cloned();
         let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
+        let shared = &*self.shared;
         let peer = parts.extensions.get::<PeerAddr>().map(|peer| peer.0);
         let headers = &mut parts.headers;
         strip_hop_by_hop(headers);
-        for name in self.local.iter() {
+        for name in &shared.local {
             headers.remove(name);
         }
         if let Some(upgrade) = upgrade {
@@ -140,10 +149,10 @@ where
         headers.remove(header::HOST);
         if client_side.is_none() {
             // Everything but an upgrade: on a connection this request drives itself.
-            parts.headers.insert(header::HOST, self.host.clone());
-            parts.uri = Uri::from(self.base.join_path(parts.uri.path_and_query()));
+            parts.headers.insert(header::HOST, shared.host.clone());
+            parts.uri = Uri::from(shared.base.join_path(parts.uri.path_and_query()));
             let outgoing = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-            let (connections, timeout) = (self.connections.clone(), self.timeout);
+            let (connections, timeout) = (shared.connections.clone(), self.timeout);
             return ResponseFuture {
                 inner: Box::pin(async move {
                     match tokio::time::timeout(timeout, connections.send(outgoing)).await {
@@ -158,9 +167,9 @@ where
                 }),
             };
         }
-        parts.uri = self.base.join(parts.uri.path_and_query());
+        parts.uri = shared.base.join(parts.uri.path_and_query());
         let outgoing = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-        let (client, timeout) = (self.client.clone(), self.timeout);
+        let (client, timeout) = (shared.client.clone(), self.timeout);
         ResponseFuture {
             inner: Box::pin(async move {
                 let mut response =
