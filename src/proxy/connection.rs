@@ -132,7 +132,9 @@ impl Connections {
         loop {
             let (mut connection, reused) = match self.checkout() {
                 Some(connection) => (connection, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting takes more state than sending on a kept connection, which is
+                // the usual case, and every request's future would carry it.
+                None => (Box::pin(self.connect()).await?, false),
             };
             let ready = poll_fn(|cx| {
                 connection.drive(cx);

@@ -19,6 +19,10 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::UPGRADE,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// The upstream's base: scheme, authority and a path prefix every request path is joined to.
 #[derive(Debug, Clone)]
 pub(super) struct Base {
@@ -122,11 +126,16 @@ pub(super) fn add_forwarded(
         .cloned();
     // The peer's address as text: at most 39 characters (IPv6), on the stack.
     let mut ip = [0u8; 48];
-    let ip_len = peer.map_or(0, |peer| {
-        let mut cursor = std::io::Cursor::new(&mut ip[..]);
-        write!(cursor, "{}", peer.ip()).expect("an IP address fits in 48 bytes");
-        cursor.position() as usize
-    });
+    let ip_len = match peer {
+        // The usual case, without the formatting machinery (a fifth of this function's time).
+        Some(SocketAddr::V4(peer)) => write_ipv4(peer.ip().octets(), &mut ip),
+        Some(peer) => {
+            let mut cursor = std::io::Cursor::new(&mut ip[..]);
+            write!(cursor, "{}", peer.ip()).expect("an IP address fits in 48 bytes");
+            cursor.position() as usize
+        }
+        None => 0,
+    };
     let ip = &ip[..ip_len];
     // RFC 7239 §6: an IPv6 address is quoted and bracketed.
     let node: [&[u8]; 3] = match peer {
@@ -155,15 +164,34 @@ pub(super) fn add_forwarded(
     ];
     append(headers, header::FORWARDED, &forwarded);
     if peer.is_some() {
-        append(headers, HeaderName::from_static("x-forwarded-for"), &[ip]);
+        append(headers, X_FORWARDED_FOR, &[ip]);
     }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(proto),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
+}
+
+/// Writes `a.b.c.d` into `out`; how many bytes that took (7 to 15).
+fn write_ipv4(octets: [u8; 4], out: &mut [u8]) -> usize {
+    let mut at = 0;
+    for (i, octet) in octets.into_iter().enumerate() {
+        if i > 0 {
+            out[at] = b'.';
+            at += 1;
+        }
+        if octet >= 100 {
+            out[at] = b'0' + octet / 100;
+            at += 1;
+        }
+        if octet >= 10 {
+            out[at] = b'0' + octet / 10 % 10;
+            at += 1;
+        }
+        out[at] = b'0' + octet % 10;
+        at += 1;
+    }
+    at
 }
 
 /// A host a quoted string can carry as it is (no quote or backslash to escape).
@@ -206,6 +234,20 @@ fn append(headers: &mut HeaderMap, name: HeaderName, parts: &[&[u8]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_addresses_are_written_as_std_writes_them() {
+        let mut out = [0u8; 15];
+        let edges = [0u8, 1, 9, 10, 42, 99, 100, 101, 199, 200, 255];
+        for a in edges {
+            for b in edges {
+                let octets = [a, b, 255 - a, b.wrapping_mul(7)];
+                let len = write_ipv4(octets, &mut out);
+                let expected = std::net::Ipv4Addr::from(octets).to_string();
+                assert_eq!(std::str::from_utf8(&out[..len]).unwrap(), expected);
+            }
+        }
+    }
 
     fn base(url: &str) -> Base {
         Base::parse(url).unwrap()
