@@ -118,7 +118,7 @@ impl Facade {
         let Some(host) = host else {
             return;
         };
-        let register = || metrics::counter!(ATTEMPTS_BY_HOST, "host" => host.to_owned(), "result" => result.as_str());
+        let register = || attempts_by_host(host, result);
         let mut hosts = self.by_host.lock().unwrap_or_else(PoisonError::into_inner);
         let known = match hosts.iter().position(|known| *known.host == *host) {
             Some(index) => &mut hosts[index],
@@ -143,6 +143,11 @@ impl Facade {
     pub(crate) fn delivered_after(&self, since_accepted: Duration) {
         self.delivery_seconds.record(since_accepted.as_secs_f64());
     }
+}
+
+/// The handle counting attempts to `host` that ended in `result`.
+fn attempts_by_host(host: &str, result: AttemptResult) -> Counter {
+    metrics::counter!(ATTEMPTS_BY_HOST, "host" => host.to_owned(), "result" => result.as_str())
 }
 
 /// An async request was refused with `code`.
