@@ -24,6 +24,8 @@ use crate::AsyncRequestLayer;
 
 /// Default limit on the request body of an async request (2 MiB, as axum's default body limit).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+/// Default time an async request's whole body may take to arrive (60 seconds).
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default limit on the inner response body carried in a notification (1 MiB).
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Default time a finished event stays readable through the status endpoint (24 hours).
@@ -49,6 +51,7 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// | [`callback_url_header`](Self::callback_url_header) | `Elements-Async-Callback-Url` |
 /// | [`receipt_status`](Self::receipt_status) | `202 Accepted` |
 /// | [`max_request_bytes`](Self::max_request_bytes) | [`DEFAULT_MAX_REQUEST_BYTES`] (2 MiB) |
+/// | [`request_body_timeout`](Self::request_body_timeout) | [`DEFAULT_REQUEST_BODY_TIMEOUT`] (60 s) |
 /// | [`max_response_bytes`](Self::max_response_bytes) | [`DEFAULT_MAX_RESPONSE_BYTES`] (1 MiB) |
 /// | [`retry_schedule`](Self::retry_schedule) | [`DEFAULT_RETRY_SCHEDULE`](crate::retry::DEFAULT_RETRY_SCHEDULE): 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ±20 % |
 /// | [`attempt_timeout`](Self::attempt_timeout) | [`DEFAULT_ATTEMPT_TIMEOUT`] (15 s) |
@@ -69,6 +72,7 @@ pub struct AsyncRequestLayerBuilder {
     store: Option<(Arc<dyn EventStore>, &'static str)>,
     retry_schedule: Vec<Duration>,
     attempt_timeout: Duration,
+    request_body_timeout: Duration,
     max_in_flight: usize,
     job_timeout: Option<Duration>,
     on_dead_letter: Option<DeadLetterHook>,
@@ -106,6 +110,7 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
             .field("store", &self.store.as_ref().map(|(_, name)| name))
             .field("retry_schedule", &self.retry_schedule)
             .field("attempt_timeout", &self.attempt_timeout)
+            .field("request_body_timeout", &self.request_body_timeout)
             .field("max_in_flight", &self.max_in_flight)
             .field("job_timeout", &self.job_timeout)
             .field("status_endpoint", &self.status_endpoint)
@@ -134,6 +139,7 @@ impl Default for AsyncRequestLayerBuilder {
             store: None,
             retry_schedule: DeliveryPolicy::default().schedule,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             job_timeout: Some(DEFAULT_JOB_TIMEOUT),
             on_dead_letter: None,
@@ -244,6 +250,16 @@ impl AsyncRequestLayerBuilder {
         self
     }
 
+    /// How long an async request's body may take to arrive in full. The layer reads it before
+    /// answering, holding a place among [`max_in_flight`](Self::max_in_flight) meanwhile, so a
+    /// client that sends it slowly, or stops, is refused with `408 request_body_timeout` once
+    /// this has passed, and nothing is recorded. Synchronous bodies stream to the inner service
+    /// untouched.
+    pub fn request_body_timeout(mut self, timeout: Duration) -> Self {
+        self.request_body_timeout = timeout;
+        self
+    }
+
     /// The most unfinished events at once — jobs running plus notifications not yet delivered
     /// or dead. At the bound, async requests get `503` with `Retry-After`, code `overloaded`;
     /// synchronous requests are never limited.
@@ -350,9 +366,12 @@ impl AsyncRequestLayerBuilder {
                 self.max_in_flight
             )));
         }
-        if self.attempt_timeout.is_zero() || self.job_timeout.is_some_and(|t| t.is_zero()) {
+        if self.attempt_timeout.is_zero()
+            || self.request_body_timeout.is_zero()
+            || self.job_timeout.is_some_and(|t| t.is_zero())
+        {
             return Err(ConfigError::new(
-                "attempt_timeout and job_timeout must be longer than zero",
+                "attempt_timeout, request_body_timeout and job_timeout must be longer than zero",
             ));
         }
         if self.async_header == self.callback_header {
@@ -438,6 +457,7 @@ impl AsyncRequestLayerBuilder {
             shares: Shares::default(),
             url_policy,
             max_request_bytes: self.max_request_bytes,
+            request_body_timeout: self.request_body_timeout,
             max_response_bytes: self.max_response_bytes,
             job_timeout: self.job_timeout,
             status,
@@ -571,6 +591,10 @@ mod tests {
         );
         assert!(
             error(AsyncRequestLayer::builder().job_timeout(Duration::ZERO)).contains("job_timeout")
+        );
+        assert!(
+            error(AsyncRequestLayer::builder().request_body_timeout(Duration::ZERO))
+                .contains("request_body_timeout")
         );
         assert!(
             error(AsyncRequestLayer::builder().allow_callback_network("10.0.0.0/40"))

@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) shares: Shares,
     pub(crate) url_policy: UrlPolicy,
     pub(crate) max_request_bytes: usize,
+    pub(crate) request_body_timeout: Duration,
     pub(crate) max_response_bytes: usize,
     pub(crate) job_timeout: Option<Duration>,
     pub(crate) status: Option<StatusEndpoint>,
@@ -49,6 +50,7 @@ impl fmt::Debug for Config {
             .field("instances", &self.instances)
             .field("url_policy", &self.url_policy)
             .field("max_request_bytes", &self.max_request_bytes)
+            .field("request_body_timeout", &self.request_body_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("job_timeout", &self.job_timeout)
             .field("status", &self.status)

@@ -77,12 +77,27 @@ where
         Ok(target) => target,
         Err(refusal) => return refusal.respond(accepted.grpc),
     };
-    let (data, trailers) = match read_to_end(body, config.max_request_bytes).await {
-        Ok(read) => read,
-        Err(error) if job::is_length_limit(&*error) => {
+    // A timer only when the body is not already in: `timeout` polls the read first.
+    let read = tokio::time::timeout(
+        config.request_body_timeout,
+        read_to_end(body, config.max_request_bytes),
+    );
+    let (data, trailers) = match read.await {
+        Err(_elapsed) => {
+            return Refusal::new(
+                RefusalCode::RequestBodyTimeout,
+                format!(
+                    "The request body did not arrive in full within {:?}.",
+                    config.request_body_timeout
+                ),
+            )
+            .respond(accepted.grpc)
+        }
+        Ok(Ok(read)) => read,
+        Ok(Err(error)) if job::is_length_limit(&*error) => {
             return request_too_large(config.max_request_bytes).respond(accepted.grpc)
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             return Refusal::new(
                 RefusalCode::RequestBodyError,
                 format!("The request body could not be read: {error}."),

@@ -77,13 +77,14 @@ pub(crate) fn receipt(event_id: EventId) -> Response<OwnBody> {
 /// A refusal as a trailers-only gRPC error.
 pub(crate) fn refusal(refusal: Refusal) -> Response<OwnBody> {
     let code = match refusal.code {
-        RefusalCode::RequestTooLarge => 8, // RESOURCE_EXHAUSTED
+        RefusalCode::RequestTooLarge => 8,    // RESOURCE_EXHAUSTED
+        RefusalCode::RequestBodyTimeout => 4, // DEADLINE_EXCEEDED
         RefusalCode::Overloaded
         | RefusalCode::ShuttingDown
         | RefusalCode::StoreUnavailable
         | RefusalCode::InstanceUnavailable => 14, // UNAVAILABLE
-        RefusalCode::UnknownInstance => 16, // UNAUTHENTICATED
-        _ => 3,                            // INVALID_ARGUMENT
+        RefusalCode::UnknownInstance => 16,   // UNAUTHENTICATED
+        _ => 3,                               // INVALID_ARGUMENT
     };
     let mut response = Response::new(OwnBody::new(Bytes::new(), None));
     *response.status_mut() = StatusCode::OK;

@@ -86,6 +86,7 @@
 //! | callback URL not absolute `http(s)`, over 2048 bytes, with credentials | `400`, `invalid_callback_url` |
 //! | callback URL names a non-public address (unless allowed) | `400`, `forbidden_callback_url` |
 //! | request body over `max_request_bytes` | `413`, `request_too_large` |
+//! | request body not in within `request_body_timeout` | `408`, `request_body_timeout` |
 //! | `max_in_flight` unfinished events already | `503` + `Retry-After`, `overloaded` |
 //! | shutting down | `503`, `shutting_down` |
 //! | the store could not record the event | `503`, `store_unavailable` |
@@ -161,7 +162,7 @@ pub use self::address::IpNetwork;
 pub use self::body::{RequestBody, ResponseBody};
 pub use self::builder::{
     AsyncRequestLayerBuilder, ConfigError, DEFAULT_JOB_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_STATUS_RETENTION,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_STATUS_RETENTION,
 };
 pub use self::callback_url::MAX_CALLBACK_URL_BYTES;
 pub use self::future::ResponseFuture;

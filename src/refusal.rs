@@ -25,6 +25,9 @@ pub enum RefusalCode {
     RequestTooLarge,
     /// The request body of an async request could not be read. `400`.
     RequestBodyError,
+    /// The request body of an async request did not arrive in full within
+    /// `request_body_timeout`. `408`.
+    RequestBodyTimeout,
     /// The layer already holds its maximum of unfinished events. `503` with `Retry-After`.
     Overloaded,
     /// The layer is shutting down and takes no new async work. `503`.
@@ -51,6 +54,7 @@ impl RefusalCode {
             Self::ForbiddenCallbackUrl => "forbidden_callback_url",
             Self::RequestTooLarge => "request_too_large",
             Self::RequestBodyError => "request_body_error",
+            Self::RequestBodyTimeout => "request_body_timeout",
             Self::Overloaded => "overloaded",
             Self::ShuttingDown => "shutting_down",
             Self::StoreUnavailable => "store_unavailable",
@@ -64,6 +68,7 @@ impl RefusalCode {
     pub fn status(self) -> StatusCode {
         match self {
             Self::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded
             | Self::ShuttingDown
             | Self::StoreUnavailable

@@ -725,6 +725,36 @@ async fn async_request_body_over_max_request_bytes_is_request_too_large() {
 }
 
 #[tokio::test]
+async fn async_request_body_that_stops_arriving_is_request_body_timeout_and_frees_its_place() {
+    let mut fixture = fixture(|b| {
+        b.default_callback_url(DEFAULT_CALLBACK)
+            .request_body_timeout(Duration::from_millis(300))
+            .max_in_flight(1)
+    });
+    // A first part, then nothing: the client holds its connection open and sends no more.
+    let (sender, stalled) = ChannelBody::new();
+    sender
+        .send(Bytes::from_static(b"{\"part\":"))
+        .await
+        .unwrap();
+    let request = post_work(&[(ASYNC_HEADER, value("true"))], Body::new(stalled));
+    assert_refused(
+        &fixture,
+        request,
+        StatusCode::REQUEST_TIMEOUT,
+        "request_body_timeout",
+    )
+    .await;
+    drop(sender);
+    // The refused request held the only place among `max_in_flight` while its body was awaited;
+    // it is free again.
+    let request = post_work(&[(ASYNC_HEADER, value("true"))], "{}");
+    assert_accepted(&fixture.app, &mut fixture.callbacks, request).await;
+    assert_eq!(count(&fixture.calls), 1);
+    assert_eq!(fixture.handle.metrics().accepted, 1);
+}
+
+#[tokio::test]
 async fn streamed_async_request_body_over_max_request_bytes_is_request_too_large() {
     // No length announced: the limit must hold while reading.
     let mut fixture = fixture(|b| {

@@ -18,10 +18,10 @@ use common::recv_callback;
 use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_async_request::proxy::{PeerAddr, Upstream};
 use tower_async_request::sink::{CallbackReceiver, ChannelSink};
@@ -75,34 +75,13 @@ async fn echo(headers: HeaderMap, body: Bytes) -> (HeaderMap, Bytes) {
     (answer, body)
 }
 
-/// Takes over the connection (`Upgrade: echo`) and echoes every byte.
-async fn upgrade(mut request: AxumRequest) -> axum::response::Response {
-    let upgraded = hyper::upgrade::on(&mut request);
-    tokio::spawn(async move {
-        let mut io = TokioIo::new(upgraded.await.unwrap());
-        let mut buffer = [0u8; 1024];
-        loop {
-            match io.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => io.write_all(&buffer[..n]).await.unwrap(),
-            }
-        }
-    });
-    axum::response::Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "echo")
-        .body(Body::empty())
-        .unwrap()
-}
-
 /// The upstream: an API under `/base`.
 async fn upstream() -> SocketAddr {
     serve(
         Router::new()
             .route("/base/inspect", any(inspect))
             .route("/base/echo", post(echo))
-            .route("/base/upgrade", get(upgrade))
+            .route("/base/upgrade", get(common::upgrade::echo))
             .route(
                 "/base/slow",
                 get(|| async {
@@ -325,39 +304,7 @@ async fn an_upgrade_passes_through_and_the_connections_are_joined() {
     let upstream = upstream().await;
     let (proxy, _callbacks) =
         proxy(Upstream::new(&format!("http://{upstream}/base")).unwrap()).await;
-    let mut stream = TcpStream::connect(proxy).await.unwrap();
-    stream
-        .write_all(
-            format!(
-                "GET /upgrade HTTP/1.1\r\nHost: {proxy}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(
-            stream.read(&mut byte).await.unwrap(),
-            1,
-            "the head ended early"
-        );
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(head.contains("upgrade: echo"), "{head}");
-    stream
-        .write_all(b"ping over the joined connection")
-        .await
-        .unwrap();
-    let mut echoed = [0u8; 31];
-    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut echoed))
-        .await
-        .expect("echoed in time")
-        .unwrap();
-    assert_eq!(&echoed, b"ping over the joined connection");
+    common::upgrade::check_echo(proxy, "/upgrade").await;
 }
 
 /// An upstream written by hand: answers every `GET` on a connection with `200 ok` (keep-alive
@@ -440,11 +387,30 @@ async fn a_connection_the_upstream_closed_while_idle_gives_the_request_to_a_new_
 fn upstream_urls_are_checked_when_built() {
     for bad in [
         "nope",
-        "https://api.example.com",
+        "ftp://api.example.com",
         "http://u:p@api.example.com",
     ] {
         let error = Upstream::new(bad).unwrap_err();
         assert!(error.to_string().contains("upstream"), "{error}");
+    }
+    // A private CA for an https upstream: certificates that rustls accepts, or an error.
+    let https = Upstream::new("https://api.example.com/v1").unwrap();
+    let ca = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tls/ca.pem"
+    ))
+    .unwrap();
+    https.clone().ca_certificates_pem(&ca).unwrap();
+    for bad in [
+        &b""[..],
+        b"not a certificate",
+        b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    ] {
+        let error = https.clone().ca_certificates_pem(bad).unwrap_err();
+        assert!(
+            error.to_string().contains("upstream CA certificates"),
+            "{error}"
+        );
     }
     let mut upstream = Upstream::new("http://127.0.0.1:9/api").unwrap();
     // A plain tower service: always ready.

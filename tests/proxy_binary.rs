@@ -2,6 +2,7 @@
 //! and Python's `http.server`), with a real callback receiver.
 #![cfg(feature = "proxy")]
 
+mod common;
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -144,7 +145,8 @@ async fn axum_upstream() -> SocketAddr {
                     "slow"
                 }),
             )
-            .route("/api/hello", get(|| async { "hello" })),
+            .route("/api/hello", get(|| async { "hello" }))
+            .route("/api/upgrade", get(common::upgrade::echo)),
     )
     .await
 }
@@ -176,6 +178,26 @@ fn temp(name: &str) -> PathBuf {
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
+}
+
+/// `python3 <args> PORT --bind 127.0.0.1` in `dir`, once it listens; the process and its port.
+fn python_upstream(dir: &Path, args: &[&str]) -> (Child, u16) {
+    let port = closed_port().port();
+    let python = Command::new("python3")
+        .args(args)
+        .args([&port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 is on every machine");
+    // Until it listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "python's upstream did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (python, port)
 }
 
 fn closed_port() -> SocketAddr {
@@ -275,29 +297,7 @@ async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
     std::fs::create_dir_all(&dir).unwrap();
     let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.join("data.bin"), &content).unwrap();
-    let port = closed_port().port();
-    let mut python = Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 is on every machine");
-    // Until it listens.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "python's http.server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut python, port) = python_upstream(&dir, &["-m", "http.server"]);
     let mut receiver = Receiver::start(Vec::new()).await;
     let proxy = Proxy::start(&[
         "--upstream",
@@ -326,6 +326,13 @@ async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
     let _ = python.kill();
     let _ = python.wait();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_passes_through_the_binary() {
+    let upstream = axum_upstream().await;
+    let proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    common::upgrade::check_echo(proxy.address, "/upgrade").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -497,6 +504,28 @@ fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
             ],
             "default_callback_url",
         ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--header-read-timeout",
+                "0s",
+            ],
+            "--header-read-timeout",
+        ),
+        (
+            vec!["--upstream", "http://127.0.0.1:9", "--max-connections", "0"],
+            "--max-connections",
+        ),
+        (
+            vec![
+                "--upstream",
+                "https://127.0.0.1:9",
+                "--upstream-ca-file",
+                missing.to_str().unwrap(),
+            ],
+            "--upstream-ca-file",
+        ),
         (vec!["--no-such-flag"], "--no-such-flag"),
     ] {
         let output = Command::new(BIN)
@@ -619,4 +648,217 @@ impl http_body::Body for Chunks {
         self.next += 1;
         std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(chunk)))))
     }
+}
+
+/// Reads from `stream` until the peer closes it; what arrived. Fails after `limit`, which is
+/// far longer than anything expected here takes.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    tokio::time::timeout(limit, stream.read_to_end(&mut received))
+        .await
+        .expect("the proxy closes the connection")
+        .expect("reading from the proxy");
+    received
+}
+
+/// One `GET /api/hello` on a kept-alive connection; checks the answer.
+async fn hello(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /api/hello HTTP/1.1\r\nhost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !answer.ends_with(b"hello") {
+        let read = stream.read(&mut chunk).await.unwrap();
+        assert_ne!(read, 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..read]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_or_silent_clients_are_disconnected_after_the_header_read_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = axum_upstream().await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--header-read-timeout",
+        "300ms",
+    ]);
+    let connect = || tokio::net::TcpStream::connect(proxy.address);
+    // Connects and sends nothing.
+    let mut silent = connect().await.unwrap();
+    // Sends half a request head and no more.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /api/hello HTTP/1.1\r\nhost: pro")
+        .await
+        .unwrap();
+    // Is served, then keeps its connection without a next request.
+    let mut idle = connect().await.unwrap();
+    hello(&mut idle).await;
+    for stream in [&mut silent, &mut slow, &mut idle] {
+        let received = read_until_closed(stream, Duration::from_secs(20)).await;
+        assert!(
+            received.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&received)
+        );
+    }
+    // The proxy still serves everyone else.
+    let (status, _, body) = call(
+        Request::get(proxy.url("/api/hello"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_max_connections_a_new_connection_waits_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = axum_upstream().await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--max-connections",
+        "2",
+    ]);
+    let connect = || tokio::net::TcpStream::connect(proxy.address);
+    // Two connections served and kept open: the limit.
+    let mut first = connect().await.unwrap();
+    hello(&mut first).await;
+    let mut second = connect().await.unwrap();
+    hello(&mut second).await;
+    // A third one gets through the kernel's backlog, but the proxy reads nothing from it.
+    let mut third = connect().await.unwrap();
+    third
+        .write_all(b"GET /api/hello HTTP/1.1\r\nhost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let mut chunk = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut chunk)).await;
+    assert!(early.is_err(), "answered over the limit: {early:?}");
+    // One of the two closes: the third is taken in and answered.
+    drop(first);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !answer.ends_with(b"hello") {
+            let read = third.read(&mut chunk).await.unwrap();
+            assert_ne!(read, 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..read]);
+        }
+    })
+    .await
+    .expect("answered once a place was free");
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+    hello(&mut second).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_async_request_whose_body_stops_arriving_is_408_request_body_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--callback-url",
+        &receiver.url(),
+        "--request-body-timeout",
+        "300ms",
+    ]);
+    let mut stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    // 100 bytes announced, 10 sent.
+    stream
+        .write_all(
+            b"POST /api/report HTTP/1.1\r\nhost: proxy\r\nelements-async-request: true\r\n\
+              content-length: 100\r\n\r\n{\"part\":1",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        use tokio::io::AsyncReadExt;
+        while !answer.ends_with(b"}") {
+            let read = stream.read(&mut chunk).await.unwrap();
+            assert_ne!(read, 0, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..read]);
+        }
+    })
+    .await
+    .expect("an answer");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["code"], "request_body_timeout", "{body}");
+    // Nothing was accepted: no callback comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        receiver.hits.try_recv().is_err(),
+        "a refused request was delivered"
+    );
+}
+
+/// Python's file server behind TLS, with the test CA's certificate for 127.0.0.1 (from the
+/// folder `TLS_DIR` stands for); arguments `PORT --bind ADDRESS`, as `http.server`'s.
+const HTTPS_SERVER: &str = r#"
+import http.server, ssl, sys
+port, bind, tls = int(sys.argv[1]), sys.argv[3], "TLS_DIR"
+server = http.server.ThreadingHTTPServer((bind, port), http.server.SimpleHTTPRequestHandler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(tls + "/upstream.pem", tls + "/upstream.key")
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
+    let dir = temp("https-root");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), "over TLS").unwrap();
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
+    let script = HTTPS_SERVER.replace("TLS_DIR", tls);
+    let (mut python, port) = python_upstream(&dir, &["-c", &script]);
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let ca = format!("{tls}/ca.pem");
+    let trusting = Proxy::start(&[
+        "--upstream",
+        &format!("https://127.0.0.1:{port}"),
+        "--upstream-ca-file",
+        &ca,
+        "--callback-url",
+        &receiver.url(),
+    ]);
+    let get = |url: String| Request::get(url).body(Full::default()).unwrap();
+    let (status, _, body) = call(get(trusting.url("/hello.txt"))).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"over TLS"[..]));
+    // The async path's job goes the same way.
+    let request = Request::get(trusting.url("/hello.txt"))
+        .header("Elements-Async-Request", "true")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(call(request).await.0, StatusCode::ACCEPTED);
+    let notification = receiver.next().await.json();
+    assert_eq!(notification["statusCode"], 200, "{notification}");
+    assert_eq!(notification["response"], "over TLS", "{notification}");
+
+    // The bundled roots do not know the test CA: the certificate is refused, nothing is sent.
+    let strict = Proxy::start(&["--upstream", &format!("https://127.0.0.1:{port}")]);
+    let (status, _, body) = call(get(strict.url("/hello.txt"))).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["code"], "upstream_unavailable", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("certificate"),
+        "{body}"
+    );
+    let _ = python.kill();
+    let _ = python.wait();
+    let _ = std::fs::remove_dir_all(dir);
 }

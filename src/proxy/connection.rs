@@ -12,18 +12,41 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use tower_service::Service;
 
 use crate::BoxError;
 
 pub(super) type OutBody = UnsyncBoxBody<Bytes, BoxError>;
 
-type Driver = http1::Connection<TokioIo<TcpStream>, OutBody>;
+/// TCP, and TLS over it for an `https` upstream.
+pub(super) type Connector = HttpsConnector<HttpConnector>;
+
+type Driver = http1::Connection<<Connector as Service<Uri>>::Response, OutBody>;
+
+/// A connector for `http` and `https` upstreams (TLS by rustls), trusting `roots` for the
+/// latter, or the bundled Mozilla roots when `None`.
+pub(super) fn connector(roots: Option<rustls::RootCertStore>) -> Result<Connector, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = match roots {
+        None => HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider)?,
+        Some(roots) => HttpsConnectorBuilder::new().with_tls_config(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        ),
+    };
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    Ok(builder.https_or_http().enable_http1().wrap_connector(tcp))
+}
 
 /// Most idle connections kept.
 const MAX_IDLE: usize = 256;
@@ -35,8 +58,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// The idle connections to one upstream.
 #[derive(Debug)]
 pub(super) struct Connections {
-    /// `host:port`, to connect to.
-    address: String,
+    /// The upstream's scheme and authority, to connect to.
+    origin: Uri,
+    connector: Connector,
     /// Oldest first, each with when it was put back.
     idle: Mutex<VecDeque<(Connection, Instant)>>,
     idle_timeout: Duration,
@@ -72,9 +96,10 @@ impl Connection {
 }
 
 impl Connections {
-    pub(super) fn new(address: String) -> Self {
+    pub(super) fn new(origin: Uri, connector: Connector) -> Self {
         Self {
-            address,
+            origin,
+            connector,
             idle: Mutex::new(VecDeque::new()),
             idle_timeout: IDLE_TIMEOUT,
         }
@@ -113,9 +138,10 @@ impl Connections {
     }
 
     async fn connect(&self) -> Result<Connection, BoxError> {
-        let stream = TcpStream::connect(&self.address).await?;
-        stream.set_nodelay(true)?;
-        let (sender, driver) = http1::handshake(TokioIo::new(stream)).await?;
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(self.origin.clone()).await?;
+        let (sender, driver) = http1::handshake(io).await?;
         Ok(Connection {
             sender,
             driver: Box::pin(driver),
@@ -223,7 +249,8 @@ mod tests {
 
     #[tokio::test]
     async fn connections_idle_past_the_timeout_are_dropped_when_another_comes_back() {
-        let mut connections = Connections::new(upstream().await);
+        let origin = format!("http://{}/", upstream().await).parse().unwrap();
+        let mut connections = Connections::new(origin, connector(None).unwrap());
         connections.idle_timeout = Duration::from_millis(200);
         let connections = Arc::new(connections);
         // Three at once: three connections, all kept.

@@ -33,19 +33,23 @@ pub(super) struct Base {
 }
 
 impl Base {
-    /// `url` must be an absolute `http` URL without a query.
+    /// `url` must be an absolute `http` or `https` URL without a query.
     pub(super) fn parse(url: &str) -> Result<Self, String> {
         let uri: Uri = url
             .parse()
             .map_err(|error| format!("{url:?} is not a URL: {error}"))?;
         match uri.scheme_str() {
-            Some("http") => {}
+            Some("http" | "https") => {}
             Some(other) => {
                 return Err(format!(
-                    "{url:?}: the upstream must be http:// (not {other}://); put TLS in front of the proxy or behind a local hop"
+                    "{url:?}: the upstream must be http:// or https:// (not {other}://)"
                 ))
             }
-            None => return Err(format!("{url:?} is not an absolute URL (http://host:port/…)")),
+            None => {
+                return Err(format!(
+                    "{url:?} is not an absolute URL (http://host:port/…)"
+                ))
+            }
         }
         let authority = uri
             .authority()
@@ -93,6 +97,16 @@ impl Base {
     /// `host[:port]` of the upstream, for the `Host` of every request sent to it.
     pub(super) fn authority(&self) -> &http::uri::Authority {
         &self.authority
+    }
+
+    /// `scheme://authority/`: where connections go.
+    pub(super) fn origin(&self) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("parts of a valid URI")
     }
 }
 
@@ -278,11 +292,20 @@ mod tests {
     }
 
     #[test]
+    fn https_upstreams_keep_their_scheme() {
+        let base = Base::parse("https://up:8443/api").unwrap();
+        assert_eq!(base.origin(), "https://up:8443/");
+        assert_eq!(
+            base.join(Some(&"/a?b".parse().unwrap())),
+            "https://up:8443/api/a?b"
+        );
+    }
+
+    #[test]
     fn upstream_urls_are_checked() {
         for bad in [
             "up:8000",
             "/relative",
-            "https://up",
             "ftp://up/",
             "http://user:pw@up/",
             "http://up/?q=1",

@@ -9,6 +9,8 @@
 //! - `Forwarded` and `X-Forwarded-For` gain this hop (the client's address from [`PeerAddr`]),
 //!   `X-Forwarded-Proto` and `X-Forwarded-Host` say what the client asked for; `Host` becomes
 //!   the upstream's.
+//! - An `https://` upstream is reached over TLS (rustls), its certificate checked against the
+//!   bundled Mozilla roots or, for a private CA, [`Upstream::ca_certificates_pem`].
 //! - The request's path and query are appended to the upstream's base path exactly as sent
 //!   (`http://api:8000/v2` + `/items?x=1` = `http://api:8000/v2/items?x=1`).
 //! - Upstream unreachable: an [`UpstreamError`], which

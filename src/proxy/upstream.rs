@@ -12,13 +12,12 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tower_service::Service;
 
 use super::body::ProxyBody;
-use super::connection::Connections;
+use super::connection::{connector, Connections, Connector};
 use super::forward::{add_forwarded, strip_hop_by_hop, Base};
 use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
 use crate::{BoxError, ConfigError};
@@ -47,7 +46,7 @@ struct Shared {
     base: Base,
     /// For upgrades (a WebSocket) only: hyper-util's client hands over both connections once the
     /// upstream says `101`.
-    client: Client<HttpConnector, OutBody>,
+    client: Client<Connector, OutBody>,
     /// Connections for everything but upgrades, driven by the requests that use them.
     connections: Arc<Connections>,
     /// The upstream's `host[:port]`, the `Host` of every request sent to it.
@@ -66,27 +65,19 @@ impl fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Forwards to `url`, an absolute `http://` URL whose path (if any) prefixes every request's
-    /// path. Keep-alive connections are pooled.
+    /// Forwards to `url`, an absolute `http://` or `https://` URL whose path (if any) prefixes
+    /// every request's path. Keep-alive connections are pooled. An `https` upstream's
+    /// certificate is checked against the bundled Mozilla roots (see
+    /// [`ca_certificates_pem`](Self::ca_certificates_pem) for a private CA).
     pub fn new(url: &str) -> Result<Self, ConfigError> {
         let base =
             Base::parse(url).map_err(|message| ConfigError::new(format!("upstream {message}")))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        let authority = base.authority();
-        let address = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
-        );
-        let host = HeaderValue::from_str(authority.as_str())
+        let host = HeaderValue::from_str(base.authority().as_str())
             .map_err(|error| ConfigError::new(format!("upstream {url:?}: {error}")))?;
+        let (connections, client) = connect_with(&base, None)?;
         Ok(Self {
             shared: Arc::new(Shared {
-                connections: Arc::new(Connections::new(address)),
+                connections,
                 host,
                 base,
                 client,
@@ -94,6 +85,30 @@ impl Upstream {
             }),
             timeout: DEFAULT_UPSTREAM_TIMEOUT,
         })
+    }
+
+    /// Trusts only the CA certificates in `pem` (one or more `BEGIN CERTIFICATE` blocks) for an
+    /// `https` upstream, instead of the bundled Mozilla roots: for an upstream whose certificate
+    /// a private CA issued. Errors when `pem` holds no certificate or one rustls rejects.
+    pub fn ca_certificates_pem(mut self, pem: &[u8]) -> Result<Self, ConfigError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::CertificateDer;
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            let certificate = certificate
+                .map_err(|error| ConfigError::new(format!("upstream CA certificates: {error}")))?;
+            roots
+                .add(certificate)
+                .map_err(|error| ConfigError::new(format!("upstream CA certificates: {error}")))?;
+        }
+        if roots.is_empty() {
+            return Err(ConfigError::new(
+                "upstream CA certificates: no `BEGIN CERTIFICATE` block",
+            ));
+        }
+        let shared = Arc::make_mut(&mut self.shared);
+        (shared.connections, shared.client) = connect_with(&shared.base, Some(roots))?;
+        Ok(self)
     }
 
     /// How long to wait for the upstream's answer to begin (its status and headers; the body
@@ -110,6 +125,20 @@ impl Upstream {
         Arc::make_mut(&mut self.shared).local = [async_header, callback_header];
         self
     }
+}
+
+/// The connections to `base` (driven by the requests that use them) and the client for upgrades,
+/// both through one connector.
+fn connect_with(
+    base: &Base,
+    roots: Option<rustls::RootCertStore>,
+) -> Result<(Arc<Connections>, Client<Connector, OutBody>), ConfigError> {
+    let connector = connector(roots)
+        .map_err(|error| ConfigError::new(format!("upstream TLS settings: {error}")))?;
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(connector.clone());
+    Ok((Arc::new(Connections::new(base.origin(), connector)), client))
 }
 
 impl<B> Service<Request<B>> for Upstream

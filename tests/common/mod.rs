@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod upgrade;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;

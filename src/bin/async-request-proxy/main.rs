@@ -23,9 +23,10 @@ use clap::{Parser, ValueEnum};
 use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_async_request::admin::Admin;
 use tower_async_request::proxy::{PeerAddr, ProxyBody, Upstream, UpstreamError};
@@ -47,9 +48,13 @@ struct Args {
         default_value = "127.0.0.1:8080"
     )]
     listen: SocketAddr,
-    /// The API to forward to: an http:// URL whose path prefixes every request's.
+    /// The API to forward to: an http:// or https:// URL whose path prefixes every request's.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM")]
     upstream: String,
+    /// For an https:// upstream whose certificate a private CA issued: a PEM file with the CA
+    /// certificates to trust instead of the bundled Mozilla roots.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_CA_FILE")]
+    upstream_ca_file: Option<PathBuf>,
     /// Where events are recorded: memory, redb:PATH or postgres:URL.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_STORE", default_value = "memory", value_parser = parse_store)]
     store: StoreArg,
@@ -76,8 +81,20 @@ struct Args {
     #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_BODY", default_value_t = tower_async_request::DEFAULT_MAX_REQUEST_BYTES)]
     max_body: usize,
     /// How long the upstream may take to begin its answer (e.g. 500ms, 30s, 2m).
-    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     upstream_timeout: Duration,
+    /// How long a client may take to send a request's head, and how long a kept-alive
+    /// connection may wait for its next request; then the connection is closed.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    header_read_timeout: Duration,
+    /// How long an async request's body may take to arrive in full (then `408
+    /// request_body_timeout`).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_REQUEST_BODY_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    request_body_timeout: Duration,
+    /// Most client connections open at once; at the limit, new ones wait in the listen backlog
+    /// until one closes. Each takes a file descriptor: keep it under `ulimit -n`.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// How long a shutdown waits for jobs and callbacks.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -124,6 +141,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number * 60)),
         _ => Err("a number with a unit: 500ms, 30s, 2m".to_owned()),
+    }
+}
+
+/// A duration longer than zero.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("longer than zero: 500ms, 30s, 2m".to_owned()),
+        duration => Ok(duration),
     }
 }
 
@@ -179,11 +204,21 @@ struct Setup {
 }
 
 async fn configure(args: &Args) -> Result<Setup, String> {
-    let upstream = Upstream::new(&args.upstream)
+    let mut upstream = Upstream::new(&args.upstream)
         .map_err(|error| format!("--upstream: {error}"))?
         .timeout(args.upstream_timeout);
+    if let Some(path) = &args.upstream_ca_file {
+        let flag = |error: &dyn std::fmt::Display| {
+            format!("--upstream-ca-file {}: {error}", path.display())
+        };
+        let pem = std::fs::read(path).map_err(|error| flag(&error))?;
+        upstream = upstream
+            .ca_certificates_pem(&pem)
+            .map_err(|error| flag(&error))?;
+    }
     let mut builder = AsyncRequestLayer::builder()
         .max_request_bytes(args.max_body)
+        .request_body_timeout(args.request_body_timeout)
         .allow_private_callbacks(args.allow_private_callbacks);
     if args.admin_listen.is_some() {
         // Operators look delivered events up too, with their attempts.
@@ -301,7 +336,11 @@ async fn run(args: Args) -> ExitCode {
         "async-request-proxy: listening on http://{address}, forwarding to {}",
         args.upstream
     );
-    serve(listener, service).await;
+    let limits = Limits {
+        header_read_timeout: args.header_read_timeout,
+        max_connections: args.max_connections as usize,
+    };
+    serve(listener, service, limits).await;
     let report = handle.shutdown(args.drain_timeout).await;
     println!(
         "async-request-proxy: shutdown report: drained={} jobs_finished={} delivered={} dead={} jobs_left={} notifications_left={} persisted={}",
@@ -316,14 +355,19 @@ async fn run(args: Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGTERM or SIGINT.
+/// What a client connection may take.
+struct Limits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
 /// Serves `service` on every connection `listener` accepts until SIGTERM or SIGINT, then stops
 /// accepting and waits for the connections to finish what they started (idle ones close now).
 ///
 /// hyper's own HTTP/1.1 connections, each told its peer's address: every request through the
 /// proxy pays for what sits between the socket and the layer, so nothing else does (a router,
 /// a body boxed on the way in and again on the way out).
-async fn serve<S>(listener: tokio::net::TcpListener, service: S)
+async fn serve<S>(listener: tokio::net::TcpListener, service: S, limits: Limits)
 where
     S: Service<
             Request<Incoming>,
@@ -334,10 +378,28 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    // hyper's HTTP/1.1 connection itself: no protocol sniffing first, which no timeout covers.
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    // Each connection holds a place until it ends.
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let stopping = CancellationToken::new();
     let mut stop = std::pin::pin!(stop_signal());
+    let mut full = false;
     loop {
+        // At the limit, accept nothing until a connection ends: new ones wait in the backlog.
+        if open.available_permits() == 0 && !full {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                "at --max-connections; new connections wait until one closes"
+            );
+        }
+        full = open.available_permits() == 0;
+        let place = tokio::select! {
+            place = open.clone().acquire_owned() => place.expect("the semaphore is never closed"),
+            () = &mut stop => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -362,18 +424,30 @@ where
                 })
             }
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), answer)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let connection = http
+            .serve_connection(TokioIo::new(stream), answer)
+            .with_upgrades();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let mut connection = std::pin::pin!(connection);
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                () = stopping.cancelled() => {
+                    // Finish the request in progress, if any, then close.
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = ended {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
+            drop(place);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    stopping.cancel();
+    // Every place back: every connection has ended.
+    let _all = open.acquire_many(limits.max_connections as u32).await;
 }
 
 async fn stop_signal() {
