@@ -468,6 +468,26 @@ async fn sigterm_drains_a_pending_delivery_and_exits_0() {
     assert_eq!(receiver.next().await.answered, StatusCode::OK);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_a_synchronous_request_in_progress_finish() {
+    let upstream = axum_upstream().await;
+    let mut proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    // The upstream takes two seconds; SIGTERM comes while it works.
+    let slow = tokio::spawn(call(
+        Request::post(proxy.url("/slow"))
+            .body(Full::default())
+            .unwrap(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal(libc::SIGTERM);
+    let (status, _, body) = slow.await.unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow"[..]));
+    let code = tokio::task::spawn_blocking(move || proxy.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
 #[test]
 fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
     let missing = temp("does-not-exist.toml");

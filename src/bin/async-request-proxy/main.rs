@@ -25,8 +25,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{oneshot, Semaphore};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_async_request::admin::Admin;
 use tower_async_request::proxy::{PeerAddr, ProxyBody, Upstream, UpstreamError};
@@ -384,7 +383,10 @@ where
         .header_read_timeout(limits.header_read_timeout);
     // Each connection holds a place until it ends.
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let stopping = CancellationToken::new();
+    // One sender per connection, to tell it to finish: a channel of its own, which costs a
+    // connection nothing to watch (a token shared by all would be a lock on every poll).
+    let mut stops: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut kept = 64;
     let mut stop = std::pin::pin!(stop_signal());
     let mut full = false;
     loop {
@@ -427,12 +429,19 @@ where
         let connection = http
             .serve_connection(TokioIo::new(stream), answer)
             .with_upgrades();
-        let stopping = stopping.clone();
+        let (stop, stopping) = oneshot::channel();
+        stops.push(stop);
+        if stops.len() >= 2 * kept {
+            // Forget the connections that ended (their receivers are gone).
+            stops.retain(|stop| !stop.is_closed());
+            kept = stops.len().max(64);
+        }
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
+                biased;
                 ended = connection.as_mut() => ended,
-                () = stopping.cancelled() => {
+                _ = stopping => {
                     // Finish the request in progress, if any, then close.
                     connection.as_mut().graceful_shutdown();
                     connection.await
@@ -445,11 +454,14 @@ where
         });
     }
     drop(listener);
-    stopping.cancel();
+    for stop in stops {
+        let _ = stop.send(());
+    }
     // Every place back: every connection has ended.
     let _all = open.acquire_many(limits.max_connections as u32).await;
 }
 
+/// SIGTERM or SIGINT.
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
