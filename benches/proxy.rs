@@ -16,7 +16,8 @@
 //! (callbacks delivered/s during the window). The table shows the median round of each, with the
 //! CPU time the proxy and nginx (master and workers) spent per request in that round (Linux
 //! `schedstat` of all their threads), which does not depend on how the machine's cores were
-//! shared between them, the upstream and the load client.
+//! shared between them, the upstream and the load client, and how much of it was in user space
+//! (the split of their `stat` clock ticks; the rest is the kernel's).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -175,29 +176,80 @@ struct Figures {
     per_second: f64,
     p50: Duration,
     p99: Duration,
-    /// CPU time of the process in front of the upstream per answer, in microseconds.
-    cpu_per_request: Option<f64>,
+    /// CPU time of the process in front of the upstream per answer.
+    cpu_per_request: Option<PerAnswer>,
 }
 
-/// CPU time so far, in nanoseconds, of every thread of `pid` and of its child processes
-/// (nginx's workers), from `/proc/<pid>/task/<tid>/schedstat`.
-fn cpu_ns(pid: u32) -> u64 {
-    let mut pids = vec![pid];
-    if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
-        pids.extend(
-            children
+/// CPU time per answer, in microseconds: in all, and the part of it in user space.
+#[derive(Debug, Clone, Copy)]
+struct PerAnswer {
+    all: f64,
+    user: f64,
+}
+
+/// CPU time so far of every thread of `pid` and of its child processes (nginx's workers).
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    /// Nanoseconds, from `/proc/<pid>/task/<tid>/schedstat`.
+    ns: u64,
+    /// Clock ticks in user space and in the kernel, from `/proc/<pid>/task/<tid>/stat`: coarse,
+    /// used only to split `ns`.
+    user_ticks: u64,
+    system_ticks: u64,
+}
+
+impl Cpu {
+    fn of(pid: u32) -> Self {
+        let mut pids = vec![pid];
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        let mut cpu = Cpu {
+            ns: 0,
+            user_ticks: 0,
+            system_ticks: 0,
+        };
+        let tasks = pids
+            .iter()
+            .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
+            .flatten()
+            .filter_map(|task| task.ok());
+        for task in tasks {
+            let read = |name| std::fs::read_to_string(task.path().join(name)).unwrap_or_default();
+            let schedstat = read("schedstat");
+            cpu.ns += schedstat
                 .split_whitespace()
-                .filter_map(|p| p.parse::<u32>().ok()),
-        );
+                .next()
+                .and_then(|ns| ns.parse::<u64>().ok())
+                .unwrap_or(0);
+            // Fields 14 and 15 (utime, stime), counted after the `(comm)` that may hold spaces.
+            let stat = read("stat");
+            let mut fields = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .skip(11)
+                .map(|field| field.parse::<u64>().unwrap_or(0));
+            cpu.user_ticks += fields.next().unwrap_or(0);
+            cpu.system_ticks += fields.next().unwrap_or(0);
+        }
+        cpu
     }
-    pids.iter()
-        .filter_map(|pid| std::fs::read_dir(format!("/proc/{pid}/task")).ok())
-        .flatten()
-        .filter_map(|task| {
-            let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
-            stat.split_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum()
+
+    /// CPU time per answer since `before`, for `answers` answers.
+    fn per(self, before: Cpu, answers: u64) -> PerAnswer {
+        let all = (self.ns - before.ns) as f64 / 1e3 / answers.max(1) as f64;
+        let user = (self.user_ticks - before.user_ticks) as f64;
+        let ticks = user + (self.system_ticks - before.system_ticks) as f64;
+        PerAnswer {
+            all,
+            user: if ticks > 0.0 { all * user / ticks } else { 0.0 },
+        }
+    }
 }
 
 /// `concurrency` connections sending for `duration`: requests/s and latencies (answers other
@@ -209,7 +261,7 @@ async fn load(
     options: &Options,
     process: Option<u32>,
 ) -> (Figures, u64) {
-    let cpu_before = process.map(cpu_ns);
+    let cpu_before = process.map(Cpu::of);
     let expected = if asynchronous {
         StatusCode::ACCEPTED
     } else {
@@ -260,7 +312,7 @@ async fn load(
     let elapsed = start.elapsed();
     let cpu_per_request = process
         .zip(cpu_before)
-        .map(|(pid, before)| (cpu_ns(pid) - before) as f64 / 1e3 / latencies.len().max(1) as f64);
+        .map(|(pid, before)| Cpu::of(pid).per(before, latencies.len() as u64));
     latencies.sort_unstable();
     let at = |q: f64| {
         latencies
@@ -284,9 +336,14 @@ fn median(mut values: Vec<Figures>) -> Figures {
     values[values.len() / 2]
 }
 
-/// `"12.3 µs CPU per request, "`, or nothing when not measured.
-fn cpu(per: Option<f64>, what: &str) -> String {
-    per.map_or_else(String::new, |us| format!("{us:.1} µs CPU per {what}, "))
+/// `"12.3 µs CPU per request (5.1 in user space), "`, or nothing when not measured.
+fn cpu(per: Option<PerAnswer>, what: &str) -> String {
+    per.map_or_else(String::new, |per| {
+        format!(
+            "{:.1} µs CPU per {what} ({:.1} in user space), ",
+            per.all, per.user
+        )
+    })
 }
 
 fn ms(duration: Duration) -> String {
@@ -391,14 +448,13 @@ fn main() {
             }
             let before = callbacks.load(Ordering::Relaxed);
             let window = Instant::now();
-            let proxy_cpu = cpu_ns(proxy.0.id());
+            let proxy_cpu = Cpu::of(proxy.0.id());
             let (receipts, failures) = load(&client, &targets[1].1, true, &options, None).await;
             let delivered = callbacks.load(Ordering::Relaxed) - before;
             let callbacks_per_second = delivered as f64 / window.elapsed().as_secs_f64();
             // The callbacks still on their way when the window closes are counted with their
             // CPU: the window is measured up to here, both on the same clock.
-            let per_event =
-                (cpu_ns(proxy.0.id()) - proxy_cpu) as f64 / 1e3 / delivered.max(1) as f64;
+            let per_event = Cpu::of(proxy.0.id()).per(proxy_cpu, delivered);
             println!(
                 "round {round}: proxy  async {:>8.0} receipts/s, {callbacks_per_second:.0} callbacks/s, {}{failures} failures",
                 receipts.per_second,
@@ -413,7 +469,9 @@ fn main() {
     asynchronous.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (callbacks_per_second, per_event) = asynchronous[asynchronous.len() / 2];
     println!();
-    println!("| target | sync requests/s | p50 | p99 | ÷ proxy | CPU per request |");
+    println!(
+        "| target | sync requests/s | p50 | p99 | ÷ proxy | CPU per request (in user space) |"
+    );
     println!("|---|---|---|---|---|---|");
     let proxy_rate = medians[1].per_second;
     for ((name, _, _), figures) in targets.iter().zip(&medians) {
@@ -423,14 +481,17 @@ fn main() {
             ms(figures.p50),
             ms(figures.p99),
             figures.per_second / proxy_rate,
-            figures
-                .cpu_per_request
-                .map_or_else(|| "-".to_owned(), |us| format!("{us:.1} µs")),
+            figures.cpu_per_request.map_or_else(
+                || "-".to_owned(),
+                |per| format!("{:.1} µs ({:.1})", per.all, per.user)
+            ),
         );
     }
     println!(
-        "| proxy, async | {callbacks_per_second:.0} callbacks delivered/s | | | {:.2} | {per_event:.1} µs per event |",
-        callbacks_per_second / proxy_rate
+        "| proxy, async | {callbacks_per_second:.0} callbacks delivered/s | | | {:.2} | {:.1} µs per event ({:.1}) |",
+        callbacks_per_second / proxy_rate,
+        per_event.all,
+        per_event.user
     );
     if let Some((process, _, dir)) = nginx {
         drop(process);

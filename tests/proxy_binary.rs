@@ -471,7 +471,12 @@ async fn sigterm_drains_a_pending_delivery_and_exits_0() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_a_synchronous_request_in_progress_finish() {
     let upstream = axum_upstream().await;
-    let mut proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    let mut proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--worker-threads",
+        "1",
+    ]);
     // The upstream takes two seconds; SIGTERM comes while it works.
     let slow = tokio::spawn(call(
         Request::post(proxy.url("/slow"))
@@ -545,6 +550,10 @@ fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
                 missing.to_str().unwrap(),
             ],
             "--upstream-ca-file",
+        ),
+        (
+            vec!["--upstream", "http://127.0.0.1:9", "--worker-threads", "0"],
+            "--worker-threads",
         ),
         (vec!["--no-such-flag"], "--no-such-flag"),
     ] {

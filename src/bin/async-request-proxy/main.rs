@@ -94,6 +94,9 @@ struct Args {
     /// until one closes. Each takes a file descriptor: keep it under `ulimit -n`.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
+    /// Threads serving connections, jobs and callbacks (default: one per CPU core).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    worker_threads: Option<u16>,
     /// How long a shutdown waits for jobs and callbacks.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     drain_timeout: Duration,
@@ -168,10 +171,11 @@ fn main() -> ExitCode {
     // clap prints a bad flag with its usage and exits with 2.
     let args = Args::parse();
     init_logging(args.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(threads.into());
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(1, &format!("no runtime: {error}")),
     };
