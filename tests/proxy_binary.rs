@@ -59,7 +59,10 @@ impl Proxy {
             if let Some(rest) = line.strip_prefix("async-request-proxy: admin on http://") {
                 admin = Some(rest.trim().parse().unwrap());
             }
-            if let Some(rest) = line.strip_prefix("async-request-proxy: listening on http://") {
+            let listening = line
+                .strip_prefix("async-request-proxy: listening on http://")
+                .or_else(|| line.strip_prefix("async-request-proxy: listening on https://"));
+            if let Some(rest) = listening {
                 break rest.split(',').next().unwrap().parse().unwrap();
             }
         };
@@ -146,6 +149,12 @@ async fn axum_upstream() -> SocketAddr {
                 }),
             )
             .route("/api/hello", get(|| async { "hello" }))
+            .route(
+                "/api/proto",
+                get(|headers: http::HeaderMap| async move {
+                    format!("{:?}", headers.get("x-forwarded-proto"))
+                }),
+            )
             .route("/api/upgrade", get(common::upgrade::echo)),
     )
     .await
@@ -555,6 +564,37 @@ fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
             vec!["--upstream", "http://127.0.0.1:9", "--worker-threads", "0"],
             "--worker-threads",
         ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--tls-cert-file",
+                missing.to_str().unwrap(),
+            ],
+            "--tls-key-file",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--tls-cert-file",
+                missing.to_str().unwrap(),
+                "--tls-key-file",
+                missing.to_str().unwrap(),
+            ],
+            "--tls-cert-file",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--tls-cert-file",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls/upstream.pem"),
+                "--tls-key-file",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls/renewed.key"),
+            ],
+            "--tls-key-file",
+        ),
         (vec!["--no-such-flag"], "--no-such-flag"),
     ] {
         let output = Command::new(BIN)
@@ -889,5 +929,118 @@ async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
     );
     let _ = python.kill();
     let _ = python.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
+
+/// A TLS client configuration that trusts only the test CA.
+fn test_ca_client_config() -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in
+        rustls::pki_types::CertificateDer::pem_file_iter(format!("{TLS_DIR}/ca.pem")).unwrap()
+    {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
+/// The certificate `address` presents in a TLS handshake (DER).
+async fn presented_certificate(address: SocketAddr) -> Vec<u8> {
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(test_ca_client_config()));
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+    let tls = connector.connect(name, stream).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn certificate_der(file: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(format!("{TLS_DIR}/{file}"))
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_are_served_over_tls_and_a_sighup_reads_the_certificate_again() {
+    use tokio::io::AsyncReadExt;
+    let upstream = axum_upstream().await;
+    let dir = temp("listener-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(format!("{TLS_DIR}/upstream.pem"), &cert).unwrap();
+    std::fs::copy(format!("{TLS_DIR}/upstream.key"), &key).unwrap();
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--header-read-timeout",
+        "500ms",
+    ]);
+    // A client that trusts the test CA: served, and the upstream hears it came over https.
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(test_ca_client_config())
+        .https_only()
+        .enable_http1()
+        .build();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(https);
+    let url = format!("https://{}/proto", proxy.address);
+    let response = client
+        .request(Request::get(&url).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"Some(\"https\")");
+    assert_eq!(
+        presented_certificate(proxy.address).await,
+        certificate_der("upstream.pem")
+    );
+
+    // Plain HTTP on the TLS port gets no answer; a client that starts no handshake is closed.
+    let mut plain = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET /hello HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), plain.read_to_end(&mut received))
+        .await
+        .expect("closed");
+    assert!(!received.starts_with(b"HTTP/1.1 200"), "{received:?}");
+    let mut silent = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    assert!(read_until_closed(&mut silent, Duration::from_secs(20))
+        .await
+        .is_empty());
+
+    // Renewed files and a SIGHUP: the next handshakes present the new certificate.
+    std::fs::copy(format!("{TLS_DIR}/renewed.pem"), &cert).unwrap();
+    std::fs::copy(format!("{TLS_DIR}/renewed.key"), &key).unwrap();
+    proxy.signal(libc::SIGHUP);
+    let renewed = certificate_der("renewed.pem");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while presented_certificate(proxy.address).await != renewed {
+        assert!(Instant::now() < deadline, "still the old certificate");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A broken file and a SIGHUP: the certificate stays as it was.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    proxy.signal(libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(presented_certificate(proxy.address).await, renewed);
+    let response = client
+        .request(Request::get(&url).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -53,6 +53,8 @@ struct Shared {
     host: HeaderValue,
     /// The layer's own headers, which end at the proxy.
     local: [HeaderName; 2],
+    /// How clients reach the server in front: `proto` of `Forwarded`, `X-Forwarded-Proto`.
+    client_proto: &'static str,
 }
 
 impl fmt::Debug for Upstream {
@@ -82,6 +84,7 @@ impl Upstream {
                 base,
                 client,
                 local: [ELEMENTS_ASYNC_REQUEST, ELEMENTS_ASYNC_CALLBACK_URL],
+                client_proto: "http",
             }),
             timeout: DEFAULT_UPSTREAM_TIMEOUT,
         })
@@ -116,6 +119,13 @@ impl Upstream {
     /// client gets `504 upstream_timeout`.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Whether clients reach the server in front of this service over TLS: then `Forwarded`
+    /// (`proto=`) and `X-Forwarded-Proto` say `https` (default: `http`).
+    pub fn client_tls(mut self, tls: bool) -> Self {
+        Arc::make_mut(&mut self.shared).client_proto = if tls { "https" } else { "http" };
         self
     }
 
@@ -172,7 +182,7 @@ where
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, upgrade);
         }
-        add_forwarded(headers, peer, "http");
+        add_forwarded(headers, peer, shared.client_proto);
         // `Host` becomes the upstream's authority (set below, or by hyper-util's client for an
         // upgrade); the client's is in `X-Forwarded-Host`.
         headers.remove(header::HOST);

@@ -7,9 +7,10 @@
 //! (`ASYNC_REQUEST_PROXY_SIGNING_KEY`, `ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET`), never
 //! from the command line, which `ps` shows. A bad flag or file: one line naming it, exit code 2,
 //! nothing started. SIGTERM or SIGINT: stop accepting, drain, print the shutdown report, exit 0.
-//! SIGHUP: read `--instances` again.
+//! SIGHUP: read `--instances` and the TLS certificate and key again.
 
 mod instances;
+mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{oneshot, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_async_request::admin::Admin;
 use tower_async_request::proxy::{PeerAddr, ProxyBody, Upstream, UpstreamError};
@@ -54,6 +56,21 @@ struct Args {
     /// certificates to trust instead of the bundled Mozilla roots.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_CA_FILE")]
     upstream_ca_file: Option<PathBuf>,
+    /// Serve clients over TLS with this certificate chain (PEM, the server's certificate first);
+    /// with --tls-key-file. Both are read again on SIGHUP.
+    #[arg(
+        long,
+        env = "ASYNC_REQUEST_PROXY_TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM).
+    #[arg(
+        long,
+        env = "ASYNC_REQUEST_PROXY_TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    tls_key_file: Option<PathBuf>,
     /// Where events are recorded: memory, redb:PATH or postgres:URL.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_STORE", default_value = "memory", value_parser = parse_store)]
     store: StoreArg,
@@ -204,12 +221,18 @@ struct Setup {
     builder: AsyncRequestLayerBuilder,
     instances: Option<instances::Instances>,
     upstream: Upstream,
+    certificate: Option<Arc<tls::Certificate>>,
 }
 
 async fn configure(args: &Args) -> Result<Setup, String> {
+    let certificate = match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => Some(tls::Certificate::load(cert, key)?),
+        _ => None,
+    };
     let mut upstream = Upstream::new(&args.upstream)
         .map_err(|error| format!("--upstream: {error}"))?
-        .timeout(args.upstream_timeout);
+        .timeout(args.upstream_timeout)
+        .client_tls(certificate.is_some());
     if let Some(path) = &args.upstream_ca_file {
         let flag = |error: &dyn std::fmt::Display| {
             format!("--upstream-ca-file {}: {error}", path.display())
@@ -280,6 +303,7 @@ async fn configure(args: &Args) -> Result<Setup, String> {
         builder,
         instances,
         upstream,
+        certificate,
     })
 }
 
@@ -327,21 +351,33 @@ async fn run(args: Args) -> ExitCode {
         }
         tokio::spawn(async move { axum::serve(listener, admin).await });
     }
-    if let Some(instances) = setup.instances {
-        tokio::spawn(reload_on_sighup(Arc::new(Mutex::new(instances))));
+    let acceptor = match setup.certificate.as_ref().map(tls::Certificate::acceptor) {
+        Some(Ok(acceptor)) => Some(acceptor),
+        Some(Err(message)) => return fail(2, &message),
+        None => None,
+    };
+    if setup.instances.is_some() || setup.certificate.is_some() {
+        tokio::spawn(reload_on_sighup(
+            setup
+                .instances
+                .map(|instances| Arc::new(Mutex::new(instances))),
+            setup.certificate,
+        ));
     }
 
     let address = listener
         .local_addr()
         .map_or(args.listen.to_string(), |a| a.to_string());
     // On standard output, for people and for scripts that start it on port 0.
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     println!(
-        "async-request-proxy: listening on http://{address}, forwarding to {}",
+        "async-request-proxy: listening on {scheme}://{address}, forwarding to {}",
         args.upstream
     );
     let limits = Limits {
         header_read_timeout: args.header_read_timeout,
         max_connections: args.max_connections as usize,
+        tls: acceptor,
     };
     serve(listener, service, limits).await;
     let report = handle.shutdown(args.drain_timeout).await;
@@ -358,10 +394,12 @@ async fn run(args: Args) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// What a client connection may take.
+/// What a client connection may take, and how it is spoken to.
 struct Limits {
+    /// Also the time a client has to complete a TLS handshake.
     header_read_timeout: Duration,
     max_connections: usize,
+    tls: Option<TlsAcceptor>,
 }
 
 /// Serves `service` on every connection `listener` accepts until SIGTERM or SIGINT, then stops
@@ -385,6 +423,7 @@ where
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    let http = Arc::new(http);
     // Each connection holds a place until it ends.
     let open = Arc::new(Semaphore::new(limits.max_connections));
     // One sender per connection, to tell it to finish: a channel of its own, which costs a
@@ -430,9 +469,8 @@ where
                 })
             }
         });
-        let connection = http
-            .serve_connection(TokioIo::new(stream), answer)
-            .with_upgrades();
+        let (http, tls) = (http.clone(), limits.tls.clone());
+        let handshake_timeout = limits.header_read_timeout;
         let (stop, stopping) = oneshot::channel();
         stops.push(stop);
         if stops.len() >= 2 * kept {
@@ -441,6 +479,25 @@ where
             kept = stops.len().max(64);
         }
         tokio::spawn(async move {
+            let io = match tls {
+                None => tls::MaybeTls::Left(stream),
+                Some(tls) => {
+                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                        Ok(Ok(stream)) => tls::MaybeTls::Right(stream),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %peer, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "no TLS handshake within --header-read-timeout");
+                            return;
+                        }
+                    }
+                }
+            };
+            let connection = http
+                .serve_connection(TokioIo::new(io), answer)
+                .with_upgrades();
             let mut connection = std::pin::pin!(connection);
             let ended = tokio::select! {
                 biased;
@@ -476,20 +533,33 @@ async fn stop_signal() {
     tracing::info!("stopping: no new connections; draining");
 }
 
-async fn reload_on_sighup(instances: Arc<Mutex<instances::Instances>>) {
+async fn reload_on_sighup(
+    instances: Option<Arc<Mutex<instances::Instances>>>,
+    certificate: Option<Arc<tls::Certificate>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         return;
     };
     while hangups.recv().await.is_some() {
-        let result = instances
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .reload();
-        match result {
-            Ok(count) => tracing::info!(instances = count, "instances file read again"),
-            Err(message) => {
-                tracing::error!(%message, "instances file not applied; the instances stay as they were")
+        if let Some(instances) = &instances {
+            let result = instances
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .reload();
+            match result {
+                Ok(count) => tracing::info!(instances = count, "instances file read again"),
+                Err(message) => {
+                    tracing::error!(%message, "instances file not applied; the instances stay as they were")
+                }
+            }
+        }
+        if let Some(certificate) = &certificate {
+            match certificate.reload() {
+                Ok(()) => tracing::info!("TLS certificate and key read again"),
+                Err(message) => {
+                    tracing::error!(%message, "TLS files not applied; the certificate stays as it was")
+                }
             }
         }
     }
