@@ -345,6 +345,76 @@ async fn an_upgrade_passes_through_the_binary() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_upgraded_connection_keeps_its_place_under_max_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = axum_upstream().await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--max-connections",
+        "1",
+    ]);
+    let tunnel = common::upgrade::open_echo(proxy.address, "/upgrade").await;
+    // The tunnel is the one connection allowed: another one is not read.
+    let mut next = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    next.write_all(b"GET /hello HTTP/1.1\r\nhost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    let mut chunk = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), next.read(&mut chunk)).await;
+    assert!(early.is_err(), "answered beside an open tunnel: {early:?}");
+    // The tunnel closes: its place goes to the next connection.
+    drop(tunnel);
+    let received = read_until(&mut next, b"hello").await;
+    assert!(received.starts_with(b"HTTP/1.1 200"), "{received:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_idle_for_the_tunnel_idle_timeout_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = axum_upstream().await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--tunnel-idle-timeout",
+        "3s",
+    ]);
+    let mut tunnel = common::upgrade::open_echo(proxy.address, "/upgrade").await;
+    // Bytes every 500 ms keep it open past the timeout.
+    let mut echoed = [0u8; 4];
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        tunnel.write_all(b"ping").await.unwrap();
+        tunnel.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"ping");
+    }
+    // Then nothing: closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), tunnel.read_to_end(&mut rest)).await;
+    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_open_tunnels_and_exits_0() {
+    use tokio::io::AsyncReadExt;
+    let upstream = axum_upstream().await;
+    let mut proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    let mut tunnel = common::upgrade::open_echo(proxy.address, "/upgrade").await;
+    proxy.signal(libc::SIGTERM);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), tunnel.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "{closed:?} {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    let code = tokio::task::spawn_blocking(move || proxy.wait())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_that_is_down_is_502_sync_and_failed_async() {
     let mut receiver = Receiver::start(Vec::new()).await;
     let proxy = Proxy::start(&[
@@ -554,6 +624,15 @@ fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
         (
             vec![
                 "--upstream",
+                "http://127.0.0.1:9",
+                "--tunnel-idle-timeout",
+                "0ms",
+            ],
+            "--tunnel-idle-timeout",
+        ),
+        (
+            vec![
+                "--upstream",
                 "https://127.0.0.1:9",
                 "--upstream-ca-file",
                 missing.to_str().unwrap(),
@@ -731,20 +810,32 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) 
     received
 }
 
+/// Reads from `stream` until what arrived ends with `end`; fails if it closes first, or after
+/// 20 s, far longer than anything expected here takes.
+async fn read_until(stream: &mut tokio::net::TcpStream, end: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while !received.ends_with(end) {
+            let read = stream.read(&mut chunk).await.unwrap();
+            assert_ne!(read, 0, "closed: {}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&chunk[..read]);
+        }
+    })
+    .await
+    .expect("answered in time");
+    received
+}
+
 /// One `GET /api/hello` on a kept-alive connection; checks the answer.
 async fn hello(stream: &mut tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     stream
         .write_all(b"GET /api/hello HTTP/1.1\r\nhost: proxy\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !answer.ends_with(b"hello") {
-        let read = stream.read(&mut chunk).await.unwrap();
-        assert_ne!(read, 0, "closed: {}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&chunk[..read]);
-    }
+    let answer = read_until(stream, b"hello").await;
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
 }
 
@@ -757,10 +848,14 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_read_timeout()
         &format!("http://{upstream}"),
         "--header-read-timeout",
         "300ms",
+        "--admin-listen",
+        "127.0.0.1:0",
     ]);
     let connect = || tokio::net::TcpStream::connect(proxy.address);
-    // Connects and sends nothing.
+    // Connects and sends nothing, here and on the admin listener.
     let mut silent = connect().await.unwrap();
+    let admin = proxy.admin.expect("--admin-listen serves");
+    let mut silent_admin = tokio::net::TcpStream::connect(admin).await.unwrap();
     // Sends half a request head and no more.
     let mut slow = connect().await.unwrap();
     slow.write_all(b"GET /api/hello HTTP/1.1\r\nhost: pro")
@@ -769,7 +864,7 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_read_timeout()
     // Is served, then keeps its connection without a next request.
     let mut idle = connect().await.unwrap();
     hello(&mut idle).await;
-    for stream in [&mut silent, &mut slow, &mut idle] {
+    for stream in [&mut silent, &mut silent_admin, &mut slow, &mut idle] {
         let received = read_until_closed(stream, Duration::from_secs(20)).await;
         assert!(
             received.is_empty(),
@@ -814,16 +909,7 @@ async fn at_max_connections_a_new_connection_waits_until_one_closes() {
     assert!(early.is_err(), "answered over the limit: {early:?}");
     // One of the two closes: the third is taken in and answered.
     drop(first);
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !answer.ends_with(b"hello") {
-            let read = third.read(&mut chunk).await.unwrap();
-            assert_ne!(read, 0, "closed: {}", String::from_utf8_lossy(&answer));
-            answer.extend_from_slice(&chunk[..read]);
-        }
-    })
-    .await
-    .expect("answered once a place was free");
+    let answer = read_until(&mut third, b"hello").await;
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     hello(&mut second).await;
 }

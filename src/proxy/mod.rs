@@ -19,12 +19,16 @@
 //!   every refusal of the layer. Behind the layer, an async request whose upstream failed so
 //!   ends in a `failed` notification (`inner_error`, with the same message).
 //! - `Upgrade` (a WebSocket) passes through on the synchronous path; the layer refuses an async
-//!   request that asks to upgrade (`400 async_upgrade`).
+//!   request that asks to upgrade (`400 async_upgrade`). Once both sides said `101`, the two
+//!   connections are joined by a tunnel that [`Upstream::tunnels`] counts and closes, and that
+//!   keeps the client connection's [`ConnectionHold`] (its place under a server's connection
+//!   limit) while it is open.
 //!
 //! - `upstream.rs`: [`Upstream`], its future and [`PeerAddr`].
 //! - `connection.rs`: keep-alive connections to the upstream, each driven by the request using
 //!   it (no task and no channel between a request and its answer).
 //! - `forward.rs`: the upstream URL, hop-by-hop and forwarding headers.
+//! - `tunnel.rs`: [`Tunnels`], the upgraded connections joined to the upstream's.
 //! - `body.rs`: [`ProxyBody`], the upstream's body streamed (driving its connection until the
 //!   end, then giving it back), or the proxy's JSON error.
 //!
@@ -50,9 +54,11 @@
 mod body;
 mod connection;
 mod forward;
+mod tunnel;
 mod upstream;
 
 pub use self::body::ProxyBody;
+pub use self::tunnel::{ConnectionHold, Tunnels};
 pub use self::upstream::{
     PeerAddr, ResponseFuture, Upstream, UpstreamError, UpstreamErrorKind, DEFAULT_UPSTREAM_TIMEOUT,
 };

@@ -19,6 +19,7 @@ use tower_service::Service;
 use super::body::ProxyBody;
 use super::connection::{connector, Connections, Connector};
 use super::forward::{add_forwarded, strip_hop_by_hop, Base};
+use super::tunnel::{ConnectionHold, Tunnels};
 use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
 use crate::{BoxError, ConfigError};
 
@@ -55,6 +56,10 @@ struct Shared {
     local: [HeaderName; 2],
     /// How clients reach the server in front: `proto` of `Forwarded`, `X-Forwarded-Proto`.
     client_proto: &'static str,
+    /// The upgraded connections joined to the upstream's, still open.
+    tunnels: Tunnels,
+    /// How long a tunnel may carry no byte either way before it is closed.
+    tunnel_idle_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Upstream {
@@ -85,6 +90,8 @@ impl Upstream {
                 client,
                 local: [ELEMENTS_ASYNC_REQUEST, ELEMENTS_ASYNC_CALLBACK_URL],
                 client_proto: "http",
+                tunnels: Tunnels::default(),
+                tunnel_idle_timeout: None,
             }),
             timeout: DEFAULT_UPSTREAM_TIMEOUT,
         })
@@ -126,6 +133,23 @@ impl Upstream {
     /// (`proto=`) and `X-Forwarded-Proto` say `https` (default: `http`).
     pub fn client_tls(mut self, tls: bool) -> Self {
         Arc::make_mut(&mut self.shared).client_proto = if tls { "https" } else { "http" };
+        self
+    }
+
+    /// The upgraded connections (WebSockets, say) this service and its clones joined to the
+    /// upstream's and that are still open: a server [closes](Tunnels::close) them when it stops.
+    /// A request that asks to upgrade may carry a [`ConnectionHold`] (a request extension) for
+    /// the tunnel to keep while it is open.
+    pub fn tunnels(&self) -> Tunnels {
+        self.shared.tunnels.clone()
+    }
+
+    /// Closes an upgraded connection (a WebSocket, say) through which no byte went either way
+    /// for `timeout` (default: never), as nginx's `proxy_read_timeout` does: an idle tunnel
+    /// otherwise holds its place under a server's connection limit for as long as the client
+    /// likes. Keep it above the interval of the application's own pings.
+    pub fn tunnel_idle_timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.shared).tunnel_idle_timeout = Some(timeout);
         self
     }
 
@@ -207,8 +231,10 @@ where
             };
         }
         parts.uri = shared.base.join(parts.uri.path_and_query());
+        let hold = parts.extensions.remove::<ConnectionHold>();
         let outgoing = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         let (client, timeout) = (shared.client.clone(), self.timeout);
+        let (tunnels, idle_timeout) = (shared.tunnels.clone(), shared.tunnel_idle_timeout);
         ResponseFuture {
             inner: Box::pin(async move {
                 let mut response =
@@ -220,17 +246,12 @@ where
                 match (response.status(), client_side) {
                     (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) => {
                         let upstream_side = hyper::upgrade::on(&mut response);
-                        tokio::spawn(async move {
-                            if let (Ok(client), Ok(upstream)) =
-                                tokio::join!(client_side, upstream_side)
-                            {
-                                let _ = tokio::io::copy_bidirectional(
-                                    &mut TokioIo::new(client),
-                                    &mut TokioIo::new(upstream),
-                                )
-                                .await;
-                            }
-                        });
+                        tunnels.join(
+                            async { client_side.await.map(TokioIo::new) },
+                            async { upstream_side.await.map(TokioIo::new) },
+                            idle_timeout,
+                            hold,
+                        );
                     }
                     _ => strip_hop_by_hop(response.headers_mut()),
                 }

@@ -36,6 +36,12 @@ pub async fn echo(mut request: Request) -> Response {
 /// Asks `address` to upgrade `GET path`, checks the `101`, then that bytes sent over the joined
 /// connection come back.
 pub async fn check_echo(address: SocketAddr, path: &str) {
+    open_echo(address, path).await;
+}
+
+/// [`check_echo`], and the joined connection, still open.
+#[allow(dead_code)] // Not every test binary keeps one open.
+pub async fn open_echo(address: SocketAddr, path: &str) -> TcpStream {
     let mut stream = TcpStream::connect(address).await.unwrap();
     stream
         .write_all(
@@ -69,4 +75,5 @@ pub async fn check_echo(address: SocketAddr, path: &str) {
         .expect("echoed in time")
         .unwrap();
     assert_eq!(&echoed, b"ping over the joined connection");
+    stream
 }

@@ -21,22 +21,24 @@ use std::time::Duration;
 
 use axum::Router;
 use clap::{Parser, ValueEnum};
-use http::{Request, Response};
+use http::{header, Request, Response};
 use http_body_util::Either;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_async_request::admin::Admin;
-use tower_async_request::proxy::{PeerAddr, ProxyBody, Upstream, UpstreamError};
+use tower_async_request::proxy::{ConnectionHold, PeerAddr, Tunnels, Upstream};
 use tower_async_request::store::{PostgresStore, RedbStore};
-use tower_async_request::ResponseBody;
 use tower_async_request::{AsyncRequestLayer, AsyncRequestLayerBuilder};
 
 const ENV_SIGNING_KEY: &str = "ASYNC_REQUEST_PROXY_SIGNING_KEY";
 const ENV_WHSEC: &str = "ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET";
+/// Most connections the admin listener serves at once: operators and their scrapers.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// Asynchronous requests in front of any HTTP API.
 #[derive(Debug, Parser)]
@@ -90,7 +92,8 @@ struct Args {
     /// Many instances, from a TOML file, re-read on SIGHUP.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_INSTANCES")]
     instances: Option<PathBuf>,
-    /// A second listener for operators: /metrics, /health and the admin routes. Off by default.
+    /// A second listener for operators: /metrics, /health and the admin routes, plain HTTP, at
+    /// most 64 connections, --header-read-timeout as on the main one. Off by default.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
     /// Largest body of an async request, in bytes.
@@ -99,6 +102,10 @@ struct Args {
     /// How long the upstream may take to begin its answer (e.g. 500ms, 30s, 2m).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     upstream_timeout: Duration,
+    /// How long an upgraded connection (a WebSocket) may carry no byte either way before it is
+    /// closed: an idle one holds its place under --max-connections.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_TUNNEL_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_timeout)]
+    tunnel_idle_timeout: Duration,
     /// How long a client may take to send a request's head, and how long a kept-alive
     /// connection may wait for its next request; then the connection is closed.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
@@ -107,8 +114,9 @@ struct Args {
     /// request_body_timeout`).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_REQUEST_BODY_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     request_body_timeout: Duration,
-    /// Most client connections open at once; at the limit, new ones wait in the listen backlog
-    /// until one closes. Each takes a file descriptor: keep it under `ulimit -n`.
+    /// Most client connections open at once, upgraded ones (WebSockets) included; at the limit,
+    /// new ones wait in the listen backlog until one closes. Each takes a file descriptor, and
+    /// an upgraded one a second towards the upstream: keep it under `ulimit -n`.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
     /// Threads serving connections, jobs and callbacks (default: one per CPU core).
@@ -232,6 +240,7 @@ async fn configure(args: &Args) -> Result<Setup, String> {
     let mut upstream = Upstream::new(&args.upstream)
         .map_err(|error| format!("--upstream: {error}"))?
         .timeout(args.upstream_timeout)
+        .tunnel_idle_timeout(args.tunnel_idle_timeout)
         .client_tls(certificate.is_some());
     if let Some(path) = &args.upstream_ca_file {
         let flag = |error: &dyn std::fmt::Display| {
@@ -337,20 +346,54 @@ async fn run(args: Args) -> ExitCode {
         None => None,
     };
 
-    let service = ServiceBuilder::new().layer(layer).service(setup.upstream);
-
-    if let (Some(listener), Some(prometheus)) = (admin_listener, prometheus) {
-        let admin = Router::new()
-            .route(
-                "/metrics",
-                axum::routing::get(move || std::future::ready(prometheus.render())),
-            )
-            .fallback_service(Admin::new(handle.clone()));
-        if let Ok(address) = listener.local_addr() {
-            println!("async-request-proxy: admin on http://{address}");
+    let tunnels = setup.upstream.tunnels();
+    let proxy = ServiceBuilder::new().layer(layer).service(setup.upstream);
+    // The upstream's failures become the proxy's JSON answers (`502`, `504`).
+    let service = tower::service_fn(move |request: Request<Incoming>| {
+        let proxy = proxy.clone();
+        async move {
+            Ok::<_, Infallible>(match proxy.oneshot(request).await {
+                Ok(response) => response.map(Either::Left),
+                Err(error) => error.into_response().map(Either::Right),
+            })
         }
-        tokio::spawn(async move { axum::serve(listener, admin).await });
-    }
+    });
+
+    // SIGTERM or SIGINT stops both listeners.
+    let stopping = CancellationToken::new();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            stop_signal().await;
+            stopping.cancel();
+        }
+    });
+    let admin = match (admin_listener, prometheus) {
+        (Some(listener), Some(prometheus)) => {
+            let admin = Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || std::future::ready(prometheus.render())),
+                )
+                .fallback_service(Admin::new(handle.clone()));
+            if let Ok(address) = listener.local_addr() {
+                println!("async-request-proxy: admin on http://{address}");
+            }
+            let limits = Limits {
+                header_read_timeout: args.header_read_timeout,
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                tls: None,
+            };
+            Some(tokio::spawn(serve(
+                listener,
+                admin,
+                limits,
+                None,
+                stopping.clone(),
+            )))
+        }
+        _ => None,
+    };
     let acceptor = match setup.certificate.as_ref().map(tls::Certificate::acceptor) {
         Some(Ok(acceptor)) => Some(acceptor),
         Some(Err(message)) => return fail(2, &message),
@@ -379,7 +422,10 @@ async fn run(args: Args) -> ExitCode {
         max_connections: args.max_connections as usize,
         tls: acceptor,
     };
-    serve(listener, service, limits).await;
+    serve(listener, service, limits, Some(tunnels), stopping).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     let report = handle.shutdown(args.drain_timeout).await;
     println!(
         "async-request-proxy: shutdown report: drained={} jobs_finished={} delivered={} dead={} jobs_left={} notifications_left={} persisted={}",
@@ -402,48 +448,53 @@ struct Limits {
     tls: Option<TlsAcceptor>,
 }
 
-/// Serves `service` on every connection `listener` accepts until SIGTERM or SIGINT, then stops
-/// accepting and waits for the connections to finish what they started (idle ones close now).
+/// Serves `service` on every connection `listener` accepts until `stopping`, then stops
+/// accepting, waits for the connections to finish what they started (idle ones close now) and
+/// closes the `tunnels` of upgraded ones.
 ///
 /// hyper's own HTTP/1.1 connections, each told its peer's address: every request through the
 /// proxy pays for what sits between the socket and the layer, so nothing else does (a router,
 /// a body boxed on the way in and again on the way out).
-async fn serve<S>(listener: tokio::net::TcpListener, service: S, limits: Limits)
-where
-    S: Service<
-            Request<Incoming>,
-            Response = Response<ResponseBody<ProxyBody>>,
-            Error = UpstreamError,
-        > + Clone
+async fn serve<S, B>(
+    listener: tokio::net::TcpListener,
+    service: S,
+    limits: Limits,
+    tunnels: Option<Tunnels>,
+    stopping: CancellationToken,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     // hyper's HTTP/1.1 connection itself: no protocol sniffing first, which no timeout covers.
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
     let http = Arc::new(http);
-    // Each connection holds a place until it ends.
+    // Each connection holds a place until it ends; an upgraded one, until its tunnel closes.
     let open = Arc::new(Semaphore::new(limits.max_connections));
     // One sender per connection, to tell it to finish: a channel of its own, which costs a
     // connection nothing to watch (a token shared by all would be a lock on every poll).
     let mut stops: Vec<oneshot::Sender<()>> = Vec::new();
     let mut kept = 64;
-    let mut stop = std::pin::pin!(stop_signal());
     let mut full = false;
     loop {
         // At the limit, accept nothing until a connection ends: new ones wait in the backlog.
         if open.available_permits() == 0 && !full {
             tracing::warn!(
                 max_connections = limits.max_connections,
-                "at --max-connections; new connections wait until one closes"
+                "at the connection limit; new connections wait until one closes"
             );
         }
         full = open.available_permits() == 0;
         let place = tokio::select! {
             place = open.clone().acquire_owned() => place.expect("the semaphore is never closed"),
-            () = &mut stop => break,
+            () = stopping.cancelled() => break,
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -455,19 +506,21 @@ where
                     continue;
                 }
             },
-            () = &mut stop => break,
+            () = stopping.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        let place = Arc::new(place);
         let service = service.clone();
+        let hold = place.clone();
         let answer = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(PeerAddr(peer));
-            let service = service.clone();
-            async move {
-                Ok::<_, Infallible>(match service.oneshot(request).await {
-                    Ok(response) => response.map(Either::Left),
-                    Err(error) => error.into_response().map(Either::Right),
-                })
+            if request.headers().contains_key(header::UPGRADE) {
+                // Should it become a tunnel, the tunnel keeps the connection's place.
+                request
+                    .extensions_mut()
+                    .insert(ConnectionHold::new(hold.clone()));
             }
+            service.clone().oneshot(request)
         });
         let (http, tls) = (http.clone(), limits.tls.clone());
         let handshake_timeout = limits.header_read_timeout;
@@ -517,6 +570,10 @@ where
     drop(listener);
     for stop in stops {
         let _ = stop.send(());
+    }
+    if let Some(tunnels) = tunnels {
+        // Upgraded connections have nothing to finish that the proxy can see.
+        tunnels.close().await;
     }
     // Every place back: every connection has ended.
     let _all = open.acquire_many(limits.max_connections as u32).await;
