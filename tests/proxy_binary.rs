@@ -5,6 +5,10 @@
 mod common;
 mod support;
 
+#[path = "../examples/support/folders.rs"]
+#[allow(dead_code)] // the example and the tests use different parts
+mod proto;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -153,6 +157,26 @@ async fn axum_upstream() -> SocketAddr {
                 "/api/proto",
                 get(|headers: http::HeaderMap| async move {
                     format!("{:?}", headers.get("x-forwarded-proto"))
+                }),
+            )
+            .route(
+                "/api/forwarded",
+                get(|headers: http::HeaderMap| async move {
+                    let value = |name| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+                    format!(
+                        "{:?} {:?}",
+                        value("x-forwarded-proto"),
+                        value("x-forwarded-host")
+                    )
+                }),
+            )
+            .route(
+                "/api/cookies",
+                get(|headers: http::HeaderMap| async move {
+                    format!(
+                        "{:?}",
+                        headers.get_all(header::COOKIE).iter().collect::<Vec<_>>()
+                    )
                 }),
             )
             .route("/api/upgrade", get(common::upgrade::echo)),
@@ -412,6 +436,210 @@ async fn sigterm_closes_open_tunnels_and_exits_0() {
         .await
         .unwrap();
     assert_eq!(code, Some(0));
+}
+
+/// Answers `GET /forwarded` through the proxy at `url` with `client`: the HTTP version it
+/// answered in, and what the upstream heard in `X-Forwarded-Proto` and `-Host`.
+async fn forwarded<C>(client: &Client<C, Full<Bytes>>, url: String) -> (http::Version, String)
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    let response = client
+        .request(Request::get(url).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let version = response.version();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (version, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_are_served_by_alpn_over_tls_and_by_prior_knowledge_in_cleartext() {
+    let upstream = axum_upstream().await;
+    // Cleartext: HTTP/2 with prior knowledge and HTTP/1.1 on the same port.
+    let proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    let h2c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let authority = proxy.address.to_string();
+    assert_eq!(
+        forwarded(&h2c, proxy.url("/forwarded")).await,
+        (
+            http::Version::HTTP_2,
+            format!("Some(\"http\") Some(\"{authority}\")")
+        )
+    );
+    // Cookies an HTTP/2 client sent in two fields reach the HTTP/1.1 upstream in one.
+    let response = h2c
+        .request(
+            Request::get(proxy.url("/cookies"))
+                .header(header::COOKIE, "a=1")
+                .header(header::COOKIE, "b=2")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], br#"["a=1; b=2"]"#);
+    assert_eq!(
+        forwarded(&client(), proxy.url("/forwarded")).await,
+        (
+            http::Version::HTTP_11,
+            format!("Some(\"http\") Some(\"{authority}\")")
+        )
+    );
+
+    // TLS: HTTP/2 when the client offers it by ALPN, HTTP/1.1 when it does not.
+    let (cert, key) = (
+        format!("{TLS_DIR}/upstream.pem"),
+        format!("{TLS_DIR}/upstream.key"),
+    );
+    let tls_proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+    ]);
+    let url = format!("https://{}/forwarded", tls_proxy.address);
+    let connector = |http2: bool| {
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(test_ca_client_config())
+            .https_only();
+        if http2 {
+            builder.enable_http2().build()
+        } else {
+            builder.enable_http1().build()
+        }
+    };
+    let h2: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector(true));
+    let expected = format!("Some(\"https\") Some(\"{}\")", tls_proxy.address);
+    assert_eq!(
+        forwarded(&h2, url.clone()).await,
+        (http::Version::HTTP_2, expected.clone())
+    );
+    let h1: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector(false));
+    assert_eq!(
+        forwarded(&h1, url).await,
+        (http::Version::HTTP_11, expected)
+    );
+}
+
+/// A gRPC server: folder `missing` is `NOT_FOUND`, every other is copied.
+struct GrpcFolders;
+
+impl proto::Folders for GrpcFolders {
+    async fn copy(
+        &self,
+        request: tonic::Request<proto::CopyRequest>,
+    ) -> Result<tonic::Response<proto::CopyReply>, tonic::Status> {
+        let request = request.into_inner();
+        if request.folder_id == "missing" {
+            return Err(tonic::Status::not_found("no such folder"));
+        }
+        Ok(tonic::Response::new(proto::CopyReply {
+            path: request.destination,
+            files_copied: 2,
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_calls_reach_an_http2_upstream_and_async_ones_arrive_signed() {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::FoldersServer::new(GrpcFolders))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let key = temp("grpc.key");
+    write(&key, "grpc-signing-key");
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--upstream-http2",
+        "--callback-url",
+        &receiver.url(),
+        "--signing-key-file",
+        key.to_str().unwrap(),
+    ]);
+    let channel = tonic::transport::Channel::from_shared(proxy.url(""))
+        .unwrap()
+        .connect()
+        .await
+        .expect("the proxy speaks HTTP/2");
+    let mut client = proto::FoldersClient::new(channel);
+    let copy = |folder: &str| proto::CopyRequest {
+        folder_id: folder.into(),
+        destination: format!("/{folder}Copy"),
+    };
+
+    // Plain calls: the answer, and an error status from the upstream's trailers.
+    let reply = client.copy(copy("reports")).await.expect("OK").into_inner();
+    assert_eq!(
+        (reply.path.as_str(), reply.files_copied),
+        ("/reportsCopy", 2)
+    );
+    let status = client.copy(copy("missing")).await.expect_err("NOT_FOUND");
+    assert_eq!(
+        (status.code(), status.message()),
+        (tonic::Code::NotFound, "no such folder")
+    );
+
+    // An HTTP/1.1 request reaches the HTTP/2 upstream too (gRPC's answer to an unknown
+    // method: trailers only, as headers).
+    let (status, headers, _) = call(
+        Request::post(proxy.url("/documents.Folders/Unknown"))
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, headers["grpc-status"].as_bytes()),
+        (StatusCode::OK, &b"12"[..])
+    );
+
+    // An async call: a receipt now, the answer signed at the callback URL.
+    let mut request = tonic::Request::new(copy("archive"));
+    request
+        .metadata_mut()
+        .insert("elements-async-request", "true".parse().unwrap());
+    let receipt = client.copy(request).await.expect("a receipt");
+    let event_id: u64 = receipt
+        .metadata()
+        .get("elements-event-id")
+        .expect("the receipt's event id")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(receipt.into_inner(), proto::CopyReply::default());
+    let hit = receiver.next().await;
+    ElementsVerifier::new("grpc-signing-key")
+        .verify(&hit.headers, &hit.body)
+        .expect("signed with the key from the file");
+    let notification = hit.json();
+    assert_eq!(notification["eventId"], event_id);
+    assert_eq!(notification["grpcStatus"], 0);
+    let message = base64::engine::general_purpose::STANDARD
+        .decode(notification["response"].as_str().unwrap())
+        .unwrap();
+    let reply = proto::CopyReply::decode(&message[..]).unwrap();
+    assert_eq!(
+        (reply.path.as_str(), reply.files_copied),
+        ("/archiveCopy", 2)
+    );
+    let _ = std::fs::remove_file(key);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -856,6 +1084,12 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_read_timeout()
     let mut silent = connect().await.unwrap();
     let admin = proxy.admin.expect("--admin-listen serves");
     let mut silent_admin = tokio::net::TcpStream::connect(admin).await.unwrap();
+    // Opens an HTTP/2 connection (prior knowledge) and asks for nothing.
+    let mut silent_h2 = connect().await.unwrap();
+    silent_h2
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
     // Sends half a request head and no more.
     let mut slow = connect().await.unwrap();
     slow.write_all(b"GET /api/hello HTTP/1.1\r\nhost: pro")
@@ -872,6 +1106,12 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_read_timeout()
             String::from_utf8_lossy(&received)
         );
     }
+    // HTTP/2 says goodbye first (its SETTINGS, then GOAWAY), then closes.
+    let received = read_until_closed(&mut silent_h2, Duration::from_secs(20)).await;
+    assert!(
+        received.windows(4).any(|frame| frame == [0, 0, 8, 7]),
+        "{received:?}"
+    );
     // The proxy still serves everyone else.
     let (status, _, body) = call(
         Request::get(proxy.url("/api/hello"))

@@ -30,8 +30,12 @@ pub(super) type Connector = HttpsConnector<HttpConnector>;
 type Driver = http1::Connection<<Connector as Service<Uri>>::Response, OutBody>;
 
 /// A connector for `http` and `https` upstreams (TLS by rustls), trusting `roots` for the
-/// latter, or the bundled Mozilla roots when `None`.
-pub(super) fn connector(roots: Option<rustls::RootCertStore>) -> Result<Connector, rustls::Error> {
+/// latter, or the bundled Mozilla roots when `None`; offering HTTP/2 alone by ALPN when `http2`,
+/// HTTP/1.1 alone otherwise.
+pub(super) fn connector(
+    roots: Option<rustls::RootCertStore>,
+    http2: bool,
+) -> Result<Connector, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = match roots {
         None => HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider)?,
@@ -45,7 +49,12 @@ pub(super) fn connector(roots: Option<rustls::RootCertStore>) -> Result<Connecto
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
-    Ok(builder.https_or_http().enable_http1().wrap_connector(tcp))
+    let builder = builder.https_or_http();
+    Ok(if http2 {
+        builder.enable_http2().wrap_connector(tcp)
+    } else {
+        builder.enable_http1().wrap_connector(tcp)
+    })
 }
 
 /// Most idle connections kept.
@@ -250,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn connections_idle_past_the_timeout_are_dropped_when_another_comes_back() {
         let origin = format!("http://{}/", upstream().await).parse().unwrap();
-        let mut connections = Connections::new(origin, connector(None).unwrap());
+        let mut connections = Connections::new(origin, connector(None, false).unwrap());
         connections.idle_timeout = Duration::from_millis(200);
         let connections = Arc::new(connections);
         // Three at once: three connections, all kept.

@@ -124,6 +124,38 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Makes the `cookie` fields of a request one, as HTTP/1.1 wants it (RFC 9113 §8.2.3): an
+/// HTTP/2 client may send each cookie in a field of its own.
+pub(super) fn join_cookies(headers: &mut HeaderMap) {
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if cookies.next().is_none() || cookies.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for cookie in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(cookie.as_bytes());
+    }
+    let joined = HeaderValue::from_bytes(&joined).expect("valid values joined by \"; \"");
+    headers.insert(header::COOKIE, joined);
+}
+
+/// Whether a request's `TE` accepts trailers (`TE: trailers`, RFC 9110 §10.1.4), which a proxy
+/// that passes trailers on may say again on the next hop.
+pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let name = coding.split(';').next().unwrap_or_default();
+            name.trim().eq_ignore_ascii_case("trailers")
+        })
+}
+
 /// Adds this hop to `Forwarded` and `X-Forwarded-For` (kept from earlier hops, as a chain) and
 /// sets `X-Forwarded-Proto` and `X-Forwarded-Host` (the client's view: `Host` as it came).
 ///
@@ -333,6 +365,38 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept", "content-type"]);
+    }
+
+    #[test]
+    fn cookies_in_several_fields_become_one() {
+        let mut headers = HeaderMap::new();
+        join_cookies(&mut headers);
+        assert!(headers.is_empty());
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut headers);
+        assert_eq!(headers[header::COOKIE], "a=1");
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut headers);
+        let cookies: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+    }
+
+    #[test]
+    fn te_trailers_is_found_among_other_codings() {
+        let te = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::TE, HeaderValue::from_str(value).unwrap());
+            }
+            accepts_trailers(&headers)
+        };
+        assert!(te(&["trailers"]));
+        assert!(te(&["gzip;q=0.5, Trailers"]));
+        assert!(te(&["gzip", " trailers "]));
+        assert!(!te(&[]));
+        assert!(!te(&["gzip, deflate;q=0.5"]));
+        assert!(!te(&["trailersx"]));
     }
 
     #[test]

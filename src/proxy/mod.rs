@@ -9,6 +9,9 @@
 //! - `Forwarded` and `X-Forwarded-For` gain this hop (the client's address from [`PeerAddr`]),
 //!   `X-Forwarded-Proto` and `X-Forwarded-Host` say what the client asked for; `Host` becomes
 //!   the upstream's.
+//! - HTTP/1.1 to the upstream, or HTTP/2 with [`Upstream::http2`] (a gRPC server, say; trailers
+//!   pass through and `TE: trailers` is forwarded). A request that came in HTTP/2 gets a `Host`
+//!   from its authority and, towards HTTP/1.1, its cookies in one `cookie` field.
 //! - An `https://` upstream is reached over TLS (rustls), its certificate checked against the
 //!   bundled Mozilla roots or, for a private CA, [`Upstream::ca_certificates_pem`].
 //! - The request's path and query are appended to the upstream's base path exactly as sent

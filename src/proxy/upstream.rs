@@ -18,7 +18,7 @@ use tower_service::Service;
 
 use super::body::ProxyBody;
 use super::connection::{connector, Connections, Connector};
-use super::forward::{add_forwarded, strip_hop_by_hop, Base};
+use super::forward::{accepts_trailers, add_forwarded, join_cookies, strip_hop_by_hop, Base};
 use super::tunnel::{ConnectionHold, Tunnels};
 use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
 use crate::{BoxError, ConfigError};
@@ -45,8 +45,12 @@ pub struct Upstream {
 #[derive(Clone)]
 struct Shared {
     base: Base,
-    /// For upgrades (a WebSocket) only: hyper-util's client hands over both connections once the
-    /// upstream says `101`.
+    /// Trusted for an `https` upstream instead of the Mozilla roots.
+    roots: Option<rustls::RootCertStore>,
+    /// Whether the upstream is spoken to in HTTP/2: then every request goes through `client`.
+    http2: bool,
+    /// For upgrades (a WebSocket), and every request to an HTTP/2 upstream: hyper-util's client,
+    /// which hands over both connections once the upstream says `101`, and multiplexes HTTP/2.
     client: Client<Connector, OutBody>,
     /// Connections for everything but upgrades, driven by the requests that use them.
     connections: Arc<Connections>,
@@ -81,9 +85,11 @@ impl Upstream {
             Base::parse(url).map_err(|message| ConfigError::new(format!("upstream {message}")))?;
         let host = HeaderValue::from_str(base.authority().as_str())
             .map_err(|error| ConfigError::new(format!("upstream {url:?}: {error}")))?;
-        let (connections, client) = connect_with(&base, None)?;
+        let (connections, client) = connect_with(&base, None, false)?;
         Ok(Self {
             shared: Arc::new(Shared {
+                roots: None,
+                http2: false,
                 connections,
                 host,
                 base,
@@ -117,7 +123,22 @@ impl Upstream {
             ));
         }
         let shared = Arc::make_mut(&mut self.shared);
-        (shared.connections, shared.client) = connect_with(&shared.base, Some(roots))?;
+        (shared.connections, shared.client) =
+            connect_with(&shared.base, Some(roots.clone()), shared.http2)?;
+        shared.roots = Some(roots);
+        Ok(self)
+    }
+
+    /// Speaks HTTP/2 to the upstream (with prior knowledge to an `http://` one, by ALPN to an
+    /// `https://` one): for an upstream that only speaks HTTP/2, a gRPC server for one. Requests
+    /// to it share its connections, and trailers pass through both ways (`TE: trailers` is
+    /// forwarded). An `Upgrade` does not exist in HTTP/2: its headers are dropped and the
+    /// upstream answers the request as it is.
+    pub fn http2(mut self) -> Result<Self, ConfigError> {
+        let shared = Arc::make_mut(&mut self.shared);
+        (shared.connections, shared.client) =
+            connect_with(&shared.base, shared.roots.clone(), true)?;
+        shared.http2 = true;
         Ok(self)
     }
 
@@ -166,11 +187,13 @@ impl Upstream {
 fn connect_with(
     base: &Base,
     roots: Option<rustls::RootCertStore>,
+    http2: bool,
 ) -> Result<(Arc<Connections>, Client<Connector, OutBody>), ConfigError> {
-    let connector = connector(roots)
+    let connector = connector(roots, http2)
         .map_err(|error| ConfigError::new(format!("upstream TLS settings: {error}")))?;
     let client = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(http2)
         .build(connector.clone());
     Ok((Arc::new(Connections::new(base.origin(), connector)), client))
 }
@@ -190,15 +213,33 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let shared = &*self.shared;
         // A connection upgrade (a WebSocket) is forwarded as such: its headers stay, and once
         // both sides said `101` the two connections are joined.
-        let upgrade = request.headers().get(header::UPGRADE).cloned();
+        let upgrade = match shared.http2 {
+            false => request.headers().get(header::UPGRADE).cloned(),
+            true => None,
+        };
         let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        let shared = &*self.shared;
         let peer = parts.extensions.get::<PeerAddr>().map(|peer| peer.0);
         let headers = &mut parts.headers;
+        let trailers = accepts_trailers(headers);
         strip_hop_by_hop(headers);
+        if trailers {
+            // The one `TE` that crosses a proxy: a gRPC server wants it, and the answer's
+            // trailers stream back to the client.
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        if parts.version == http::Version::HTTP_2 && !shared.http2 {
+            join_cookies(headers);
+        }
+        if !headers.contains_key(header::HOST) {
+            // An HTTP/2 client names the host in the request's authority instead.
+            if let Some(host) = parts.uri.authority().and_then(|a| a.as_str().parse().ok()) {
+                headers.insert(header::HOST, host);
+            }
+        }
         for name in &shared.local {
             headers.remove(name);
         }
@@ -208,9 +249,9 @@ where
         }
         add_forwarded(headers, peer, shared.client_proto);
         // `Host` becomes the upstream's authority (set below, or by hyper-util's client for an
-        // upgrade); the client's is in `X-Forwarded-Host`.
+        // upgrade and an HTTP/2 upstream); the client's is in `X-Forwarded-Host`.
         headers.remove(header::HOST);
-        if client_side.is_none() {
+        if client_side.is_none() && !shared.http2 {
             // Everything but an upgrade: on a connection this request drives itself.
             parts.headers.insert(header::HOST, shared.host.clone());
             parts.uri = Uri::from(shared.base.join_path(parts.uri.path_and_query()));
@@ -231,6 +272,7 @@ where
             };
         }
         parts.uri = shared.base.join(parts.uri.path_and_query());
+        // Every request to an HTTP/2 upstream, and upgrades: through hyper-util's client.
         let hold = parts.extensions.remove::<ConnectionHold>();
         let outgoing = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         let (client, timeout) = (shared.client.clone(), self.timeout);

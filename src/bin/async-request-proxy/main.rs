@@ -7,7 +7,9 @@
 //! (`ASYNC_REQUEST_PROXY_SIGNING_KEY`, `ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET`), never
 //! from the command line, which `ps` shows. A bad flag or file: one line naming it, exit code 2,
 //! nothing started. SIGTERM or SIGINT: stop accepting, drain, print the shutdown report, exit 0.
-//! SIGHUP: read `--instances` and the TLS certificate and key again.
+//! SIGHUP: read `--instances` and the TLS certificate and key again. Clients speak HTTP/1.1 or
+//! HTTP/2 (by ALPN over TLS, with prior knowledge in cleartext); the upstream is spoken to in
+//! HTTP/1.1, or in HTTP/2 with `--upstream-http2` (a gRPC server, say).
 
 mod instances;
 mod tls;
@@ -16,6 +18,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,8 +27,8 @@ use clap::{Parser, ValueEnum};
 use http::{header, Request, Response};
 use http_body_util::Either;
 use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -54,6 +57,10 @@ struct Args {
     /// The API to forward to: an http:// or https:// URL whose path prefixes every request's.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM")]
     upstream: String,
+    /// Speak HTTP/2 to the upstream (prior knowledge for http://, ALPN for https://): for one
+    /// that speaks nothing else, a gRPC server say.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_HTTP2")]
+    upstream_http2: bool,
     /// For an https:// upstream whose certificate a private CA issued: a PEM file with the CA
     /// certificates to trust instead of the bundled Mozilla roots.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_CA_FILE")]
@@ -242,6 +249,11 @@ async fn configure(args: &Args) -> Result<Setup, String> {
         .timeout(args.upstream_timeout)
         .tunnel_idle_timeout(args.tunnel_idle_timeout)
         .client_tls(certificate.is_some());
+    if args.upstream_http2 {
+        upstream = upstream
+            .http2()
+            .map_err(|error| format!("--upstream-http2: {error}"))?;
+    }
     if let Some(path) = &args.upstream_ca_file {
         let flag = |error: &dyn std::fmt::Display| {
             format!("--upstream-ca-file {}: {error}", path.display())
@@ -452,7 +464,7 @@ struct Limits {
 /// accepting, waits for the connections to finish what they started (idle ones close now) and
 /// closes the `tunnels` of upgraded ones.
 ///
-/// hyper's own HTTP/1.1 connections, each told its peer's address: every request through the
+/// hyper's own HTTP/1.1 and HTTP/2 connections, each told its peer's address: every request through the
 /// proxy pays for what sits between the socket and the layer, so nothing else does (a router,
 /// a body boxed on the way in and again on the way out).
 async fn serve<S, B>(
@@ -471,11 +483,19 @@ async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    // hyper's HTTP/1.1 connection itself: no protocol sniffing first, which no timeout covers.
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
+    // hyper's own connections, HTTP/1.1 or HTTP/2: which one is known before either starts
+    // (TLS's ALPN, or the first bytes of a cleartext connection read under a timeout).
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    let http = Arc::new(http);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        // A peer that stops answering pings is gone.
+        .keep_alive_interval(limits.header_read_timeout);
+    let (h1, h2) = (Arc::new(h1), Arc::new(h2));
+    let idle_timeout = limits.header_read_timeout;
     // Each connection holds a place until it ends; an upgraded one, until its tunnel closes.
     let open = Arc::new(Semaphore::new(limits.max_connections));
     // One sender per connection, to tell it to finish: a channel of its own, which costs a
@@ -512,7 +532,12 @@ async fn serve<S, B>(
         let place = Arc::new(place);
         let service = service.clone();
         let hold = place.clone();
+        // Requests begun on the connection: an HTTP/2 one without a new one for the idle
+        // timeout is closed (HTTP/1.1's header read timer does this for HTTP/1.1).
+        let begun = Arc::new(AtomicU64::new(0));
+        let counted = begun.clone();
         let answer = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            counted.fetch_add(1, Ordering::Relaxed);
             request.extensions_mut().insert(PeerAddr(peer));
             if request.headers().contains_key(header::UPGRADE) {
                 // Should it become a tunnel, the tunnel keeps the connection's place.
@@ -522,9 +547,8 @@ async fn serve<S, B>(
             }
             service.clone().oneshot(request)
         });
-        let (http, tls) = (http.clone(), limits.tls.clone());
-        let handshake_timeout = limits.header_read_timeout;
-        let (stop, stopping) = oneshot::channel();
+        let (h1, h2, tls) = (h1.clone(), h2.clone(), limits.tls.clone());
+        let (stop, mut stopping) = oneshot::channel();
         stops.push(stop);
         if stops.len() >= 2 * kept {
             // Forget the connections that ended (their receivers are gone).
@@ -532,33 +556,50 @@ async fn serve<S, B>(
             kept = stops.len().max(64);
         }
         tokio::spawn(async move {
-            let io = match tls {
-                None => tls::MaybeTls::Left(stream),
-                Some(tls) => {
-                    match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                        Ok(Ok(stream)) => tls::MaybeTls::Right(stream),
-                        Ok(Err(error)) => {
-                            tracing::debug!(%error, %peer, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "no TLS handshake within --header-read-timeout");
-                            return;
+            // The TLS handshake and the first bytes have the time a request head has.
+            let opened = tokio::time::timeout(idle_timeout, open_connection(stream, tls)).await;
+            let (io, protocol) = match opened {
+                Ok(Ok(opened)) => opened,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %peer, "connection not opened");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "no TLS handshake or first bytes within --header-read-timeout");
+                    return;
+                }
+            };
+            let io = TokioIo::new(io);
+            let ended = match protocol {
+                Protocol::Http1 => {
+                    let connection = h1.serve_connection(io, answer).with_upgrades();
+                    let mut connection = std::pin::pin!(connection);
+                    tokio::select! {
+                        biased;
+                        ended = connection.as_mut() => ended,
+                        _ = stopping => {
+                            // Finish the request in progress, if any, then close.
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
                         }
                     }
                 }
-            };
-            let connection = http
-                .serve_connection(TokioIo::new(io), answer)
-                .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            let ended = tokio::select! {
-                biased;
-                ended = connection.as_mut() => ended,
-                _ = stopping => {
-                    // Finish the request in progress, if any, then close.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+                Protocol::Http2 => {
+                    let connection = h2.serve_connection(io, answer);
+                    let mut connection = std::pin::pin!(connection);
+                    tokio::select! {
+                        biased;
+                        ended = connection.as_mut() => ended,
+                        _ = &mut stopping => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                        () = no_new_request(&begun, idle_timeout) => {
+                            // Streams in progress finish; then it closes.
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    }
                 }
             };
             if let Err(error) = ended {
@@ -577,6 +618,63 @@ async fn serve<S, B>(
     }
     // Every place back: every connection has ended.
     let _all = open.acquire_many(limits.max_connections as u32).await;
+}
+
+/// Most requests in progress at once on one HTTP/2 connection (nginx's default).
+const MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Largest request head on an HTTP/2 connection, decoded (hyper's HTTP/1.1 limit is close).
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// How an HTTP/2 client with prior knowledge opens its connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol of a client connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// TLS, when the listener has it, then which protocol the client speaks: by ALPN over TLS; in
+/// cleartext, HTTP/2 when its first bytes are HTTP/2's preface (read without taking them).
+async fn open_connection(
+    stream: tokio::net::TcpStream,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<(tls::MaybeTls, Protocol)> {
+    if let Some(tls) = tls {
+        let stream = tls.accept(stream).await?;
+        let protocol = match stream.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        };
+        return Ok((tls::MaybeTls::Right(stream), protocol));
+    }
+    let mut first = [0u8; H2_PREFACE.len()];
+    let protocol = loop {
+        let read = stream.peek(&mut first).await?;
+        if read == 0 || first[..read] != H2_PREFACE[..read] {
+            break Protocol::Http1;
+        }
+        if read == H2_PREFACE.len() {
+            break Protocol::Http2;
+        }
+        // Part of the preface so far: peeking again at once would find the same bytes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    Ok((tls::MaybeTls::Left(stream), protocol))
+}
+
+/// Ends once `timeout` has passed without a new request counted in `begun`; checked once per
+/// `timeout`, so within two of them.
+async fn no_new_request(begun: &AtomicU64, timeout: Duration) {
+    let mut seen = begun.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(timeout).await;
+        let now = begun.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
 }
 
 /// SIGTERM or SIGINT.

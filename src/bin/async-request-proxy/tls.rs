@@ -46,14 +46,14 @@ impl Certificate {
         Ok(())
     }
 
-    /// What accepts TLS connections with this certificate (HTTP/1.1 by ALPN).
+    /// What accepts TLS connections with this certificate (HTTP/2 or HTTP/1.1 by ALPN).
     pub(crate) fn acceptor(self: &Arc<Self>) -> Result<TlsAcceptor, String> {
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|error| format!("TLS: {error}"))?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
