@@ -454,7 +454,8 @@ async fn run(args: Args) -> ExitCode {
 
 /// What a client connection may take, and how it is spoken to.
 struct Limits {
-    /// Also the time a client has to complete a TLS handshake.
+    /// Also the time a client has to complete a TLS handshake and send its first bytes, and
+    /// the longest an HTTP/2 connection is kept without a new request (up to twice it).
     header_read_timeout: Duration,
     max_connections: usize,
     tls: Option<TlsAcceptor>,
@@ -464,9 +465,9 @@ struct Limits {
 /// accepting, waits for the connections to finish what they started (idle ones close now) and
 /// closes the `tunnels` of upgraded ones.
 ///
-/// hyper's own HTTP/1.1 and HTTP/2 connections, each told its peer's address: every request through the
-/// proxy pays for what sits between the socket and the layer, so nothing else does (a router,
-/// a body boxed on the way in and again on the way out).
+/// hyper's own HTTP/1.1 and HTTP/2 connections, each told its peer's address: every request
+/// through the proxy pays for what sits between the socket and the layer, so nothing else does
+/// (a router, a body boxed on the way in and again on the way out).
 async fn serve<S, B>(
     listener: tokio::net::TcpListener,
     service: S,
