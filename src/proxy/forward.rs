@@ -157,19 +157,18 @@ pub(super) fn accepts_trailers(headers: &HeaderMap) -> bool {
 }
 
 /// Adds this hop to `Forwarded` and `X-Forwarded-For` (kept from earlier hops, as a chain) and
-/// sets `X-Forwarded-Proto` and `X-Forwarded-Host` (the client's view: `Host` as it came).
+/// sets `X-Forwarded-Proto` and `X-Forwarded-Host` (the client's view: `host`, its `Host` as it
+/// came, or an HTTP/2 request's authority).
 ///
 /// Every request through the proxy pays for this: each new value is written once, into a buffer
-/// of exactly its size, and the host is shared with `Host` rather than copied.
+/// of exactly its size, and the host is moved, not copied.
 pub(super) fn add_forwarded(
     headers: &mut HeaderMap,
+    host: Option<HeaderValue>,
     peer: Option<SocketAddr>,
     proto: &'static str,
 ) {
-    let host = headers
-        .get(header::HOST)
-        .filter(|host| host.to_str().is_ok())
-        .cloned();
+    let host = host.filter(|host| host.to_str().is_ok());
     // The peer's address as text: at most 39 characters (IPv6), on the stack.
     let mut ip = [0u8; 48];
     let ip_len = match peer {
@@ -402,13 +401,14 @@ mod tests {
     #[test]
     fn forwarded_headers_extend_the_chain() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, "api.example.com".parse().unwrap());
         headers.insert(
             header::FORWARDED,
             "for=192.0.2.60;proto=https".parse().unwrap(),
         );
         headers.insert("x-forwarded-for", "192.0.2.60".parse().unwrap());
-        add_forwarded(&mut headers, Some("10.1.2.3:5555".parse().unwrap()), "http");
+        let host = "api.example.com".parse().unwrap();
+        let peer = "10.1.2.3:5555".parse().unwrap();
+        add_forwarded(&mut headers, Some(host), Some(peer), "http");
         assert_eq!(
             headers[header::FORWARDED],
             "for=192.0.2.60;proto=https, for=10.1.2.3;proto=http;host=\"api.example.com\""
@@ -418,7 +418,12 @@ mod tests {
         assert_eq!(headers["x-forwarded-host"], "api.example.com");
 
         let mut headers = HeaderMap::new();
-        add_forwarded(&mut headers, Some("[::1]:80".parse().unwrap()), "http");
+        add_forwarded(
+            &mut headers,
+            None,
+            Some("[::1]:80".parse().unwrap()),
+            "http",
+        );
         assert_eq!(headers[header::FORWARDED], "for=\"[::1]\";proto=http");
         assert_eq!(headers["x-forwarded-for"], "::1");
     }
@@ -426,14 +431,13 @@ mod tests {
     #[test]
     fn an_unknown_peer_and_a_host_no_quoted_string_can_carry() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, "we\"ird".parse().unwrap());
         headers.append(header::FORWARDED, "for=a".parse().unwrap());
         headers.append(
             header::FORWARDED,
             HeaderValue::from_bytes(b"for=\xff").unwrap(),
         );
         headers.append(header::FORWARDED, "for=b".parse().unwrap());
-        add_forwarded(&mut headers, None, "http");
+        add_forwarded(&mut headers, Some("we\"ird".parse().unwrap()), None, "http");
         assert_eq!(
             headers[header::FORWARDED],
             "for=a, for=b, for=unknown;proto=http",

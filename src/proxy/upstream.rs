@@ -234,12 +234,6 @@ where
         if parts.version == http::Version::HTTP_2 && !shared.http2 {
             join_cookies(headers);
         }
-        if !headers.contains_key(header::HOST) {
-            // An HTTP/2 client names the host in the request's authority instead.
-            if let Some(host) = parts.uri.authority().and_then(|a| a.as_str().parse().ok()) {
-                headers.insert(header::HOST, host);
-            }
-        }
         for name in &shared.local {
             headers.remove(name);
         }
@@ -247,10 +241,14 @@ where
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, upgrade);
         }
-        add_forwarded(headers, peer, shared.client_proto);
-        // `Host` becomes the upstream's authority (set below, or by hyper-util's client for an
-        // upgrade and an HTTP/2 upstream); the client's is in `X-Forwarded-Host`.
-        headers.remove(header::HOST);
+        // The client's `Host` (an HTTP/2 client names it in the authority) goes to
+        // `X-Forwarded-Host`; `Host` becomes the upstream's authority (set below, or by
+        // hyper-util's client for an upgrade and an HTTP/2 upstream).
+        let host = headers.remove(header::HOST).or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+        add_forwarded(headers, host, peer, shared.client_proto);
         if client_side.is_none() && !shared.http2 {
             // Everything but an upgrade: on a connection this request drives itself.
             parts.headers.insert(header::HOST, shared.host.clone());

@@ -532,22 +532,6 @@ async fn serve<S, B>(
         let _ = stream.set_nodelay(true);
         let place = Arc::new(place);
         let service = service.clone();
-        let hold = place.clone();
-        // Requests begun on the connection: an HTTP/2 one without a new one for the idle
-        // timeout is closed (HTTP/1.1's header read timer does this for HTTP/1.1).
-        let begun = Arc::new(AtomicU64::new(0));
-        let counted = begun.clone();
-        let answer = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            counted.fetch_add(1, Ordering::Relaxed);
-            request.extensions_mut().insert(PeerAddr(peer));
-            if request.headers().contains_key(header::UPGRADE) {
-                // Should it become a tunnel, the tunnel keeps the connection's place.
-                request
-                    .extensions_mut()
-                    .insert(ConnectionHold::new(hold.clone()));
-            }
-            service.clone().oneshot(request)
-        });
         let (h1, h2, tls) = (h1.clone(), h2.clone(), limits.tls.clone());
         let (stop, mut stopping) = oneshot::channel();
         stops.push(stop);
@@ -573,6 +557,7 @@ async fn serve<S, B>(
             let io = TokioIo::new(io);
             let ended = match protocol {
                 Protocol::Http1 => {
+                    let answer = answer(service, peer, Some(place.clone()), None);
                     let connection = h1.serve_connection(io, answer).with_upgrades();
                     let mut connection = std::pin::pin!(connection);
                     tokio::select! {
@@ -586,6 +571,10 @@ async fn serve<S, B>(
                     }
                 }
                 Protocol::Http2 => {
+                    // Without a new request for the idle timeout, it is closed (HTTP/1.1's
+                    // header read timer does this for HTTP/1.1).
+                    let begun = Arc::new(AtomicU64::new(0));
+                    let answer = answer(service, peer, None, Some(begun.clone()));
                     let connection = h2.serve_connection(io, answer);
                     let mut connection = std::pin::pin!(connection);
                     tokio::select! {
@@ -619,6 +608,41 @@ async fn serve<S, B>(
     }
     // Every place back: every connection has ended.
     let _all = open.acquire_many(limits.max_connections as u32).await;
+}
+
+/// What answers each request of a connection from `peer`: `service`, the request told its
+/// peer's address and, should it ask to upgrade (HTTP/1.1), given `hold` for its tunnel to keep;
+/// counted in `begun` (HTTP/2's idle rule).
+fn answer<S, B>(
+    service: S,
+    peer: SocketAddr,
+    hold: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
+    begun: Option<Arc<AtomicU64>>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<B>,
+    Error = Infallible,
+    Future = tower::util::Oneshot<S, Request<Incoming>>,
+>
+where
+    S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone,
+    B: Body,
+{
+    hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        if let Some(begun) = &begun {
+            begun.fetch_add(1, Ordering::Relaxed);
+        }
+        request.extensions_mut().insert(PeerAddr(peer));
+        if let Some(hold) = &hold {
+            if request.headers().contains_key(header::UPGRADE) {
+                // Should it become a tunnel, the tunnel keeps the connection's place.
+                request
+                    .extensions_mut()
+                    .insert(ConnectionHold::new(hold.clone()));
+            }
+        }
+        service.clone().oneshot(request)
+    })
 }
 
 /// Most requests in progress at once on one HTTP/2 connection (nginx's default).
