@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::address::{is_public, parse_ipv4_lenient};
-use crate::callback_url::{validate, Origin, UrlPolicy};
-use crate::ids::{EventId, NotificationId};
-use crate::notification::{Notification, Outcome};
+use crate::event::notification::{Notification, Outcome};
+use crate::request::address::{is_public, parse_ipv4_lenient};
+use crate::request::callback_url::{validate, Origin, UrlPolicy};
+use crate::wire::ids::{EventId, NotificationId};
 
 /// Callback URL validation: never panics; an accepted URL never names a non-public literal.
 pub fn callback_url(raw: &[u8]) {
@@ -51,7 +51,7 @@ pub fn classify(async_value: &[u8], callback_value: &[u8], twice: bool) {
             .build()
             .expect("defaults")
     });
-    let _ = crate::classify::classify(&headers, &layer.config_for_fuzzing());
+    let _ = crate::request::classify::classify(&headers, &layer.config_for_fuzzing());
 }
 
 /// Notification building: always valid JSON that reads back.
@@ -74,8 +74,8 @@ pub fn prefer(value: &[u8]) {
         return;
     };
     let mut headers = HeaderMap::new();
-    headers.insert(crate::prefer::PREFER, value);
-    let preferences = crate::prefer::parse(&headers);
+    headers.insert(crate::request::prefer::PREFER, value);
+    let preferences = crate::request::prefer::parse(&headers);
     assert!(preferences
         .wait
         .is_none_or(|wait| wait <= crate::MAX_PREFER_WAIT));

@@ -120,60 +120,40 @@
 )]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod address;
 pub mod admin;
-mod body;
-mod builder;
-mod callback_url;
-mod classify;
-mod config;
+mod admission;
 mod delivery;
-mod dispatch;
-mod future;
-mod grpc;
-mod handle;
-pub mod header;
-mod ids;
+mod event;
 pub mod instance;
-mod job;
 mod layer;
 mod metrics;
-pub mod notification;
-mod prefer;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
-mod receipt;
-#[cfg(feature = "axum")]
-#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
-pub mod receiver;
-mod recovery;
-mod refusal;
-pub mod retry;
-mod runner;
-mod service;
-mod signature;
-pub mod sink;
+mod receive;
+mod request;
 mod status;
 pub mod store;
-pub mod verify;
+mod wire;
 
-pub use self::address::IpNetwork;
-pub use self::body::{RequestBody, ResponseBody};
-pub use self::builder::{
-    AsyncRequestLayerBuilder, ConfigError, DEFAULT_JOB_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_STATUS_RETENTION,
+pub use self::admission::DEFAULT_MAX_IN_FLIGHT;
+pub use self::delivery::{retry, sink};
+pub use self::event::notification;
+pub use self::layer::{
+    AsyncRequest, AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder, ConfigError,
+    Health, RedeliverError, Redelivered, ResponseFuture, ShutdownReport, DEFAULT_JOB_TIMEOUT,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT,
+    DEFAULT_STATUS_RETENTION,
 };
-pub use self::callback_url::MAX_CALLBACK_URL_BYTES;
-pub use self::future::ResponseFuture;
-pub use self::handle::{AsyncRequestHandle, Health, RedeliverError, Redelivered, ShutdownReport};
-pub use self::ids::{EventId, NotificationId, MAX_SAFE_ID};
-pub use self::layer::AsyncRequestLayer;
 pub use self::metrics::Metrics;
-pub use self::prefer::MAX_PREFER_WAIT;
-pub use self::refusal::RefusalCode;
-pub use self::runner::DEFAULT_MAX_IN_FLIGHT;
-pub use self::service::AsyncRequest;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub use self::receive::receiver;
+pub use self::receive::verify;
+pub use self::request::{IpNetwork, RefusalCode, MAX_CALLBACK_URL_BYTES, MAX_PREFER_WAIT};
+pub use self::wire::body::{RequestBody, ResponseBody};
+pub use self::wire::header;
+pub use self::wire::ids::{EventId, NotificationId, MAX_SAFE_ID};
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -4,8 +4,8 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::ids::{EventId, NotificationId};
 use crate::store::{AttemptRecord, EventSnapshot, NotificationRecord};
+use crate::wire::ids::{EventId, NotificationId};
 use crate::{Health, Redelivered};
 
 /// An event as the admin service shows it.

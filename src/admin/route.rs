@@ -4,8 +4,8 @@
 use http::{Method, StatusCode, Uri};
 
 use super::service::{DEFAULT_PAGE, MAX_PAGE};
-use crate::ids::{EventId, NotificationId, MAX_SAFE_ID};
 use crate::store::DeadLetterQuery;
+use crate::wire::ids::{EventId, NotificationId, MAX_SAFE_ID};
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

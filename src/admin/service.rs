@@ -12,7 +12,7 @@ use tower_service::Service;
 
 use super::json;
 use super::route::{route, Refused, Route};
-use crate::refusal::{json_error, json_response};
+use crate::request::refusal::{json_error, json_response};
 use crate::store::StoreError;
 use crate::{AsyncRequestHandle, RedeliverError};
 

@@ -79,8 +79,7 @@
 mod map;
 mod resolve;
 mod settings;
-mod sharded;
-mod share;
+pub(crate) mod sharded;
 
 pub use self::map::{element_token, InstanceMap};
 pub use self::resolve::{ResolveError, ResolveFuture, ResolveInstance};
@@ -88,4 +87,3 @@ pub use self::settings::{Instance, InstanceBuilder};
 
 pub(crate) use self::resolve::Instances;
 pub(crate) use self::settings::Naming;
-pub(crate) use self::share::{Share, Shares};

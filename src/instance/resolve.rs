@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::request::Parts;
 
 use super::{Instance, InstanceMap};
-use crate::refusal::{Refusal, RefusalCode};
+use crate::request::refusal::{Refusal, RefusalCode};
 
 /// The future a resolver returns: the instance, `None` when there is none, or an error when the
 /// resolver could not tell (its backing service is down, say).

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use http::Uri;
 use sha2::{Digest, Sha256};
 
-use crate::callback_url::{self, Origin, UrlPolicy};
-use crate::ids::MAX_SAFE_ID;
-use crate::signature::{decode_whsec, Signer};
+use crate::request::callback_url::{self, Origin, UrlPolicy};
+use crate::wire::ids::MAX_SAFE_ID;
+use crate::wire::signature::{decode_whsec, Signer};
 use crate::ConfigError;
 
 /// One tenant's settings: its id (the notification's `instanceId`), where its notifications go

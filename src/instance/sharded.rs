@@ -4,7 +4,7 @@
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::ids::{IdHasher, IdMap};
+use crate::wire::ids::{IdHasher, IdMap};
 
 /// Shards of the map (a power of two).
 const SHARDS: usize = 64;

@@ -20,7 +20,7 @@ use super::body::ProxyBody;
 use super::connection::{connector, Connections, Connector};
 use super::forward::{accepts_trailers, add_forwarded, join_cookies, strip_hop_by_hop, Base};
 use super::tunnel::{ConnectionHold, Tunnels};
-use crate::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
+use crate::wire::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
 use crate::{BoxError, ConfigError};
 
 /// How long [`Upstream`] waits for an answer's head by default.
@@ -344,7 +344,8 @@ impl UpstreamError {
 
     /// The answer for the client: the status and `{"code":"…","message":"…"}`.
     pub fn into_response(self) -> Response<ProxyBody> {
-        crate::refusal::json_error(self.status(), self.code(), &self.message).map(ProxyBody::own)
+        crate::request::refusal::json_error(self.status(), self.code(), &self.message)
+            .map(ProxyBody::own)
     }
 }
 

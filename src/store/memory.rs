@@ -8,7 +8,7 @@ use super::{
     unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
     NotificationRecord, Recovery, StoreError, StoreFuture,
 };
-use crate::ids::{EventId, IdGenerator, IdMap, NotificationId};
+use crate::wire::ids::{EventId, IdGenerator, IdMap, NotificationId};
 
 /// Default number of dead letters a [`MemoryStore`] keeps (the oldest go first).
 pub const DEFAULT_MAX_DEAD_LETTERS: usize = 10_000;

@@ -65,7 +65,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::ids::{EventId, NotificationId};
+use crate::wire::ids::{EventId, NotificationId};
 
 pub use self::history::{AttemptRecord, MAX_ATTEMPT_HISTORY};
 pub use self::memory::{MemoryStore, DEFAULT_MAX_DEAD_LETTERS, DEFAULT_MAX_RETAINED};

@@ -13,7 +13,7 @@ use super::{
     unix_ms, AttemptRecord, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
     NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture, StoreStats,
 };
-use crate::ids::{EventId, IdGenerator, NotificationId};
+use crate::wire::ids::{EventId, IdGenerator, NotificationId};
 
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");

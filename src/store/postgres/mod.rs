@@ -24,7 +24,7 @@ use super::{
     history, unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
     NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture, StoreStats,
 };
-use crate::ids::{EventId, NotificationId};
+use crate::wire::ids::{EventId, NotificationId};
 
 /// Default time a node may be silent before its peers take its work over (30 s).
 pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::{record_of, Shared, COLUMNS};
-use crate::ids::NotificationId;
 use crate::store::{history, unix_ms, DeliveryState, EventRecord, NotificationRecord, StoreError};
+use crate::wire::ids::NotificationId;
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 4096;

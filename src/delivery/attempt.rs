@@ -1,0 +1,628 @@
+//! Delivery: getting a notification to its receiver, with retries, or recording it as dead.
+//!
+//! A pipeline of small typed stages, run for each attempt:
+//! [`Delivery::prepare`] signs the request for this attempt (its own Standard Webhooks timestamp,
+//! the same notification id), the sink sends it within the attempt timeout, and
+//! [`AttemptOutcome::judge`] says what the answer means. [`deliver`] makes the attempt that is due
+//! and records it in the event store; a notification that must wait goes to the [`Outbox`] (one
+//! timer queue, one task) until its next attempt on the schedule of [`crate::retry`], until it
+//! ends *delivered* or *dead*.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use tokio::sync::mpsc;
+use tokio_util::time::DelayQueue;
+use tracing::Instrument;
+
+use crate::admission::in_flight::Permit;
+use crate::delivery::retry::{parse_retry_after, DeliveryPolicy};
+use crate::delivery::sink::{DynSink, SinkError, SinkErrorKind, TrustedTarget};
+use crate::event::shared::Config;
+use crate::instance::{Instance, Instances};
+use crate::metrics::{AttemptResult, Counter, Counters};
+use crate::store::{
+    history, unix_ms, AttemptRecord, DeliveryState, EventStore, NotificationRecord,
+};
+use crate::wire::header::{HeaderText, ELEMENTS_EVENT_ID};
+
+const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
+
+/// Called with every notification that becomes a dead letter.
+pub(crate) type DeadLetterHook = Arc<dyn Fn(&NotificationRecord) + Send + Sync>;
+
+/// What one attempt's answer means for the notification.
+#[derive(Debug)]
+pub(crate) enum AttemptOutcome {
+    /// The receiver answered `2xx`.
+    Delivered(StatusCode),
+    /// A non-`2xx` answer (`3xx` included: redirects are not followed) that a later attempt may
+    /// fix, with the `Retry-After` it asked for on `429`/`503`.
+    Rejected {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+    },
+    /// No answer (connection error, timeout) that a later attempt may fix.
+    Unreachable(SinkError),
+    /// Not sent: the instance's settings could not be read; a later attempt may fix it.
+    Unsent(String),
+    /// The receiver answered `410 Gone`: it wants no more notifications; not retried.
+    Gone,
+    /// An error after which retrying is pointless: a forbidden target, a closed sink.
+    Final(String),
+}
+
+impl AttemptOutcome {
+    pub(crate) fn judge(result: Result<Response<Bytes>, SinkError>, now: SystemTime) -> Self {
+        match result {
+            Ok(answer) if answer.status().is_success() => Self::Delivered(answer.status()),
+            Ok(answer) if answer.status() == StatusCode::GONE => Self::Gone,
+            Ok(answer) => {
+                let status = answer.status();
+                let retry_after = matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                )
+                .then(|| answer.headers().get(header::RETRY_AFTER))
+                .flatten()
+                .and_then(|value| parse_retry_after(value, now));
+                Self::Rejected {
+                    status,
+                    retry_after,
+                }
+            }
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    SinkErrorKind::Forbidden | SinkErrorKind::Closed
+                ) =>
+            {
+                Self::Final(error.to_string())
+            }
+            Err(error) => Self::Unreachable(error),
+        }
+    }
+
+    /// The receiver's status, when it answered.
+    fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Delivered(status) | Self::Rejected { status, .. } => Some(*status),
+            Self::Gone => Some(StatusCode::GONE),
+            Self::Unreachable(_) | Self::Unsent(_) | Self::Final(_) => None,
+        }
+    }
+
+    /// Why the notification was not delivered; `None` when it was.
+    fn error(&self) -> Option<String> {
+        Some(match self {
+            Self::Delivered(_) => return None,
+            Self::Rejected { status, .. } => format!("the receiver answered {status}"),
+            Self::Gone => "the receiver answered 410 Gone".to_owned(),
+            Self::Unreachable(error) => error.to_string(),
+            Self::Unsent(reason) | Self::Final(reason) => reason.clone(),
+        })
+    }
+
+    /// The attempt's `result` label.
+    fn result(&self) -> AttemptResult {
+        match self {
+            Self::Delivered(_) => AttemptResult::Delivered,
+            Self::Rejected { .. } => AttemptResult::Rejected,
+            Self::Gone => AttemptResult::Gone,
+            Self::Unreachable(_) => AttemptResult::Unreachable,
+            Self::Unsent(_) => AttemptResult::Unsent,
+            Self::Final(_) => AttemptResult::Refused,
+        }
+    }
+}
+
+/// Signs, sends and retries notifications; records each step in the store.
+pub(crate) struct Delivery {
+    pub(crate) sink: Arc<dyn DynSink>,
+    pub(crate) sink_type: &'static str,
+    pub(crate) policy: DeliveryPolicy,
+    pub(crate) attempt_timeout: Duration,
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) on_dead_letter: Option<DeadLetterHook>,
+    /// Whether a sink may reach every target at private addresses; otherwise only the
+    /// instance's own configured URL.
+    pub(crate) allow_private: bool,
+    /// How long a delivered notification stays readable through the status endpoint.
+    pub(crate) retention: Duration,
+    pub(crate) outbox: Outbox,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("sink", &self.sink_type)
+            .field("policy", &self.policy)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// The signed request for one attempt made at `timestamp` (Unix seconds), with `instance`'s
+    /// keys.
+    pub(crate) fn prepare(
+        &self,
+        notification: &NotificationRecord,
+        instance: &Instance,
+        target: &Uri,
+        timestamp: u64,
+    ) -> Request<Bytes> {
+        let mut request = Request::new(notification.body.clone());
+        // Room for every header below at once: growing the map midway rehashes it.
+        *request.headers_mut() = HeaderMap::with_capacity(8);
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = target.clone();
+        if self.allow_private || instance.callback_url() == Some(target) {
+            request.extensions_mut().insert(TrustedTarget);
+        }
+        let headers = request.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        // The event id and every signature header share one buffer.
+        let signer = instance.signer();
+        let mut text = HeaderText::with_capacity(20 + signer.text_len());
+        text.decimal(ELEMENTS_EVENT_ID, notification.event_id.get());
+        signer.sign(
+            &mut text,
+            notification.notification_id,
+            timestamp,
+            &notification.body,
+        );
+        text.insert_into(headers);
+        request
+    }
+
+    /// Makes one attempt now.
+    pub(crate) async fn attempt(
+        &self,
+        notification: &NotificationRecord,
+        instance: &Instance,
+        target: &Uri,
+    ) -> AttemptOutcome {
+        let now = SystemTime::now();
+        let timestamp = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let request = self.prepare(notification, instance, target, timestamp);
+        let result =
+            match tokio::time::timeout(self.attempt_timeout, self.sink.send_boxed(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(SinkError::new(
+                    SinkErrorKind::Timeout,
+                    format!("no answer within {:?}", self.attempt_timeout),
+                )),
+            };
+        AttemptOutcome::judge(result, now)
+    }
+
+    /// The notification's instance as it is now, and where this attempt goes: the instance's
+    /// current URL when the event took it, else `parsed` or the record's own target. Else why no
+    /// attempt can be made: never (`Final`) or not now (`Unsent`).
+    async fn instance_and_target(
+        instances: &Instances,
+        notification: &NotificationRecord,
+        parsed: Option<Uri>,
+    ) -> Result<(Instance, Uri), AttemptOutcome> {
+        let id = notification.instance_id;
+        let instance = match instances.current(id).await {
+            Ok(Some(instance)) => instance,
+            Ok(None) => {
+                return Err(AttemptOutcome::Final(format!(
+                    "instance {id} was removed before its notification was delivered"
+                )))
+            }
+            Err(error) => {
+                return Err(AttemptOutcome::Unsent(format!(
+                    "the settings of instance {id} could not be read: {error}"
+                )))
+            }
+        };
+        let target = if notification.instance_url {
+            instance.callback_url().cloned().ok_or_else(|| {
+                AttemptOutcome::Final(format!("instance {id} no longer has a callback URL"))
+            })?
+        } else {
+            match parsed.map_or_else(|| notification.target.parse::<Uri>(), Ok) {
+                Ok(target) => target,
+                Err(_) => {
+                    return Err(AttemptOutcome::Final(
+                        "the stored callback URL is not a valid URI".into(),
+                    ))
+                }
+            }
+        };
+        Ok((instance, target))
+    }
+
+    /// Makes one attempt now and records what it means: delivered, dead, or when to try again.
+    /// The target is `parsed`, or else the record's, parsed here.
+    async fn attempt_once(
+        &self,
+        instances: &Instances,
+        notification: &mut NotificationRecord,
+        parsed: Option<Uri>,
+        permit: &Permit,
+    ) -> Next {
+        let counters = permit.instance_counters(&self.counters);
+        let started = Instant::now();
+        let at_ms = unix_ms();
+        let outcome = match Self::instance_and_target(instances, notification, parsed).await {
+            Ok((instance, target)) => {
+                notification.attempts += 1;
+                let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
+                let outcome = self
+                    .attempt(notification, &instance, &target)
+                    .instrument(span)
+                    .await;
+                // Labelled by host only when the operator configured it: bounded.
+                let host = target.host().filter(|_| notification.instance_url);
+                counters.attempt(outcome.result(), host);
+                outcome
+            }
+            // Counted, so the retry schedule bounds how long a resolver may fail.
+            Err(unsent @ AttemptOutcome::Unsent(_)) => {
+                notification.attempts += 1;
+                counters.attempt(unsent.result(), None);
+                unsent
+            }
+            // Never attempted: no history entry, only the reason.
+            Err(never) => {
+                notification.last_error = never.error();
+                self.bury(notification.clone(), permit).await;
+                return Next::Done;
+            }
+        };
+        let error = outcome.error();
+        history::push(
+            &mut notification.history,
+            AttemptRecord {
+                at_ms,
+                duration_us: started.elapsed().as_micros() as u64,
+                status: outcome.status().map(|status| status.as_u16()),
+                error: error.clone(),
+            },
+        );
+        let retry_after = match outcome {
+            AttemptOutcome::Delivered(status) => {
+                tracing::debug!(%status, attempts = notification.attempts, "callback delivered");
+                notification.state = DeliveryState::Delivered;
+                let now = unix_ms();
+                notification.retain_until_ms =
+                    now.saturating_add(self.retention.as_millis() as u64);
+                if let Err(error) = self.store.delivered(notification).await {
+                    tracing::error!(%error, "could not record a delivery; it may be repeated after a restart");
+                }
+                counters.delivered_after(Duration::from_millis(
+                    now.saturating_sub(notification.accepted_at_ms),
+                ));
+                permit.sub(&self.counters, Counter::Pending);
+                permit.add(&self.counters, Counter::Delivered);
+                return Next::Done;
+            }
+            AttemptOutcome::Gone | AttemptOutcome::Final(_) => {
+                notification.last_error = error;
+                self.bury(notification.clone(), permit).await;
+                return Next::Done;
+            }
+            AttemptOutcome::Rejected { retry_after, .. } => retry_after,
+            AttemptOutcome::Unreachable(_) | AttemptOutcome::Unsent(_) => None,
+        };
+        let delay = self
+            .policy
+            .delay_before(notification.attempts, retry_after, random_unit());
+        notification.last_error = error;
+        let Some(delay) = delay else {
+            self.bury(notification.clone(), permit).await;
+            return Next::Done;
+        };
+        notification.next_attempt_at_ms = unix_ms() + delay.as_millis() as u64;
+        tracing::warn!(
+            error = notification.last_error.as_deref().unwrap_or_default(),
+            attempts = notification.attempts,
+            retry_in = ?delay,
+            target = %notification.target,
+            "callback attempt failed; retrying",
+        );
+        if let Err(error) = self.store.attempted(notification).await {
+            tracing::error!(%error, "could not record a failed attempt");
+        }
+        permit.add(&self.counters, Counter::Retries);
+        Next::Later
+    }
+
+    /// Records a notification as a dead letter.
+    async fn bury(&self, mut notification: NotificationRecord, permit: &Permit) {
+        notification.state = DeliveryState::Dead;
+        tracing::error!(
+            error = notification.last_error.as_deref().unwrap_or_default(),
+            attempts = notification.attempts,
+            target = %notification.target,
+            "callback not delivered; kept as a dead letter",
+        );
+        if let Err(error) = self.store.dead(&notification).await {
+            tracing::error!(%error, "could not record a dead letter");
+        }
+        permit.sub(&self.counters, Counter::Pending);
+        permit.add(&self.counters, Counter::Dead);
+        if let Some(hook) = &self.on_dead_letter {
+            hook(&notification);
+        }
+    }
+}
+
+/// What follows an attempt.
+enum Next {
+    /// Delivered or dead: the event is finished.
+    Done,
+    /// Try again at `next_attempt_at_ms`.
+    Later,
+}
+
+/// Delivers a pending notification: an attempt now if it is due, and each later one from the
+/// outbox, until it is delivered or dead. `permit` is the event's place under `max_in_flight`,
+/// held until then. `parsed` is the notification's target already parsed, if the caller has it.
+pub(crate) async fn deliver(
+    config: Arc<Config>,
+    mut notification: NotificationRecord,
+    permit: Permit,
+    parsed: Option<Uri>,
+) {
+    if notification.next_attempt_at_ms <= unix_ms() {
+        if let Next::Done = config
+            .delivery
+            .attempt_once(&config.instances, &mut notification, parsed, &permit)
+            .await
+        {
+            return;
+        }
+    }
+    config
+        .delivery
+        .outbox
+        .schedule(&config, notification, permit);
+}
+
+/// Notifications waiting for their next attempt, all in one timer queue served by one task.
+///
+/// A waiting notification is then only its record and its permit in the queue — not a task with
+/// its futures — so a receiver that is down for hours costs little memory per event.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    queue: OnceLock<mpsc::UnboundedSender<Waiting>>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    // Each waiting notification keeps the layer's configuration alive, so dropping the layer
+    // (the last router using it, say) does not silently drop its pending deliveries.
+    config: Arc<Config>,
+    notification: NotificationRecord,
+    permit: Permit,
+}
+
+impl Outbox {
+    fn schedule(&self, config: &Arc<Config>, notification: NotificationRecord, permit: Permit) {
+        let queue = self.queue.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            tokio::spawn(serve_outbox(receiver));
+            sender
+        });
+        let waiting = Waiting {
+            config: config.clone(),
+            notification,
+            permit,
+        };
+        if queue.send(waiting).is_err() {
+            tracing::error!("the outbox has stopped; a notification waits for the next start");
+        }
+    }
+}
+
+/// The outbox task: starts each notification's next attempt when it is due. It ends once the
+/// layer is gone and nothing waits any more (the `Config` owning the sending side was dropped).
+async fn serve_outbox(mut incoming: mpsc::UnboundedReceiver<Waiting>) {
+    let mut waiting = DelayQueue::new();
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(incoming) = incoming.poll_recv(cx) {
+                return Poll::Ready(Step::Incoming(incoming));
+            }
+            // An empty queue answers `None` at once; it is polled again after the next insert.
+            if !waiting.is_empty() {
+                if let Poll::Ready(Some(due)) = waiting.poll_expired(cx) {
+                    return Poll::Ready(Step::Due(due.into_inner()));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match next {
+            Step::Incoming(Some(entry)) => {
+                let wait = entry
+                    .notification
+                    .next_attempt_at_ms
+                    .saturating_sub(unix_ms());
+                waiting.insert(entry, Duration::from_millis(wait));
+            }
+            Step::Incoming(None) => return,
+            Step::Due(Waiting {
+                config,
+                notification,
+                permit,
+            }) => {
+                let span = tracing::info_span!(
+                    "async_request",
+                    event_id = notification.event_id.get(),
+                    notification_id = notification.notification_id.get(),
+                    instance_id = notification.instance_id,
+                );
+                tokio::spawn(deliver(config, notification, permit, None).instrument(span));
+            }
+        }
+    }
+}
+
+enum Step {
+    Incoming(Option<Waiting>),
+    Due(Waiting),
+}
+
+/// A uniform number in `[0, 1)` for jitter; randomly keyed per process, no extra dependency.
+fn random_unit() -> f64 {
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = KEYS.get_or_init(RandomState::new).build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::sink::ChannelSink;
+    use crate::store::MemoryStore;
+    use crate::wire::ids::{EventId, NotificationId};
+
+    fn answer(
+        status: u16,
+        retry_after: Option<&'static str>,
+    ) -> Result<Response<Bytes>, SinkError> {
+        let mut response = Response::new(Bytes::new());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        if let Some(value) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(value));
+        }
+        Ok(response)
+    }
+
+    fn judge(result: Result<Response<Bytes>, SinkError>) -> AttemptOutcome {
+        AttemptOutcome::judge(result, SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn only_2xx_is_delivered_and_410_is_final() {
+        assert!(matches!(
+            judge(answer(200, None)),
+            AttemptOutcome::Delivered(_)
+        ));
+        assert!(matches!(
+            judge(answer(204, None)),
+            AttemptOutcome::Delivered(_)
+        ));
+        for status in [301, 302, 307, 400, 429, 500, 503] {
+            assert!(
+                matches!(judge(answer(status, None)), AttemptOutcome::Rejected { status: s, retry_after: None } if s.as_u16() == status)
+            );
+        }
+        assert!(matches!(judge(answer(410, None)), AttemptOutcome::Gone));
+        let forbidden = SinkError::new(SinkErrorKind::Forbidden, "private");
+        assert!(matches!(judge(Err(forbidden)), AttemptOutcome::Final(_)));
+        let refused = SinkError::new(SinkErrorKind::Connect, "refused");
+        assert!(matches!(
+            judge(Err(refused)),
+            AttemptOutcome::Unreachable(_)
+        ));
+    }
+
+    #[test]
+    fn retry_after_is_read_only_on_429_and_503() {
+        let asked = |status| match judge(answer(status, Some("42"))) {
+            AttemptOutcome::Rejected { retry_after, .. } => retry_after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(asked(429), Some(Duration::from_secs(42)));
+        assert_eq!(asked(503), Some(Duration::from_secs(42)));
+        assert_eq!(asked(500), None);
+    }
+
+    #[test]
+    fn random_units_are_in_range_and_vary() {
+        let values: Vec<f64> = (0..100).map(|_| random_unit()).collect();
+        assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
+        assert!(values.windows(2).any(|w| w[0] != w[1]));
+    }
+
+    #[tokio::test]
+    async fn prepared_request_is_a_signed_json_post_to_the_target() {
+        let (sink, mut callbacks) = ChannelSink::new(1);
+        let delivery = Delivery {
+            sink: Arc::new(sink),
+            sink_type: "ChannelSink",
+            policy: DeliveryPolicy::default(),
+            attempt_timeout: Duration::from_secs(5),
+            store: Arc::new(MemoryStore::new()),
+            counters: Arc::default(),
+            on_dead_letter: None,
+            allow_private: false,
+            retention: Duration::from_secs(60),
+            outbox: Outbox::default(),
+        };
+        let notification = NotificationRecord {
+            event_id: EventId::new(1028),
+            notification_id: NotificationId::new(1084),
+            instance_id: 30,
+            instance_url: false,
+            target: "https://hooks.example.com/in".into(),
+            body: Bytes::from_static(b"{}"),
+            accepted_at_ms: 0,
+            attempts: 0,
+            history: Vec::new(),
+            next_attempt_at_ms: 0,
+            last_error: None,
+            state: DeliveryState::Pending,
+            retain_until_ms: 0,
+        };
+        let instance = Instance::builder(30)
+            .callback_url("https://hooks.example.com/in")
+            .signing_key("event-signature-key")
+            .build()
+            .unwrap();
+        let target = notification.target.parse().unwrap();
+        assert!(matches!(
+            delivery.attempt(&notification, &instance, &target).await,
+            AttemptOutcome::Delivered(_)
+        ));
+        let sent = callbacks.recv().await.unwrap();
+        assert_eq!(sent.method(), Method::POST);
+        assert_eq!(sent.uri(), "https://hooks.example.com/in");
+        assert_eq!(sent.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(sent.headers()[ELEMENTS_EVENT_ID], "1028");
+        assert!(sent.headers()[header::USER_AGENT]
+            .to_str()
+            .unwrap()
+            .starts_with("tower-async-request/"));
+        assert!(
+            sent.headers()[crate::wire::header::ELEMENTS_WEBHOOK_SIGNATURE]
+                .to_str()
+                .unwrap()
+                .starts_with("sha256=")
+        );
+        assert_eq!(sent.body(), "{}");
+        assert!(
+            sent.extensions().get::<TrustedTarget>().is_some(),
+            "the default URL is trusted"
+        );
+
+        let elsewhere = "https://other.example.com/in".parse().unwrap();
+        let request = delivery.prepare(&notification, &instance, &elsewhere, 0);
+        assert!(request.extensions().get::<TrustedTarget>().is_none());
+    }
+}

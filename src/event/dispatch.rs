@@ -1,0 +1,243 @@
+//! Dispatch: what happens to an accepted async request before the client gets its receipt.
+//!
+//! Resolve the request's instance (its own `max_in_flight` and default callback URL apply), read
+//! the whole request body (a connection may close once the client has its `202`, so the
+//! body cannot be left for later), take ids from the store and commit the event as *dispatched*,
+//! call the readied inner service, and spawn one task that runs the job and delivers its
+//! notification — carrying the caller's tracing span. The receipt is sent only after the store
+//! has committed the event. If the client goes away before that, this future is dropped and
+//! nothing was recorded or started. With `Prefer: respond-async, wait=N` the client gets the real
+//! response instead when the work completes within N seconds, and no callback is sent.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use http_body::Body;
+use tokio::sync::oneshot;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::admission::in_flight::Permit;
+use crate::event::job;
+use crate::event::receipt::receipt;
+use crate::event::recovery::ensure_recovered;
+use crate::event::shared::Config;
+use crate::layer::service::request_too_large;
+use crate::metrics::{Counter, Started};
+use crate::request::callback_url;
+use crate::request::classify::{target, Target};
+use crate::request::grpc;
+use crate::request::refusal::{Refusal, RefusalCode};
+use crate::store::{unix_ms, EventRecord, StoreError};
+use crate::wire::body::{read_to_end, OwnBody, RequestBody};
+use crate::BoxError;
+
+/// What classification decided about an accepted async request.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub(crate) callback: Option<Uri>,
+    pub(crate) wait: Option<Duration>,
+    pub(crate) preferred: bool,
+    /// A gRPC call: receipts and refusals are gRPC answers.
+    pub(crate) grpc: bool,
+}
+
+const PREFERENCE_APPLIED: http::HeaderName = http::HeaderName::from_static("preference-applied");
+
+pub(crate) async fn dispatch<S, ReqBody, ResBody>(
+    mut ready: S,
+    request: Request<ReqBody>,
+    accepted: Accepted,
+    config: Arc<Config>,
+    mut permit: Permit,
+    parent: tracing::Span,
+) -> Response<OwnBody>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let started = Started::now();
+    let (parts, body) = request.into_parts();
+    let instance = match config.instances.for_request(&parts).await {
+        Ok(instance) => instance,
+        Err(refusal) => return refusal.respond(accepted.grpc),
+    };
+    if let Err(refusal) = config.admit_to_share(&mut permit, &instance) {
+        return refusal.respond(accepted.grpc);
+    }
+    let target = match target(accepted.callback, &instance, &config) {
+        Ok(target) => target,
+        Err(refusal) => return refusal.respond(accepted.grpc),
+    };
+    // A timer only when the body is not already in: `timeout` polls the read first.
+    let read = tokio::time::timeout(
+        config.request_body_timeout,
+        read_to_end(body, config.max_request_bytes),
+    );
+    let (data, trailers) = match read.await {
+        Err(_elapsed) => {
+            return Refusal::new(
+                RefusalCode::RequestBodyTimeout,
+                format!(
+                    "The request body did not arrive in full within {:?}.",
+                    config.request_body_timeout
+                ),
+            )
+            .respond(accepted.grpc)
+        }
+        Ok(Ok(read)) => read,
+        Ok(Err(error)) if job::is_length_limit(&*error) => {
+            return request_too_large(config.max_request_bytes).respond(accepted.grpc)
+        }
+        Ok(Err(error)) => {
+            return Refusal::new(
+                RefusalCode::RequestBodyError,
+                format!("The request body could not be read: {error}."),
+            )
+            .respond(accepted.grpc)
+        }
+    };
+    let request = Request::from_parts(parts, RequestBody::buffered(data, trailers));
+
+    let mut event = match record_dispatched(&config, &target, instance.id()).await {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(%error, "could not record an async request; refusing it");
+            return Refusal::new(
+                RefusalCode::StoreUnavailable,
+                "The service could not record the request; nothing was started. Retry later.",
+            )
+            .respond(accepted.grpc);
+        }
+    };
+    permit.add(&config.counters, Counter::Accepted);
+    // What is left until the receipt (spawning the job, writing the receipt) takes no time that
+    // matters next to reading the body and the store's commit.
+    permit
+        .instance_counters(&config.counters)
+        .receipt_ready(started);
+    let event_id = event.event_id;
+    let span = tracing::info_span!(
+        parent: &parent,
+        "async_request",
+        event_id = event_id.get(),
+        notification_id = event.notification_id.get(),
+        instance_id = event.instance_id,
+    );
+    // `call` itself may panic (a hand-written service); that is the job's panic too.
+    // Boxed before the task captures it, so the work's state (which may hold the whole request)
+    // is freed when the work ends instead of living as long as the task.
+    let work = span.in_scope(|| catch_unwind(AssertUnwindSafe(|| Box::pin(ready.call(request)))));
+    // With `Prefer: wait`, the job may hand its response back here instead of notifying.
+    let (answer_tx, answer_rx) = match accepted.wait {
+        Some(_) => {
+            let (tx, rx) = oneshot::channel::<Response<OwnBody>>();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let shared = config.clone();
+    // The parsed URL goes with the job, so its first attempt does not parse the stored text.
+    let callback = target.url;
+    let job = async move {
+        permit.add(&shared.counters, Counter::Running);
+        if let Err(error) = shared.store.running(event_id).await {
+            tracing::warn!(%error, "could not record that the job started");
+        }
+        let ended = match work {
+            // Boxed too: reading the answer takes far more state than waiting between delivery
+            // attempts, and a notification may wait for hours in this same task.
+            Ok(work) => {
+                Box::pin(job::run(
+                    work,
+                    shared.max_response_bytes,
+                    shared.job_timeout,
+                ))
+                .await
+            }
+            Err(panic) => Err(job::panicked(panic)),
+        };
+        permit.sub(&shared.counters, Counter::Running);
+        let (outcome, parsed) = match (ended, answer_tx) {
+            (Ok(completed), Some(answer)) => {
+                let outcome = completed.outcome();
+                match answer.send(completed.into_response()) {
+                    // The client got the real response: nothing to deliver.
+                    Ok(()) => {
+                        event.target.clear();
+                        event.instance_url = false;
+                        (outcome, None)
+                    }
+                    Err(_) => (outcome, callback),
+                }
+            }
+            (Ok(completed), None) => (completed.into_outcome(), callback),
+            (Err(failed), _) => (failed, callback),
+        };
+        job::conclude(&shared, event, parsed, outcome, permit).await;
+    };
+    tokio::spawn(job.instrument(span));
+
+    if let (Some(mut answer), Some(wait)) = (answer_rx, accepted.wait) {
+        if let Ok(Ok(response)) = tokio::time::timeout(wait, &mut answer).await {
+            return response;
+        }
+        // Closing first means a response sent from now on fails to send (and is notified), and
+        // one sent just before is still here: nothing falls between the two.
+        answer.close();
+        if let Ok(response) = answer.try_recv() {
+            return response;
+        }
+    }
+    let mut receipt = if accepted.grpc {
+        grpc::receipt(event_id)
+    } else {
+        receipt(config.receipt_status, event_id).map(OwnBody::from)
+    };
+    if let Some(status) = &config.status {
+        receipt
+            .headers_mut()
+            .insert(http::header::LOCATION, status.location(event_id));
+    }
+    if accepted.preferred {
+        receipt.headers_mut().insert(
+            PREFERENCE_APPLIED,
+            http::HeaderValue::from_static("respond-async"),
+        );
+    }
+    receipt
+}
+
+/// Takes ids and commits the event; the receipt may be sent once this returns.
+async fn record_dispatched(
+    config: &Arc<Config>,
+    target: &Target,
+    instance_id: u64,
+) -> Result<EventRecord, StoreError> {
+    ensure_recovered(config).await?;
+    let (event_id, notification_id) = config.store.allocate_ids().await?;
+    let event = EventRecord {
+        event_id,
+        notification_id,
+        instance_id,
+        // An empty target: no callback, the client polls the status endpoint.
+        target: target
+            .url
+            .as_ref()
+            .map(callback_url::to_text)
+            .unwrap_or_default(),
+        instance_url: target.from_instance,
+        accepted_at_ms: unix_ms(),
+        running: false,
+    };
+    config.store.dispatched(&event).await?;
+    Ok(event)
+}

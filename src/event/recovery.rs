@@ -1,0 +1,93 @@
+//! Recovery: on start-up, finish what an earlier process left in the store.
+//!
+//! Events that were dispatched or running when that process died get a `failed` notification with
+//! code `interrupted` (under the notification id they were given at dispatch); pending
+//! notifications resume their schedule where it stopped. The store is read once, before this
+//! process records its first event, so new events are never mistaken for old ones.
+
+use std::sync::{Arc, Weak};
+
+use crate::delivery::attempt::deliver;
+use crate::event::job::conclude;
+use crate::event::notification::{FailureCode, Outcome};
+use crate::event::shared::Config;
+use crate::metrics::Counter;
+use crate::store::{Recovery, StoreError};
+
+/// Reads the store once (later calls return at once) and starts finishing what it holds.
+pub(crate) async fn ensure_recovered(config: &Arc<Config>) -> Result<(), StoreError> {
+    config
+        .recovered
+        .get_or_try_init(|| async {
+            let recovery = config.store.recover().await?;
+            if !recovery.unfinished.is_empty() || !recovery.pending.is_empty() {
+                tracing::info!(
+                    interrupted = recovery.unfinished.len(),
+                    pending = recovery.pending.len(),
+                    "resuming work an earlier process left unfinished",
+                );
+                tokio::spawn(resume(config.clone(), recovery));
+            }
+            if config.store.take_over().is_some() {
+                tokio::spawn(take_over(Arc::downgrade(config)));
+            }
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Starts recovery in the background if a runtime is at hand (otherwise the first async request
+/// or handle call does it).
+pub(crate) fn start_recovery(config: &Arc<Config>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let config = config.clone();
+        runtime.spawn(async move {
+            if let Err(error) = ensure_recovered(&config).await {
+                tracing::error!(%error, "could not read unfinished work from the event store");
+            }
+        });
+    }
+}
+
+/// With a store several nodes share: finishes what nodes that stopped left, for as long as the
+/// layer lives.
+async fn take_over(config: Weak<Config>) {
+    loop {
+        let Some(strong) = config.upgrade() else {
+            return;
+        };
+        let Some(next) = strong.store.take_over() else {
+            return;
+        };
+        match next.await {
+            Ok(recovery) if recovery.unfinished.is_empty() && recovery.pending.is_empty() => {}
+            Ok(recovery) => {
+                tokio::spawn(resume(strong.clone(), recovery));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not look for work of stopped nodes");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn resume(config: Arc<Config>, recovery: Recovery) {
+    for event in recovery.unfinished {
+        let permit = config.permit_for(event.instance_id).await;
+        let config = config.clone();
+        tokio::spawn(async move {
+            let outcome = Outcome::failed(
+                FailureCode::Interrupted,
+                "the process ended before the job finished",
+            );
+            conclude(&config, event, None, outcome, permit).await;
+        });
+    }
+    for notification in recovery.pending {
+        let permit = config.permit_for(notification.instance_id).await;
+        permit.add(&config.counters, Counter::Pending);
+        tokio::spawn(deliver(config.clone(), notification, permit, None));
+    }
+}

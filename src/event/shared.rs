@@ -1,0 +1,93 @@
+//! The resolved configuration every clone of the layer, service and handle shares through one
+//! `Arc`: settings, the job runner, the delivery engine and the store.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use tokio::sync::OnceCell;
+
+use crate::admission::in_flight::{Permit, Runner};
+use crate::admission::share::Shares;
+use crate::delivery::attempt::Delivery;
+use crate::instance::{Instance, Instances};
+use crate::metrics::Counters;
+use crate::request::callback_url::UrlPolicy;
+use crate::request::refusal::Refusal;
+use crate::status::endpoint::StatusEndpoint;
+use crate::store::EventStore;
+
+pub(crate) struct Config {
+    pub(crate) async_header: HeaderName,
+    pub(crate) callback_header: HeaderName,
+    pub(crate) receipt_status: StatusCode,
+    /// Which instance an event belongs to, and its keys and URL.
+    pub(crate) instances: Instances,
+    /// Each instance's in-flight count and counters (many instances only).
+    pub(crate) shares: Shares,
+    pub(crate) url_policy: UrlPolicy,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) request_body_timeout: Duration,
+    pub(crate) max_response_bytes: usize,
+    pub(crate) job_timeout: Option<Duration>,
+    pub(crate) status: Option<StatusEndpoint>,
+    pub(crate) prefer_respond_async: bool,
+    pub(crate) runner: Runner,
+    pub(crate) delivery: Delivery,
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) store_type: &'static str,
+    pub(crate) counters: Arc<Counters>,
+    /// Set once what an earlier process left unfinished has been read from the store.
+    pub(crate) recovered: OnceCell<()>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("async_header", &self.async_header)
+            .field("callback_header", &self.callback_header)
+            .field("receipt_status", &self.receipt_status)
+            .field("instances", &self.instances)
+            .field("url_policy", &self.url_policy)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("request_body_timeout", &self.request_body_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("job_timeout", &self.job_timeout)
+            .field("status", &self.status)
+            .field("prefer_respond_async", &self.prefer_respond_async)
+            .field("runner", &self.runner)
+            .field("delivery", &self.delivery)
+            .field("store", &self.store_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A place for work accepted earlier (recovered or redelivered): it waits for room under the
+    /// layer's `max_in_flight` and counts in its instance's share, whatever that share's bound.
+    pub(crate) async fn permit_for(&self, instance_id: u64) -> Permit {
+        let mut permit = self.runner.wait_for_permit().await;
+        self.count_in_share(&mut permit, instance_id);
+        permit
+    }
+
+    /// Takes a place for a new event under its instance's own bound (many instances only).
+    pub(crate) fn admit_to_share(
+        &self,
+        permit: &mut Permit,
+        instance: &Instance,
+    ) -> Result<(), Refusal> {
+        if self.instances.single().is_some() {
+            return Ok(());
+        }
+        permit.join(self.shares.of(instance.id()), instance)
+    }
+
+    /// Counts an event accepted earlier in its instance's share (many instances only).
+    pub(crate) fn count_in_share(&self, permit: &mut Permit, instance_id: u64) {
+        if self.instances.single().is_none() {
+            permit.join_anyway(self.shares.of(instance_id));
+        }
+    }
+}

@@ -1,0 +1,188 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::event::dispatch::{dispatch, Accepted};
+use crate::event::shared::Config;
+use crate::layer::future::ResponseFuture;
+use crate::request::classify::{classify, is_plain, Classification};
+use crate::request::grpc::is_grpc;
+use crate::request::refusal::{Refusal, RefusalCode};
+use crate::wire::body::{OwnBody, RequestBody, ResponseBody};
+use crate::BoxError;
+
+/// Middleware that runs requests asking for it as asynchronous requests.
+///
+/// Made by [`AsyncRequestLayer`](crate::AsyncRequestLayer); see the [crate docs](crate).
+///
+/// - No async header (or `false`): the request goes to the inner service untouched, its body
+///   streamed, with the readiness the caller was granted.
+/// - A valid async request: the body is read (up to `max_request_bytes`), the readied inner service
+///   is called and its work spawned, and the caller gets the receipt at once.
+/// - A malformed async request: a JSON `4xx` refusal; the inner service is not called.
+pub struct AsyncRequest<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> AsyncRequest<S> {
+    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the middleware, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone> Clone for AsyncRequest<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for AsyncRequest<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncRequest")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AsyncRequest<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    ReqBody: Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if is_plain(
+            request.method(),
+            request.uri(),
+            request.headers(),
+            &self.config,
+        ) {
+            ResponseFuture::inner(self.inner.call(request.map(RequestBody::streaming)))
+        } else {
+            self.call_classified(request)
+        }
+    }
+}
+
+impl<S> AsyncRequest<S> {
+    /// Everything but a plain synchronous request: kept out of line so `call` stays small.
+    #[inline(never)]
+    fn call_classified<ReqBody, ResBody>(
+        &mut self,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<S::Future, ResBody>
+    where
+        S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        ReqBody: Body<Data = Bytes> + Send + 'static,
+        ReqBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        if let Some(status) = &self.config.status {
+            if status.owns(request.method(), request.uri()) {
+                let (config, uri) = (self.config.clone(), request.uri().clone());
+                return ResponseFuture::dispatch(Box::pin(async move {
+                    crate::status::endpoint::answer(&config, uri)
+                        .await
+                        .map(OwnBody::from)
+                }));
+            }
+        }
+        match classify(request.headers(), &self.config) {
+            Classification::Passthrough => {
+                ResponseFuture::inner(self.inner.call(request.map(RequestBody::streaming)))
+            }
+            Classification::Refuse(refusal) => {
+                ResponseFuture::answer(refusal.respond(is_grpc(request.headers())))
+            }
+            Classification::Async {
+                callback,
+                wait,
+                preferred,
+            } => {
+                let grpc = is_grpc(request.headers());
+                if request.body().size_hint().lower() > self.config.max_request_bytes as u64 {
+                    return ResponseFuture::answer(
+                        request_too_large(self.config.max_request_bytes).respond(grpc),
+                    );
+                }
+                let permit = match self.config.runner.admit() {
+                    Ok(permit) => permit,
+                    Err(refusal) => return ResponseFuture::answer(refusal.respond(grpc)),
+                };
+                // Only the instance that was polled ready may be called: keep a fresh clone here
+                // and hand the ready one to the dispatch, which calls it once the body is read.
+                let fresh = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, fresh);
+                let parent = tracing::Span::current();
+                ResponseFuture::dispatch(Box::pin(dispatch(
+                    ready,
+                    request,
+                    Accepted {
+                        callback,
+                        wait,
+                        preferred,
+                        grpc,
+                    },
+                    self.config.clone(),
+                    permit,
+                    parent,
+                )))
+            }
+        }
+    }
+}
+
+pub(crate) fn request_too_large(limit: usize) -> Refusal {
+    Refusal::new(
+        RefusalCode::RequestTooLarge,
+        format!("The request body of an async request may not exceed {limit} bytes."),
+    )
+}

@@ -1,0 +1,16 @@
+//! Stage 1, the request: is it synchronous, asynchronous, or refused? The async and `Prefer`
+//! headers are read, the callback URL and its address checked, and a refusal (JSON, or a gRPC
+//! error for a gRPC call) is the answer when the layer will not take it. Hands on a
+//! classification that the event stage dispatches.
+
+pub(crate) mod address;
+pub(crate) mod callback_url;
+pub(crate) mod classify;
+pub(crate) mod grpc;
+pub(crate) mod prefer;
+pub(crate) mod refusal;
+
+pub use self::address::IpNetwork;
+pub use self::callback_url::MAX_CALLBACK_URL_BYTES;
+pub use self::prefer::MAX_PREFER_WAIT;
+pub use self::refusal::RefusalCode;

@@ -1,0 +1,276 @@
+//! The status monitor: with `.status_endpoint("/events")`, the layer itself answers
+//! `GET /events/{eventId}?token={token}` for clients that poll instead of (or besides) receiving a
+//! callback, as the long-running-operation guidelines describe (Azure's asynchronous
+//! request-reply, Google AIP-151).
+//!
+//! Event ids are guessable, so the status URL is a capability: the token is an HMAC of the event
+//! id under a per-layer secret (random at start-up unless `.status_secret(..)` sets one, which a
+//! durable store needs for links to survive a restart). A missing, wrong or tampered token and an
+//! unknown id get the same `404`. The receipt's `Location` header carries the full URL.
+//!
+//! The answer:
+//!
+//! ```json
+//! {"eventId":1028,"instanceId":30,"eventStatus":"completed","notificationId":1084,
+//!  "delivery":{"state":"delivered","attempts":1,"lastError":null},
+//!  "statusCode":200,"response":{"…":"…"}}
+//! ```
+//!
+//! `eventStatus` is `dispatched`, `running`, `completed` or `failed`; `delivery.state` is `none`
+//! (nothing to deliver yet, or no callback URL), `pending`, `delivered` or `dead`. A finished
+//! event carries `statusCode` and `response` (or `error`) exactly as its notification does.
+//! Unfinished events answer with `Retry-After`. Finished events are kept for the status
+//! retention (default 24 h; `.status_retention(..)`), within the store's own bounds.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use hmac::Mac;
+use http::{header, HeaderValue, Method, Response, StatusCode, Uri};
+use serde_json::{json, Map, Value};
+
+use crate::event::shared::Config;
+use crate::request::refusal::{json_error, json_response};
+use crate::store::{EventSnapshot, NotificationRecord};
+use crate::wire::ids::EventId;
+use crate::wire::signature::{keyed, HmacSha256};
+use crate::ConfigError;
+
+/// Bytes of HMAC kept in a token: 128 bits.
+const TOKEN_BYTES: usize = 16;
+
+pub(crate) struct StatusEndpoint {
+    prefix: String,
+    key: HmacSha256,
+}
+
+impl fmt::Debug for StatusEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatusEndpoint")
+            .field("prefix", &self.prefix)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl StatusEndpoint {
+    pub(crate) fn new(prefix: &str, secret: Option<&[u8]>) -> Result<Self, ConfigError> {
+        let prefix = prefix.trim_end_matches('/');
+        let valid = prefix.starts_with('/')
+            && prefix.len() > 1
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+        if !valid {
+            return Err(ConfigError::new(format!(
+                "status_endpoint {prefix:?} must be an absolute path such as \"/events\""
+            )));
+        }
+        let key = match secret {
+            Some(secret) if secret.len() >= 16 => keyed(secret),
+            Some(_) => return Err(ConfigError::new("status_secret must be at least 16 bytes")),
+            None => {
+                let mut secret = [0u8; 32];
+                rustls::crypto::ring::default_provider()
+                    .secure_random
+                    .fill(&mut secret)
+                    .map_err(|_| {
+                        ConfigError::new("no secure random source for the status secret")
+                    })?;
+                keyed(&secret)
+            }
+        };
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            key,
+        })
+    }
+
+    fn mac(&self, event_id: EventId) -> HmacSha256 {
+        let mut mac = self.key.clone();
+        mac.update(b"status:");
+        mac.update(&event_id.get().to_be_bytes());
+        mac
+    }
+
+    pub(crate) fn token(&self, event_id: EventId) -> String {
+        URL_SAFE_NO_PAD.encode(&self.mac(event_id).finalize().into_bytes()[..TOKEN_BYTES])
+    }
+
+    fn verify(&self, event_id: EventId, token: &str) -> bool {
+        match URL_SAFE_NO_PAD.decode(token) {
+            Ok(bytes) if bytes.len() == TOKEN_BYTES => {
+                self.mac(event_id).verify_truncated_left(&bytes).is_ok()
+            }
+            _ => false,
+        }
+    }
+
+    /// The status URL of an event (a path with its token), for the receipt's `Location`.
+    pub(crate) fn location(&self, event_id: EventId) -> HeaderValue {
+        let url = format!("{}/{event_id}?token={}", self.prefix, self.token(event_id));
+        HeaderValue::try_from(url).expect("a checked path, digits and base64url")
+    }
+
+    /// Whether the layer answers this request itself.
+    pub(crate) fn owns(&self, method: &Method, uri: &Uri) -> bool {
+        method == Method::GET
+            && uri
+                .path()
+                .strip_prefix(self.prefix.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// The event a status URL names, if its token is right.
+    fn event(&self, uri: &Uri) -> Option<EventId> {
+        let id = uri
+            .path()
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('/')?;
+        let id = EventId::new(id.parse().ok()?);
+        let token = uri
+            .query()?
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))?;
+        self.verify(id, token).then_some(id)
+    }
+}
+
+/// Answers a status request.
+pub(crate) async fn answer(config: &Config, uri: Uri) -> Response<Bytes> {
+    let status = config
+        .status
+        .as_ref()
+        .expect("only called when the status endpoint is on");
+    let Some(event_id) = status.event(&uri) else {
+        return not_found();
+    };
+    match config.store.status(event_id).await {
+        Ok(Some(snapshot)) => found(event_id, snapshot),
+        Ok(None) => not_found(),
+        Err(error) => {
+            tracing::error!(%error, "could not read an event's status");
+            json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "The event's status could not be read. Retry later.",
+            )
+        }
+    }
+}
+
+fn found(event_id: EventId, snapshot: EventSnapshot) -> Response<Bytes> {
+    let (body, finished) = match snapshot {
+        EventSnapshot::Unfinished(event) => (
+            json!({
+                "eventId": event_id,
+                "instanceId": event.instance_id,
+                "eventStatus": if event.running { "running" } else { "dispatched" },
+                "notificationId": event.notification_id,
+                "delivery": {"state": "none", "attempts": 0, "lastError": null},
+            }),
+            false,
+        ),
+        EventSnapshot::Finished(notification) => (finished_body(event_id, &notification), true),
+    };
+    let mut response = json_response(StatusCode::OK, body.to_string());
+    if !finished {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+fn finished_body(event_id: EventId, notification: &NotificationRecord) -> Value {
+    let sent: Map<String, Value> = serde_json::from_slice(&notification.body).unwrap_or_default();
+    let mut body = Map::new();
+    body.insert("eventId".into(), json!(event_id));
+    body.insert("instanceId".into(), json!(notification.instance_id));
+    body.insert(
+        "eventStatus".into(),
+        sent.get("eventStatus").cloned().unwrap_or(Value::Null),
+    );
+    body.insert("notificationId".into(), json!(notification.notification_id));
+    body.insert(
+        "delivery".into(),
+        json!({
+            "state": notification.state.as_str(),
+            "attempts": notification.attempts,
+            "lastError": notification.last_error,
+        }),
+    );
+    for field in ["statusCode", "response", "responseEncoding", "error"] {
+        if let Some(value) = sent.get(field) {
+            body.insert(field.into(), value.clone());
+        }
+    }
+    Value::Object(body)
+}
+
+fn not_found() -> Response<Bytes> {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "No event matches this status URL.",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> StatusEndpoint {
+        StatusEndpoint::new("/events", Some(b"0123456789abcdef0123")).unwrap()
+    }
+
+    #[test]
+    fn tokens_are_bound_to_their_event_and_secret() {
+        let status = endpoint();
+        let id = EventId::new(1028);
+        let token = status.token(id);
+        assert_eq!(token.len(), 22);
+        assert!(status.verify(id, &token));
+        assert!(!status.verify(EventId::new(1029), &token));
+        let other = StatusEndpoint::new("/events", Some(b"another-secret-of-16+")).unwrap();
+        assert!(!other.verify(id, &token));
+        let mut tampered = token.into_bytes();
+        tampered[0] = if tampered[0] == b'A' { b'B' } else { b'A' };
+        assert!(!status.verify(id, std::str::from_utf8(&tampered).unwrap()));
+        assert!(!status.verify(id, ""));
+    }
+
+    #[test]
+    fn status_urls_are_parsed_strictly() {
+        let status = endpoint();
+        let id = EventId::new(1028);
+        let location = status.location(id);
+        let uri: Uri = location.to_str().unwrap().parse().unwrap();
+        assert!(status.owns(&Method::GET, &uri));
+        assert!(!status.owns(&Method::POST, &uri));
+        assert_eq!(status.event(&uri), Some(id));
+        for bad in [
+            "/events/1028",
+            "/events/1028?token=",
+            "/events/x?token=abc",
+            "/events/1029?token=abc",
+            "/eventsX/1028",
+        ] {
+            let uri: Uri = bad.parse().unwrap();
+            assert_eq!(status.event(&uri), None, "{bad}");
+        }
+        assert!(!status.owns(&Method::GET, &"/eventsX/1".parse().unwrap()));
+        assert!(!status.owns(&Method::GET, &"/other".parse().unwrap()));
+    }
+
+    #[test]
+    fn prefixes_and_secrets_are_checked() {
+        assert!(StatusEndpoint::new("events", None).is_err());
+        assert!(StatusEndpoint::new("/", None).is_err());
+        assert!(StatusEndpoint::new("/ev ents", None).is_err());
+        assert!(StatusEndpoint::new("/events", Some(b"short")).is_err());
+        assert!(StatusEndpoint::new("/api/events/", None).is_ok());
+    }
+}
