@@ -27,7 +27,7 @@ pub fn callback_url(raw: &[u8]) {
         if let Some(ip) = literal {
             assert!(is_public(ip), "{uri} was accepted");
         }
-        assert!(uri.to_string().len() <= crate::MAX_CALLBACK_URL_BYTES + 8);
+        assert!(uri.to_string().len() <= crate::request::callback_url::MAX_CALLBACK_URL_BYTES + 8);
     }
 }
 
@@ -45,13 +45,14 @@ pub fn classify(async_value: &[u8], callback_value: &[u8], twice: bool) {
         headers.append(HeaderName::from_static("elements-async-request"), a);
     }
     headers.append(HeaderName::from_static("elements-async-callback-url"), c);
-    static LAYER: std::sync::OnceLock<crate::AsyncRequestLayer> = std::sync::OnceLock::new();
+    static LAYER: std::sync::OnceLock<crate::layer::layer::AsyncRequestLayer> =
+        std::sync::OnceLock::new();
     let layer = LAYER.get_or_init(|| {
-        crate::AsyncRequestLayer::builder()
+        crate::layer::layer::AsyncRequestLayer::builder()
             .build()
             .expect("defaults")
     });
-    let _ = crate::request::classify::classify(&headers, &layer.config_for_fuzzing());
+    let _ = crate::request::classify::classify(&headers, &layer.config_for_fuzzing().classifier);
 }
 
 /// Notification building: always valid JSON that reads back.
@@ -78,5 +79,5 @@ pub fn prefer(value: &[u8]) {
     let preferences = crate::request::prefer::parse(&headers);
     assert!(preferences
         .wait
-        .is_none_or(|wait| wait <= crate::MAX_PREFER_WAIT));
+        .is_none_or(|wait| wait <= crate::request::prefer::MAX_PREFER_WAIT));
 }

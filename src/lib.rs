@@ -123,6 +123,7 @@
 pub mod admin;
 mod admission;
 mod delivery;
+mod error;
 mod event;
 pub mod instance;
 mod layer;
@@ -138,10 +139,11 @@ mod wire;
 
 pub use self::admission::DEFAULT_MAX_IN_FLIGHT;
 pub use self::delivery::{retry, sink};
+pub use self::error::{BoxError, ConfigError};
 pub use self::event::notification;
 pub use self::layer::{
-    AsyncRequest, AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder, ConfigError,
-    Health, RedeliverError, Redelivered, ResponseFuture, ShutdownReport, DEFAULT_JOB_TIMEOUT,
+    AsyncRequest, AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder, Health,
+    RedeliverError, Redelivered, ResponseFuture, ShutdownReport, DEFAULT_JOB_TIMEOUT,
     DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT,
     DEFAULT_STATUS_RETENTION,
 };
@@ -158,14 +160,3 @@ pub use self::wire::ids::{EventId, NotificationId, MAX_SAFE_ID};
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod __fuzz;
-
-/// Boxed error type used for inner service and body errors.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Whether `error`, or any error it wraps, is an `E` (wrappers such as `axum::Error` and
-/// hyper-util's client error hide the one that matters).
-pub(crate) fn wraps<E: std::error::Error + 'static>(
-    error: &(dyn std::error::Error + 'static),
-) -> bool {
-    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<E>())
-}

@@ -4,9 +4,9 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::layer::handle::{Health, Redelivered};
 use crate::store::{AttemptRecord, EventSnapshot, NotificationRecord};
 use crate::wire::ids::{EventId, NotificationId};
-use crate::{Health, Redelivered};
 
 /// An event as the admin service shows it.
 #[derive(Serialize)]

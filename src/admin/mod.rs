@@ -47,4 +47,5 @@ mod json;
 mod route;
 mod service;
 
-pub use self::service::{Admin, ResponseFuture, DEFAULT_PAGE, MAX_PAGE};
+pub use self::route::{DEFAULT_PAGE, MAX_PAGE};
+pub use self::service::{Admin, ResponseFuture};

@@ -3,9 +3,13 @@
 
 use http::{Method, StatusCode, Uri};
 
-use super::service::{DEFAULT_PAGE, MAX_PAGE};
 use crate::store::DeadLetterQuery;
 use crate::wire::ids::{EventId, NotificationId, MAX_SAFE_ID};
+
+/// Dead letters a page lists, and a bulk redelivery starts, unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 100;
+/// Most dead letters a page lists, and a bulk redelivery starts.
+pub const MAX_PAGE: usize = 1000;
 
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]

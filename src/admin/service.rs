@@ -12,14 +12,9 @@ use tower_service::Service;
 
 use super::json;
 use super::route::{route, Refused, Route};
+use crate::layer::handle::{AsyncRequestHandle, RedeliverError};
 use crate::request::refusal::{json_error, json_response};
 use crate::store::StoreError;
-use crate::{AsyncRequestHandle, RedeliverError};
-
-/// Dead letters a page lists, and a bulk redelivery starts, unless `limit` says otherwise.
-pub const DEFAULT_PAGE: usize = 100;
-/// Most dead letters a page lists, and a bulk redelivery starts.
-pub const MAX_PAGE: usize = 1000;
 
 /// The admin service; see the [module docs](super). Cheap to clone.
 #[derive(Debug, Clone)]

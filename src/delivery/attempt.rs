@@ -25,7 +25,6 @@ use tracing::Instrument;
 use crate::admission::in_flight::Permit;
 use crate::delivery::retry::{parse_retry_after, DeliveryPolicy};
 use crate::delivery::sink::{DynSink, SinkError, SinkErrorKind, TrustedTarget};
-use crate::event::shared::Config;
 use crate::instance::{Instance, Instances};
 use crate::metrics::{AttemptResult, Counter, Counters};
 use crate::store::{
@@ -366,6 +365,15 @@ impl Delivery {
     }
 }
 
+/// What a notification on its way reads and keeps alive: the delivery engine and the instances
+/// whose keys and URLs each attempt looks up. The layer's shared state is one (`event::shared`).
+pub(crate) trait Deliverer: fmt::Debug + Send + Sync + 'static {
+    /// Signs, sends and records.
+    fn delivery(&self) -> &Delivery;
+    /// Each notification's instance as it is now.
+    fn instances(&self) -> &Instances;
+}
+
 /// What follows an attempt.
 enum Next {
     /// Delivered or dead: the event is finished.
@@ -378,22 +386,22 @@ enum Next {
 /// outbox, until it is delivered or dead. `permit` is the event's place under `max_in_flight`,
 /// held until then. `parsed` is the notification's target already parsed, if the caller has it.
 pub(crate) async fn deliver(
-    config: Arc<Config>,
+    config: Arc<dyn Deliverer>,
     mut notification: NotificationRecord,
     permit: Permit,
     parsed: Option<Uri>,
 ) {
     if notification.next_attempt_at_ms <= unix_ms() {
         if let Next::Done = config
-            .delivery
-            .attempt_once(&config.instances, &mut notification, parsed, &permit)
+            .delivery()
+            .attempt_once(config.instances(), &mut notification, parsed, &permit)
             .await
         {
             return;
         }
     }
     config
-        .delivery
+        .delivery()
         .outbox
         .schedule(&config, notification, permit);
 }
@@ -411,13 +419,18 @@ pub(crate) struct Outbox {
 struct Waiting {
     // Each waiting notification keeps the layer's configuration alive, so dropping the layer
     // (the last router using it, say) does not silently drop its pending deliveries.
-    config: Arc<Config>,
+    config: Arc<dyn Deliverer>,
     notification: NotificationRecord,
     permit: Permit,
 }
 
 impl Outbox {
-    fn schedule(&self, config: &Arc<Config>, notification: NotificationRecord, permit: Permit) {
+    fn schedule(
+        &self,
+        config: &Arc<dyn Deliverer>,
+        notification: NotificationRecord,
+        permit: Permit,
+    ) {
         let queue = self.queue.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
             tokio::spawn(serve_outbox(receiver));

@@ -21,19 +21,18 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::admission::in_flight::Permit;
+use crate::error::BoxError;
 use crate::event::job;
 use crate::event::receipt::receipt;
 use crate::event::recovery::ensure_recovered;
 use crate::event::shared::Config;
-use crate::layer::service::request_too_large;
+use crate::event::target::{target, Target};
 use crate::metrics::{Counter, Started};
 use crate::request::callback_url;
-use crate::request::classify::{target, Target};
 use crate::request::grpc;
 use crate::request::refusal::{Refusal, RefusalCode};
 use crate::store::{unix_ms, EventRecord, StoreError};
 use crate::wire::body::{read_to_end, OwnBody, RequestBody};
-use crate::BoxError;
 
 /// What classification decided about an accepted async request.
 #[derive(Debug)]
@@ -95,7 +94,7 @@ where
         }
         Ok(Ok(read)) => read,
         Ok(Err(error)) if job::is_length_limit(&*error) => {
-            return request_too_large(config.max_request_bytes).respond(accepted.grpc)
+            return Refusal::request_too_large(config.max_request_bytes).respond(accepted.grpc)
         }
         Ok(Err(error)) => {
             return Refusal::new(

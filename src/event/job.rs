@@ -21,13 +21,13 @@ use pin_project_lite::pin_project;
 
 use crate::admission::in_flight::Permit;
 use crate::delivery::attempt::deliver;
+use crate::error::BoxError;
 use crate::event::notification::{FailureCode, Outcome};
 use crate::event::shared::Config;
 use crate::metrics::Counter;
 use crate::request::grpc;
 use crate::store::{unix_ms, DeliveryState, EventRecord, NotificationRecord};
 use crate::wire::body::{read_to_end, OwnBody};
-use crate::BoxError;
 
 /// A response the work produced, its body read in full.
 #[derive(Debug)]
@@ -212,7 +212,7 @@ where
 
 /// Whether a body error is (or wraps, as `axum::Error` does) a length limit being hit.
 pub(crate) fn is_length_limit(error: &(dyn std::error::Error + 'static)) -> bool {
-    crate::wraps::<LengthLimitError>(error)
+    crate::error::wraps::<LengthLimitError>(error)
 }
 
 fn too_large(limit: usize) -> Outcome {

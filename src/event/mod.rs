@@ -12,3 +12,4 @@ pub mod notification;
 pub(crate) mod receipt;
 pub(crate) mod recovery;
 pub(crate) mod shared;
+pub(crate) mod target;

@@ -5,34 +5,32 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, StatusCode};
+use http::StatusCode;
 use tokio::sync::OnceCell;
 
 use crate::admission::in_flight::{Permit, Runner};
 use crate::admission::share::Shares;
-use crate::delivery::attempt::Delivery;
+use crate::delivery::attempt::{Deliverer, Delivery};
 use crate::instance::{Instance, Instances};
 use crate::metrics::Counters;
-use crate::request::callback_url::UrlPolicy;
+use crate::request::classify::Classifier;
 use crate::request::refusal::Refusal;
 use crate::status::endpoint::StatusEndpoint;
 use crate::store::EventStore;
 
 pub(crate) struct Config {
-    pub(crate) async_header: HeaderName,
-    pub(crate) callback_header: HeaderName,
+    /// How a request is read: header names, `Prefer`, the callback URL policy.
+    pub(crate) classifier: Classifier,
     pub(crate) receipt_status: StatusCode,
     /// Which instance an event belongs to, and its keys and URL.
     pub(crate) instances: Instances,
     /// Each instance's in-flight count and counters (many instances only).
     pub(crate) shares: Shares,
-    pub(crate) url_policy: UrlPolicy,
     pub(crate) max_request_bytes: usize,
     pub(crate) request_body_timeout: Duration,
     pub(crate) max_response_bytes: usize,
     pub(crate) job_timeout: Option<Duration>,
     pub(crate) status: Option<StatusEndpoint>,
-    pub(crate) prefer_respond_async: bool,
     pub(crate) runner: Runner,
     pub(crate) delivery: Delivery,
     pub(crate) store: Arc<dyn EventStore>,
@@ -45,17 +43,20 @@ pub(crate) struct Config {
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("async_header", &self.async_header)
-            .field("callback_header", &self.callback_header)
+            .field("async_header", &self.classifier.async_header)
+            .field("callback_header", &self.classifier.callback_header)
             .field("receipt_status", &self.receipt_status)
             .field("instances", &self.instances)
-            .field("url_policy", &self.url_policy)
+            .field("url_policy", &self.classifier.url_policy)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("request_body_timeout", &self.request_body_timeout)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("job_timeout", &self.job_timeout)
             .field("status", &self.status)
-            .field("prefer_respond_async", &self.prefer_respond_async)
+            .field(
+                "prefer_respond_async",
+                &self.classifier.prefer_respond_async,
+            )
             .field("runner", &self.runner)
             .field("delivery", &self.delivery)
             .field("store", &self.store_type)
@@ -89,5 +90,15 @@ impl Config {
         if self.instances.single().is_none() {
             permit.join_anyway(self.shares.of(instance_id));
         }
+    }
+}
+
+impl Deliverer for Config {
+    fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+
+    fn instances(&self) -> &Instances {
+        &self.instances
     }
 }

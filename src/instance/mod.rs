@@ -76,6 +76,7 @@
 //! # }
 //! ```
 
+mod instances;
 mod map;
 mod resolve;
 mod settings;
@@ -85,5 +86,5 @@ pub use self::map::{element_token, InstanceMap};
 pub use self::resolve::{ResolveError, ResolveFuture, ResolveInstance};
 pub use self::settings::{Instance, InstanceBuilder};
 
-pub(crate) use self::resolve::Instances;
+pub(crate) use self::instances::Instances;
 pub(crate) use self::settings::Naming;

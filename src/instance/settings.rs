@@ -6,10 +6,10 @@ use std::sync::Arc;
 use http::Uri;
 use sha2::{Digest, Sha256};
 
+use crate::error::ConfigError;
 use crate::request::callback_url::{self, Origin, UrlPolicy};
 use crate::wire::ids::MAX_SAFE_ID;
 use crate::wire::signature::{decode_whsec, Signer};
-use crate::ConfigError;
 
 /// One tenant's settings: its id (the notification's `instanceId`), where its notifications go
 /// by default, the keys they are signed with and how many of its events may be unfinished at once.

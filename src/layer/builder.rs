@@ -12,16 +12,18 @@ use crate::admission::share::Shares;
 use crate::delivery::attempt::{DeadLetterHook, Delivery};
 use crate::delivery::retry::DeliveryPolicy;
 use crate::delivery::sink::{CallbackSink, DynSink, HttpSink, DEFAULT_ATTEMPT_TIMEOUT};
+use crate::error::ConfigError;
 use crate::event::recovery::start_recovery;
 use crate::event::shared::Config;
 use crate::instance::{Instance, Instances, Naming, ResolveInstance};
+use crate::layer::layer::AsyncRequestLayer;
 use crate::metrics::Counters;
 use crate::request::address::{AddressPolicy, IpNetwork};
 use crate::request::callback_url::UrlPolicy;
+use crate::request::classify::Classifier;
 use crate::status::endpoint::StatusEndpoint;
 use crate::store::{EventStore, MemoryStore, NotificationRecord};
 use crate::wire::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
-use crate::AsyncRequestLayer;
 
 /// Default limit on the request body of an async request (2 MiB, as axum's default body limit).
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
@@ -154,6 +156,14 @@ impl Default for AsyncRequestLayerBuilder {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
         }
+    }
+}
+
+// Here rather than beside the layer, so the layer's file does not use its builder's.
+impl AsyncRequestLayer {
+    /// Starts configuring a layer.
+    pub fn builder() -> AsyncRequestLayerBuilder {
+        AsyncRequestLayerBuilder::default()
     }
 }
 
@@ -451,18 +461,20 @@ impl AsyncRequestLayerBuilder {
             .map(|path| StatusEndpoint::new(path, self.status_secret.as_deref()))
             .transpose()?;
         let config = Arc::new(Config {
-            async_header: self.async_header,
-            callback_header: self.callback_header,
+            classifier: Classifier {
+                async_header: self.async_header,
+                callback_header: self.callback_header,
+                prefer_respond_async: self.prefer_respond_async,
+                url_policy,
+            },
             receipt_status: self.receipt_status,
             instances,
             shares: Shares::default(),
-            url_policy,
             max_request_bytes: self.max_request_bytes,
             request_body_timeout: self.request_body_timeout,
             max_response_bytes: self.max_response_bytes,
             job_timeout: self.job_timeout,
             status,
-            prefer_respond_async: self.prefer_respond_async,
             runner: Runner::new(self.max_in_flight as u32),
             delivery,
             store,
@@ -505,30 +517,6 @@ impl AsyncRequestLayerBuilder {
         instance.build_named(Naming::Layer).map(Instances::Static)
     }
 }
-
-/// A configuration problem found by [`AsyncRequestLayerBuilder::build`] (or when making a
-/// verifier from a malformed secret). The message says which setting and why; it never contains a
-/// secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    message: String,
-}
-
-impl ConfigError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid async request configuration: {}", self.message)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 #[cfg(test)]
 mod tests {

@@ -4,7 +4,6 @@ use std::sync::Arc;
 use tower_layer::Layer;
 
 use crate::event::shared::Config;
-use crate::layer::builder::AsyncRequestLayerBuilder;
 use crate::layer::handle::AsyncRequestHandle;
 use crate::layer::service::AsyncRequest;
 
@@ -17,11 +16,6 @@ pub struct AsyncRequestLayer {
 }
 
 impl AsyncRequestLayer {
-    /// Starts configuring a layer.
-    pub fn builder() -> AsyncRequestLayerBuilder {
-        AsyncRequestLayerBuilder::default()
-    }
-
     /// A handle for graceful shutdown, dead letters, redelivery and counters.
     pub fn handle(&self) -> AsyncRequestHandle {
         AsyncRequestHandle::new(self.config.clone())

@@ -7,14 +7,15 @@ use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use crate::error::BoxError;
 use crate::event::dispatch::{dispatch, Accepted};
 use crate::event::shared::Config;
 use crate::layer::future::ResponseFuture;
 use crate::request::classify::{classify, is_plain, Classification};
 use crate::request::grpc::is_grpc;
-use crate::request::refusal::{Refusal, RefusalCode};
+use crate::request::refusal::Refusal;
+use crate::status::endpoint::answer;
 use crate::wire::body::{OwnBody, RequestBody, ResponseBody};
-use crate::BoxError;
 
 /// Middleware that runs requests asking for it as asynchronous requests.
 ///
@@ -93,12 +94,13 @@ where
 
     #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if is_plain(
-            request.method(),
-            request.uri(),
-            request.headers(),
-            &self.config,
-        ) {
+        let config = &self.config;
+        if is_plain(request.headers(), &config.classifier)
+            && !config
+                .status
+                .as_ref()
+                .is_some_and(|status| status.owns(request.method(), request.uri()))
+        {
             ResponseFuture::inner(self.inner.call(request.map(RequestBody::streaming)))
         } else {
             self.call_classified(request)
@@ -129,13 +131,12 @@ impl<S> AsyncRequest<S> {
             if status.owns(request.method(), request.uri()) {
                 let (config, uri) = (self.config.clone(), request.uri().clone());
                 return ResponseFuture::dispatch(Box::pin(async move {
-                    crate::status::endpoint::answer(&config, uri)
-                        .await
-                        .map(OwnBody::from)
+                    let status = config.status.as_ref().expect("the status endpoint is on");
+                    answer(status, &*config.store, uri).await.map(OwnBody::from)
                 }));
             }
         }
-        match classify(request.headers(), &self.config) {
+        match classify(request.headers(), &self.config.classifier) {
             Classification::Passthrough => {
                 ResponseFuture::inner(self.inner.call(request.map(RequestBody::streaming)))
             }
@@ -150,7 +151,7 @@ impl<S> AsyncRequest<S> {
                 let grpc = is_grpc(request.headers());
                 if request.body().size_hint().lower() > self.config.max_request_bytes as u64 {
                     return ResponseFuture::answer(
-                        request_too_large(self.config.max_request_bytes).respond(grpc),
+                        Refusal::request_too_large(self.config.max_request_bytes).respond(grpc),
                     );
                 }
                 let permit = match self.config.runner.admit() {
@@ -178,11 +179,4 @@ impl<S> AsyncRequest<S> {
             }
         }
     }
-}
-
-pub(crate) fn request_too_large(limit: usize) -> Refusal {
-    Refusal::new(
-        RefusalCode::RequestTooLarge,
-        format!("The request body of an async request may not exceed {limit} bytes."),
-    )
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Counter, Gauge, Histogram};
 
-use super::{AttemptResult, Counter as Count};
+use super::counter::{AttemptResult, Counter as Count};
 
 pub(crate) const ACCEPTED: &str = "async_request_accepted_total";
 pub(crate) const REFUSED: &str = "async_request_refused_total";

@@ -7,12 +7,14 @@
 //! Every count of an event goes through its instance's [`Counters`], so the facade sees each
 //! event once, labelled with its instance.
 
+mod counter;
 #[cfg(feature = "metrics")]
 mod facade;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+pub(crate) use self::counter::{AttemptResult, Counter};
 #[cfg(feature = "metrics")]
 pub(crate) use self::facade::refused;
 
@@ -53,60 +55,6 @@ pub(crate) struct Counters {
     pub(crate) delivered: AtomicU64,
     pub(crate) dead: AtomicU64,
     pub(crate) retries: AtomicU64,
-}
-
-/// One of the [`Counters`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Counter {
-    Accepted,
-    Running,
-    Completed,
-    Failed,
-    Pending,
-    Delivered,
-    Dead,
-    Retries,
-}
-
-/// How a delivery attempt ended, as the facade labels it (`result`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum AttemptResult {
-    /// The receiver answered `2xx`.
-    Delivered,
-    /// Another answer (retried).
-    Rejected,
-    /// `410 Gone` (not retried).
-    Gone,
-    /// No answer: connection error or timeout (retried).
-    Unreachable,
-    /// Not sent: the instance's settings could not be read (retried).
-    Unsent,
-    /// The sink refused the target or is closed (not retried).
-    Refused,
-}
-
-impl AttemptResult {
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) const ALL: [Self; 6] = [
-        Self::Delivered,
-        Self::Rejected,
-        Self::Gone,
-        Self::Unreachable,
-        Self::Unsent,
-        Self::Refused,
-    ];
-
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Delivered => "delivered",
-            Self::Rejected => "rejected",
-            Self::Gone => "gone",
-            Self::Unreachable => "unreachable",
-            Self::Unsent => "unsent",
-            Self::Refused => "refused",
-        }
-    }
 }
 
 /// When the layer began answering an async request, for the receipt-latency histogram; nothing

@@ -20,7 +20,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service;
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 pub(super) type OutBody = UnsyncBoxBody<Bytes, BoxError>;
 

@@ -20,8 +20,8 @@ use super::body::ProxyBody;
 use super::connection::{connector, Connections, Connector};
 use super::forward::{accepts_trailers, add_forwarded, join_cookies, strip_hop_by_hop, Base};
 use super::tunnel::{ConnectionHold, Tunnels};
+use crate::error::{BoxError, ConfigError};
 use crate::wire::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
-use crate::{BoxError, ConfigError};
 
 /// How long [`Upstream`] waits for an answer's head by default.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);

@@ -29,9 +29,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 
+use crate::error::ConfigError;
 use crate::event::notification::Notification;
 use crate::receive::verify::{ElementsVerifier, StandardWebhooksVerifier, VerifyError};
-use crate::ConfigError;
 
 /// The largest callback body the extractor reads by default (4 MiB: a notification of a 1 MiB
 /// response in base64 with room to spare).

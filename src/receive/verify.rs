@@ -29,11 +29,11 @@ use base64::Engine;
 use hmac::Mac;
 use http::{HeaderMap, HeaderName};
 
+use crate::error::ConfigError;
 use crate::wire::header::{
     ELEMENTS_WEBHOOK_SIGNATURE, WEBHOOK_ID, WEBHOOK_SIGNATURE, WEBHOOK_TIMESTAMP,
 };
 use crate::wire::signature::{decode_whsec, keyed, standard_update, HmacSha256, ELEMENTS_PREFIX};
-use crate::ConfigError;
 
 /// Default tolerance between a Standard Webhooks timestamp and the receiver's clock.
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(5 * 60);
@@ -269,7 +269,7 @@ mod tests {
     use serde_json::Value;
 
     fn vectors() -> Value {
-        serde_json::from_str(include_str!("../tests/data/signatures.json")).unwrap()
+        serde_json::from_str(include_str!("../../tests/data/signatures.json")).unwrap()
     }
 
     fn standard_headers(id: &str, timestamp: u64, signature: &str) -> HeaderMap {

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use crate::ConfigError;
+use crate::error::ConfigError;
 
 /// A network in CIDR notation (`10.0.0.0/8`, `fd00::/8`; a bare address is a single host), to let
 /// callbacks reach an internal receiver without allowing every private address. See

@@ -5,11 +5,9 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
-use crate::event::shared::Config;
-use crate::instance::Instance;
-use crate::request::callback_url::{self, Origin};
+use crate::request::callback_url::{self, Origin, UrlPolicy};
 use crate::request::prefer::{self, Preferences, PREFER};
 use crate::request::refusal::{Refusal, RefusalCode};
 
@@ -19,7 +17,7 @@ pub(crate) enum Classification {
     /// No async header, or `false`: the inner service handles it as if the layer were absent.
     Passthrough,
     /// A valid async request, with the callback URL it names itself, if any (where its
-    /// notification goes is settled by [`target`] once its instance is known).
+    /// notification goes is settled by the event stage once its instance is known).
     Async {
         callback: Option<Uri>,
         /// How long to wait for the real answer before sending the receipt (`Prefer: wait`).
@@ -31,20 +29,26 @@ pub(crate) enum Classification {
     Refuse(Refusal),
 }
 
-/// True when a request certainly takes the synchronous path: it has no async header, no
-/// `Prefer` the layer listens to, and is not for the status endpoint. Small enough to inline into
-/// `call`, so a synchronous request pays only this; anything else goes to [`classify`].
-#[inline]
-pub(crate) fn is_plain(method: &Method, uri: &Uri, headers: &HeaderMap, config: &Config) -> bool {
-    find(headers, &config.async_header).is_none()
-        && !(config.prefer_respond_async && headers.contains_key(PREFER))
-        && !config
-            .status
-            .as_ref()
-            .is_some_and(|status| status.owns(method, uri))
+/// What classification reads a request with: the layer's header names and settings.
+#[derive(Debug)]
+pub(crate) struct Classifier {
+    pub(crate) async_header: HeaderName,
+    pub(crate) callback_header: HeaderName,
+    pub(crate) prefer_respond_async: bool,
+    pub(crate) url_policy: UrlPolicy,
 }
 
-pub(crate) fn classify(headers: &HeaderMap, config: &Config) -> Classification {
+/// True when a request's headers certainly ask for the synchronous path: no async header and no
+/// `Prefer` the layer listens to (the service also checks that it is not for the status
+/// endpoint). Small enough to inline into `call`, so a synchronous request pays only this;
+/// anything else goes to [`classify`].
+#[inline]
+pub(crate) fn is_plain(headers: &HeaderMap, config: &Classifier) -> bool {
+    find(headers, &config.async_header).is_none()
+        && !(config.prefer_respond_async && headers.contains_key(PREFER))
+}
+
+pub(crate) fn classify(headers: &HeaderMap, config: &Classifier) -> Classification {
     let preferences = if config.prefer_respond_async && headers.contains_key(PREFER) {
         prefer::parse(headers)
     } else {
@@ -113,7 +117,7 @@ fn async_requested(headers: &HeaderMap, name: &HeaderName, first: &[u8]) -> Resu
     }
 }
 
-fn callback(headers: &HeaderMap, config: &Config) -> Result<Option<Uri>, Refusal> {
+fn callback(headers: &HeaderMap, config: &Classifier) -> Result<Option<Uri>, Refusal> {
     let mut values = headers.get_all(&config.callback_header).iter();
     match (values.next(), values.next()) {
         (Some(_), Some(_)) => Err(Refusal::new(
@@ -127,45 +131,6 @@ fn callback(headers: &HeaderMap, config: &Config) -> Result<Option<Uri>, Refusal
             callback_url::validate(url.as_bytes(), Origin::Request, &config.url_policy).map(Some)
         }
         (None, _) => Ok(None),
-    }
-}
-
-/// Where an accepted event's notification goes.
-#[derive(Debug)]
-pub(crate) struct Target {
-    /// The URL (`None`: nowhere, the client polls the status endpoint).
-    pub(crate) url: Option<Uri>,
-    /// Whether it is the instance's own URL, which each attempt looks up again.
-    pub(crate) from_instance: bool,
-}
-
-/// The request's own callback URL wins; else the instance's; else none if the client can poll
-/// the status endpoint; else the request is refused.
-pub(crate) fn target(
-    requested: Option<Uri>,
-    instance: &Instance,
-    config: &Config,
-) -> Result<Target, Refusal> {
-    match (requested, instance.callback_url()) {
-        (Some(url), _) => Ok(Target {
-            url: Some(url),
-            from_instance: false,
-        }),
-        (None, Some(url)) => Ok(Target {
-            url: Some(url.clone()),
-            from_instance: true,
-        }),
-        (None, None) if config.status.is_some() => Ok(Target {
-            url: None,
-            from_instance: false,
-        }),
-        (None, None) => Err(Refusal::new(
-            RefusalCode::MissingCallbackUrl,
-            format!(
-                "An async request needs a callback URL in the {} header, and this service has no default.",
-                config.callback_header
-            ),
-        )),
     }
 }
 

@@ -22,7 +22,6 @@
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
-use crate::request::refusal::{Refusal, RefusalCode};
 use crate::wire::body::OwnBody;
 use crate::wire::header::ELEMENTS_EVENT_ID;
 use crate::wire::ids::EventId;
@@ -74,18 +73,9 @@ pub(crate) fn receipt(event_id: EventId) -> Response<OwnBody> {
     response
 }
 
-/// A refusal as a trailers-only gRPC error.
-pub(crate) fn refusal(refusal: Refusal) -> Response<OwnBody> {
-    let code = match refusal.code {
-        RefusalCode::RequestTooLarge => 8,    // RESOURCE_EXHAUSTED
-        RefusalCode::RequestBodyTimeout => 4, // DEADLINE_EXCEEDED
-        RefusalCode::Overloaded
-        | RefusalCode::ShuttingDown
-        | RefusalCode::StoreUnavailable
-        | RefusalCode::InstanceUnavailable => 14, // UNAVAILABLE
-        RefusalCode::UnknownInstance => 16,   // UNAUTHENTICATED
-        _ => 3,                               // INVALID_ARGUMENT
-    };
+/// A trailers-only gRPC error: `grpc-status` `code`, `message` percent-encoded, and the layer's
+/// own `error_code` (a refusal's stable code) in `elements-error-code`.
+pub(crate) fn error(code: u32, message: &str, error_code: &'static str) -> Response<OwnBody> {
     let mut response = Response::new(OwnBody::new(Bytes::new(), None));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
@@ -96,13 +86,10 @@ pub(crate) fn refusal(refusal: Refusal) -> Response<OwnBody> {
     headers.insert(GRPC_STATUS, code.into());
     headers.insert(
         GRPC_MESSAGE,
-        HeaderValue::try_from(percent_encode(&refusal.message))
+        HeaderValue::try_from(percent_encode(message))
             .expect("percent-encoded text is a valid header"),
     );
-    headers.insert(
-        ELEMENTS_ERROR_CODE,
-        HeaderValue::from_static(refusal.code.as_str()),
-    );
+    headers.insert(ELEMENTS_ERROR_CODE, HeaderValue::from_static(error_code));
     response
 }
 
@@ -173,6 +160,7 @@ fn percent_decode(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::refusal::{Refusal, RefusalCode};
     use http_body_util::BodyExt;
 
     #[tokio::test]
@@ -189,14 +177,14 @@ mod tests {
 
     #[test]
     fn refusals_are_trailers_only_grpc_errors() {
-        let response = refusal(Refusal::new(RefusalCode::Overloaded, "busy, 100% full"));
+        let response = Refusal::new(RefusalCode::Overloaded, "busy, 100% full").respond(true);
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["grpc-status"], "14");
         assert_eq!(response.headers()["grpc-message"], "busy, 100%25 full");
         assert_eq!(response.headers()["elements-error-code"], "overloaded");
-        let response = refusal(Refusal::new(RefusalCode::InvalidCallbackUrl, "bad"));
+        let response = Refusal::new(RefusalCode::InvalidCallbackUrl, "bad").respond(true);
         assert_eq!(response.headers()["grpc-status"], "3");
-        let response = refusal(Refusal::new(RefusalCode::RequestTooLarge, "big"));
+        let response = Refusal::new(RefusalCode::RequestTooLarge, "big").respond(true);
         assert_eq!(response.headers()["grpc-status"], "8");
     }
 

@@ -7,6 +7,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
+use crate::request::grpc;
 use crate::wire::body::OwnBody;
 
 /// Why the layer refused an async request; each kind has a stable `code` in the JSON body.
@@ -64,6 +65,20 @@ impl RefusalCode {
         }
     }
 
+    /// The `grpc-status` the refusal is sent with to a gRPC call.
+    pub(crate) fn grpc_code(self) -> u32 {
+        match self {
+            Self::RequestTooLarge => 8,    // RESOURCE_EXHAUSTED
+            Self::RequestBodyTimeout => 4, // DEADLINE_EXCEEDED
+            Self::Overloaded
+            | Self::ShuttingDown
+            | Self::StoreUnavailable
+            | Self::InstanceUnavailable => 14, // UNAVAILABLE
+            Self::UnknownInstance => 16,   // UNAUTHENTICATED
+            _ => 3,                        // INVALID_ARGUMENT
+        }
+    }
+
     /// The HTTP status the refusal is sent with.
     pub fn status(self) -> StatusCode {
         match self {
@@ -94,12 +109,20 @@ impl Refusal {
         }
     }
 
+    /// The refusal of an async request whose body is over `limit` bytes.
+    pub(crate) fn request_too_large(limit: usize) -> Self {
+        Self::new(
+            RefusalCode::RequestTooLarge,
+            format!("The request body of an async request may not exceed {limit} bytes."),
+        )
+    }
+
     /// The refusal as an answer: JSON, or a gRPC error for a gRPC call.
     pub(crate) fn respond(self, grpc: bool) -> Response<OwnBody> {
         #[cfg(feature = "metrics")]
         crate::metrics::refused(self.code.as_str());
         if grpc {
-            crate::request::grpc::refusal(self)
+            grpc::error(self.code.grpc_code(), &self.message, self.code.as_str())
         } else {
             self.into_response().map(OwnBody::from)
         }

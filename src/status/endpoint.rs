@@ -31,12 +31,11 @@ use hmac::Mac;
 use http::{header, HeaderValue, Method, Response, StatusCode, Uri};
 use serde_json::{json, Map, Value};
 
-use crate::event::shared::Config;
+use crate::error::ConfigError;
 use crate::request::refusal::{json_error, json_response};
-use crate::store::{EventSnapshot, NotificationRecord};
+use crate::store::{EventSnapshot, EventStore, NotificationRecord};
 use crate::wire::ids::EventId;
 use crate::wire::signature::{keyed, HmacSha256};
-use crate::ConfigError;
 
 /// Bytes of HMAC kept in a token: 128 bits.
 const TOKEN_BYTES: usize = 16;
@@ -138,16 +137,16 @@ impl StatusEndpoint {
     }
 }
 
-/// Answers a status request.
-pub(crate) async fn answer(config: &Config, uri: Uri) -> Response<Bytes> {
-    let status = config
-        .status
-        .as_ref()
-        .expect("only called when the status endpoint is on");
+/// Answers a status request from `store`.
+pub(crate) async fn answer(
+    status: &StatusEndpoint,
+    store: &dyn EventStore,
+    uri: Uri,
+) -> Response<Bytes> {
     let Some(event_id) = status.event(&uri) else {
         return not_found();
     };
-    match config.store.status(event_id).await {
+    match store.status(event_id).await {
         Ok(Some(snapshot)) => found(event_id, snapshot),
         Ok(None) => not_found(),
         Err(error) => {

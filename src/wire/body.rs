@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use pin_project_lite::pin_project;
 
-use crate::BoxError;
+use crate::error::BoxError;
 
 pin_project! {
     /// The request body the inner service receives.

@@ -188,7 +188,7 @@ mod tests {
     }
 
     fn vectors() -> Value {
-        serde_json::from_str(include_str!("../tests/data/signatures.json")).unwrap()
+        serde_json::from_str(include_str!("../../tests/data/signatures.json")).unwrap()
     }
 
     #[test]

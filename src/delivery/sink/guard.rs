@@ -19,8 +19,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use crate::error::BoxError;
 use crate::request::address::{parse_ipv4_lenient, AddressPolicy};
-use crate::BoxError;
 
 /// A connection was refused because the target address is not public.
 #[derive(Debug)]
@@ -109,5 +109,5 @@ fn literal_ip(uri: &Uri) -> Option<IpAddr> {
 
 /// Whether `error` (or anything it wraps) is a refusal by this guard.
 pub(crate) fn is_forbidden(error: &(dyn std::error::Error + 'static)) -> bool {
-    crate::wraps::<ForbiddenAddress>(error)
+    crate::error::wraps::<ForbiddenAddress>(error)
 }

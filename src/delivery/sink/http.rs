@@ -161,7 +161,7 @@ where
     <HttpsConnector<C> as tower_service::Service<http::Uri>>::Response:
         hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     <HttpsConnector<C> as tower_service::Service<http::Uri>>::Future: Send,
-    <HttpsConnector<C> as tower_service::Service<http::Uri>>::Error: Into<crate::BoxError>,
+    <HttpsConnector<C> as tower_service::Service<http::Uri>>::Error: Into<crate::error::BoxError>,
 {
     let https = HttpsConnectorBuilder::new()
         .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())

@@ -29,7 +29,7 @@ use hyper::rt::{Read, Write};
 use tower_service::Service;
 
 use super::{SinkError, SinkErrorKind};
-use crate::BoxError;
+use crate::error::BoxError;
 
 /// How long an idle connection is kept.
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);

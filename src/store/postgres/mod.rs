@@ -4,10 +4,13 @@
 //!
 //! - `migrate.rs` and `schema_v*.sql`: the schema, versioned and created by the store itself.
 //! - `writer.rs`: group commit, and the store contract (what waits for the WAL flush).
+//! - `shared.rs`: what the parts share (pool, node, statements); `rows.rs`: reading rows back.
 //! - `nodes.rs`: heartbeats, leases and takeover; `LISTEN`/`NOTIFY`; retention.
 
 mod migrate;
 mod nodes;
+mod rows;
+mod shared;
 mod writer;
 
 use std::fmt;
@@ -16,12 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row};
 
-use self::writer::{body_of, Op, Statements, Write};
+use self::rows::{record_of, Stored, COLUMNS};
+use self::shared::{Shared, Statements};
+use self::writer::{Op, Write};
 use super::{
-    history, unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
+    unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
     NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture, StoreStats,
 };
 use crate::wire::ids::{EventId, NotificationId};
@@ -33,11 +38,6 @@ pub const DEFAULT_SCHEMA: &str = "tower_async_request";
 
 /// Ids taken from the sequence at once (its increment).
 const ID_BLOCK: i64 = 1024;
-
-/// The columns a record is read from, in [`record_of`]'s order.
-const COLUMNS: &str = "event_id, notification_id, instance_id, target, instance_url, \
-    accepted_at_ms, state, body, attempts, next_attempt_at_ms, last_error, retain_until_ms, \
-    history::text";
 
 /// The shared store on PostgreSQL (cargo feature `postgres`): several nodes of an app use one
 /// database, and what one node accepted, another can report, redeliver and, if the first dies,
@@ -79,27 +79,6 @@ const COLUMNS: &str = "event_id, notification_id, instance_id, target, instance_
 pub struct PostgresStore {
     shared: Arc<Shared>,
     writes: mpsc::UnboundedSender<Write>,
-}
-
-pub(super) struct Shared {
-    pool: Pool,
-    schema: String,
-    quoted: String,
-    node_id: i64,
-    lease_timeout: Duration,
-    sql: Statements,
-    sql_register: String,
-    /// The current block of ids: next, end.
-    ids: tokio::sync::Mutex<(i64, i64)>,
-    running: RunningJobs,
-    /// Woken when a peer leaves with work left.
-    wake: Arc<Notify>,
-    /// Whether this node's own earlier life (a fixed node id) was taken back yet.
-    recovered_own: std::sync::atomic::AtomicBool,
-    /// Set by `leave`: no more heartbeats.
-    left: std::sync::atomic::AtomicBool,
-    transactions: AtomicU64,
-    durable_commits: AtomicU64,
 }
 
 impl fmt::Debug for PostgresStore {
@@ -289,75 +268,6 @@ impl PostgresStore {
             .await
             .map_err(StoreError::new)
     }
-}
-
-/// A row read back: an event whose job has not finished, or its notification.
-pub(super) enum Stored {
-    Unfinished(EventRecord),
-    Finished(NotificationRecord),
-}
-
-impl Stored {
-    fn finished(self) -> Option<NotificationRecord> {
-        match self {
-            Self::Finished(notification) => Some(notification),
-            Self::Unfinished(_) => None,
-        }
-    }
-}
-
-/// Reads a row of [`COLUMNS`].
-pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
-    let get_u64 = |index: usize| -> Result<u64, StoreError> {
-        row.try_get::<_, i64>(index)
-            .map(|value| value as u64)
-            .map_err(StoreError::new)
-    };
-    let event_id = EventId::new(get_u64(0)?);
-    let notification_id = NotificationId::new(get_u64(1)?);
-    let instance_id = get_u64(2)?;
-    let target: String = row.try_get(3).map_err(StoreError::new)?;
-    let instance_url: bool = row.try_get(4).map_err(StoreError::new)?;
-    let state: i16 = row.try_get(6).map_err(StoreError::new)?;
-    let state = match state {
-        0 => {
-            return Ok(Stored::Unfinished(EventRecord {
-                event_id,
-                notification_id,
-                instance_id,
-                target,
-                instance_url,
-                accepted_at_ms: get_u64(5)?,
-                running: false,
-            }))
-        }
-        1 => DeliveryState::Pending,
-        2 => DeliveryState::Delivered,
-        3 => DeliveryState::Dead,
-        4 => DeliveryState::NotRequested,
-        other => return Err(StoreError::new(format!("unknown event state {other}"))),
-    };
-    Ok(Stored::Finished(NotificationRecord {
-        event_id,
-        notification_id,
-        instance_id,
-        target,
-        instance_url,
-        body: body_of(row.try_get(7).map_err(StoreError::new)?),
-        accepted_at_ms: get_u64(5)?,
-        attempts: row.try_get::<_, i32>(8).map_err(StoreError::new)? as u32,
-        history: match row
-            .try_get::<_, Option<&str>>(12)
-            .map_err(StoreError::new)?
-        {
-            Some(text) => history::decode(text).map_err(StoreError::new)?,
-            None => Vec::new(),
-        },
-        next_attempt_at_ms: get_u64(9)?,
-        last_error: row.try_get(10).map_err(StoreError::new)?,
-        state,
-        retain_until_ms: get_u64(11)?,
-    }))
 }
 
 impl EventStore for PostgresStore {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use super::{record_of, Shared, Stored, COLUMNS};
+use super::rows::{record_of, Stored, COLUMNS};
+use super::shared::Shared;
 use crate::store::{unix_ms, Recovery, StoreError};
 
 /// How often finished events past their retention are deleted, and how many per statement.

@@ -12,11 +12,11 @@ use std::time::Duration;
 use std::future::Future;
 use std::task::Poll;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
-use super::{record_of, Shared, COLUMNS};
+use super::rows::record_of;
+use super::shared::Shared;
 use crate::store::{history, unix_ms, DeliveryState, EventRecord, NotificationRecord, StoreError};
 use crate::wire::ids::NotificationId;
 
@@ -363,63 +363,4 @@ pub(super) fn state_code(state: DeliveryState) -> i16 {
         DeliveryState::Dead => 3,
         DeliveryState::NotRequested => 4,
     }
-}
-
-/// The statements, written once for the store's schema.
-#[derive(Debug)]
-pub(super) struct Statements {
-    insert_events: String,
-    finish_events: String,
-    update_notifications: String,
-    delete_notifications: String,
-    revive: String,
-}
-
-impl Statements {
-    pub(super) fn new(schema: &str) -> Self {
-        Self {
-            insert_events: format!(
-                "INSERT INTO {schema}.events
-                     (event_id, notification_id, instance_id, target, instance_url, accepted_at_ms, owner, state)
-                 SELECT e, n, i, t, u, a, $7, 0
-                 FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::bool[], $6::int8[])
-                     AS x(e, n, i, t, u, a)"
-            ),
-            // Only an event this node still owns: one taken over meanwhile ends elsewhere. The
-            // same outcome written again counts: a commit whose answer was lost (the connection
-            // broke) is tried again, and must not read as taken over.
-            finish_events: format!(
-                "UPDATE {schema}.events AS ev
-                 SET state = x.s, body = x.b, next_attempt_at_ms = x.nx, retain_until_ms = x.r
-                 FROM UNNEST($1::int8[], $2::int2[], $3::bytea[], $4::int8[], $5::int8[])
-                     AS x(e, s, b, nx, r)
-                 WHERE ev.event_id = x.e AND ev.owner = $6
-                     AND (ev.state = 0 OR (ev.state = x.s AND ev.body = x.b))
-                 RETURNING ev.event_id"
-            ),
-            update_notifications: format!(
-                "UPDATE {schema}.events AS ev
-                 SET state = x.s, attempts = x.at, next_attempt_at_ms = x.nx, last_error = x.le,
-                     retain_until_ms = x.r, history = x.h::jsonb
-                 FROM UNNEST($1::int8[], $2::int2[], $3::int4[], $4::int8[], $5::text[], $6::int8[],
-                     $7::text[])
-                     AS x(e, s, at, nx, le, r, h)
-                 WHERE ev.event_id = x.e"
-            ),
-            delete_notifications: format!(
-                "DELETE FROM {schema}.events WHERE event_id = ANY($1::int8[])"
-            ),
-            revive: format!(
-                "UPDATE {schema}.events
-                 SET state = 1, attempts = 0, next_attempt_at_ms = $2, owner = $3
-                 WHERE notification_id = $1 AND state = 3
-                 RETURNING {COLUMNS}"
-            ),
-        }
-    }
-}
-
-/// A body as stored: the exact bytes.
-pub(super) fn body_of(bytes: Option<Vec<u8>>) -> Bytes {
-    bytes.map(Bytes::from).unwrap_or_default()
 }
