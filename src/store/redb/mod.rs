@@ -1,40 +1,35 @@
+//! `RedbStore`: the embedded durable store, an event's life in one redb file.
+//!
+//! - `tables.rs`: the tables, and the key the id floor is kept under.
+//! - `encoding.rs`: how records are kept as bytes.
+//! - `writer.rs`: the writer thread: group commit, and the store contract (what waits for the
+//!   fsync).
+//! - `prune.rs`: retention: delivered and not-requested notifications are dropped once it is over.
+//! - `queries.rs`: reading notifications in id order, a page at a time.
+
+mod encoding;
+mod prune;
+mod queries;
+mod tables;
+mod writer;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
+use self::encoding::{decode_json, decode_notification, StoredEvent};
+use self::queries::notifications_where;
+use self::tables::{EVENTS, EVENT_INDEX, META, NEXT_ID, NOTIFICATIONS};
+use self::writer::{write_loop, Commits, Op, Write};
 use super::{
-    unix_ms, AttemptRecord, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
+    unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
     NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture, StoreStats,
 };
 use crate::wire::ids::{EventId, IdGenerator, NotificationId};
-
-const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
-const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("notifications");
-const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
-/// Event id → notification id of finished events, for status queries.
-const EVENT_INDEX: TableDefinition<'_, u64, u64> = TableDefinition::new("event_index");
-/// How often the writer drops delivered notifications past their retention.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
-/// How long a write that need not wait for the disk waits to be folded into the next durable
-/// commit before it is committed on its own, without an fsync.
-const FOLD_WITHIN: Duration = Duration::from_millis(20);
-/// How long writes committed without waiting for the disk may stay off it when no durable commit
-/// comes along to take them.
-const FLUSH_AFTER: Duration = Duration::from_secs(1);
-const NEXT_ID: &str = "next_id";
-/// How far ahead of the ids handed out the persisted floor is moved (about a quarter of a second
-/// of the id clock: a restart skips at most that many ids).
-const ID_BLOCK: u64 = 1 << 20;
-
-/// Most writes folded into one transaction.
-const MAX_BATCH: usize = 4096;
 
 /// The embedded durable store: an event's life in a [redb](https://www.redb.org) file, so the
 /// delivery promise holds across a crash (`kill -9`) and restart.
@@ -76,22 +71,6 @@ pub struct RedbStore {
     commits: Arc<Commits>,
 }
 
-/// What the writer has committed.
-#[derive(Debug, Default)]
-struct Commits {
-    transactions: AtomicU64,
-    durable: AtomicU64,
-}
-
-impl Commits {
-    fn count(&self, durable: bool) {
-        self.transactions.fetch_add(1, Ordering::Relaxed);
-        if durable {
-            self.durable.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 impl Drop for RedbStore {
     fn drop(&mut self) {
         self.writes = None;
@@ -99,88 +78,6 @@ impl Drop for RedbStore {
             let _ = writer.join();
         }
     }
-}
-
-#[derive(Debug)]
-enum Op {
-    Dispatched(EventRecord),
-    Finished(NotificationRecord),
-    Attempted(NotificationRecord),
-    Delivered(NotificationRecord),
-    Dead(NotificationRecord),
-    Revive(NotificationId),
-}
-
-impl Op {
-    /// Whether the write must be on disk before its future resolves (the store contract).
-    fn is_durable(&self) -> bool {
-        match self {
-            Self::Dispatched(_) | Self::Finished(_) | Self::Revive(_) => true,
-            Self::Attempted(_) | Self::Delivered(_) | Self::Dead(_) => false,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct Write {
-    op: Op,
-    done: oneshot::Sender<Result<Option<NotificationRecord>, String>>,
-}
-
-// Fields added later have defaults, so records written before them still read.
-
-#[derive(Serialize, Deserialize)]
-struct StoredEvent {
-    notification_id: u64,
-    #[serde(default)]
-    instance_id: u64,
-    target: String,
-    #[serde(default)]
-    instance_url: bool,
-    accepted_at_ms: u64,
-    running: bool,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredNotification {
-    event_id: u64,
-    #[serde(default)]
-    instance_id: u64,
-    target: String,
-    #[serde(default)]
-    instance_url: bool,
-    #[serde(default)]
-    accepted_at_ms: u64,
-    attempts: u32,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    history: Vec<AttemptRecord>,
-    next_attempt_at_ms: u64,
-    last_error: Option<String>,
-    state: u8,
-    retain_until_ms: u64,
-}
-
-fn state_code(state: DeliveryState) -> u8 {
-    match state {
-        DeliveryState::Pending => 0,
-        DeliveryState::Delivered => 1,
-        DeliveryState::Dead => 2,
-        DeliveryState::NotRequested => 3,
-    }
-}
-
-fn state_from(code: u8) -> Result<DeliveryState, redb::Error> {
-    Ok(match code {
-        0 => DeliveryState::Pending,
-        1 => DeliveryState::Delivered,
-        2 => DeliveryState::Dead,
-        3 => DeliveryState::NotRequested,
-        _ => {
-            return Err(redb::Error::Corrupted(format!(
-                "unknown delivery state {code}"
-            )))
-        }
-    })
 }
 
 impl RedbStore {
@@ -253,374 +150,6 @@ impl RedbStore {
                 .map_err(StoreError::new)
         })
     }
-}
-
-/// The writer thread: one transaction for every write waiting at that moment, made durable
-/// (fsync) when any of them must be. Writes that need not wait for the disk wait up to
-/// [`FOLD_WITHIN`] to be folded into the next durable commit (under steady traffic there is one
-/// every few milliseconds), else are committed without an fsync; what was committed so is made
-/// durable after [`FLUSH_AFTER`] of quiet, and when the store is dropped.
-fn write_loop(
-    db: &Database,
-    ids: &IdGenerator,
-    reserved: u64,
-    commits: &Commits,
-    queue: mpsc::Receiver<Write>,
-) {
-    let mut writer = Writer {
-        db,
-        ids,
-        reserved,
-        commits,
-        batch: Vec::new(),
-        folding_since: None,
-        unflushed: false,
-        last_prune: Instant::now(),
-    };
-    loop {
-        let received = match writer.patience() {
-            None => queue
-                .recv()
-                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-            Some(patience) => queue.recv_timeout(patience),
-        };
-        match received {
-            Ok(write) => writer.batch.push(write),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                writer.quiet();
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        while writer.batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(write) => writer.batch.push(write),
-                Err(_) => break,
-            }
-        }
-        writer.prune_if_due();
-        if writer.batch.len() >= MAX_BATCH || writer.batch.iter().any(|w| w.op.is_durable()) {
-            writer.commit(true);
-        } else {
-            writer.folding_since.get_or_insert_with(Instant::now);
-        }
-    }
-    // The store is closing: everything to disk.
-    if !writer.batch.is_empty() {
-        writer.commit(true);
-    } else if writer.unflushed {
-        flush(db, commits);
-    }
-}
-
-/// The writer thread's state.
-struct Writer<'a> {
-    db: &'a Database,
-    ids: &'a IdGenerator,
-    /// The id floor persisted: ids below it may be handed out without writing it again.
-    reserved: u64,
-    commits: &'a Commits,
-    /// Writes not yet committed: the batch being gathered, or writes waiting to be folded.
-    batch: Vec<Write>,
-    /// Since when the batch holds writes waiting to be folded into a durable commit.
-    folding_since: Option<Instant>,
-    /// Whether something was committed without an fsync since the last durable commit.
-    unflushed: bool,
-    last_prune: Instant,
-}
-
-impl Writer<'_> {
-    /// How long to wait for the next write before committing or flushing what is waiting
-    /// (`None`: nothing waits).
-    fn patience(&self) -> Option<Duration> {
-        match self.folding_since {
-            Some(since) => Some(FOLD_WITHIN.saturating_sub(since.elapsed())),
-            None => self.unflushed.then_some(FLUSH_AFTER),
-        }
-    }
-
-    /// Nothing came within [`patience`](Self::patience).
-    fn quiet(&mut self) {
-        if self.folding_since.is_some() {
-            self.commit(false);
-        } else if self.unflushed {
-            self.unflushed = !flush(self.db, self.commits);
-        }
-    }
-
-    /// Commits the batch, with an fsync or without, and answers every write in it.
-    fn commit(&mut self, durable: bool) {
-        self.folding_since = None;
-        match apply(self.db, self.ids, &mut self.reserved, &self.batch, durable) {
-            Ok(results) => {
-                self.commits.count(durable);
-                // A durable commit takes every earlier one to disk with it.
-                self.unflushed = !durable;
-                for (write, result) in self.batch.drain(..).zip(results) {
-                    let _ = write.done.send(Ok(result));
-                }
-            }
-            Err(error) => {
-                let message = error.to_string();
-                for write in self.batch.drain(..) {
-                    let _ = write.done.send(Err(message.clone()));
-                }
-            }
-        }
-    }
-
-    fn prune_if_due(&mut self) {
-        if self.last_prune.elapsed() < PRUNE_EVERY {
-            return;
-        }
-        self.last_prune = Instant::now();
-        match prune(self.db) {
-            Ok(()) => {
-                self.commits.count(false);
-                self.unflushed = true;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "could not drop expired notifications from the store")
-            }
-        }
-    }
-}
-
-/// Makes every commit so far durable: an empty transaction committed with an fsync. True when
-/// it worked.
-fn flush(db: &Database, commits: &Commits) -> bool {
-    let result = (|| -> Result<(), redb::Error> { Ok(db.begin_write()?.commit()?) })();
-    match result {
-        Ok(()) => {
-            commits.count(true);
-            true
-        }
-        Err(error) => {
-            tracing::warn!(%error, "could not flush the store's recent writes to disk");
-            false
-        }
-    }
-}
-
-fn apply(
-    db: &Database,
-    ids: &IdGenerator,
-    reserved: &mut u64,
-    batch: &[Write],
-    durable: bool,
-) -> Result<Vec<Option<NotificationRecord>>, redb::Error> {
-    let mut txn = db.begin_write()?;
-    if !durable {
-        txn.set_durability(Durability::None)?;
-    }
-    let mut results = Vec::with_capacity(batch.len());
-    let mut new_floor = None;
-    {
-        let mut events = txn.open_table(EVENTS)?;
-        let mut notifications = txn.open_table(NOTIFICATIONS)?;
-        let mut index = txn.open_table(EVENT_INDEX)?;
-        for write in batch {
-            let mut result = None;
-            match &write.op {
-                Op::Dispatched(event) => {
-                    events.insert(event.event_id.get(), encode_event(event).as_slice())?;
-                }
-                Op::Finished(notification) => {
-                    events.remove(notification.event_id.get())?;
-                    index.insert(
-                        notification.event_id.get(),
-                        notification.notification_id.get(),
-                    )?;
-                    notifications.insert(
-                        notification.notification_id.get(),
-                        encode_notification(notification).as_slice(),
-                    )?;
-                }
-                Op::Attempted(notification) | Op::Dead(notification) => {
-                    let mut notification = notification.clone();
-                    if matches!(write.op, Op::Dead(_)) {
-                        notification.state = DeliveryState::Dead;
-                    }
-                    notifications.insert(
-                        notification.notification_id.get(),
-                        encode_notification(&notification).as_slice(),
-                    )?;
-                }
-                Op::Delivered(notification) if notification.retain_until_ms <= unix_ms() => {
-                    // Nothing asks for it (no status endpoint): keep nothing.
-                    notifications.remove(notification.notification_id.get())?;
-                    index.remove(notification.event_id.get())?;
-                }
-                Op::Delivered(notification) => {
-                    let mut notification = notification.clone();
-                    notification.state = DeliveryState::Delivered;
-                    notifications.insert(
-                        notification.notification_id.get(),
-                        encode_notification(&notification).as_slice(),
-                    )?;
-                }
-                Op::Revive(notification_id) => {
-                    let stored = notifications
-                        .get(notification_id.get())?
-                        .map(|v| v.value().to_vec());
-                    if let Some(bytes) = stored {
-                        let mut record = decode_notification(notification_id.get(), &bytes)?;
-                        if record.state == DeliveryState::Dead {
-                            record.state = DeliveryState::Pending;
-                            record.attempts = 0;
-                            record.next_attempt_at_ms = unix_ms();
-                            notifications.insert(
-                                notification_id.get(),
-                                encode_notification(&record).as_slice(),
-                            )?;
-                            result = Some(record);
-                        }
-                    }
-                }
-            }
-            results.push(result);
-        }
-        // Every id handed out so far is below the persisted floor, so a restart continues above
-        // it. An id reaches a client only in the receipt of an event whose `dispatched` commit
-        // comes first, so only those commits may need to move it; it is moved a block ahead, so
-        // few commits write it at all.
-        let dispatched = batch
-            .iter()
-            .any(|write| matches!(write.op, Op::Dispatched(_)));
-        if dispatched && ids.peek() >= *reserved {
-            let floor = ids.peek() + ID_BLOCK;
-            txn.open_table(META)?.insert(NEXT_ID, floor)?;
-            new_floor = Some(floor);
-        }
-    }
-    txn.commit()?;
-    // Only once committed does the new floor hold.
-    if let Some(floor) = new_floor {
-        *reserved = floor;
-    }
-    Ok(results)
-}
-
-fn json<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("store records serialize")
-}
-
-fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, redb::Error> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| redb::Error::Corrupted(format!("unreadable record: {e}")))
-}
-
-fn encode_event(event: &EventRecord) -> Vec<u8> {
-    json(&StoredEvent {
-        notification_id: event.notification_id.get(),
-        instance_id: event.instance_id,
-        target: event.target.clone(),
-        instance_url: event.instance_url,
-        accepted_at_ms: event.accepted_at_ms,
-        running: event.running,
-    })
-}
-
-/// `[meta length: u32 LE][meta JSON][body bytes]`: the body is stored as-is, not re-encoded.
-fn encode_notification(record: &NotificationRecord) -> Vec<u8> {
-    let meta = json(&StoredNotification {
-        event_id: record.event_id.get(),
-        instance_id: record.instance_id,
-        target: record.target.clone(),
-        instance_url: record.instance_url,
-        accepted_at_ms: record.accepted_at_ms,
-        attempts: record.attempts,
-        history: record.history.clone(),
-        next_attempt_at_ms: record.next_attempt_at_ms,
-        last_error: record.last_error.clone(),
-        state: state_code(record.state),
-        retain_until_ms: record.retain_until_ms,
-    });
-    let mut out = Vec::with_capacity(4 + meta.len() + record.body.len());
-    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(&record.body);
-    out
-}
-
-fn decode_notification(id: u64, bytes: &[u8]) -> Result<NotificationRecord, redb::Error> {
-    let corrupted = || redb::Error::Corrupted("truncated notification record".into());
-    let len = u32::from_le_bytes(
-        bytes
-            .get(..4)
-            .ok_or_else(corrupted)?
-            .try_into()
-            .map_err(|_| corrupted())?,
-    ) as usize;
-    let meta: StoredNotification = decode_json(bytes.get(4..4 + len).ok_or_else(corrupted)?)?;
-    Ok(NotificationRecord {
-        event_id: EventId::new(meta.event_id),
-        notification_id: NotificationId::new(id),
-        instance_id: meta.instance_id,
-        instance_url: meta.instance_url,
-        target: meta.target,
-        body: Bytes::copy_from_slice(&bytes[4 + len..]),
-        accepted_at_ms: meta.accepted_at_ms,
-        attempts: meta.attempts,
-        history: meta.history,
-        next_attempt_at_ms: meta.next_attempt_at_ms,
-        last_error: meta.last_error,
-        state: state_from(meta.state)?,
-        retain_until_ms: meta.retain_until_ms,
-    })
-}
-
-/// Drops delivered and not-requested notifications past their retention, in one transaction.
-fn prune(db: &Database) -> Result<(), redb::Error> {
-    let now = unix_ms();
-    let mut txn = db.begin_write()?;
-    // Lost in a crash, it is done again: no need to wait for the disk.
-    txn.set_durability(Durability::None)?;
-    {
-        let mut notifications = txn.open_table(NOTIFICATIONS)?;
-        let mut index = txn.open_table(EVENT_INDEX)?;
-        let mut expired = Vec::new();
-        for entry in notifications.iter()? {
-            let (id, bytes) = entry?;
-            let record = decode_notification(id.value(), bytes.value())?;
-            let retained = matches!(
-                record.state,
-                DeliveryState::Delivered | DeliveryState::NotRequested
-            );
-            if retained && record.retain_until_ms <= now {
-                expired.push((id.value(), record.event_id.get()));
-            }
-        }
-        for (notification_id, event_id) in expired {
-            notifications.remove(notification_id)?;
-            index.remove(event_id)?;
-        }
-    }
-    txn.commit()?;
-    Ok(())
-}
-
-/// The notifications `wanted` from the one after `after` on, at most `limit` of them.
-fn notifications_where(
-    db: &Database,
-    after: u64,
-    limit: usize,
-    wanted: impl Fn(&NotificationRecord) -> bool,
-) -> Result<Vec<NotificationRecord>, redb::Error> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(NOTIFICATIONS)?;
-    let mut out = Vec::new();
-    for entry in table.range(after.saturating_add(1)..)? {
-        if out.len() >= limit {
-            break;
-        }
-        let (id, bytes) = entry?;
-        let record = decode_notification(id.value(), bytes.value())?;
-        if wanted(&record) {
-            out.push(record);
-        }
-    }
-    Ok(out)
 }
 
 impl EventStore for RedbStore {
@@ -751,7 +280,12 @@ impl EventStore for RedbStore {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
+    use super::prune::prune;
+    use super::writer::FLUSH_AFTER;
     use super::*;
+    use crate::store::AttemptRecord;
 
     fn temp_path(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("tar-redb-{}-{name}", std::process::id()));
@@ -861,22 +395,6 @@ mod tests {
             .unwrap()
             .is_none());
         let _ = std::fs::remove_file(&path);
-    }
-
-    #[test]
-    fn records_written_before_instances_read_as_instance_0() {
-        let meta = br#"{"event_id":5,"target":"https://example.com/","attempts":1,"next_attempt_at_ms":2,"last_error":null,"state":0,"retain_until_ms":3}"#;
-        let mut bytes = (meta.len() as u32).to_le_bytes().to_vec();
-        bytes.extend_from_slice(meta);
-        bytes.extend_from_slice(b"{}");
-        let record = decode_notification(6, &bytes).unwrap();
-        assert_eq!((record.instance_id, record.instance_url), (0, false));
-        assert_eq!((record.accepted_at_ms, record.history.len()), (0, 0));
-        assert_eq!(record.target, "https://example.com/");
-        assert_eq!(
-            decode_notification(6, &encode_notification(&record)).unwrap(),
-            record
-        );
     }
 
     #[tokio::test]

@@ -1,0 +1,157 @@
+//! How records are kept as bytes: JSON for an event and a notification's metadata, a
+//! notification's body as-is after it.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{EventId, NotificationId};
+use crate::store::{AttemptRecord, DeliveryState, EventRecord, NotificationRecord};
+
+// Fields added later have defaults, so records written before them still read.
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct StoredEvent {
+    pub(super) notification_id: u64,
+    #[serde(default)]
+    pub(super) instance_id: u64,
+    pub(super) target: String,
+    #[serde(default)]
+    pub(super) instance_url: bool,
+    pub(super) accepted_at_ms: u64,
+    pub(super) running: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredNotification {
+    event_id: u64,
+    #[serde(default)]
+    instance_id: u64,
+    target: String,
+    #[serde(default)]
+    instance_url: bool,
+    #[serde(default)]
+    accepted_at_ms: u64,
+    attempts: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    history: Vec<AttemptRecord>,
+    next_attempt_at_ms: u64,
+    last_error: Option<String>,
+    state: u8,
+    retain_until_ms: u64,
+}
+
+fn state_code(state: DeliveryState) -> u8 {
+    match state {
+        DeliveryState::Pending => 0,
+        DeliveryState::Delivered => 1,
+        DeliveryState::Dead => 2,
+        DeliveryState::NotRequested => 3,
+    }
+}
+
+fn state_from(code: u8) -> Result<DeliveryState, redb::Error> {
+    Ok(match code {
+        0 => DeliveryState::Pending,
+        1 => DeliveryState::Delivered,
+        2 => DeliveryState::Dead,
+        3 => DeliveryState::NotRequested,
+        _ => {
+            return Err(redb::Error::Corrupted(format!(
+                "unknown delivery state {code}"
+            )))
+        }
+    })
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("store records serialize")
+}
+
+pub(super) fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, redb::Error> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| redb::Error::Corrupted(format!("unreadable record: {e}")))
+}
+
+pub(super) fn encode_event(event: &EventRecord) -> Vec<u8> {
+    json(&StoredEvent {
+        notification_id: event.notification_id.get(),
+        instance_id: event.instance_id,
+        target: event.target.clone(),
+        instance_url: event.instance_url,
+        accepted_at_ms: event.accepted_at_ms,
+        running: event.running,
+    })
+}
+
+/// `[meta length: u32 LE][meta JSON][body bytes]`: the body is stored as-is, not re-encoded.
+pub(super) fn encode_notification(record: &NotificationRecord) -> Vec<u8> {
+    let meta = json(&StoredNotification {
+        event_id: record.event_id.get(),
+        instance_id: record.instance_id,
+        target: record.target.clone(),
+        instance_url: record.instance_url,
+        accepted_at_ms: record.accepted_at_ms,
+        attempts: record.attempts,
+        history: record.history.clone(),
+        next_attempt_at_ms: record.next_attempt_at_ms,
+        last_error: record.last_error.clone(),
+        state: state_code(record.state),
+        retain_until_ms: record.retain_until_ms,
+    });
+    let mut out = Vec::with_capacity(4 + meta.len() + record.body.len());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&record.body);
+    out
+}
+
+pub(super) fn decode_notification(
+    id: u64,
+    bytes: &[u8],
+) -> Result<NotificationRecord, redb::Error> {
+    let corrupted = || redb::Error::Corrupted("truncated notification record".into());
+    let len = u32::from_le_bytes(
+        bytes
+            .get(..4)
+            .ok_or_else(corrupted)?
+            .try_into()
+            .map_err(|_| corrupted())?,
+    ) as usize;
+    let meta: StoredNotification = decode_json(bytes.get(4..4 + len).ok_or_else(corrupted)?)?;
+    Ok(NotificationRecord {
+        event_id: EventId::new(meta.event_id),
+        notification_id: NotificationId::new(id),
+        instance_id: meta.instance_id,
+        instance_url: meta.instance_url,
+        target: meta.target,
+        body: Bytes::copy_from_slice(&bytes[4 + len..]),
+        accepted_at_ms: meta.accepted_at_ms,
+        attempts: meta.attempts,
+        history: meta.history,
+        next_attempt_at_ms: meta.next_attempt_at_ms,
+        last_error: meta.last_error,
+        state: state_from(meta.state)?,
+        retain_until_ms: meta.retain_until_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_instances_read_as_instance_0() {
+        let meta = br#"{"event_id":5,"target":"https://example.com/","attempts":1,"next_attempt_at_ms":2,"last_error":null,"state":0,"retain_until_ms":3}"#;
+        let mut bytes = (meta.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(meta);
+        bytes.extend_from_slice(b"{}");
+        let record = decode_notification(6, &bytes).unwrap();
+        assert_eq!((record.instance_id, record.instance_url), (0, false));
+        assert_eq!((record.accepted_at_ms, record.history.len()), (0, 0));
+        assert_eq!(record.target, "https://example.com/");
+        assert_eq!(
+            decode_notification(6, &encode_notification(&record)).unwrap(),
+            record
+        );
+    }
+}

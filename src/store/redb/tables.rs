@@ -1,0 +1,11 @@
+//! The tables of the store file, and the key the id floor is kept under.
+
+use redb::TableDefinition;
+
+pub(super) const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+pub(super) const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> =
+    TableDefinition::new("notifications");
+pub(super) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// Event id → notification id of finished events, for status queries.
+pub(super) const EVENT_INDEX: TableDefinition<'_, u64, u64> = TableDefinition::new("event_index");
+pub(super) const NEXT_ID: &str = "next_id";
