@@ -77,7 +77,7 @@ use tokio::net::TcpListener;
 use tower_async_request::verify::ElementsVerifier;
 use tower_async_request::{AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder};
 
-#[path = "support/counting_alloc.rs"]
+#[path = "../support/counting_alloc.rs"]
 mod counting_alloc;
 
 /// Counts only in the app's own process (`--shape processes`); see `counting_alloc`.
