@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{EventId, NotificationId};
+use crate::wire::ids::{EventId, NotificationId};
 use crate::store::{AttemptRecord, DeliveryState, EventRecord, NotificationRecord};
 
 // Fields added later have defaults, so records written before them still read.
