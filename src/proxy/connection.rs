@@ -36,7 +36,7 @@ pub(super) fn connector(
     roots: Option<rustls::RootCertStore>,
     http2: bool,
 ) -> Result<Connector, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(crate::wire::crypto::provider());
     let builder = match roots {
         None => HttpsConnectorBuilder::new().with_provider_and_webpki_roots(provider)?,
         Some(roots) => HttpsConnectorBuilder::new().with_tls_config(

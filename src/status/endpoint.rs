@@ -72,7 +72,7 @@ impl StatusEndpoint {
             Some(_) => return Err(ConfigError::new("status_secret must be at least 16 bytes")),
             None => {
                 let mut secret = [0u8; 32];
-                rustls::crypto::ring::default_provider()
+                crate::wire::crypto::provider()
                     .secure_random
                     .fill(&mut secret)
                     .map_err(|_| {

@@ -1,8 +1,10 @@
 //! The bottom of the house: what crosses the wire and every stage shares. Event and notification
-//! ids, header names, the bodies the layer reads and answers with, and the two signature schemes.
+//! ids, header names, the bodies the layer reads and answers with, the two signature schemes and
+//! the crypto provider behind TLS.
 //! Nothing here imports from another stage.
 
 pub(crate) mod body;
+pub(crate) mod crypto;
 pub mod header;
 pub(crate) mod ids;
 pub(crate) mod signature;

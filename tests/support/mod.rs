@@ -1,144 +1,196 @@
-//! A scriptable webhook receiver on 127.0.0.1:0 for delivery tests.
-#![allow(dead_code)] // each test file uses a different part
+//! Helpers shared by the integration tests.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+#![allow(dead_code)]
 
-use axum::{
-    body::Bytes,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    response::{IntoResponse, Response},
-    routing::post,
-    Router,
-};
-use tokio::{net::TcpListener, sync::mpsc};
+pub mod capture;
+pub mod upgrade;
 
-/// One answer the receiver gives: a status, optional headers, an optional delay before answering.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: Vec<(&'static str, String)>,
-    pub delay: Duration,
+use std::collections::{BTreeSet, VecDeque};
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tower_async_request::sink::CallbackReceiver;
+use tower_async_request::MAX_SAFE_ID;
+
+/// Hang guard around `recv()`: a bug fails the test instead of hanging it.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub const SIGNING_KEY: &str = "event-signature-key";
+pub const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub const DEFAULT_CALLBACK: &str = "https://hooks.example.com/in";
+pub const ASYNC_HEADER: &str = "elements-async-request";
+pub const CALLBACK_HEADER: &str = "elements-async-callback-url";
+
+/// Counts calls of the inner handler.
+pub fn counter() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
 }
 
-impl Answer {
-    pub fn status(status: u16) -> Self {
+pub fn count(counter: &AtomicUsize) -> usize {
+    counter.load(Ordering::SeqCst)
+}
+
+pub fn bump(counter: &AtomicUsize) {
+    counter.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The next callback, failing (not hanging) when none arrives.
+pub async fn recv_callback(callbacks: &mut CallbackReceiver) -> Request<Bytes> {
+    tokio::time::timeout(RECV_TIMEOUT, callbacks.recv())
+        .await
+        .expect("no callback arrived within the timeout")
+        .expect("the callback channel closed")
+}
+
+/// The whole body.
+pub async fn read_body<B>(body: B) -> Bytes
+where
+    B: Body,
+    B::Error: Debug,
+{
+    body.collect().await.expect("reading a body").to_bytes()
+}
+
+pub fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(bytes)))
+}
+
+pub fn keys(value: &Value) -> BTreeSet<&str> {
+    value
+        .as_object()
+        .unwrap_or_else(|| panic!("not a JSON object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+pub fn key_set<'a>(names: &[&'a str]) -> BTreeSet<&'a str> {
+    names.iter().copied().collect()
+}
+
+/// Checks a receipt (`202`, JSON `{"eventId":N,"eventStatus":"dispatched"}`, `elements-event-id`)
+/// and returns its event id.
+pub fn check_receipt(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> u64 {
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "receipt body: {:?}",
+        String::from_utf8_lossy(body)
+    );
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    let value = json(body);
+    assert_eq!(
+        keys(&value),
+        key_set(&["eventId", "eventStatus"]),
+        "{value}"
+    );
+    assert_eq!(value["eventStatus"], "dispatched");
+    let event_id = value["eventId"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("eventId is not an unsigned integer: {value}"));
+    assert!(event_id <= MAX_SAFE_ID, "eventId {event_id} above 2^53 - 1");
+    assert_eq!(
+        headers
+            .get("elements-event-id")
+            .expect("the receipt has an elements-event-id header")
+            .to_str()
+            .unwrap(),
+        event_id.to_string()
+    );
+    event_id
+}
+
+/// Checks a refusal: status, `content-type: application/json`, body `{"code","message"}` with the
+/// expected code and a non-empty message.
+pub fn check_refusal(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    expected_status: StatusCode,
+    expected_code: &str,
+) {
+    let value = json(body);
+    assert_eq!(status, expected_status, "{value}");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(keys(&value), key_set(&["code", "message"]), "{value}");
+    assert_eq!(value["code"], expected_code, "{value}");
+    let message = value["message"].as_str().expect("message is a string");
+    assert!(!message.trim().is_empty(), "empty message: {value}");
+    assert!(
+        !headers.contains_key("elements-event-id"),
+        "a refusal carries no event id"
+    );
+}
+
+/// A body that yields its chunks one by one and announces no size.
+#[derive(Debug)]
+pub struct ChunkedBody {
+    chunks: VecDeque<Bytes>,
+}
+
+impl ChunkedBody {
+    pub fn new<I, C>(chunks: I) -> Self
+    where
+        I: IntoIterator<Item = C>,
+        C: Into<Bytes>,
+    {
         Self {
-            status: StatusCode::from_u16(status).unwrap(),
-            headers: Vec::new(),
-            delay: Duration::ZERO,
+            chunks: chunks.into_iter().map(Into::into).collect(),
         }
     }
+}
 
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
-        self.headers.push((name, value.into()));
-        self
+impl Body for ChunkedBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.chunks.pop_front().map(|chunk| Ok(Frame::data(chunk))))
     }
 
-    pub fn after(mut self, delay: Duration) -> Self {
-        self.delay = delay;
-        self
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
     }
 }
 
-/// What the receiver saw.
-#[derive(Debug, Clone)]
-pub struct Hit {
-    pub headers: HeaderMap,
-    pub body: Bytes,
-    pub at: Instant,
-    pub answered: StatusCode,
+/// A body fed chunk by chunk from a channel; it ends when the sender is dropped.
+#[derive(Debug)]
+pub struct ChannelBody {
+    receiver: mpsc::Receiver<Bytes>,
 }
 
-impl Hit {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-}
-
-#[derive(Clone)]
-struct Script {
-    answers: Arc<Mutex<VecDeque<Answer>>>,
-    hits: mpsc::UnboundedSender<Hit>,
-}
-
-/// A receiver that answers from `script` in order, then `200` forever, reporting every hit.
-pub struct Receiver {
-    pub addr: SocketAddr,
-    pub hits: mpsc::UnboundedReceiver<Hit>,
-    answers: Arc<Mutex<VecDeque<Answer>>>,
-}
-
-impl Receiver {
-    pub async fn start(script: Vec<Answer>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        Self::start_on(listener, script).await
-    }
-
-    pub async fn start_on(listener: TcpListener, script: Vec<Answer>) -> Self {
-        let addr = listener.local_addr().unwrap();
-        let (hits_tx, hits) = mpsc::unbounded_channel();
-        let answers = Arc::new(Mutex::new(VecDeque::from(script)));
-        let state = Script {
-            answers: answers.clone(),
-            hits: hits_tx,
-        };
-        let router = Router::new().route("/hook", post(answer)).with_state(state);
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-        Self {
-            addr,
-            hits,
-            answers,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}/hook", self.addr)
-    }
-
-    /// Queues more scripted answers.
-    pub fn then(&self, answers: impl IntoIterator<Item = Answer>) {
-        self.answers.lock().unwrap().extend(answers);
-    }
-
-    /// The next hit, failing the test after 20 s.
-    pub async fn next(&mut self) -> Hit {
-        tokio::time::timeout(Duration::from_secs(20), self.hits.recv())
-            .await
-            .expect("the receiver got nothing within 20 s")
-            .expect("the receiver stopped")
+impl ChannelBody {
+    pub fn new() -> (mpsc::Sender<Bytes>, Self) {
+        let (sender, receiver) = mpsc::channel(4);
+        (sender, Self { receiver })
     }
 }
 
-async fn answer(State(script): State<Script>, headers: HeaderMap, body: Bytes) -> Response {
-    let answer = script
-        .answers
-        .lock()
-        .unwrap()
-        .pop_front()
-        .unwrap_or(Answer::status(200));
-    tokio::time::sleep(answer.delay).await;
-    let _ = script.hits.send(Hit {
-        headers,
-        body,
-        at: Instant::now(),
-        answered: answer.status,
-    });
-    let mut response = answer.status.into_response();
-    for (name, value) in answer.headers {
-        response.headers_mut().insert(name, value.parse().unwrap());
-    }
-    response
-}
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
 
-/// Polls `condition` every 10 ms for up to 20 s.
-pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.receiver
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|data| Ok(Frame::data(data))))
     }
 }

@@ -164,7 +164,7 @@ where
     <HttpsConnector<C> as tower_service::Service<http::Uri>>::Error: Into<crate::error::BoxError>,
 {
     let https = HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
+        .with_provider_and_webpki_roots(crate::wire::crypto::provider())
         .expect("ring supports the default TLS versions")
         .https_or_http()
         .enable_http1()
