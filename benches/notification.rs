@@ -31,7 +31,7 @@ use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt};
 use tower_async_request::sink::{CallbackReceiver, ChannelSink};
 use tower_async_request::store::MemoryStore;
-use tower_async_request::{AsyncRequestLayer, RequestBody};
+use tower_async_request::{layer::RequestBody, AsyncRequestLayer};
 
 /// A JSON document of exactly `len` bytes: an array of small objects, padded.
 fn json_body(len: usize) -> Bytes {
@@ -120,7 +120,7 @@ async fn round_trip<S>(service: &mut S, callbacks: &mut CallbackReceiver) -> Req
 where
     S: Service<
         Request<Full<Bytes>>,
-        Response = Response<tower_async_request::ResponseBody<Full<Bytes>>>,
+        Response = Response<tower_async_request::layer::ResponseBody<Full<Bytes>>>,
     >,
     S::Error: std::fmt::Debug,
 {

@@ -14,7 +14,7 @@ use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use tower::{Layer, Service};
-use tower_async_request::RequestBody;
+use tower_async_request::layer::RequestBody;
 
 mod support;
 use support::interleaved;

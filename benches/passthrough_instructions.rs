@@ -12,7 +12,7 @@ use std::process::Command;
 
 use axum::body::Body;
 use tower::{Layer, Service};
-use tower_async_request::RequestBody;
+use tower_async_request::layer::RequestBody;
 
 #[path = "support/sync_path.rs"]
 mod sync_path;

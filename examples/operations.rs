@@ -199,7 +199,7 @@ async fn get_text(
 async fn wait_for(
     handle: &AsyncRequestHandle,
     what: &str,
-    done: impl Fn(tower_async_request::Metrics) -> bool,
+    done: impl Fn(tower_async_request::metrics::Metrics) -> bool,
 ) -> Result<(), String> {
     for _ in 0..500 {
         if done(handle.metrics()) {

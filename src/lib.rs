@@ -55,62 +55,17 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(example()).unwrap();
 //! ```
 //!
-//! # Where things happen
+//! A receiver checks a callback with [`ElementsVerifier`] or [`StandardWebhooksVerifier`] and
+//! reads it as a [`Notification`].
 //!
-//! | step | module |
-//! |---|---|
-//! | sync or async, or a refusal | `classify`, `callback_url`, `address`, `refusal` |
-//! | which tenant it belongs to; its URL, keys and share | [`instance`] |
-//! | body read, ids taken, work spawned, receipt sent | `dispatch`, `receipt`, `ids` |
-//! | the work run to an outcome (errors, panics, size limit) | `job` |
-//! | the notification JSON | [`notification`] |
-//! | admission: `max_in_flight`, shutting down | `runner` |
-//! | signing, sending, retrying; dead letters | `signature`, `delivery`, [`retry`], [`sink`] |
-//! | recording each event's life; resuming after a restart | [`store`], `recovery` |
-//! | answering status queries | `status` |
-//! | RFC 7240 `Prefer: respond-async` and `wait` | `prefer` |
-//! | gRPC receipts, refusals and notifications | `grpc` |
-//! | shutdown, dead letters, counters from outside | `handle`, `metrics` |
-//! | the operator's HTTP routes: events, dead letters, replay, health | [`admin`] |
-//! | forwarding to an upstream API in any language (feature `proxy`) | `proxy` |
-//! | verifying a callback on the receiving side | [`verify`], `receiver` (feature `axum`) |
+#![doc = include_str!("../docs/layout.md")]
 //!
-//! # Wire contract
+//! [`notification`]: crate::event::notification
+//! [`retry`]: crate::delivery::retry
+//! [`sink`]: crate::delivery::sink
+//! [`verify`]: crate::receive::verify
 //!
-//! | request | answer |
-//! |---|---|
-//! | no `Elements-Async-Request`, or `false` (any case) | the inner service's own response |
-//! | `true` (any case, whitespace ignored), valid | `202`, `{"eventId":N,"eventStatus":"dispatched"}` |
-//! | any other value, or the header twice | `400`, `invalid_async_header` |
-//! | no callback URL and no default | `400`, `missing_callback_url` |
-//! | callback URL not absolute `http(s)`, over 2048 bytes, with credentials | `400`, `invalid_callback_url` |
-//! | callback URL names a non-public address (unless allowed) | `400`, `forbidden_callback_url` |
-//! | request body over `max_request_bytes` | `413`, `request_too_large` |
-//! | request body not in within `request_body_timeout` | `408`, `request_body_timeout` |
-//! | `max_in_flight` unfinished events already | `503` + `Retry-After`, `overloaded` |
-//! | shutting down | `503`, `shutting_down` |
-//! | the store could not record the event | `503`, `store_unavailable` |
-//! | [many instances](instance): none identified | `401`, `unknown_instance` |
-//! | many instances: the resolver failed | `503` + `Retry-After`, `instance_unavailable` |
-//! | async, and asks to upgrade its connection (`Upgrade`) | `400`, `async_upgrade` |
-//! | many instances: the instance holds its own `max_in_flight` | `503` + `Retry-After`, `overloaded` |
-//!
-//! Refusals carry `{"code":"…","message":"…"}` and never reach the inner service.
-//!
-//! # Status monitor
-//!
-//! With [`status_endpoint("/events")`](AsyncRequestLayerBuilder::status_endpoint) the layer also
-//! answers `GET /events/{eventId}?token=…` (the receipt's `Location`), so clients that cannot
-//! receive webhooks can poll; such clients may then omit the callback URL altogether. The token
-//! is an HMAC of the event id, so status URLs cannot be guessed; any wrong token or unknown id is
-//! the same `404`.
-//!
-//! ```json
-//! {"eventId":1028,"instanceId":30,"eventStatus":"completed","notificationId":1084,
-//!  "delivery":{"state":"delivered","attempts":1,"lastError":null},
-//!  "statusCode":200,"response":{"…":"…"}}
-//! ```
-
+#![doc = include_str!("../docs/wire-contract.md")]
 #![forbid(unsafe_code)]
 #![warn(
     missing_docs,
@@ -121,41 +76,36 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admin;
-mod admission;
-mod delivery;
-mod error;
-mod event;
+pub mod admission;
+pub mod delivery;
+pub mod error;
+pub mod event;
 pub mod instance;
-mod layer;
-mod metrics;
+pub mod layer;
+pub mod metrics;
 #[cfg(feature = "proxy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "proxy")))]
 pub mod proxy;
-mod receive;
-mod request;
-mod status;
+pub mod receive;
+pub mod request;
+pub mod status;
 pub mod store;
-mod wire;
+pub mod wire;
 
-pub use self::admission::DEFAULT_MAX_IN_FLIGHT;
-pub use self::delivery::{retry, sink};
+// What a first program writes.
 pub use self::error::{BoxError, ConfigError};
+pub use self::event::notification::Notification;
+pub use self::layer::{AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder};
+pub use self::receive::verify::{ElementsVerifier, StandardWebhooksVerifier};
+
+// The modules' paths from before the stages (shared/API.md).
+pub use self::delivery::{retry, sink};
 pub use self::event::notification;
-pub use self::layer::{
-    AsyncRequest, AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder, Health,
-    RedeliverError, Redelivered, ResponseFuture, ShutdownReport, DEFAULT_JOB_TIMEOUT,
-    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT,
-    DEFAULT_STATUS_RETENTION,
-};
-pub use self::metrics::Metrics;
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use self::receive::receiver;
 pub use self::receive::verify;
-pub use self::request::{IpNetwork, RefusalCode, MAX_CALLBACK_URL_BYTES, MAX_PREFER_WAIT};
-pub use self::wire::body::{RequestBody, ResponseBody};
 pub use self::wire::header;
-pub use self::wire::ids::{EventId, NotificationId, MAX_SAFE_ID};
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

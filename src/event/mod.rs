@@ -1,10 +1,9 @@
-//! Stage 2, the event: an accepted async request's life. [`dispatch`] reads the body, takes the
-//! ids and a permit, records the event and answers with the receipt; the job runs the inner
-//! service to an outcome and makes the [`notification`], which it hands to delivery; recovery
-//! resumes what an earlier process left unfinished. `shared` holds the state every clone of the
-//! layer, its services and its handle share.
-//!
-//! [`dispatch`]: self::dispatch
+//! The event: an accepted async request's life. Dispatch reads the body, takes the ids and a
+//! permit, records the event and answers with the receipt (`dispatch.rs`, `receipt.rs`); the
+//! notification's target is settled (`target.rs`); the job runs the inner service to an outcome
+//! and makes the [`notification`], which it hands to delivery (`job.rs`); recovery resumes what an
+//! earlier process or a dead peer left unfinished (`recovery.rs`). `shared.rs` holds the state
+//! every clone of the layer, its services and its handle share.
 
 pub(crate) mod dispatch;
 pub(crate) mod job;
@@ -13,3 +12,5 @@ pub(crate) mod receipt;
 pub(crate) mod recovery;
 pub(crate) mod shared;
 pub(crate) mod target;
+
+pub use crate::wire::ids::{EventId, NotificationId, MAX_SAFE_ID};

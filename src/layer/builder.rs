@@ -312,7 +312,7 @@ impl AsyncRequestLayerBuilder {
     /// Lets RFC 7240 `Prefer: respond-async` ask for the async path (off by default: a server
     /// ignores preferences it has not opted into). The receipt then says
     /// `Preference-Applied: respond-async`. With `wait=N` as well, the layer waits up to N
-    /// seconds (at most [`MAX_PREFER_WAIT`](crate::MAX_PREFER_WAIT)): if the work completes in
+    /// seconds (at most [`MAX_PREFER_WAIT`](crate::request::MAX_PREFER_WAIT)): if the work completes in
     /// time the client gets the real response and no callback is sent; otherwise the receipt is
     /// sent at N seconds and the callback follows as usual.
     pub fn prefer_respond_async(mut self, enabled: bool) -> Self {

@@ -11,7 +11,7 @@ use crate::wire::body::{OwnBody, ResponseBody};
 type Dispatching = Pin<Box<dyn Future<Output = Response<OwnBody>> + Send>>;
 
 pin_project! {
-    /// Response future of [`AsyncRequest`](crate::AsyncRequest).
+    /// Response future of [`AsyncRequest`](crate::layer::AsyncRequest).
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F>,

@@ -18,3 +18,5 @@ pub use self::future::ResponseFuture;
 pub use self::handle::{AsyncRequestHandle, Health, RedeliverError, Redelivered, ShutdownReport};
 pub use self::layer::AsyncRequestLayer;
 pub use self::service::AsyncRequest;
+pub use crate::admission::DEFAULT_MAX_IN_FLIGHT;
+pub use crate::wire::body::{RequestBody, ResponseBody};

@@ -2,10 +2,10 @@
 //! [`AsyncRequestHandle::metrics`](crate::AsyncRequestHandle::metrics), and per instance through
 //! [`AsyncRequestHandle::instance_metrics`](crate::AsyncRequestHandle::instance_metrics); with
 //! the cargo feature `metrics`, also reported through the [`metrics`](https://docs.rs/metrics)
-//! facade (`facade.rs`, the names in README "Operating it").
+//! facade (`facade.rs`, the names in docs/operating.md).
 //!
-//! Every count of an event goes through its instance's [`Counters`], so the facade sees each
-//! event once, labelled with its instance.
+//! Every count of an event goes through its instance's counters, so the facade sees each event
+//! once, labelled with its instance.
 
 mod counter;
 #[cfg(feature = "metrics")]

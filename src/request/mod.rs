@@ -1,7 +1,7 @@
-//! Stage 1, the request: is it synchronous, asynchronous, or refused? The async and `Prefer`
+//! The request: is it synchronous, asynchronous, or refused? The async and `Prefer`
 //! headers are read, the callback URL and its address checked, and a refusal (JSON, or a gRPC
 //! error for a gRPC call) is the answer when the layer will not take it. Hands on a
-//! classification that the event stage dispatches.
+//! classification that the [event](crate::event) stage dispatches.
 
 pub(crate) mod address;
 pub(crate) mod callback_url;

@@ -90,7 +90,7 @@ where
 }
 
 pin_project! {
-    /// The response body of [`AsyncRequest`](crate::AsyncRequest): the inner service's body
+    /// The response body of [`AsyncRequest`](crate::layer::AsyncRequest): the inner service's body
     /// (data and trailers forwarded unchanged), or the layer's own receipt or refusal.
     #[derive(Debug)]
     pub struct ResponseBody<B> {
@@ -111,7 +111,7 @@ pin_project! {
 }
 
 /// An empty body, so layers that make their own responses (such as tower-http's `TimeoutLayer`)
-/// can sit directly outside [`AsyncRequest`](crate::AsyncRequest).
+/// can sit directly outside [`AsyncRequest`](crate::layer::AsyncRequest).
 impl<B> Default for ResponseBody<B> {
     fn default() -> Self {
         Self::own(OwnBody::default())

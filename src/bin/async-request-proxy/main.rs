@@ -104,7 +104,7 @@ struct Args {
     #[arg(long, env = "ASYNC_REQUEST_PROXY_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
     /// Largest body of an async request, in bytes.
-    #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_BODY", default_value_t = tower_async_request::DEFAULT_MAX_REQUEST_BYTES)]
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_BODY", default_value_t = tower_async_request::layer::DEFAULT_MAX_REQUEST_BYTES)]
     max_body: usize,
     /// How long the upstream may take to begin its answer (e.g. 500ms, 30s, 2m).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
@@ -269,7 +269,7 @@ async fn configure(args: &Args) -> Result<Setup, String> {
         .allow_private_callbacks(args.allow_private_callbacks);
     if args.admin_listen.is_some() {
         // Operators look delivered events up too, with their attempts.
-        builder = builder.status_retention(tower_async_request::DEFAULT_STATUS_RETENTION);
+        builder = builder.status_retention(tower_async_request::layer::DEFAULT_STATUS_RETENTION);
     }
     let instances = match &args.instances {
         Some(path) => {

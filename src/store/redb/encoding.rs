@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::wire::ids::{EventId, NotificationId};
 use crate::store::{AttemptRecord, DeliveryState, EventRecord, NotificationRecord};
+use crate::wire::ids::{EventId, NotificationId};
 
 // Fields added later have defaults, so records written before them still read.
 

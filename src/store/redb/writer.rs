@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 use super::encoding::{decode_notification, encode_event, encode_notification};
 use super::prune::prune;
 use super::tables::{EVENTS, EVENT_INDEX, META, NEXT_ID, NOTIFICATIONS};
-use crate::wire::ids::{IdGenerator, NotificationId};
 use crate::store::{unix_ms, DeliveryState, EventRecord, NotificationRecord};
+use crate::wire::ids::{IdGenerator, NotificationId};
 
 /// How often the writer drops delivered notifications past their retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
