@@ -1,8 +1,9 @@
 //! The admin service over real HTTP: an app and its admin routes on 127.0.0.1:0, a real client, a
 //! real receiver that goes down and comes back; with the memory store and with PostgreSQL.
 
-mod pg;
 mod support;
+#[cfg(feature = "postgres")]
+use support::pg;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,9 +19,11 @@ use support::{eventually, Answer, Receiver};
 use tokio::net::TcpListener;
 use tower_async_request::admin::Admin;
 use tower_async_request::instance::{Instance, InstanceMap};
+#[cfg(feature = "postgres")]
 use tower_async_request::store::PostgresStore;
 use tower_async_request::{AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder};
 
+#[cfg(feature = "postgres")]
 const FILE: &str = "tests/admin.rs";
 const MS: fn(u64) -> Duration = Duration::from_millis;
 
@@ -240,6 +243,7 @@ async fn an_outage_ends_in_dead_letters_that_one_bulk_redelivery_delivers() {
     an_outage_is_replayed(&served, &mut receiver, 5).await;
 }
 
+#[cfg(feature = "postgres")]
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outage_is_replayed_the_same_way_on_postgres() {
     if !pg::available(FILE).await {

@@ -1,7 +1,7 @@
 //! The wire contract of `AsyncRequestLayer`, one test per row, driven through axum and, at the
 //! end, through a real server and a real client.
 
-mod common;
+mod support;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -27,11 +27,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 use tower_async_request::sink::{CallbackReceiver, ChannelSink};
 use tower_async_request::{
-    AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder, BoxError, RequestBody,
-    MAX_CALLBACK_URL_BYTES, MAX_SAFE_ID,
+    event::MAX_SAFE_ID, layer::RequestBody, request::MAX_CALLBACK_URL_BYTES, AsyncRequestHandle,
+    AsyncRequestLayer, AsyncRequestLayerBuilder, BoxError,
 };
 
-use common::*;
+use support::*;
 
 /// What the handler answers on the synchronous path.
 fn handler_answer() -> Value {

@@ -384,7 +384,7 @@ mod flaky_store {
         DeadLetterQuery, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
         StoreError, StoreFuture,
     };
-    use tower_async_request::{EventId, NotificationId};
+    use tower_async_request::{event::EventId, event::NotificationId};
 
     impl EventStore for Flaky {
         fn is_durable(&self) -> bool {

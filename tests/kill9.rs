@@ -4,7 +4,7 @@
 #![cfg(all(feature = "redb", unix))]
 
 mod support;
-mod worker;
+use support::worker;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;

@@ -7,7 +7,7 @@
 //! `.layer(async_layer).layer(X)` puts `X` outside the async layer (it sees the receipt) and
 //! `.layer(X).layer(async_layer)` puts it inside (it wraps the handler and runs inside the job).
 
-mod common;
+mod support;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +24,7 @@ use http::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_async_request::sink::{CallbackReceiver, ChannelSink};
-use tower_async_request::{AsyncRequestLayer, AsyncRequestLayerBuilder, RequestBody};
+use tower_async_request::{layer::RequestBody, AsyncRequestLayer, AsyncRequestLayerBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::DecompressionLayer;
@@ -32,7 +32,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use common::*;
+use support::*;
 
 /// What a slow handler sleeps; every timeout below is well under it.
 const SLOW: Duration = Duration::from_millis(1200);
@@ -648,7 +648,7 @@ async fn without_catch_panic_a_sync_panic_reaches_the_caller() {
 // TraceLayer
 // ---------------------------------------------------------------------------------------------
 
-use common::capture::{capture, field, take};
+use support::capture::{capture, field, take};
 
 fn traced_routes() -> Router {
     let work = || async {

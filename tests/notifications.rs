@@ -2,7 +2,7 @@
 //! fields, its HTTP request (method, URL, headers) and its signatures, checked with the crate's own
 //! verifiers and with the official `standardwebhooks` crate.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::AtomicUsize;
@@ -20,9 +20,11 @@ use tower::{Layer, ServiceExt};
 use tower_async_request::notification::{EventStatus, FailureCode, Notification};
 use tower_async_request::sink::{CallbackReceiver, ChannelSink};
 use tower_async_request::verify::{ElementsVerifier, StandardWebhooksVerifier};
-use tower_async_request::{AsyncRequestLayer, AsyncRequestLayerBuilder, RequestBody, MAX_SAFE_ID};
+use tower_async_request::{
+    event::MAX_SAFE_ID, layer::RequestBody, AsyncRequestLayer, AsyncRequestLayerBuilder,
+};
 
-use common::*;
+use support::*;
 
 const INSTANCE_ID: u64 = 30;
 

@@ -3,8 +3,8 @@
 //! where no server answers.
 #![cfg(feature = "postgres")]
 
-mod pg;
 mod support;
+use support::pg;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use tower_async_request::store::{
     DeadLetterQuery, DeliveryState, EventRecord, EventStore, NotificationRecord, PostgresStore,
 };
-use tower_async_request::{AsyncRequestLayer, EventId, NotificationId};
+use tower_async_request::{event::EventId, event::NotificationId, AsyncRequestLayer};
 
 const FILE: &str = "tests/postgres.rs";
 const STATUS_SECRET: &str = "a status secret every node shares";
@@ -167,7 +167,7 @@ async fn status_dead_letters_redelivery_and_ids_work_from_any_node() {
             let (status, _, receipt) = send(node, async_request()).await;
             assert_eq!(status, StatusCode::ACCEPTED);
             let id = receipt["eventId"].as_u64().unwrap();
-            assert!(id <= tower_async_request::MAX_SAFE_ID);
+            assert!(id <= tower_async_request::event::MAX_SAFE_ID);
             assert!(ids.insert(id), "id {id} handed out twice");
         }
     }

@@ -5,9 +5,9 @@
 //! Skipped, with one line saying so, where no PostgreSQL server answers.
 #![cfg(all(feature = "postgres", feature = "redb", unix))]
 
-mod pg;
 mod support;
-mod worker;
+use support::pg;
+use support::worker;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! front of a real upstream on 127.0.0.1:0.
 #![cfg(feature = "proxy")]
 
-mod common;
+mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,12 +14,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request as AxumRequest};
 use axum::routing::{any, get, post};
 use axum::Router;
-use common::recv_callback;
 use http::{header, HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
+use support::recv_callback;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
@@ -81,7 +81,7 @@ async fn upstream() -> SocketAddr {
         Router::new()
             .route("/base/inspect", any(inspect))
             .route("/base/echo", post(echo))
-            .route("/base/upgrade", get(common::upgrade::echo))
+            .route("/base/upgrade", get(support::upgrade::echo))
             .route(
                 "/base/slow",
                 get(|| async {
@@ -306,7 +306,7 @@ async fn an_upgrade_passes_through_and_the_connections_are_joined() {
     let upstream = upstream().await;
     let (proxy, _callbacks) =
         proxy(Upstream::new(&format!("http://{upstream}/base")).unwrap()).await;
-    common::upgrade::check_echo(proxy, "/upgrade").await;
+    support::upgrade::check_echo(proxy, "/upgrade").await;
 }
 
 /// An upstream written by hand: answers every `GET` on a connection with `200 ok` (keep-alive

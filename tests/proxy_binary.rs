@@ -2,7 +2,6 @@
 //! and Python's `http.server`), with a real callback receiver.
 #![cfg(feature = "proxy")]
 
-mod common;
 mod support;
 
 #[path = "../examples/support/folders.rs"]
@@ -179,7 +178,7 @@ async fn axum_upstream() -> SocketAddr {
                     )
                 }),
             )
-            .route("/api/upgrade", get(common::upgrade::echo)),
+            .route("/api/upgrade", get(support::upgrade::echo)),
     )
     .await
 }
@@ -365,7 +364,7 @@ async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
 async fn an_upgrade_passes_through_the_binary() {
     let upstream = axum_upstream().await;
     let proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
-    common::upgrade::check_echo(proxy.address, "/upgrade").await;
+    support::upgrade::check_echo(proxy.address, "/upgrade").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -378,7 +377,7 @@ async fn an_upgraded_connection_keeps_its_place_under_max_connections() {
         "--max-connections",
         "1",
     ]);
-    let tunnel = common::upgrade::open_echo(proxy.address, "/upgrade").await;
+    let tunnel = support::upgrade::open_echo(proxy.address, "/upgrade").await;
     // The tunnel is the one connection allowed: another one is not read.
     let mut next = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
     next.write_all(b"GET /hello HTTP/1.1\r\nhost: proxy\r\n\r\n")
@@ -403,7 +402,7 @@ async fn a_tunnel_idle_for_the_tunnel_idle_timeout_is_closed() {
         "--tunnel-idle-timeout",
         "3s",
     ]);
-    let mut tunnel = common::upgrade::open_echo(proxy.address, "/upgrade").await;
+    let mut tunnel = support::upgrade::open_echo(proxy.address, "/upgrade").await;
     // Bytes every 500 ms keep it open past the timeout.
     let mut echoed = [0u8; 4];
     for _ in 0..8 {
@@ -423,7 +422,7 @@ async fn sigterm_closes_open_tunnels_and_exits_0() {
     use tokio::io::AsyncReadExt;
     let upstream = axum_upstream().await;
     let mut proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
-    let mut tunnel = common::upgrade::open_echo(proxy.address, "/upgrade").await;
+    let mut tunnel = support::upgrade::open_echo(proxy.address, "/upgrade").await;
     proxy.signal(libc::SIGTERM);
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(Duration::from_secs(20), tunnel.read_to_end(&mut rest)).await;

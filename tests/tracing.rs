@@ -1,6 +1,6 @@
 //! The event's tracing span follows the work into the spawned task and carries its ids.
 
-mod common;
+mod support;
 
 use axum::{body::Body, routing::post, Router};
 use http::Request;
@@ -9,7 +9,7 @@ use tower::ServiceExt;
 use tower_async_request::{sink::ChannelSink, AsyncRequestLayer};
 use tracing::Instrument;
 
-use common::capture::{capture, field};
+use support::capture::{capture, field};
 
 #[tokio::test]
 async fn the_event_span_follows_the_work_and_names_its_ids() {

@@ -1,9 +1,18 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: bodies, services and checks (here), log capture,
+//! upgrades, a scriptable webhook receiver, a PostgreSQL schema per test, and the
+//! `durable_worker` example as a real process.
 
 #![allow(dead_code)]
 
 pub mod capture;
+#[cfg(feature = "postgres")]
+pub mod pg;
+pub mod receiver;
 pub mod upgrade;
+pub mod worker;
+
+#[allow(unused_imports)] // each test file uses a different part
+pub use self::receiver::{eventually, Answer, Hit, Receiver};
 
 use std::collections::{BTreeSet, VecDeque};
 use std::convert::Infallible;
@@ -20,8 +29,8 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use tower_async_request::event::MAX_SAFE_ID;
 use tower_async_request::sink::CallbackReceiver;
-use tower_async_request::MAX_SAFE_ID;
 
 /// Hang guard around `recv()`: a bug fails the test instead of hanging it.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
