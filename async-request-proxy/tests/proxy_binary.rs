@@ -1,10 +1,12 @@
 //! The real `async-request-proxy` binary on 127.0.0.1, in front of real upstreams (an axum one
 //! and Python's `http.server`), with a real callback receiver.
-#![cfg(feature = "proxy")]
 
+// The library's test helpers and the gRPC example's service, shared rather than copied.
+#[path = "../../tests/support/mod.rs"]
+#[allow(unexpected_cfgs)] // its PostgreSQL helper is behind the library's `postgres` feature
 mod support;
 
-#[path = "../examples/support/folders.rs"]
+#[path = "../../examples/support/folders.rs"]
 #[allow(dead_code)] // the example and the tests use different parts
 mod proto;
 
@@ -895,9 +897,12 @@ fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
                 "--upstream",
                 "http://127.0.0.1:9",
                 "--tls-cert-file",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls/upstream.pem"),
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../tests/data/tls/upstream.pem"
+                ),
                 "--tls-key-file",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls/renewed.key"),
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tls/renewed.key"),
             ],
             "--tls-key-file",
         ),
@@ -1216,7 +1221,7 @@ async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
     let dir = temp("https-root");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hello.txt"), "over TLS").unwrap();
-    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
+    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tls");
     let script = HTTPS_SERVER.replace("TLS_DIR", tls);
     let (mut python, port) = python_upstream(&dir, &["-c", &script]);
     let mut receiver = Receiver::start(Vec::new()).await;
@@ -1257,7 +1262,7 @@ async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tls");
+const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tls");
 
 /// A TLS client configuration that trusts only the test CA.
 fn test_ca_client_config() -> rustls::ClientConfig {

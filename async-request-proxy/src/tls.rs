@@ -29,6 +29,9 @@ pub(crate) struct Certificate {
 impl Certificate {
     /// Reads both files; an error names the flag and the file.
     pub(crate) fn load(cert_file: &Path, key_file: &Path) -> Result<Arc<Self>, String> {
+        // ring's provider, as the library's (rustls 0.23.48 deprecates it for its lack of
+        // post-quantum key exchange; aws-lc-rs would need a C and CMake build).
+        #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let current = read(cert_file, key_file, &provider)?;
         Ok(Arc::new(Self {

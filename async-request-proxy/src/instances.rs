@@ -100,7 +100,7 @@ pub(crate) fn read(path: &Path) -> Result<Loaded, String> {
                 return Err(format!("{at}: signing_key or signing_key_file, not both"))
             }
             (Some(key), None) => Some(key.into_bytes()),
-            (None, Some(file)) => Some(super::secret_file(&file, "signing_key_file")?),
+            (None, Some(file)) => Some(crate::setup::secret_file(&file, "signing_key_file")?),
             (None, None) => None,
         };
         if let Some(key) = key {

@@ -3,8 +3,8 @@
 //! 127.0.0.1).
 //!
 //! ```sh
-//! cargo bench --features proxy --bench proxy
-//! cargo bench --features proxy --bench proxy -- --duration-secs 5 --rounds 5 --concurrency 32
+//! cargo bench -p async-request-proxy --bench proxy
+//! cargo bench -p async-request-proxy --bench proxy -- --duration-secs 5 --rounds 5 --concurrency 32
 //! ```
 //!
 //! The upstream (axum, a 1 KiB JSON answer) and the callback receiver run in this process on a

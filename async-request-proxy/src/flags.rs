@@ -1,0 +1,151 @@
+//! The command line: every flag, each also read from `ASYNC_REQUEST_PROXY_<FLAG>`, and the
+//! parsers of its values. A bad one: clap prints it with the usage and exits with 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Asynchronous requests in front of any HTTP API.
+#[derive(Debug, Parser)]
+#[command(name = "async-request-proxy", version)]
+pub(crate) struct Args {
+    /// Address to serve on.
+    #[arg(
+        long,
+        env = "ASYNC_REQUEST_PROXY_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub(crate) listen: SocketAddr,
+    /// The API to forward to: an http:// or https:// URL whose path prefixes every request's.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM")]
+    pub(crate) upstream: String,
+    /// Speak HTTP/2 to the upstream (prior knowledge for http://, ALPN for https://): for one
+    /// that speaks nothing else, a gRPC server say.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_HTTP2")]
+    pub(crate) upstream_http2: bool,
+    /// For an https:// upstream whose certificate a private CA issued: a PEM file with the CA
+    /// certificates to trust instead of the bundled Mozilla roots.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_CA_FILE")]
+    pub(crate) upstream_ca_file: Option<PathBuf>,
+    /// Serve clients over TLS with this certificate chain (PEM, the server's certificate first);
+    /// with --tls-key-file. Both are read again on SIGHUP.
+    #[arg(
+        long,
+        env = "ASYNC_REQUEST_PROXY_TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM).
+    #[arg(
+        long,
+        env = "ASYNC_REQUEST_PROXY_TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    pub(crate) tls_key_file: Option<PathBuf>,
+    /// Where events are recorded: memory, redb:PATH or postgres:URL.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_STORE", default_value = "memory", value_parser = parse_store)]
+    pub(crate) store: StoreArg,
+    /// The default callback URL (one instance; see --instances for many).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_CALLBACK_URL")]
+    pub(crate) callback_url: Option<String>,
+    /// The `instanceId` of notifications (one instance).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_INSTANCE_ID", default_value_t = 0)]
+    pub(crate) instance_id: u64,
+    /// A file holding the key of `Elements-Webhook-Signature` (or set ASYNC_REQUEST_PROXY_SIGNING_KEY).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_SIGNING_KEY_FILE")]
+    pub(crate) signing_key_file: Option<PathBuf>,
+    /// A file holding Standard Webhooks secrets (`whsec_…`), one per line (or set
+    /// ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET_FILE")]
+    pub(crate) standard_webhooks_secret_file: Option<PathBuf>,
+    /// Many instances, from a TOML file, re-read on SIGHUP.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_INSTANCES")]
+    pub(crate) instances: Option<PathBuf>,
+    /// A second listener for operators: /metrics, /health and the admin routes, plain HTTP, at
+    /// most 64 connections, --header-read-timeout as on the main one. Off by default.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_ADMIN_LISTEN")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+    /// Largest body of an async request, in bytes.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_BODY", default_value_t = tower_async_request::layer::DEFAULT_MAX_REQUEST_BYTES)]
+    pub(crate) max_body: usize,
+    /// How long the upstream may take to begin its answer (e.g. 500ms, 30s, 2m).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub(crate) upstream_timeout: Duration,
+    /// How long an upgraded connection (a WebSocket) may carry no byte either way before it is
+    /// closed: an idle one holds its place under --max-connections.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_TUNNEL_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_timeout)]
+    pub(crate) tunnel_idle_timeout: Duration,
+    /// How long a client may take to send a request's head, and how long a kept-alive
+    /// connection may wait for its next request; then the connection is closed.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub(crate) header_read_timeout: Duration,
+    /// How long an async request's body may take to arrive in full (then `408
+    /// request_body_timeout`).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_REQUEST_BODY_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub(crate) request_body_timeout: Duration,
+    /// Most client connections open at once, upgraded ones (WebSockets) included; at the limit,
+    /// new ones wait in the listen backlog until one closes. Each takes a file descriptor, and
+    /// an upgraded one a second towards the upstream: keep it under `ulimit -n`.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+    /// Threads serving connections, jobs and callbacks (default: one per CPU core).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) worker_threads: Option<u16>,
+    /// How long a shutdown waits for jobs and callbacks.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) drain_timeout: Duration,
+    /// Let request-supplied callback URLs reach private and loopback addresses (development).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_ALLOW_PRIVATE_CALLBACKS")]
+    pub(crate) allow_private_callbacks: bool,
+    /// Log lines as text for people, or JSON for collectors (filter with RUST_LOG).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub(crate) log_format: LogFormat,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum StoreArg {
+    Memory,
+    Redb(PathBuf),
+    Postgres(String),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn parse_store(text: &str) -> Result<StoreArg, String> {
+    match text.split_once(':') {
+        None if text == "memory" => Ok(StoreArg::Memory),
+        Some(("redb", path)) if !path.is_empty() => Ok(StoreArg::Redb(path.into())),
+        Some(("postgres", _)) => Ok(StoreArg::Postgres(text.to_owned())),
+        _ => Err("memory, redb:PATH or postgres:URL".to_owned()),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or("a number with a unit: 500ms, 30s, 2m")?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| "a number with a unit: 500ms, 30s, 2m")?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err("a number with a unit: 500ms, 30s, 2m".to_owned()),
+    }
+}
+
+/// A duration longer than zero.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("longer than zero: 500ms, 30s, 2m".to_owned()),
+        duration => Ok(duration),
+    }
+}

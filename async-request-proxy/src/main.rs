@@ -1,0 +1,199 @@
+//! `async-request-proxy`: asynchronous requests in front of any HTTP API, as one binary.
+//!
+//! `AsyncRequestLayer` over `proxy::Upstream`: a request with `Elements-Async-Request: true` gets
+//! its `202` receipt from the proxy, the upstream's answer follows as a signed callback; every
+//! other request is forwarded and streamed back as it is. Every flag can also be set from the
+//! environment (`ASYNC_REQUEST_PROXY_<FLAG>`); secrets come from files or the environment only
+//! (`ASYNC_REQUEST_PROXY_SIGNING_KEY`, `ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET`), never
+//! from the command line, which `ps` shows. A bad flag or file: one line naming it, exit code 2,
+//! nothing started. SIGTERM or SIGINT: stop accepting, drain, print the shutdown report, exit 0.
+//! SIGHUP: read `--instances` and the TLS certificate and key again. Clients speak HTTP/1.1 or
+//! HTTP/2 (by ALPN over TLS, with prior knowledge in cleartext); the upstream is spoken to in
+//! HTTP/1.1, or in HTTP/2 with `--upstream-http2` (a gRPC server, say).
+
+mod flags;
+mod instances;
+mod serve;
+mod setup;
+mod signals;
+mod tls;
+
+use std::convert::Infallible;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use clap::Parser;
+use http::Request;
+use http_body_util::Either;
+use hyper::body::Incoming;
+use tokio_util::sync::CancellationToken;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_async_request::admin::Admin;
+
+use crate::flags::{Args, LogFormat};
+use crate::serve::{serve, Limits};
+use crate::setup::configure;
+use crate::signals::{reload_on_sighup, stop_signal};
+
+/// The target of the binary's own log lines, whichever module writes them: the one they had when
+/// the binary was one file, which `RUST_LOG` directives and log collectors may name.
+const LOG_TARGET: &str = "async_request_proxy";
+/// Most connections the admin listener serves at once: operators and their scrapers.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+fn main() -> ExitCode {
+    // clap prints a bad flag with its usage and exits with 2.
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(threads.into());
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(1, &format!("no runtime: {error}")),
+    };
+    runtime.block_on(run(args))
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("async-request-proxy: {message}");
+    ExitCode::from(code)
+}
+
+async fn run(args: Args) -> ExitCode {
+    // The recorder before the layer: the layer registers its metrics when it is built.
+    let prometheus = match args.admin_listen {
+        Some(_) => match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => return fail(1, &format!("metrics: {error}")),
+        },
+        None => None,
+    };
+    let setup = match configure(&args).await {
+        Ok(setup) => setup,
+        Err(message) => return fail(2, &message),
+    };
+    let layer = match setup.builder.build() {
+        Ok(layer) => layer,
+        Err(error) => return fail(2, &error.to_string()),
+    };
+    let handle = layer.handle();
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => listener,
+        Err(error) => return fail(2, &format!("--listen {}: {error}", args.listen)),
+    };
+    let admin_listener = match args.admin_listen {
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => return fail(2, &format!("--admin-listen {address}: {error}")),
+        },
+        None => None,
+    };
+
+    let tunnels = setup.upstream.tunnels();
+    let proxy = ServiceBuilder::new().layer(layer).service(setup.upstream);
+    // The upstream's failures become the proxy's JSON answers (`502`, `504`).
+    let service = tower::service_fn(move |request: Request<Incoming>| {
+        let proxy = proxy.clone();
+        async move {
+            Ok::<_, Infallible>(match proxy.oneshot(request).await {
+                Ok(response) => response.map(Either::Left),
+                Err(error) => error.into_response().map(Either::Right),
+            })
+        }
+    });
+
+    // SIGTERM or SIGINT stops both listeners.
+    let stopping = CancellationToken::new();
+    tokio::spawn({
+        let stopping = stopping.clone();
+        async move {
+            stop_signal().await;
+            stopping.cancel();
+        }
+    });
+    let admin = match (admin_listener, prometheus) {
+        (Some(listener), Some(prometheus)) => {
+            let admin = Router::new()
+                .route(
+                    "/metrics",
+                    axum::routing::get(move || std::future::ready(prometheus.render())),
+                )
+                .fallback_service(Admin::new(handle.clone()));
+            if let Ok(address) = listener.local_addr() {
+                println!("async-request-proxy: admin on http://{address}");
+            }
+            let limits = Limits {
+                header_read_timeout: args.header_read_timeout,
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                tls: None,
+            };
+            Some(tokio::spawn(serve(
+                listener,
+                admin,
+                limits,
+                None,
+                stopping.clone(),
+            )))
+        }
+        _ => None,
+    };
+    let acceptor = match setup.certificate.as_ref().map(tls::Certificate::acceptor) {
+        Some(Ok(acceptor)) => Some(acceptor),
+        Some(Err(message)) => return fail(2, &message),
+        None => None,
+    };
+    if setup.instances.is_some() || setup.certificate.is_some() {
+        tokio::spawn(reload_on_sighup(
+            setup
+                .instances
+                .map(|instances| Arc::new(Mutex::new(instances))),
+            setup.certificate,
+        ));
+    }
+
+    let address = listener
+        .local_addr()
+        .map_or(args.listen.to_string(), |a| a.to_string());
+    // On standard output, for people and for scripts that start it on port 0.
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    println!(
+        "async-request-proxy: listening on {scheme}://{address}, forwarding to {}",
+        args.upstream
+    );
+    let limits = Limits {
+        header_read_timeout: args.header_read_timeout,
+        max_connections: args.max_connections as usize,
+        tls: acceptor,
+    };
+    serve(listener, service, limits, Some(tunnels), stopping).await;
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
+    let report = handle.shutdown(args.drain_timeout).await;
+    println!(
+        "async-request-proxy: shutdown report: drained={} jobs_finished={} delivered={} dead={} jobs_left={} notifications_left={} persisted={}",
+        report.drained,
+        report.jobs_finished,
+        report.delivered,
+        report.dead,
+        report.jobs_left,
+        report.notifications_left,
+        report.persisted
+    );
+    ExitCode::SUCCESS
+}
