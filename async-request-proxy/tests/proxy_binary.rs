@@ -1273,13 +1273,15 @@ fn test_ca_client_config() -> rustls::ClientConfig {
     {
         roots.add(certificate.unwrap()).unwrap();
     }
-    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth()
+    // ring's provider, as the proxy's (deprecated in rustls 0.23.48 for want of post-quantum
+    // key exchange).
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
 }
 
 /// The certificate `address` presents in a TLS handshake (DER).
