@@ -448,7 +448,7 @@ impl Outbox {
 }
 
 /// The outbox task: starts each notification's next attempt when it is due. It ends once the
-/// layer is gone and nothing waits any more (the `Config` owning the sending side was dropped).
+/// layer is gone and nothing waits any more (the `Shared` owning the sending side was dropped).
 async fn serve_outbox(mut incoming: mpsc::UnboundedReceiver<Waiting>) {
     let mut waiting = DelayQueue::new();
     loop {

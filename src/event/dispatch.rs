@@ -25,7 +25,7 @@ use crate::error::BoxError;
 use crate::event::job;
 use crate::event::receipt::receipt;
 use crate::event::recovery::ensure_recovered;
-use crate::event::shared::Config;
+use crate::event::shared::Shared;
 use crate::event::target::{target, Target};
 use crate::metrics::{Counter, Started};
 use crate::request::callback_url;
@@ -50,7 +50,7 @@ pub(crate) async fn dispatch<S, ReqBody, ResBody>(
     mut ready: S,
     request: Request<ReqBody>,
     accepted: Accepted,
-    config: Arc<Config>,
+    config: Arc<Shared>,
     mut permit: Permit,
     parent: tracing::Span,
 ) -> Response<OwnBody>
@@ -217,7 +217,7 @@ where
 
 /// Takes ids and commits the event; the receipt may be sent once this returns.
 async fn record_dispatched(
-    config: &Arc<Config>,
+    config: &Arc<Shared>,
     target: &Target,
     instance_id: u64,
 ) -> Result<EventRecord, StoreError> {

@@ -23,7 +23,7 @@ use crate::admission::in_flight::Permit;
 use crate::delivery::attempt::deliver;
 use crate::error::BoxError;
 use crate::event::notification::{FailureCode, Outcome};
-use crate::event::shared::Config;
+use crate::event::shared::Shared;
 use crate::metrics::Counter;
 use crate::request::grpc;
 use crate::store::{unix_ms, DeliveryState, EventRecord, NotificationRecord};
@@ -113,7 +113,7 @@ const MAX_FINISHED_WAIT: Duration = Duration::from_secs(5);
 /// `event.target` is the stored callback URL (empty: none); `parsed`, the same URL parsed, when
 /// the caller has it at hand.
 pub(crate) async fn conclude(
-    config: &Arc<Config>,
+    config: &Arc<Shared>,
     event: EventRecord,
     parsed: Option<Uri>,
     outcome: Outcome,

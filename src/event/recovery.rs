@@ -10,12 +10,12 @@ use std::sync::{Arc, Weak};
 use crate::delivery::attempt::deliver;
 use crate::event::job::conclude;
 use crate::event::notification::{FailureCode, Outcome};
-use crate::event::shared::Config;
+use crate::event::shared::Shared;
 use crate::metrics::Counter;
 use crate::store::{Recovery, StoreError};
 
 /// Reads the store once (later calls return at once) and starts finishing what it holds.
-pub(crate) async fn ensure_recovered(config: &Arc<Config>) -> Result<(), StoreError> {
+pub(crate) async fn ensure_recovered(config: &Arc<Shared>) -> Result<(), StoreError> {
     config
         .recovered
         .get_or_try_init(|| async {
@@ -39,7 +39,7 @@ pub(crate) async fn ensure_recovered(config: &Arc<Config>) -> Result<(), StoreEr
 
 /// Starts recovery in the background if a runtime is at hand (otherwise the first async request
 /// or handle call does it).
-pub(crate) fn start_recovery(config: &Arc<Config>) {
+pub(crate) fn start_recovery(config: &Arc<Shared>) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         let config = config.clone();
         runtime.spawn(async move {
@@ -52,7 +52,7 @@ pub(crate) fn start_recovery(config: &Arc<Config>) {
 
 /// With a store several nodes share: finishes what nodes that stopped left, for as long as the
 /// layer lives.
-async fn take_over(config: Weak<Config>) {
+async fn take_over(config: Weak<Shared>) {
     loop {
         let Some(strong) = config.upgrade() else {
             return;
@@ -73,7 +73,7 @@ async fn take_over(config: Weak<Config>) {
     }
 }
 
-async fn resume(config: Arc<Config>, recovery: Recovery) {
+async fn resume(config: Arc<Shared>, recovery: Recovery) {
     for event in recovery.unfinished {
         let permit = config.permit_for(event.instance_id).await;
         let config = config.clone();

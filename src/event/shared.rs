@@ -1,5 +1,5 @@
-//! The resolved configuration every clone of the layer, service and handle shares through one
-//! `Arc`: settings, the job runner, the delivery engine and the store.
+//! The state every clone of the layer, service and handle shares through one `Arc`: settings,
+//! admission, the delivery engine and the store.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::request::refusal::Refusal;
 use crate::status::endpoint::StatusEndpoint;
 use crate::store::EventStore;
 
-pub(crate) struct Config {
+pub(crate) struct Shared {
     /// How a request is read: header names, `Prefer`, the callback URL policy.
     pub(crate) classifier: Classifier,
     pub(crate) receipt_status: StatusCode,
@@ -40,9 +40,9 @@ pub(crate) struct Config {
     pub(crate) recovered: OnceCell<()>,
 }
 
-impl fmt::Debug for Config {
+impl fmt::Debug for Shared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
+        f.debug_struct("Shared")
             .field("async_header", &self.classifier.async_header)
             .field("callback_header", &self.classifier.callback_header)
             .field("receipt_status", &self.receipt_status)
@@ -64,7 +64,7 @@ impl fmt::Debug for Config {
     }
 }
 
-impl Config {
+impl Shared {
     /// A place for work accepted earlier (recovered or redelivered): it waits for room under the
     /// layer's `max_in_flight` and counts in its instance's share, whatever that share's bound.
     pub(crate) async fn permit_for(&self, instance_id: u64) -> Permit {
@@ -93,7 +93,7 @@ impl Config {
     }
 }
 
-impl Deliverer for Config {
+impl Deliverer for Shared {
     fn delivery(&self) -> &Delivery {
         &self.delivery
     }

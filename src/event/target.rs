@@ -2,7 +2,7 @@
 
 use http::Uri;
 
-use crate::event::shared::Config;
+use crate::event::shared::Shared;
 use crate::instance::Instance;
 use crate::request::refusal::{Refusal, RefusalCode};
 
@@ -20,7 +20,7 @@ pub(crate) struct Target {
 pub(crate) fn target(
     requested: Option<Uri>,
     instance: &Instance,
-    config: &Config,
+    config: &Shared,
 ) -> Result<Target, Refusal> {
     match (requested, instance.callback_url()) {
         (Some(url), _) => Ok(Target {

@@ -14,7 +14,7 @@ use crate::delivery::retry::DeliveryPolicy;
 use crate::delivery::sink::{CallbackSink, DynSink, HttpSink, DEFAULT_ATTEMPT_TIMEOUT};
 use crate::error::ConfigError;
 use crate::event::recovery::start_recovery;
-use crate::event::shared::Config;
+use crate::event::shared::Shared;
 use crate::instance::{Instance, Instances, Naming, ResolveInstance};
 use crate::layer::layer::AsyncRequestLayer;
 use crate::metrics::Counters;
@@ -460,7 +460,7 @@ impl AsyncRequestLayerBuilder {
             .as_deref()
             .map(|path| StatusEndpoint::new(path, self.status_secret.as_deref()))
             .transpose()?;
-        let config = Arc::new(Config {
+        let config = Arc::new(Shared {
             classifier: Classifier {
                 async_header: self.async_header,
                 callback_header: self.callback_header,

@@ -35,7 +35,7 @@ use std::time::Duration;
 use crate::admission::in_flight::Permit;
 use crate::delivery::attempt::deliver;
 use crate::event::recovery::ensure_recovered;
-use crate::event::shared::Config;
+use crate::event::shared::Shared;
 use crate::metrics::{Counter, Metrics};
 use crate::store::{DeadLetterQuery, EventSnapshot, NotificationRecord, StoreError};
 use crate::wire::ids::{EventId, NotificationId};
@@ -47,7 +47,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`AsyncRequestLayer::handle`](crate::AsyncRequestLayer::handle). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AsyncRequestHandle {
-    config: Arc<Config>,
+    config: Arc<Shared>,
 }
 
 /// What a [`shutdown`](AsyncRequestHandle::shutdown) finished and what it left.
@@ -129,7 +129,7 @@ impl Health {
 impl std::error::Error for RedeliverError {}
 
 impl AsyncRequestHandle {
-    pub(crate) fn new(config: Arc<Config>) -> Self {
+    pub(crate) fn new(config: Arc<Shared>) -> Self {
         Self { config }
     }
 

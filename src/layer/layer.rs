@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use crate::event::shared::Config;
+use crate::event::shared::Shared;
 use crate::layer::handle::AsyncRequestHandle;
 use crate::layer::service::AsyncRequest;
 
@@ -12,7 +12,7 @@ use crate::layer::service::AsyncRequest;
 /// Cheap to clone: every clone, and every service it makes, shares one configuration.
 #[derive(Clone)]
 pub struct AsyncRequestLayer {
-    config: Arc<Config>,
+    config: Arc<Shared>,
 }
 
 impl AsyncRequestLayer {
@@ -22,11 +22,11 @@ impl AsyncRequestLayer {
     }
 
     #[cfg(feature = "fuzzing")]
-    pub(crate) fn config_for_fuzzing(&self) -> Arc<Config> {
+    pub(crate) fn config_for_fuzzing(&self) -> Arc<Shared> {
         self.config.clone()
     }
 
-    pub(crate) fn from_config(config: Arc<Config>) -> Self {
+    pub(crate) fn from_config(config: Arc<Shared>) -> Self {
         Self { config }
     }
 }

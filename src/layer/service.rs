@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use crate::error::BoxError;
 use crate::event::dispatch::{dispatch, Accepted};
-use crate::event::shared::Config;
+use crate::event::shared::Shared;
 use crate::layer::future::ResponseFuture;
 use crate::request::classify::{classify, is_plain, Classification};
 use crate::request::grpc::is_grpc;
@@ -28,11 +28,11 @@ use crate::wire::body::{OwnBody, RequestBody, ResponseBody};
 /// - A malformed async request: a JSON `4xx` refusal; the inner service is not called.
 pub struct AsyncRequest<S> {
     inner: S,
-    config: Arc<Config>,
+    config: Arc<Shared>,
 }
 
 impl<S> AsyncRequest<S> {
-    pub(crate) fn new(inner: S, config: Arc<Config>) -> Self {
+    pub(crate) fn new(inner: S, config: Arc<Shared>) -> Self {
         Self { inner, config }
     }
 
