@@ -11,28 +11,39 @@ pub fn url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
-/// Whether the server answers; if not, says once per test file how to run these tests.
+/// Whether the server answers. Where it must (`CI` is set, or `DATABASE_URL` names a server
+/// explicitly), a server that does not answer fails the test with the reason; elsewhere (a
+/// laptop without PostgreSQL) the test is skipped, said once per test file.
 pub async fn available(file: &str) -> bool {
     static SAID: OnceLock<()> = OnceLock::new();
     let url = url();
-    let reachable = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+    // The server's own words ("database … does not exist") where it gave some.
+    let reason = |error: tokio_postgres::Error| match error.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => error.to_string(),
+    };
+    let error = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
         Ok((client, connection)) => {
             tokio::spawn(connection);
-            client.simple_query("SELECT 1").await.is_ok()
+            client.simple_query("SELECT 1").await.err().map(reason)
         }
-        Err(_) => false,
+        Err(error) => Some(reason(error)),
     };
-    if !reachable {
-        SAID.get_or_init(|| {
-            // Straight to stderr: the test harness keeps what `eprintln!` says from passing tests.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped {file}: no PostgreSQL at {url}; start one or set DATABASE_URL to run these tests"
-            );
-        });
+    let Some(error) = error else {
+        return true;
+    };
+    if std::env::var_os("CI").is_some() || std::env::var_os("DATABASE_URL").is_some() {
+        panic!("{file} needs PostgreSQL at {url} (CI or DATABASE_URL is set): {error}");
     }
-    reachable
+    SAID.get_or_init(|| {
+        // Straight to stderr: the test harness keeps what `eprintln!` says from passing tests.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped {file}: no PostgreSQL at {url} ({error}); start one or set DATABASE_URL to run these tests"
+        );
+    });
+    false
 }
 
 /// A schema no other test uses, dropped (with everything in it) when this is dropped.
