@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{routing::get, routing::post, Router};
@@ -16,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use support::{eventually, Answer, Receiver};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tower_async_request::AsyncRequestLayer;
 
 /// One sample of a scrape: its name, labels, value.
@@ -44,8 +46,8 @@ fn parse(scrape: &str) -> Vec<Sample> {
         .collect()
 }
 
-/// The value of the sample named `name` whose labels include `labels` (0 when absent, as
-/// Prometheus reads a series that was never written).
+/// The value of the sample named `name` whose labels include `labels`. It must be there: a
+/// series that was never written would read as 0 to Prometheus, so a check of 0 could not fail.
 fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     let found: Vec<f64> = samples
         .iter()
@@ -61,7 +63,9 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         found.len() <= 1,
         "{name} {labels:?} is ambiguous: {found:?}"
     );
-    found.first().copied().unwrap_or(0.0)
+    *found
+        .first()
+        .unwrap_or_else(|| panic!("{name} {labels:?} was never written"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -81,12 +85,35 @@ async fn a_prometheus_scrape_after_real_traffic_shows_the_counts() {
     let layer = AsyncRequestLayer::builder()
         .instance_id(30)
         .default_callback_url(receiver.url())
+        .allow_private_callbacks(true) // one notification goes to a loopback port that fails
         .retry_schedule([Duration::from_millis(20), Duration::from_millis(20)])
         .build()
         .unwrap();
     let handle = layer.handle();
+    // A job that runs until the test lets it finish, and one that fails.
+    let release = Arc::new(Notify::new());
+    let held = release.clone();
     let app = Router::new()
         .route("/work", post(|| async { "done" }))
+        .route(
+            "/hold",
+            post(move || {
+                let held = held.clone();
+                async move {
+                    held.notified().await;
+                    "done"
+                }
+            }),
+        )
+        .route(
+            "/fail",
+            post(|| async {
+                if true {
+                    panic!("the handler failed");
+                }
+                "never"
+            }),
+        )
         .layer(layer);
     let operator = Router::new().route(
         "/metrics",
@@ -95,13 +122,27 @@ async fn a_prometheus_scrape_after_real_traffic_shows_the_counts() {
     let app_addr = serve(app).await;
     let operator_addr = serve(operator).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let send = |headers: &[(&str, &str)]| {
-        let mut request = Request::post(format!("http://{app_addr}/work"));
+    let send_to = |path: &str, headers: &[(&str, &str)]| {
+        let mut request = Request::post(format!("http://{app_addr}{path}"));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         client.request(request.body(Full::default()).unwrap())
     };
+    let send = |headers: &[(&str, &str)]| send_to("/work", headers);
+    let scrape = || async {
+        let body = client
+            .get(format!("http://{operator_addr}/metrics").parse().unwrap())
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    let instance = ("instance", "30");
 
     // The first two events take the first five answers (503s) between them.
     for _ in 0..2 {
@@ -135,23 +176,61 @@ async fn a_prometheus_scrape_after_real_traffic_shows_the_counts() {
         receiver.next().await;
     }
 
-    let scrape = client
-        .get(format!("http://{operator_addr}/metrics").parse().unwrap())
+    // A job that fails (its handler panics): a `failed` notification, delivered.
+    let accepted = send_to("/fail", &[("Elements-Async-Request", "true")]).await;
+    assert_eq!(accepted.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(receiver.next().await.json()["eventStatus"], "failed");
+    eventually("five delivered", || handle.metrics().delivered == 5).await;
+
+    // While a job is held, the gauges show it.
+    let accepted = send_to("/hold", &[("Elements-Async-Request", "true")]).await;
+    assert_eq!(accepted.unwrap().status(), StatusCode::ACCEPTED);
+    eventually("the held job runs", || handle.metrics().running == 1).await;
+    let samples = parse(&scrape().await);
+    assert_eq!(
+        value(&samples, "async_request_jobs_running", &[instance]),
+        1.0
+    );
+    assert_eq!(value(&samples, "async_request_in_flight", &[instance]), 1.0);
+
+    // While an attempt is on the wire (its receiver took the connection and does not answer),
+    // the notification is pending; then the receiver goes away: unreachable until dead.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/in", silent.local_addr().unwrap());
+    let accepted = send(&[
+        ("Elements-Async-Request", "true"),
+        ("Elements-Async-Callback-Url", &silent_url),
+    ])
+    .await;
+    assert_eq!(accepted.unwrap().status(), StatusCode::ACCEPTED);
+    let (connection, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept())
         .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
-    let scrape = String::from_utf8(scrape.to_vec()).unwrap();
+        .expect("the first attempt connects")
+        .unwrap();
+    let samples = parse(&scrape().await);
+    assert_eq!(
+        value(&samples, "async_request_notifications_pending", &[instance]),
+        1.0
+    );
+    assert_eq!(value(&samples, "async_request_in_flight", &[instance]), 2.0);
+    drop((connection, silent));
+    eventually("the silent receiver's notification is dead", || {
+        handle.metrics().dead == 2
+    })
+    .await;
+
+    // The held job ends; its notification is delivered.
+    release.notify_one();
+    assert_eq!(receiver.next().await.json()["eventStatus"], "completed");
+    eventually("six delivered", || handle.metrics().delivered == 6).await;
+
+    let scrape = scrape().await;
     let samples = parse(&scrape);
     let of = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
-    let instance = ("instance", "30");
 
     assert_eq!(
         of("async_request_accepted_total", &[instance]),
-        5.0,
+        8.0,
         "{scrape}"
     );
     assert_eq!(
@@ -173,25 +252,25 @@ async fn a_prometheus_scrape_after_real_traffic_shows_the_counts() {
             "async_request_jobs_total",
             &[instance, ("outcome", "completed")]
         ),
-        5.0
+        7.0
     );
     assert_eq!(
         of(
             "async_request_jobs_total",
             &[instance, ("outcome", "failed")]
         ),
-        0.0
+        1.0
     );
-    assert_eq!(of("async_request_delivered_total", &[instance]), 4.0);
-    assert_eq!(of("async_request_dead_letters_total", &[instance]), 1.0);
+    assert_eq!(of("async_request_delivered_total", &[instance]), 6.0);
+    assert_eq!(of("async_request_dead_letters_total", &[instance]), 2.0);
     let attempts = |result| {
         of(
             "async_request_delivery_attempts_total",
             &[instance, ("result", result)],
         )
     };
-    assert_eq!((attempts("delivered"), attempts("rejected")), (4.0, 5.0));
-    assert_eq!(attempts("unreachable"), 0.0);
+    assert_eq!((attempts("delivered"), attempts("rejected")), (6.0, 5.0));
+    assert_eq!(attempts("unreachable"), 3.0);
     // The default callback URL is the operator's own: its host is a bounded label.
     assert_eq!(
         of(
@@ -207,8 +286,8 @@ async fn a_prometheus_scrape_after_real_traffic_shows_the_counts() {
     ] {
         assert_eq!(of(gauge, &[instance]), 0.0, "{gauge} is back to zero");
     }
-    assert_eq!(of("async_request_receipt_seconds_count", &[instance]), 5.0);
-    assert_eq!(of("async_request_delivery_seconds_count", &[instance]), 4.0);
+    assert_eq!(of("async_request_receipt_seconds_count", &[instance]), 8.0);
+    assert_eq!(of("async_request_delivery_seconds_count", &[instance]), 6.0);
     let slowest = of(
         "async_request_delivery_seconds",
         &[instance, ("quantile", "1")],
