@@ -15,7 +15,9 @@
 //! restart with another key shows that what was pending is signed with the instance's current key.
 //!
 //! `POST /work?ms=N` sleeps N milliseconds and answers `{"slept":N}`; send it with
-//! `Elements-Async-Request: true`. The first line printed is `listening on <addr>`.
+//! `Elements-Async-Request: true`. The receipt's `Location` is the event's status
+//! (`GET /events/{eventId}?token=…`), which the crash tests read to tell when a notification was
+//! recorded as delivered. The first line printed is `listening on <addr>`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -68,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .transpose()?;
 
-    let mut builder = AsyncRequestLayer::builder();
+    let mut builder = AsyncRequestLayer::builder().status_endpoint("/events");
     #[cfg(feature = "postgres")]
     let mut postgres = None;
     match (arg("--db"), arg("--postgres")) {

@@ -9,8 +9,9 @@ use support::worker;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use bytes::Bytes;
 use support::{Answer, Receiver};
-use worker::{accept, Outcomes, Worker};
+use worker::{accept, accept_with_status, until_recorded_delivered, Outcomes, Worker};
 
 fn start_worker(db: &Path, callback: &str) -> (Worker, String) {
     start_worker_with(db, callback, &[])
@@ -36,24 +37,40 @@ async fn every_accepted_event_survives_kill_9() {
         quick.insert(accept(&addr, 0).await);
         slow.insert(accept(&addr, 600_000).await);
     }
+    // What each notification between attempts was, byte for byte.
+    let mut refused: HashMap<u64, Bytes> = HashMap::new();
     for _ in 0..4 {
-        assert_eq!(receiver.next().await.answered, 503);
+        let hit = receiver.next().await;
+        assert_eq!(hit.answered, 503);
+        refused.insert(hit.json()["eventId"].as_u64().unwrap(), hit.body);
     }
     // Now: four notifications are between attempts, four jobs are running.
     worker.kill(); // SIGKILL
 
     let (worker, addr) = start_worker(&db, &receiver.url());
     let mut terminal: HashMap<u64, serde_json::Value> = HashMap::new();
+    let mut delivered: HashMap<u64, Bytes> = HashMap::new();
     while terminal.len() < 8 {
         let hit = receiver.next().await;
         if hit.answered == 200 {
             let notification = hit.json();
-            terminal.insert(notification["eventId"].as_u64().unwrap(), notification);
+            let id = notification["eventId"].as_u64().unwrap();
+            terminal.insert(id, notification);
+            delivered.insert(id, hit.body);
         }
     }
     for id in &quick {
         assert_eq!(terminal[id]["eventStatus"], "completed", "{id}");
         assert_eq!(terminal[id]["response"], serde_json::json!({"slept": 0}));
+    }
+    // A notification that waited across the crash is the same one: same notificationId, same
+    // bytes.
+    assert!(refused.keys().all(|id| quick.contains(id)), "{refused:?}");
+    for (id, before) in &refused {
+        assert_eq!(
+            &delivered[id], before,
+            "event {id} changed across the crash"
+        );
     }
     for id in &slow {
         assert_eq!(terminal[id]["eventStatus"], "failed", "{id}");
@@ -127,12 +144,15 @@ async fn kill_9_after_a_receipt_an_outcome_or_a_delivery_never_gives_two_outcome
 
     let (worker, addr) = start_worker(&db, &receiver.url());
     let on_the_wire = accept(&addr, 0).await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // its first attempt is waiting
+    // Its first attempt is on the wire: the receiver has it and holds its answer.
+    let attempt = receiver.arrival().await;
+    assert_eq!(outcomes.seen(&attempt), on_the_wire);
     let just_accepted = accept(&addr, 600_000).await;
-    let delivered = accept(&addr, 0).await;
+    let (delivered, status) = accept_with_status(&addr, 0).await;
     let hit = receiver.next().await;
-    worker.kill(); // SIGKILL, right after the delivery
     assert_eq!(outcomes.record(&hit), delivered);
+    until_recorded_delivered(&addr, &status).await;
+    worker.kill(); // SIGKILL, right after the delivery was recorded
 
     let (worker, _) = start_worker(&db, &receiver.url());
     let all = HashSet::from([delivered, on_the_wire, just_accepted]);

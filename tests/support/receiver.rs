@@ -63,12 +63,15 @@ impl Hit {
 struct Script {
     answers: Arc<Mutex<VecDeque<Answer>>>,
     hits: mpsc::UnboundedSender<Hit>,
+    arrivals: mpsc::UnboundedSender<Hit>,
 }
 
 /// A receiver that answers from `script` in order, then `200` forever, reporting every hit.
 pub struct Receiver {
     pub addr: SocketAddr,
     pub hits: mpsc::UnboundedReceiver<Hit>,
+    /// Every request as it arrives, before its answer's delay (with the status it will get).
+    pub arrivals: mpsc::UnboundedReceiver<Hit>,
     answers: Arc<Mutex<VecDeque<Answer>>>,
 }
 
@@ -81,16 +84,19 @@ impl Receiver {
     pub async fn start_on(listener: TcpListener, script: Vec<Answer>) -> Self {
         let addr = listener.local_addr().unwrap();
         let (hits_tx, hits) = mpsc::unbounded_channel();
+        let (arrivals_tx, arrivals) = mpsc::unbounded_channel();
         let answers = Arc::new(Mutex::new(VecDeque::from(script)));
         let state = Script {
             answers: answers.clone(),
             hits: hits_tx,
+            arrivals: arrivals_tx,
         };
         let router = Router::new().route("/hook", post(answer)).with_state(state);
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         Self {
             addr,
             hits,
+            arrivals,
             answers,
         }
     }
@@ -111,6 +117,14 @@ impl Receiver {
             .expect("the receiver got nothing within 20 s")
             .expect("the receiver stopped")
     }
+
+    /// The next request to arrive, before it is answered, failing the test after 20 s.
+    pub async fn arrival(&mut self) -> Hit {
+        tokio::time::timeout(Duration::from_secs(20), self.arrivals.recv())
+            .await
+            .expect("nothing arrived at the receiver within 20 s")
+            .expect("the receiver stopped")
+    }
 }
 
 async fn answer(State(script): State<Script>, headers: HeaderMap, body: Bytes) -> Response {
@@ -120,6 +134,12 @@ async fn answer(State(script): State<Script>, headers: HeaderMap, body: Bytes) -
         .unwrap()
         .pop_front()
         .unwrap_or(Answer::status(200));
+    let _ = script.arrivals.send(Hit {
+        headers: headers.clone(),
+        body: body.clone(),
+        at: Instant::now(),
+        answered: answer.status,
+    });
     tokio::time::sleep(answer.delay).await;
     let _ = script.hits.send(Hit {
         headers,

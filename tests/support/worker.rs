@@ -87,6 +87,12 @@ impl Drop for Worker {
 
 /// Sends `POST /work?ms=N` as an async request; the event id of its receipt.
 pub async fn accept(addr: &str, ms: u64) -> u64 {
+    accept_with_status(addr, ms).await.0
+}
+
+/// Sends `POST /work?ms=N` as an async request; the event id of its receipt and its status URL
+/// (`Location`).
+pub async fn accept_with_status(addr: &str, ms: u64) -> (u64, String) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let request = http::Request::post(format!("http://{addr}/work?ms={ms}"))
         .header("Elements-Async-Request", "true")
@@ -94,9 +100,32 @@ pub async fn accept(addr: &str, ms: u64) -> u64 {
         .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let receipt: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    receipt["eventId"].as_u64().unwrap()
+    (receipt["eventId"].as_u64().unwrap(), location)
+}
+
+/// Waits until the worker's status for `location` says the notification was delivered, that is
+/// until the worker has seen its receiver's `2xx` and recorded it.
+pub async fn until_recorded_delivered(addr: &str, location: &str) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let uri = format!("http://{addr}{location}").parse().unwrap();
+        let response = client.get(uri).await.unwrap();
+        assert_eq!(response.status(), 200, "the status of {location}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if status["delivery"]["state"] == "delivered" {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not recorded as delivered: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// What a receiver got per event across a crash: every distinct notification body, so a test can
@@ -108,6 +137,14 @@ pub struct Outcomes {
 }
 
 impl Outcomes {
+    /// Records a notification seen on the wire, before any answer (an attempt a crash cut off):
+    /// what is sent again after the restart must be these very bytes. Its event id.
+    pub fn seen(&mut self, hit: &Hit) -> u64 {
+        let id = hit.json()["eventId"].as_u64().unwrap();
+        self.bodies.entry(id).or_default().insert(hit.body.clone());
+        id
+    }
+
     /// Records one hit; a `2xx` answer makes its event terminal. Its event id.
     pub fn record(&mut self, hit: &Hit) -> u64 {
         let id = hit.json()["eventId"].as_u64().unwrap();
