@@ -362,6 +362,122 @@ async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// An HTTP/1.0 upstream, as Python's `BaseHTTPRequestHandler` is by default: it answers in
+/// HTTP/1.0 and closes every connection. `/sized` has a `Content-Length`; any other path has none
+/// and says `Connection: close`, its body ending with the connection. Arguments
+/// `PORT --bind ADDRESS`, as `http.server`'s.
+const HTTP10_SERVER: &str = r#"
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        sized = self.path == "/sized"
+        body = b"sized" if sized else b"until the upstream closes"
+        self.send_response(200)
+        if sized:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+port, bind = int(sys.argv[1]), sys.argv[3]
+http.server.HTTPServer((bind, port), Handler).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http10_upstream_is_answered_in_the_proxys_version_on_a_kept_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (mut python, port) = python_upstream(&std::env::temp_dir(), &["-c", HTTP10_SERVER]);
+    let key = temp("http10.key");
+    write(&key, "http10-signing-key");
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://127.0.0.1:{port}"),
+        "--signing-key-file",
+        key.to_str().unwrap(),
+    ]);
+
+    // An HTTP/1.1 client: HTTP/1.1 answers, every request on its one connection.
+    let mut stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    for round in 0..2 {
+        stream
+            .write_all(b"GET /sized HTTP/1.1\r\nhost: proxy\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = split_answer(&read_until(&mut stream, b"sized").await);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{round}: {head}");
+        assert!(head.contains("\r\ncontent-length: 5\r\n"), "{head}");
+        assert!(!head.contains("connection:"), "{head}");
+        assert_eq!(body, b"sized");
+        // No length from the upstream, which ends the body by closing: chunked to the client.
+        stream
+            .write_all(b"GET /unsized HTTP/1.1\r\nhost: proxy\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = split_answer(&read_until(&mut stream, b"\r\n0\r\n\r\n").await);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{round}: {head}");
+        assert!(
+            head.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{head}"
+        );
+        assert!(
+            !head.contains("connection:"),
+            "the upstream's close is its own: {head}"
+        );
+        assert_eq!(dechunk(&body), b"until the upstream closes");
+    }
+
+    // An HTTP/1.0 client that asks to keep its connection keeps it while answers have a length;
+    // one without is its connection's end, as HTTP/1.0 has no other way to say where it ends.
+    let mut old = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    for round in 0..2 {
+        old.write_all(b"GET /sized HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = split_answer(&read_until(&mut old, b"sized").await);
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{round}: {head}");
+        assert!(head.contains("\r\nconnection: keep-alive\r\n"), "{head}");
+        assert_eq!(body, b"sized");
+    }
+    old.write_all(b"GET /unsized HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let received = read_until_closed(&mut old, Duration::from_secs(20)).await;
+    let (head, body) = split_answer(&received);
+    assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+    assert_eq!(body, b"until the upstream closes");
+    let _ = python.kill();
+    let _ = python.wait();
+    let _ = std::fs::remove_file(key);
+}
+
+/// An HTTP/1.x answer as it arrived: its head (status line and headers) as text, and its body.
+fn split_answer(received: &[u8]) -> (String, Vec<u8>) {
+    let end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head: {}", String::from_utf8_lossy(received)));
+    let head = String::from_utf8_lossy(&received[..end + 2]).into_owned();
+    (head, received[end + 4..].to_vec())
+}
+
+/// The data of a whole chunked body.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    loop {
+        let line = body.windows(2).position(|w| w == b"\r\n").expect("a size");
+        let size = std::str::from_utf8(&body[..line]).unwrap();
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        body = &body[line + 2..];
+        if size == 0 {
+            return data;
+        }
+        data.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upgrade_passes_through_the_binary() {
     let upstream = axum_upstream().await;
