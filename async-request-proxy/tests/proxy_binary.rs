@@ -859,6 +859,36 @@ async fn sighup_with_a_changed_instances_file_rekeys_the_next_delivery() {
     let _ = std::fs::remove_file(file);
 }
 
+#[test]
+fn an_instances_file_that_does_not_parse_is_named_with_its_line_and_column() {
+    for (name, text, at) in [
+        (
+            "syntax",
+            "[[instance]]\nid = 1\ncredentials = [\"a\"] signing_key = \"k\"\n",
+            "line 3, column 21",
+        ),
+        (
+            "type",
+            "[[instance]]\nid = \"thirty\"\ncredentials = [\"a\"]\n",
+            "line 2, column 6",
+        ),
+    ] {
+        let file = temp(&format!("unparsed-{name}.toml"));
+        write(&file, text);
+        let output = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--upstream", "http://127.0.0.1:9"])
+            .args(["--instances", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let expected = format!("--instances {}: {at}: ", file.display());
+        assert!(stderr.contains(&expected), "{name}: {stderr}");
+        let _ = std::fs::remove_file(file);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_a_pending_delivery_and_exits_0() {
     let upstream = axum_upstream().await;
