@@ -54,7 +54,13 @@ impl Proxy {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the proxy binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stdout = child.stdout.take().unwrap();
+        Self::listening(child, stdout)
+    }
+
+    /// The proxy `child` once it said on `stdout` where it listens.
+    fn listening(child: Child, stdout: std::process::ChildStdout) -> Self {
+        let mut lines = BufReader::new(stdout).lines();
         let mut admin = None;
         let address = loop {
             let line = lines
@@ -886,6 +892,148 @@ fn an_instances_file_that_does_not_parse_is_named_with_its_line_and_column() {
         let expected = format!("--instances {}: {at}: ", file.display());
         assert!(stderr.contains(&expected), "{name}: {stderr}");
         let _ = std::fs::remove_file(file);
+    }
+}
+
+/// The proxy in front of nothing, with an instances file and `--log-format format`: its log
+/// lines (standard error, through a pipe) of a request the upstream cannot take, and of a
+/// `SIGHUP` after the file broke, up to the one saying the file was not applied.
+fn log_of_a_failed_reload(format: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    let file = temp(&format!("logged-{format}.toml"));
+    write(
+        &file,
+        "[[instance]]\nid = 1\ncredentials = [\"t\"]\nsigning_key = \"k\"\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--log-format", format])
+        .args(["--upstream", &format!("http://{}", closed_port())])
+        .args(["--instances", file.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the proxy binary starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (sender, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let proxy = Proxy::listening(child, stdout);
+    let mut lines = Vec::new();
+    let mut until = |said: &str| loop {
+        let line = logged
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("not logged: {said:?}; logged: {lines:?}"));
+        let found = line.contains(said);
+        lines.push(line);
+        if found {
+            return;
+        }
+    };
+    let mut client = std::net::TcpStream::connect(proxy.address).unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    client.read_to_end(&mut Vec::new()).unwrap();
+    until("could not be reached");
+    // Serving, so its signal handlers are in place (SIGHUP would otherwise end it).
+    write(&file, "this is = not [ toml");
+    proxy.signal(libc::SIGHUP);
+    until("instances file not applied");
+    let _ = std::fs::remove_file(file);
+    lines
+}
+
+#[test]
+fn json_log_lines_are_objects_with_each_key_once() {
+    let lines = log_of_a_failed_reload("json");
+    for line in &lines {
+        serde_json::from_str::<UniqueKeys>(line).unwrap_or_else(|error| panic!("{error}: {line}"));
+    }
+    let reload: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let fields = &reload["fields"];
+    assert!(
+        fields["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("instances file not applied"),
+        "{reload}"
+    );
+    assert!(
+        fields["error"].as_str().unwrap().contains("--instances"),
+        "{reload}"
+    );
+}
+
+#[test]
+fn pretty_log_lines_into_a_pipe_have_no_colours() {
+    let lines = log_of_a_failed_reload("pretty");
+    assert!(lines.last().unwrap().contains("ERROR"), "{lines:?}");
+    for line in &lines {
+        assert!(!line.contains("\x1b["), "{line:?}");
+    }
+}
+
+/// A JSON value whose objects name each key once (`serde_json::Value` keeps the last of a
+/// key given twice, and so do most parsers of logs).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Self, A::Error> {
+        while items.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("{key:?} twice")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(self)
     }
 }
 
