@@ -385,6 +385,54 @@ async fn a_connection_the_upstream_closed_while_idle_gives_the_request_to_a_new_
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
+/// An HTTP/1.0 upstream written by hand: answers each connection's request with `200` and a
+/// body whose end is the end of the connection.
+async fn http10_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.0 200 OK\r\nconnection: close\r\n\r\nuntil closed";
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn an_http10_upstreams_answer_comes_in_the_version_the_client_speaks() {
+    let upstream = Upstream::new(&format!("http://{}", http10_upstream().await)).unwrap();
+    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+        let request = Request::get("/old")
+            .version(version)
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let response = upstream.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.version(), version);
+        assert!(!response.headers().contains_key(header::CONNECTION));
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"until closed");
+    }
+    // An HTTP/1.0 client is answered as HTTP/1.1 by the proxy; its server says it in HTTP/1.0.
+    let request = Request::get("/old")
+        .version(http::Version::HTTP_10)
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = upstream.oneshot(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_11);
+}
+
 #[test]
 fn upstream_urls_are_checked_when_built() {
     for bad in [

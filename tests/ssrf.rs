@@ -42,6 +42,36 @@ async fn loopback_in_any_spelling_is_refused_at_connect_time() {
 }
 
 #[tokio::test]
+async fn a_refusal_says_what_the_name_resolves_to_and_which_setting_allows_it() {
+    let receiver = Receiver::start(vec![]).await;
+    let port = receiver.addr.port();
+    let sink = HttpSink::new();
+    // What a dead letter's last error says: the sink error's text.
+    let error = sink
+        .send(callback(&format!("http://localhost:{port}/hook")))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), SinkErrorKind::Forbidden);
+    let text = error.to_string();
+    assert!(text.contains("localhost resolves to "), "{text}");
+    assert!(text.contains("non-public address"), "{text}");
+    assert!(text.contains("127.0.0.1"), "{text}");
+    assert!(
+        text.contains("allow_private_callbacks (--allow-private-callbacks for the proxy)"),
+        "{text}"
+    );
+    assert!(!text.contains("dns error"), "{text}");
+    // A literal says so too.
+    let error = sink
+        .send(callback(&format!("http://127.0.0.1:{port}/hook")))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert!(text.contains("127.0.0.1 is not a public address"), "{text}");
+    assert!(text.contains("allow_private_callbacks"), "{text}");
+}
+
+#[tokio::test]
 async fn trusted_targets_and_allow_private_reach_loopback() {
     let mut receiver = Receiver::start(vec![]).await;
     let mut trusted = callback(&receiver.url());

@@ -70,8 +70,13 @@ pub(crate) struct Loaded {
 pub(crate) fn read(path: &Path) -> Result<Loaded, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("--instances {}: {error}", path.display()))?;
-    let file: File = toml::from_str(&text)
-        .map_err(|error| format!("--instances {}: {}", path.display(), error.message()))?;
+    let file: File = toml::from_str(&text).map_err(|error| {
+        let at = error.span().map_or_else(String::new, |span| {
+            let (line, column) = line_column(&text, span.start);
+            format!("line {line}, column {column}: ")
+        });
+        format!("--instances {}: {at}{}", path.display(), error.message())
+    })?;
     let mut ids = HashSet::new();
     let mut credentials = HashSet::new();
     let mut instances = Vec::with_capacity(file.instances.len());
@@ -118,6 +123,18 @@ pub(crate) fn read(path: &Path) -> Result<Loaded, String> {
         matching: file.matching,
         instances,
     })
+}
+
+/// Where byte `offset` of `text` is, as editors count: line and column (in characters), from 1.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    let line = before.matches('\n').count() + 1;
+    (line, before[line_start..].chars().count() + 1)
 }
 
 /// The map of the first reading, and what later readings change.
@@ -225,6 +242,43 @@ mod tests {
         );
         let _ = std::fs::remove_file(path);
         let _ = std::fs::remove_file(header);
+    }
+
+    #[test]
+    fn lines_and_columns_count_from_1_in_characters() {
+        let text = "a = 1\nbé = [\n  x";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 4), (1, 5));
+        assert_eq!(line_column(text, 6), (2, 1));
+        // `é` is two bytes and one column; an offset inside it counts from its start.
+        assert_eq!(line_column(text, 9), (2, 3));
+        assert_eq!(line_column(text, 8), (2, 2));
+        assert_eq!(line_column(text, text.len()), (3, 4));
+        assert_eq!(line_column(text, text.len() + 5), (3, 4));
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_named_with_where() {
+        for (name, text, says) in [
+            (
+                "syntax",
+                "[[instance]]\nid = 1\ncredentials = [\"é\"] x = 1\n",
+                ": line 3, column 21: ",
+            ),
+            ("type", "[[instance]]\nid = -1\n", ": line 2, column 6: "),
+            (
+                "unknown-at",
+                "[[instance]]\nid = 1\ncredentials = [\"a\"]\ncolour = \"red\"\n",
+                ": line 4, column 1: ",
+            ),
+        ] {
+            let path = file(name, text);
+            let error = read(&path)
+                .err()
+                .unwrap_or_else(|| panic!("{name} was accepted"));
+            assert!(error.contains(says), "{name}: {error}");
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     #[test]

@@ -58,11 +58,18 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Colours for a person at a terminal (unless NO_COLOR says otherwise); none in a file, a
+    // pipe or a log collector, where the escape codes would be noise.
+    let builder = match std::io::stderr().is_terminal() {
+        true => builder,
+        false => builder.with_ansi(false),
+    };
     match format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),

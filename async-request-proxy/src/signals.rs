@@ -35,7 +35,7 @@ pub(crate) async fn reload_on_sighup(
                     tracing::info!(target: LOG_TARGET, instances = count, "instances file read again")
                 }
                 Err(message) => {
-                    tracing::error!(target: LOG_TARGET, %message, "instances file not applied; the instances stay as they were")
+                    tracing::error!(target: LOG_TARGET, error = %message, "instances file not applied; the instances stay as they were")
                 }
             }
         }
@@ -43,7 +43,7 @@ pub(crate) async fn reload_on_sighup(
             match certificate.reload() {
                 Ok(()) => tracing::info!(target: LOG_TARGET, "TLS certificate and key read again"),
                 Err(message) => {
-                    tracing::error!(target: LOG_TARGET, %message, "TLS files not applied; the certificate stays as it was")
+                    tracing::error!(target: LOG_TARGET, error = %message, "TLS files not applied; the certificate stays as it was")
                 }
             }
         }

@@ -54,7 +54,13 @@ impl Proxy {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("the proxy binary starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stdout = child.stdout.take().unwrap();
+        Self::listening(child, stdout)
+    }
+
+    /// The proxy `child` once it said on `stdout` where it listens.
+    fn listening(child: Child, stdout: std::process::ChildStdout) -> Self {
+        let mut lines = BufReader::new(stdout).lines();
         let mut admin = None;
         let address = loop {
             let line = lines
@@ -360,6 +366,122 @@ async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
     let _ = python.kill();
     let _ = python.wait();
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// An HTTP/1.0 upstream, as Python's `BaseHTTPRequestHandler` is by default: it answers in
+/// HTTP/1.0 and closes every connection. `/sized` has a `Content-Length`; any other path has none
+/// and says `Connection: close`, its body ending with the connection. Arguments
+/// `PORT --bind ADDRESS`, as `http.server`'s.
+const HTTP10_SERVER: &str = r#"
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        sized = self.path == "/sized"
+        body = b"sized" if sized else b"until the upstream closes"
+        self.send_response(200)
+        if sized:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+port, bind = int(sys.argv[1]), sys.argv[3]
+http.server.HTTPServer((bind, port), Handler).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http10_upstream_is_answered_in_the_proxys_version_on_a_kept_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (mut python, port) = python_upstream(&std::env::temp_dir(), &["-c", HTTP10_SERVER]);
+    let key = temp("http10.key");
+    write(&key, "http10-signing-key");
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://127.0.0.1:{port}"),
+        "--signing-key-file",
+        key.to_str().unwrap(),
+    ]);
+
+    // An HTTP/1.1 client: HTTP/1.1 answers, every request on its one connection.
+    let mut stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    for round in 0..2 {
+        stream
+            .write_all(b"GET /sized HTTP/1.1\r\nhost: proxy\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = split_answer(&read_until(&mut stream, b"sized").await);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{round}: {head}");
+        assert!(head.contains("\r\ncontent-length: 5\r\n"), "{head}");
+        assert!(!head.contains("connection:"), "{head}");
+        assert_eq!(body, b"sized");
+        // No length from the upstream, which ends the body by closing: chunked to the client.
+        stream
+            .write_all(b"GET /unsized HTTP/1.1\r\nhost: proxy\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = split_answer(&read_until(&mut stream, b"\r\n0\r\n\r\n").await);
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{round}: {head}");
+        assert!(
+            head.contains("\r\ntransfer-encoding: chunked\r\n"),
+            "{head}"
+        );
+        assert!(
+            !head.contains("connection:"),
+            "the upstream's close is its own: {head}"
+        );
+        assert_eq!(dechunk(&body), b"until the upstream closes");
+    }
+
+    // An HTTP/1.0 client that asks to keep its connection keeps it while answers have a length;
+    // one without is its connection's end, as HTTP/1.0 has no other way to say where it ends.
+    let mut old = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+    for round in 0..2 {
+        old.write_all(b"GET /sized HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = split_answer(&read_until(&mut old, b"sized").await);
+        assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{round}: {head}");
+        assert!(head.contains("\r\nconnection: keep-alive\r\n"), "{head}");
+        assert_eq!(body, b"sized");
+    }
+    old.write_all(b"GET /unsized HTTP/1.0\r\nconnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let received = read_until_closed(&mut old, Duration::from_secs(20)).await;
+    let (head, body) = split_answer(&received);
+    assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
+    assert_eq!(body, b"until the upstream closes");
+    let _ = python.kill();
+    let _ = python.wait();
+    let _ = std::fs::remove_file(key);
+}
+
+/// An HTTP/1.x answer as it arrived: its head (status line and headers) as text, and its body.
+fn split_answer(received: &[u8]) -> (String, Vec<u8>) {
+    let end = received
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head: {}", String::from_utf8_lossy(received)));
+    let head = String::from_utf8_lossy(&received[..end + 2]).into_owned();
+    (head, received[end + 4..].to_vec())
+}
+
+/// The data of a whole chunked body.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    loop {
+        let line = body.windows(2).position(|w| w == b"\r\n").expect("a size");
+        let size = std::str::from_utf8(&body[..line]).unwrap();
+        let size = usize::from_str_radix(size.split(';').next().unwrap().trim(), 16).unwrap();
+        body = &body[line + 2..];
+        if size == 0 {
+            return data;
+        }
+        data.extend_from_slice(&body[..size]);
+        body = &body[size + 2..];
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -741,6 +863,178 @@ async fn sighup_with_a_changed_instances_file_rekeys_the_next_delivery() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = std::fs::remove_file(file);
+}
+
+#[test]
+fn an_instances_file_that_does_not_parse_is_named_with_its_line_and_column() {
+    for (name, text, at) in [
+        (
+            "syntax",
+            "[[instance]]\nid = 1\ncredentials = [\"a\"] signing_key = \"k\"\n",
+            "line 3, column 21",
+        ),
+        (
+            "type",
+            "[[instance]]\nid = \"thirty\"\ncredentials = [\"a\"]\n",
+            "line 2, column 6",
+        ),
+    ] {
+        let file = temp(&format!("unparsed-{name}.toml"));
+        write(&file, text);
+        let output = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--upstream", "http://127.0.0.1:9"])
+            .args(["--instances", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let expected = format!("--instances {}: {at}: ", file.display());
+        assert!(stderr.contains(&expected), "{name}: {stderr}");
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// The proxy in front of nothing, with an instances file and `--log-format format`: its log
+/// lines (standard error, through a pipe) of a request the upstream cannot take, and of a
+/// `SIGHUP` after the file broke, up to the one saying the file was not applied.
+fn log_of_a_failed_reload(format: &str) -> Vec<String> {
+    use std::io::{Read, Write};
+    let file = temp(&format!("logged-{format}.toml"));
+    write(
+        &file,
+        "[[instance]]\nid = 1\ncredentials = [\"t\"]\nsigning_key = \"k\"\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--log-format", format])
+        .args(["--upstream", &format!("http://{}", closed_port())])
+        .args(["--instances", file.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the proxy binary starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (sender, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let stdout = child.stdout.take().unwrap();
+    let proxy = Proxy::listening(child, stdout);
+    let mut lines = Vec::new();
+    let mut until = |said: &str| loop {
+        let line = logged
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("not logged: {said:?}; logged: {lines:?}"));
+        let found = line.contains(said);
+        lines.push(line);
+        if found {
+            return;
+        }
+    };
+    let mut client = std::net::TcpStream::connect(proxy.address).unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    client.read_to_end(&mut Vec::new()).unwrap();
+    until("could not be reached");
+    // Serving, so its signal handlers are in place (SIGHUP would otherwise end it).
+    write(&file, "this is = not [ toml");
+    proxy.signal(libc::SIGHUP);
+    until("instances file not applied");
+    let _ = std::fs::remove_file(file);
+    lines
+}
+
+#[test]
+fn json_log_lines_are_objects_with_each_key_once() {
+    let lines = log_of_a_failed_reload("json");
+    for line in &lines {
+        serde_json::from_str::<UniqueKeys>(line).unwrap_or_else(|error| panic!("{error}: {line}"));
+    }
+    let reload: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    let fields = &reload["fields"];
+    assert!(
+        fields["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("instances file not applied"),
+        "{reload}"
+    );
+    assert!(
+        fields["error"].as_str().unwrap().contains("--instances"),
+        "{reload}"
+    );
+}
+
+#[test]
+fn pretty_log_lines_into_a_pipe_have_no_colours() {
+    let lines = log_of_a_failed_reload("pretty");
+    assert!(lines.last().unwrap().contains("ERROR"), "{lines:?}");
+    for line in &lines {
+        assert!(!line.contains("\x1b["), "{line:?}");
+    }
+}
+
+/// A JSON value whose objects name each key once (`serde_json::Value` keeps the last of a
+/// key given twice, and so do most parsers of logs).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Self, A::Error> {
+        while items.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut keys = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !keys.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("{key:?} twice")));
+            }
+            map.next_value::<UniqueKeys>()?;
+        }
+        Ok(self)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

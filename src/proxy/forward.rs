@@ -1,12 +1,14 @@
 //! What a request and its answer look like on the other side of the proxy: the upstream's URL,
 //! the hop-by-hop headers removed (RFC 9110 §7.6.1), the `Forwarded` / `X-Forwarded-*` headers
-//! added (RFC 7239), the layer's own headers kept to this hop.
+//! added (RFC 7239), the layer's own headers kept to this hop, the answer in the proxy's own
+//! protocol version (RFC 9110 §6.2).
 
 use std::io::Write as _;
 use std::net::SocketAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
+use http::Version;
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), besides those the
 /// `Connection` header names.
@@ -121,6 +123,18 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
+    }
+}
+
+/// The version of the answer to a request that came in `request`'s: the proxy's own (RFC 9110
+/// §6.2), whatever the upstream spoke. HTTP/1.1 to an HTTP/1.x client (hyper's server says
+/// HTTP/1.0 to an HTTP/1.0 one, keeping its connection if it asked for keep-alive), HTTP/2 to an
+/// HTTP/2 one. An upstream's HTTP/1.0 passed on would close the client's connection after each
+/// answer and keep a body of unknown length from being chunked.
+pub(super) fn answer_version(request: Version) -> Version {
+    match request {
+        Version::HTTP_2 | Version::HTTP_3 => request,
+        _ => Version::HTTP_11,
     }
 }
 
@@ -364,6 +378,17 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, ["x-kept", "content-type"]);
+    }
+
+    #[test]
+    fn answers_are_in_the_proxys_version_towards_the_client() {
+        for (request, answer) in [
+            (Version::HTTP_10, Version::HTTP_11),
+            (Version::HTTP_11, Version::HTTP_11),
+            (Version::HTTP_2, Version::HTTP_2),
+        ] {
+            assert_eq!(answer_version(request), answer, "{request:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! - HTTP/1.1 to the upstream, or HTTP/2 with [`Upstream::http2`] (a gRPC server, say; trailers
 //!   pass through and `TE: trailers` is forwarded). A request that came in HTTP/2 gets a `Host`
 //!   from its authority and, towards HTTP/1.1, its cookies in one `cookie` field.
+//! - The answer is in the proxy's own protocol version towards the client (RFC 9110 §6.2),
+//!   whatever the upstream spoke: an HTTP/1.0 upstream (Python's `http.server`, say), which
+//!   closes its connection after each answer, leaves the client's open, and a body it ends by
+//!   closing reaches an HTTP/1.1 client chunked.
 //! - An `https://` upstream is reached over TLS (rustls), its certificate checked against the
 //!   bundled Mozilla roots or, for a private CA, [`Upstream::ca_certificates_pem`].
 //! - The request's path and query are appended to the upstream's base path exactly as sent
@@ -30,7 +34,7 @@
 //! - `upstream.rs`: [`Upstream`], its future and [`PeerAddr`].
 //! - `connection.rs`: keep-alive connections to the upstream, each driven by the request using
 //!   it (no task and no channel between a request and its answer).
-//! - `forward.rs`: the upstream URL, hop-by-hop and forwarding headers.
+//! - `forward.rs`: the upstream URL, hop-by-hop and forwarding headers, the answer's version.
 //! - `tunnel.rs`: [`Tunnels`], the upgraded connections joined to the upstream's.
 //! - `body.rs`: [`ProxyBody`], the upstream's body streamed (driving its connection until the
 //!   end, then giving it back), or the proxy's JSON error.

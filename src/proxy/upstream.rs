@@ -18,7 +18,9 @@ use tower_service::Service;
 
 use super::body::ProxyBody;
 use super::connection::{connector, Connections, Connector};
-use super::forward::{accepts_trailers, add_forwarded, join_cookies, strip_hop_by_hop, Base};
+use super::forward::{
+    accepts_trailers, add_forwarded, answer_version, join_cookies, strip_hop_by_hop, Base,
+};
 use super::tunnel::{ConnectionHold, Tunnels};
 use crate::error::{BoxError, ConfigError};
 use crate::wire::header::{ELEMENTS_ASYNC_CALLBACK_URL, ELEMENTS_ASYNC_REQUEST};
@@ -223,6 +225,7 @@ where
         let client_side = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let peer = parts.extensions.get::<PeerAddr>().map(|peer| peer.0);
+        let version = answer_version(parts.version);
         let headers = &mut parts.headers;
         let trailers = accepts_trailers(headers);
         strip_hop_by_hop(headers);
@@ -260,6 +263,7 @@ where
                     match tokio::time::timeout(timeout, connections.send(outgoing)).await {
                         Ok(Ok((mut response, connection))) => {
                             strip_hop_by_hop(response.headers_mut());
+                            *response.version_mut() = version;
                             Ok(response
                                 .map(|body| ProxyBody::driven(body, connection, connections)))
                         }
@@ -295,6 +299,7 @@ where
                     }
                     _ => strip_hop_by_hop(response.headers_mut()),
                 }
+                *response.version_mut() = version;
                 Ok(response.map(ProxyBody::upstream))
             }),
         }

@@ -22,13 +22,42 @@ use tower_service::Service;
 use crate::error::BoxError;
 use crate::request::address::{parse_ipv4_lenient, AddressPolicy};
 
-/// A connection was refused because the target address is not public.
-#[derive(Debug)]
-pub(crate) struct ForbiddenAddress(pub(crate) String);
+/// A connection was refused because the target address is not public: the callback's message
+/// (a dead letter's last error), so it says what was refused and which setting allows it.
+#[derive(Debug, Clone)]
+pub(crate) enum ForbiddenAddress {
+    /// The URL's host is an IP address.
+    Literal(IpAddr),
+    /// The URL's host is a name; these are the non-public addresses it resolves to.
+    Resolved {
+        name: String,
+        addresses: Vec<IpAddr>,
+    },
+}
+
+/// Names the setting in the library and the binary's flag for it, for either reader.
+const ALLOW_PRIVATE: &str =
+    "allow_private_callbacks (--allow-private-callbacks for the proxy) allows";
 
 impl fmt::Display for ForbiddenAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} is not a public address", self.0)
+        match self {
+            Self::Literal(ip) => write!(f, "{ip} is not a public address; {ALLOW_PRIVATE} it"),
+            Self::Resolved { name, addresses } => {
+                let (one, them) = match addresses.len() {
+                    1 => ("a non-public address", "it"),
+                    _ => ("non-public addresses", "them"),
+                };
+                write!(f, "{name} resolves to {one} (")?;
+                for (i, ip) in addresses.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{ip}")?;
+                }
+                write!(f, "); {ALLOW_PRIVATE} {them}")
+            }
+        }
     }
 }
 
@@ -54,12 +83,17 @@ impl Service<Name> for GuardedResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> =
                 tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
-            if let Some(bad) = addrs.iter().find(|addr| !policy.permits(addr.ip())) {
-                return Err(ForbiddenAddress(format!(
-                    "{} (resolved from {})",
-                    bad.ip(),
-                    name.as_str()
-                ))
+            let mut refused: Vec<IpAddr> = Vec::new();
+            for ip in addrs.iter().map(SocketAddr::ip) {
+                if !policy.permits(ip) && !refused.contains(&ip) {
+                    refused.push(ip);
+                }
+            }
+            if !refused.is_empty() {
+                return Err(ForbiddenAddress::Resolved {
+                    name: name.as_str().to_owned(),
+                    addresses: refused,
+                }
                 .into());
             }
             Ok(addrs.into_iter())
@@ -87,11 +121,23 @@ impl Service<Uri> for GuardedConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         if let Some(ip) = literal_ip(&uri) {
             if !self.policy.permits(ip) {
-                return Box::pin(async move { Err(ForbiddenAddress(ip.to_string()).into()) });
+                return Box::pin(async move { Err(ForbiddenAddress::Literal(ip).into()) });
             }
         }
         let connecting = self.inner.call(uri);
-        Box::pin(async move { connecting.await.map_err(Into::into) })
+        Box::pin(async move {
+            connecting.await.map_err(|error| {
+                // hyper-util's connector reports every failure of its resolver as "dns error",
+                // with the cause beneath: a refusal of the resolver above is its own message.
+                let refusal =
+                    std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+                        .find_map(|e| e.downcast_ref::<ForbiddenAddress>());
+                match refusal {
+                    Some(refusal) => refusal.clone().into(),
+                    None => error.into(),
+                }
+            })
+        })
     }
 }
 
@@ -110,4 +156,28 @@ fn literal_ip(uri: &Uri) -> Option<IpAddr> {
 /// Whether `error` (or anything it wraps) is a refusal by this guard.
 pub(crate) fn is_forbidden(error: &(dyn std::error::Error + 'static)) -> bool {
     crate::error::wraps::<ForbiddenAddress>(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_what_was_refused_and_the_setting_that_allows_it() {
+        let literal = ForbiddenAddress::Literal("10.0.0.7".parse().unwrap());
+        assert_eq!(
+            literal.to_string(),
+            "10.0.0.7 is not a public address; allow_private_callbacks \
+             (--allow-private-callbacks for the proxy) allows it"
+        );
+        let resolved = ForbiddenAddress::Resolved {
+            name: "hooks.internal".into(),
+            addresses: vec!["10.0.0.7".parse().unwrap(), "fd00::7".parse().unwrap()],
+        };
+        assert_eq!(
+            resolved.to_string(),
+            "hooks.internal resolves to non-public addresses (10.0.0.7, fd00::7); \
+             allow_private_callbacks (--allow-private-callbacks for the proxy) allows them"
+        );
+    }
 }

@@ -87,7 +87,7 @@ async fn commit_and_answer(shared: &Shared, batch: Vec<Write>) {
         }
         Ok(Err(error)) => {
             let message = error.to_string();
-            tracing::warn!(%message, "the event store could not commit");
+            tracing::warn!(error = %message, "the event store could not commit");
             batch
                 .iter()
                 .map(|_| Err(StoreError::new(message.clone())))
