@@ -179,28 +179,48 @@ async fn only_the_accepted_event_and_its_outcome_wait_for_the_wal_flush() {
         return;
     }
     let schema = Schema::new();
-    let store = store(&schema).await;
+    // What the store tells PostgreSQL is read on the wire, not from the store's own counters.
+    let wire = Proxy::start_for_test_server().await;
+    let store = Arc::new(
+        PostgresStore::builder(wire.url())
+            .schema(schema.0.clone())
+            .lease_timeout(Duration::from_secs(1))
+            .connect()
+            .await
+            .unwrap(),
+    );
     let (event_id, notification_id) = store.allocate_ids().await.unwrap();
     let event = EventRecord {
         instance_url: true,
         ..event(event_id, notification_id, "https://hooks.example.com/in")
     };
     let before = store.stats();
+    let sent = wire.transactions();
+    // Each write below is its own transaction (one at a time): (waited for, not waited for).
+    let step = |expected: (usize, usize), what: &str| {
+        let now = wire.transactions();
+        assert_eq!((now.0 - sent.0, now.1 - sent.1), expected, "{what}");
+    };
     store.dispatched(&event).await.unwrap();
+    step((1, 0), "the accepted event waits for the WAL flush");
     store.running(event_id).await.unwrap();
+    step((1, 0), "running is not written at all");
     let mut notification = NotificationRecord {
         retain_until_ms: u64::MAX,
         ..pending(&event, &b"{\"eventId\":1,\"bytes\":\"\xff\"}"[..])
     };
     store.finished(&notification).await.unwrap();
+    step((2, 0), "the outcome waits for the WAL flush");
     // Written again (its first answer was lost with a broken connection, say): still fine.
     store.finished(&notification).await.unwrap();
+    step((3, 0), "the outcome written again waits too");
     let durable = store.stats();
     assert_eq!(durable.durable_commits - before.durable_commits, 3);
     notification.attempts = 1;
     notification.last_error = Some("the receiver answered 503".into());
     store.attempted(&notification).await.unwrap();
     store.dead(&notification).await.unwrap();
+    step((3, 2), "an attempt and a dead letter do not wait");
     let after = store.stats();
     assert_eq!(
         after.durable_commits, durable.durable_commits,
@@ -223,6 +243,7 @@ async fn only_the_accepted_event_and_its_outcome_wait_for_the_wal_flush() {
         (DeliveryState::Pending, 0)
     );
     assert_eq!(store.stats().durable_commits, after.durable_commits + 1);
+    step((4, 2), "a revived dead letter waits for the WAL flush");
     assert!(store.revive(notification_id).await.unwrap().is_none());
     let unknown = EventId::new(event_id.get() + 1_000_000);
     assert!(store.status(unknown).await.unwrap().is_none());
@@ -412,11 +433,16 @@ async fn a_node_that_leaves_hands_its_work_over_at_once() {
 }
 
 /// A TCP proxy in front of the server that can be cut (every connection closed, new ones
-/// refused) and restored, to play an outage without stopping the shared server.
+/// refused) and restored, to play an outage without stopping the shared server. It keeps what
+/// each connection sent to the server, so a test can read what PostgreSQL was told.
 struct Proxy {
     port: u16,
     up: Arc<tokio::sync::watch::Sender<bool>>,
+    sent: Arc<std::sync::Mutex<Vec<Sent>>>,
 }
+
+/// What one connection sent to the server.
+type Sent = Arc<std::sync::Mutex<Vec<u8>>>;
 
 impl Proxy {
     async fn start(target: &str) -> Self {
@@ -424,31 +450,87 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let (up, _) = tokio::sync::watch::channel(true);
         let up = Arc::new(up);
-        let (target, watch) = (target.to_owned(), up.clone());
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (target, watch, all_sent) = (target.to_owned(), up.clone(), sent.clone());
         tokio::spawn(async move {
             loop {
-                let (mut inbound, _) = listener.accept().await.unwrap();
+                let (inbound, _) = listener.accept().await.unwrap();
                 let mut state = watch.subscribe();
                 if !*state.borrow() {
                     continue; // dropped: refused
                 }
                 let target = target.clone();
+                let this_sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+                all_sent.lock().unwrap().push(this_sent.clone());
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(&target).await else {
+                    let Ok(outbound) = TcpStream::connect(&target).await else {
                         return;
                     };
+                    let (mut from_client, mut to_client) = inbound.into_split();
+                    let (mut from_server, mut to_server) = outbound.into_split();
+                    let upstream = async {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut chunk = vec![0; 16 * 1024];
+                        loop {
+                            let read = from_client.read(&mut chunk).await?;
+                            if read == 0 {
+                                return to_server.shutdown().await;
+                            }
+                            this_sent.lock().unwrap().extend_from_slice(&chunk[..read]);
+                            to_server.write_all(&chunk[..read]).await?;
+                        }
+                    };
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async { tokio::join!(upstream, tokio::io::copy(&mut from_server, &mut to_client)) } => {}
                         _ = state.wait_for(|up| !*up) => {}
                     }
                 });
             }
         });
-        Self { port, up }
+        Self { port, up, sent }
     }
 
     fn set(&self, up: bool) {
         self.up.send_replace(up);
+    }
+
+    /// How many of the store's write transactions were sent so far: those that wait for the
+    /// WAL flush, and those that do not (`SET LOCAL synchronous_commit = off`), read from the
+    /// bytes on the wire.
+    fn transactions(&self) -> (usize, usize) {
+        const BEGIN: &str = "BEGIN; SET LOCAL enable_seqscan = off";
+        const NO_WAIT: &str =
+            "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL synchronous_commit = off";
+        let (mut all, mut no_wait) = (0, 0);
+        for connection in self.sent.lock().unwrap().iter() {
+            let text = String::from_utf8_lossy(&connection.lock().unwrap()).into_owned();
+            all += text.matches(BEGIN).count();
+            no_wait += text.matches(NO_WAIT).count();
+        }
+        (all - no_wait, no_wait)
+    }
+
+    /// A proxy in front of the server `pg::url()` names.
+    async fn start_for_test_server() -> Self {
+        let config: tokio_postgres::Config = pg::url().parse().unwrap();
+        let host = match &config.get_hosts()[0] {
+            tokio_postgres::config::Host::Tcp(host) => host.clone(),
+            #[cfg(unix)]
+            _ => "127.0.0.1".to_owned(),
+        };
+        Self::start(&format!(
+            "{host}:{}",
+            config.get_ports().first().unwrap_or(&5432)
+        ))
+        .await
+    }
+
+    /// The test server's database, reached through this proxy.
+    fn url(&self) -> String {
+        let config: tokio_postgres::Config = pg::url().parse().unwrap();
+        let user = config.get_user().unwrap_or("postgres");
+        let dbname = config.get_dbname().unwrap_or("postgres");
+        format!("postgres://{user}@127.0.0.1:{}/{dbname}", self.port)
     }
 }
 
@@ -458,22 +540,9 @@ async fn an_outage_refuses_new_requests_with_503_and_loses_nothing_accepted() {
         return;
     }
     let schema = Schema::new();
-    let config: tokio_postgres::Config = pg::url().parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(host) => host.clone(),
-        #[cfg(unix)]
-        _ => "127.0.0.1".to_owned(),
-    };
-    let proxy = Proxy::start(&format!(
-        "{host}:{}",
-        config.get_ports().first().unwrap_or(&5432)
-    ))
-    .await;
-    let user = config.get_user().unwrap_or("postgres");
-    let dbname = config.get_dbname().unwrap_or("postgres");
-    let via_proxy = format!("postgres://{user}@127.0.0.1:{}/{dbname}", proxy.port);
+    let proxy = Proxy::start_for_test_server().await;
     let store = Arc::new(
-        PostgresStore::builder(via_proxy)
+        PostgresStore::builder(proxy.url())
             .schema(schema.0.clone())
             .connect()
             .await

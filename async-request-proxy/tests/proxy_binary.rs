@@ -1410,7 +1410,10 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_read_timeout()
         use tokio::io::AsyncReadExt;
         while !received.windows(4).any(|frame| frame == [0, 0, 8, 7]) {
             let mut chunk = [0; 1024];
-            let read = silent_h2.read(&mut chunk).await.expect("reading from the proxy");
+            let read = silent_h2
+                .read(&mut chunk)
+                .await
+                .expect("reading from the proxy");
             assert!(read > 0, "closed before its GOAWAY: {received:?}");
             received.extend_from_slice(&chunk[..read]);
         }
