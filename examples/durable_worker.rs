@@ -70,7 +70,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .transpose()?;
 
-    let mut builder = AsyncRequestLayer::builder().status_endpoint("/events");
+    // A fixed status secret, so a status URL stays valid across this worker's restarts and on
+    // every worker sharing a PostgreSQL store; a real app reads its own from configuration.
+    let mut builder = AsyncRequestLayer::builder()
+        .status_endpoint("/events")
+        .status_secret("durable_worker example status secret");
     #[cfg(feature = "postgres")]
     let mut postgres = None;
     match (arg("--db"), arg("--postgres")) {

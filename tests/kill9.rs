@@ -143,22 +143,26 @@ async fn kill_9_after_a_receipt_an_outcome_or_a_delivery_never_gives_two_outcome
     let mut outcomes = Outcomes::default();
 
     let (worker, addr) = start_worker(&db, &receiver.url());
-    let on_the_wire = accept(&addr, 0).await;
+    let (on_the_wire, wire_status) = accept_with_status(&addr, 0).await;
     // Its first attempt is on the wire: the receiver has it and holds its answer.
     let attempt = receiver.arrival().await;
     assert_eq!(outcomes.seen(&attempt), on_the_wire);
-    let just_accepted = accept(&addr, 600_000).await;
+    let (just_accepted, accepted_status) = accept_with_status(&addr, 600_000).await;
     let (delivered, status) = accept_with_status(&addr, 0).await;
     let hit = receiver.next().await;
     assert_eq!(outcomes.record(&hit), delivered);
     until_recorded_delivered(&addr, &status).await;
     worker.kill(); // SIGKILL, right after the delivery was recorded
 
-    let (worker, _) = start_worker(&db, &receiver.url());
+    let (worker, addr) = start_worker(&db, &receiver.url());
     let all = HashSet::from([delivered, on_the_wire, just_accepted]);
     outcomes.until_terminal(&mut receiver, &all).await;
-    // A repeat of the delivered one may still be on its way: the same notification.
-    let notifications = outcomes.one_each(&mut receiver, &all).await;
+    // Once the new worker has each recorded as delivered, no attempt is left: a repeat of the
+    // delivered one, if any, has arrived, and must be the same notification.
+    for location in [&wire_status, &accepted_status, &status] {
+        until_recorded_delivered(&addr, location).await;
+    }
+    let notifications = outcomes.one_each(&mut receiver, &all);
     let outcome = |id: u64| {
         let json = &notifications[&id];
         (json["eventStatus"].clone(), json["error"]["code"].clone())

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use support::{Answer, Receiver};
-use worker::{accept, Outcomes, Worker};
+use worker::{accept, accept_with_status, until_recorded_delivered, Outcomes, Worker};
 
 const LEASE: Duration = Duration::from_secs(2);
 /// The workers' first retry delay (see `Worker::start`).
@@ -40,10 +40,14 @@ async fn a_killed_nodes_jobs_and_pending_notifications_are_finished_by_the_survi
     let (doomed, doomed_addr) = Worker::start(&receiver.url(), &args);
     let (survivor, survivor_addr) = Worker::start(&receiver.url(), &args);
 
-    let (mut quick, mut slow) = (HashSet::new(), HashSet::new());
+    let (mut quick, mut slow, mut statuses) = (HashSet::new(), HashSet::new(), Vec::new());
     for _ in 0..4 {
-        quick.insert(accept(&doomed_addr, 0).await);
-        slow.insert(accept(&doomed_addr, 600_000).await);
+        let (id, status) = accept_with_status(&doomed_addr, 0).await;
+        quick.insert(id);
+        statuses.push(status);
+        let (id, status) = accept_with_status(&doomed_addr, 600_000).await;
+        slow.insert(id);
+        statuses.push(status);
     }
     let mut outcomes = Outcomes::default();
     for _ in 0..4 {
@@ -63,8 +67,12 @@ async fn a_killed_nodes_jobs_and_pending_notifications_are_finished_by_the_survi
     let bound = LEASE + LEASE / 3 + RETRY + Duration::from_secs(5);
     assert!(took < bound, "finished after {took:?}, over {bound:?}");
 
-    // Anything repeated (the at-least-once rule) is the same notification.
-    let notifications = outcomes.one_each(&mut receiver, &all).await;
+    // Anything repeated (the at-least-once rule) is the same notification. Once the survivor
+    // has each recorded as delivered, every attempt was answered and is here.
+    for status in &statuses {
+        until_recorded_delivered(&survivor_addr, status).await;
+    }
+    let notifications = outcomes.one_each(&mut receiver, &all);
     for (id, notification) in &notifications {
         if quick.contains(id) {
             assert_eq!(notification["eventStatus"], "completed", "{id}");

@@ -164,14 +164,15 @@ impl Outcomes {
         }
     }
 
-    /// Waits for repeats still on their way, then checks that each of `events` got one
-    /// notification, however often; returns each one's, parsed.
-    pub async fn one_each(
+    /// Checks that each of `events` got one notification, however often; returns each one's,
+    /// parsed. Call it once every event is recorded delivered (`until_recorded_delivered`):
+    /// then every attempt was answered, and the receiver reports a hit before it answers, so
+    /// every repeat is already here.
+    pub fn one_each(
         &mut self,
         receiver: &mut Receiver,
         events: &HashSet<u64>,
     ) -> HashMap<u64, serde_json::Value> {
-        tokio::time::sleep(Duration::from_millis(500)).await;
         while let Ok(hit) = receiver.hits.try_recv() {
             self.record(&hit);
         }
