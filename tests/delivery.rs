@@ -228,6 +228,81 @@ async fn retry_after_on_503_is_honoured() {
 }
 
 #[tokio::test]
+async fn too_many_requests_is_retried_after_its_retry_after_with_a_timestamp_of_its_own() {
+    let mut receiver = Receiver::start(vec![Answer::status(429).header("retry-after", "1")]).await;
+    let layer = builder(&receiver).retry_schedule([MS(10)]).build().unwrap();
+    send(&app(layer), async_request()).await;
+    let first = receiver.next().await;
+    let second = receiver.next().await;
+    assert_eq!(
+        (first.answered.as_u16(), second.answered.as_u16()),
+        (429, 200)
+    );
+    // The schedule alone would retry after ~10 ms; the receiver asked for one second.
+    assert!(
+        second.at - first.at >= MS(900),
+        "retried after {:?}",
+        second.at - first.at
+    );
+    // The same notification, each attempt signed at its own time.
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.headers["webhook-id"], first.headers["webhook-id"]);
+    let timestamp = |hit: &support::Hit| -> u64 {
+        hit.headers["webhook-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(
+        timestamp(&second) > timestamp(&first),
+        "{} then {}",
+        timestamp(&first),
+        timestamp(&second)
+    );
+    let verifier = StandardWebhooksVerifier::new(WHSEC).unwrap();
+    for hit in [&first, &second] {
+        verifier.verify(&hit.headers, &hit.body).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_undelivered_notification_holds_its_place_under_max_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A receiver that takes the first attempt's connection and answers only when told.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let layer = AsyncRequestLayer::builder()
+        .instance_id(30)
+        .default_callback_url(format!("http://{}/in", receiver.local_addr().unwrap()))
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = app(layer);
+    assert_eq!(send(&app, async_request()).await.0, StatusCode::ACCEPTED);
+    let (mut attempt, _) = receiver.accept().await.unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0; 4096];
+        let read = attempt.read(&mut chunk).await.unwrap();
+        assert!(read > 0, "the attempt ended before its head");
+        head.extend_from_slice(&chunk[..read]);
+    }
+    // Its job is done, its notification on the wire and not delivered: the one place is taken.
+    assert_eq!(handle.metrics().completed, 1);
+    let (status, body) = send(&app, async_request()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["code"], "overloaded");
+    // Delivered: the place is free again.
+    attempt
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("delivered", || handle.metrics().delivered == 1).await;
+    assert_eq!(send(&app, async_request()).await.0, StatusCode::ACCEPTED);
+}
+
+#[tokio::test]
 async fn at_the_bound_async_requests_get_503_overloaded_and_sync_ones_pass() {
     let receiver = Receiver::start(vec![]).await;
     let release = Arc::new(Notify::new());
