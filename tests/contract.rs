@@ -755,6 +755,58 @@ async fn async_request_body_that_stops_arriving_is_request_body_timeout_and_free
 }
 
 #[tokio::test]
+async fn a_client_that_disconnects_while_its_async_body_is_read_leaves_nothing_behind() {
+    use tokio::io::AsyncWriteExt;
+    let mut fixture = fixture(|b| b.default_callback_url(DEFAULT_CALLBACK).max_in_flight(1));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = fixture.app.clone();
+    tokio::spawn(async move { axum::serve(listener, served).await.unwrap() });
+
+    // A head announcing 1000 bytes and the first few: the request holds the only place among
+    // `max_in_flight` while its body is awaited.
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(
+            b"POST /work HTTP/1.1\r\nhost: app\r\nelements-async-request: true\r\n\
+              content-length: 1000\r\n\r\n{\"part\":",
+        )
+        .await
+        .unwrap();
+    let in_flight = |expected: u64| {
+        let handle = fixture.handle.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while handle.health().await.in_flight != expected {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "in flight never became {expected}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    in_flight(1).await;
+    // The client goes; the server sees its body end early: the place is free again.
+    drop(client);
+    in_flight(0).await;
+    assert_eq!(
+        count(&fixture.calls),
+        0,
+        "the inner service ran for the lost request"
+    );
+    assert_eq!(
+        fixture.handle.metrics().accepted,
+        0,
+        "the lost request was recorded"
+    );
+    // And the next one is taken as usual.
+    let request = post_work(&[(ASYNC_HEADER, value("true"))], "{}");
+    assert_accepted(&fixture.app, &mut fixture.callbacks, request).await;
+    assert_eq!(count(&fixture.calls), 1);
+}
+
+#[tokio::test]
 async fn streamed_async_request_body_over_max_request_bytes_is_request_too_large() {
     // No length announced: the limit must hold while reading.
     let mut fixture = fixture(|b| {
