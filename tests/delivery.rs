@@ -431,6 +431,53 @@ async fn shutdown_reports_what_it_leaves_behind() {
     );
 }
 
+#[cfg(feature = "redb")]
+#[tokio::test]
+async fn with_a_durable_store_shutdown_reports_what_it_leaves_as_kept() {
+    use tower_async_request::store::RedbStore;
+    let file = std::env::temp_dir().join(format!("tar-shutdown-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    // One job that never ends, and one notification refused and waiting an hour for its retry.
+    let mut receiver = Receiver::start(vec![Answer::status(503)]).await;
+    let layer = builder(&receiver)
+        .retry_schedule([Duration::from_secs(3600)])
+        .store(RedbStore::open(&file).unwrap())
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route("/work", post(|| async { "done" }))
+        .route("/forever", post(std::future::pending::<&'static str>))
+        .layer(layer);
+    send(&app, async_request()).await;
+    assert_eq!(
+        receiver.next().await.answered,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let forever = Request::post("/forever")
+        .header("Elements-Async-Request", "true")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, forever).await.0, StatusCode::ACCEPTED);
+    eventually("the job runs and the notification waits", || {
+        let m = handle.metrics();
+        m.running == 1 && m.pending == 1
+    })
+    .await;
+    let report = handle.shutdown(MS(100)).await;
+    assert!(!report.drained);
+    assert_eq!(
+        (
+            report.jobs_left,
+            report.notifications_left,
+            report.persisted
+        ),
+        (1, 1, true)
+    );
+    drop((app, handle));
+    let _ = std::fs::remove_file(&file);
+}
+
 #[tokio::test]
 async fn retries_go_on_after_the_layer_and_its_router_are_dropped() {
     let mut receiver = Receiver::start(vec![Answer::status(500)]).await;
