@@ -479,3 +479,41 @@ async fn health_reports_the_store_in_flight_work_and_shutting_down() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_be_read_is_503_store_unavailable_and_one_that_hangs_unhealthy() {
+    use std::sync::atomic::Ordering;
+    let mut receiver = Receiver::start(vec![]).await;
+    let store = std::sync::Arc::new(support::store::FaultyStore::default());
+    let served = Served::start(builder(&receiver).store(store.clone()).build().unwrap()).await;
+    let event_id = served.accept(None).await;
+    receiver.next().await;
+    eventually("delivered", || served.handle.metrics().delivered == 1).await;
+    let (status, _) = served.get(&format!("/events/{event_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Reads fail: every route that reads answers 503 store_unavailable.
+    store.failing_reads.store(true, Ordering::SeqCst);
+    for path in [format!("/events/{event_id}"), "/dead-letters".to_owned()] {
+        let (status, body) = served.get(&path).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                &Value::from("store_unavailable")
+            ),
+            "{path}: {body}"
+        );
+    }
+    store.failing_reads.store(false, Ordering::SeqCst);
+
+    // The store stops answering: health says so, within its own timeout.
+    store.hanging_check.store(true, Ordering::SeqCst);
+    let (status, health) = served.get("/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(health["status"], "unavailable");
+    assert!(
+        health["store"].as_str().unwrap().contains("did not answer"),
+        "{health}"
+    );
+}

@@ -494,77 +494,10 @@ async fn retries_go_on_after_the_layer_and_its_router_are_dropped() {
     assert_eq!(retried.json()["eventId"], receipt["eventId"]);
 }
 
-/// A store whose `finished` fails its first `failures` calls (a database out of reach).
-struct Flaky {
-    inner: tower_async_request::store::MemoryStore,
-    failures: AtomicUsize,
-}
-
-mod flaky_store {
-    use super::*;
-    use tower_async_request::store::{
-        DeadLetterQuery, EventRecord, EventSnapshot, EventStore, NotificationRecord, Recovery,
-        StoreError, StoreFuture,
-    };
-    use tower_async_request::{event::EventId, event::NotificationId};
-
-    impl EventStore for Flaky {
-        fn is_durable(&self) -> bool {
-            false
-        }
-        fn allocate_ids(&self) -> StoreFuture<'_, (EventId, NotificationId)> {
-            self.inner.allocate_ids()
-        }
-        fn dispatched<'a>(&'a self, event: &'a EventRecord) -> StoreFuture<'a, ()> {
-            self.inner.dispatched(event)
-        }
-        fn running(&self, event_id: EventId) -> StoreFuture<'_, ()> {
-            self.inner.running(event_id)
-        }
-        fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
-            let failing = self
-                .failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if failing {
-                return Box::pin(async { Err(StoreError::new("the database is out of reach")) });
-            }
-            self.inner.finished(notification)
-        }
-        fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
-            self.inner.attempted(notification)
-        }
-        fn delivered<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
-            self.inner.delivered(notification)
-        }
-        fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
-            self.inner.dead(notification)
-        }
-        fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>> {
-            self.inner.status(event_id)
-        }
-        fn recover(&self) -> StoreFuture<'_, Recovery> {
-            self.inner.recover()
-        }
-        fn dead_letters(&self, query: DeadLetterQuery) -> StoreFuture<'_, Vec<NotificationRecord>> {
-            self.inner.dead_letters(query)
-        }
-        fn revive(
-            &self,
-            notification_id: NotificationId,
-        ) -> StoreFuture<'_, Option<NotificationRecord>> {
-            self.inner.revive(notification_id)
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_outcome_the_store_cannot_record_waits_and_is_delivered_once_it_can() {
     let mut receiver = Receiver::start(vec![]).await;
-    let store = Arc::new(Flaky {
-        inner: tower_async_request::store::MemoryStore::new(),
-        failures: AtomicUsize::new(3),
-    });
+    let store = Arc::new(support::store::FaultyStore::failing_outcomes(3));
     let layer = builder(&receiver).store(store.clone()).build().unwrap();
     let handle = layer.handle();
     let (status, receipt) = send(&app(layer), async_request()).await;
@@ -577,7 +510,7 @@ async fn an_outcome_the_store_cannot_record_waits_and_is_delivered_once_it_can()
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(store.failures.load(Ordering::SeqCst), 0);
+    assert_eq!(store.failing_outcomes.load(Ordering::SeqCst), 0);
     assert_eq!(hit.json()["eventId"], receipt["eventId"]);
     eventually("delivered", || handle.metrics().delivered == 1).await;
 }

@@ -8,6 +8,7 @@ pub mod capture;
 #[cfg(feature = "postgres")]
 pub mod pg;
 pub mod receiver;
+pub mod store;
 pub mod upgrade;
 pub mod worker;
 
