@@ -303,6 +303,37 @@ async fn an_undelivered_notification_holds_its_place_under_max_in_flight() {
 }
 
 #[tokio::test]
+async fn bulk_redelivery_stops_where_max_in_flight_is_full_and_says_there_is_more() {
+    let mut receiver = Receiver::start(vec![Answer::status(410); 3]).await;
+    let layer = builder(&receiver).max_in_flight(2).build().unwrap();
+    let handle = layer.handle();
+    let app = app(layer);
+    for dead in 1..=3 {
+        assert_eq!(send(&app, async_request()).await.0, StatusCode::ACCEPTED);
+        assert_eq!(receiver.next().await.answered, StatusCode::GONE);
+        assert_eq!(receiver.arrival().await.answered, StatusCode::GONE);
+        eventually("a dead letter", || handle.metrics().dead == dead).await;
+    }
+    // The receiver holds the redelivered attempts, so each keeps its place meanwhile.
+    let held = Answer::status(200).after(Duration::from_secs(60));
+    receiver.then([held.clone(), held]);
+    let redelivered = handle.redeliver_dead_letters(None, 10).await.unwrap();
+    assert_eq!(redelivered.notification_ids.len(), 2, "{redelivered:?}");
+    assert!(redelivered.more, "a third dead letter is left");
+    assert_eq!(handle.dead_letters().await.unwrap().len(), 1);
+    // Both redelivered attempts are out, and they are those two.
+    for _ in 0..2 {
+        let attempt = receiver.arrival().await;
+        let id = attempt.json()["notificationId"].as_u64().unwrap();
+        assert!(
+            redelivered.notification_ids.iter().any(|n| n.get() == id),
+            "{id} was not redelivered"
+        );
+    }
+    assert_eq!(handle.metrics().pending, 2);
+}
+
+#[tokio::test]
 async fn at_the_bound_async_requests_get_503_overloaded_and_sync_ones_pass() {
     let receiver = Receiver::start(vec![]).await;
     let release = Arc::new(Notify::new());
