@@ -53,18 +53,39 @@ pub(crate) struct Args {
     /// The `instanceId` of notifications (one instance).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_INSTANCE_ID", default_value_t = 0)]
     pub(crate) instance_id: u64,
-    /// A file holding the key of `Elements-Webhook-Signature` (or set ASYNC_REQUEST_PROXY_SIGNING_KEY).
+    /// A file holding the key of `Elements-Webhook-Signature` (or set
+    /// ASYNC_REQUEST_PROXY_SIGNING_KEY). This or --standard-webhooks-secret-file is required
+    /// unless --unsigned-callbacks.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_SIGNING_KEY_FILE")]
     pub(crate) signing_key_file: Option<PathBuf>,
     /// A file holding Standard Webhooks secrets (`whsec_…`), one per line (or set
     /// ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET_FILE")]
     pub(crate) standard_webhooks_secret_file: Option<PathBuf>,
+    /// Start without any key to sign callbacks with (no --signing-key-file nor
+    /// --standard-webhooks-secret-file, or an instance without keys in --instances): callbacks
+    /// then go unsigned, and receivers cannot tell them from forged ones. Refused by default.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_UNSIGNED_CALLBACKS")]
+    pub(crate) unsigned_callbacks: bool,
     /// Many instances, from a TOML file, re-read on SIGHUP.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_INSTANCES")]
     pub(crate) instances: Option<PathBuf>,
-    /// A second listener for operators: /metrics, /health and the admin routes, plain HTTP, at
-    /// most 64 connections, --header-read-timeout as on the main one. Off by default.
+    /// Answer `GET PATH/{eventId}?token=…` with an event's status (the receipt's `Location`), for
+    /// clients that poll; GET requests under PATH then no longer reach the upstream.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_STATUS_PATH")]
+    pub(crate) status_path: Option<String>,
+    /// A file holding the secret status tokens are made with, at least 16 bytes (or set
+    /// ASYNC_REQUEST_PROXY_STATUS_SECRET); without one, a random secret per start, so status
+    /// URLs do not survive a restart.
+    #[arg(
+        long,
+        env = "ASYNC_REQUEST_PROXY_STATUS_SECRET_FILE",
+        requires = "status_path"
+    )]
+    pub(crate) status_secret_file: Option<PathBuf>,
+    /// A second listener for operators: /metrics, and /admin/health with the other admin routes
+    /// under /admin; plain HTTP, at most 64 connections, --header-read-timeout as on the main
+    /// one. It stays up until the drain ends. Off by default.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_ADMIN_LISTEN")]
     pub(crate) admin_listen: Option<SocketAddr>,
     /// Largest body of an async request, in bytes.
@@ -93,7 +114,8 @@ pub(crate) struct Args {
     /// Threads serving connections, jobs and callbacks (default: one per CPU core).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub(crate) worker_threads: Option<u16>,
-    /// How long a shutdown waits for jobs and callbacks.
+    /// How long a shutdown waits for jobs and callbacks; work abandoned then makes the exit
+    /// code 3.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
     /// Let request-supplied callback URLs reach private and loopback addresses (development).

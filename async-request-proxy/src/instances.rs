@@ -1,6 +1,7 @@
 //! The instances file (`--instances FILE`, TOML): which instance a request belongs to, and each
 //! instance's callback URL, keys and share. Re-read on SIGHUP; a file that does not parse or
-//! check keeps the instances as they were.
+//! check keeps the instances as they were. An instance without keys, or a file without
+//! instances, is refused unless `--unsigned-callbacks` allows unsigned callbacks.
 //!
 //! ```toml
 //! # How a request names its instance: the `Element <token>` part of `Authorization`
@@ -64,6 +65,31 @@ struct Entry {
 pub(crate) struct Loaded {
     matching: Match,
     instances: Vec<Instance>,
+    /// The instances without a key: their callbacks would go unsigned.
+    unsigned: Vec<u64>,
+}
+
+impl Loaded {
+    /// Refuses a reading whose callbacks would go unsigned: an instance without keys, or no
+    /// instance at all (no key anywhere).
+    fn check_signed(&self, path: &Path) -> Result<(), String> {
+        if let Some(id) = self.unsigned.first() {
+            return Err(format!(
+                "--instances {}: instance {id} has no signing_key, signing_key_file or \
+                 standard_webhooks_secrets: its callbacks would go unsigned (give it a key, or \
+                 pass --unsigned-callbacks to allow that)",
+                path.display()
+            ));
+        }
+        if self.instances.is_empty() {
+            return Err(format!(
+                "--instances {}: lists no [[instance]], so no key to sign callbacks with (pass \
+                 --unsigned-callbacks to allow that)",
+                path.display()
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Reads and checks `path`: every instance built, ids and credentials unique.
@@ -80,6 +106,7 @@ pub(crate) fn read(path: &Path) -> Result<Loaded, String> {
     let mut ids = HashSet::new();
     let mut credentials = HashSet::new();
     let mut instances = Vec::with_capacity(file.instances.len());
+    let mut unsigned = Vec::new();
     for entry in file.instances {
         let at = format!("--instances {}: instance {}", path.display(), entry.id);
         if !ids.insert(entry.id) {
@@ -108,6 +135,9 @@ pub(crate) fn read(path: &Path) -> Result<Loaded, String> {
             (None, Some(file)) => Some(crate::setup::secret_file(&file, "signing_key_file")?),
             (None, None) => None,
         };
+        if key.is_none() && entry.standard_webhooks_secrets.is_empty() {
+            unsigned.push(entry.id);
+        }
         if let Some(key) = key {
             builder = builder.signing_key(key);
         }
@@ -122,6 +152,7 @@ pub(crate) fn read(path: &Path) -> Result<Loaded, String> {
     Ok(Loaded {
         matching: file.matching,
         instances,
+        unsigned,
     })
 }
 
@@ -143,11 +174,16 @@ pub(crate) struct Instances {
     matching: Match,
     map: InstanceMap,
     ids: HashSet<u64>,
+    /// `--unsigned-callbacks`: instances without keys are allowed.
+    unsigned_callbacks: bool,
 }
 
 impl Instances {
-    pub(crate) fn start(path: &Path) -> Result<Self, String> {
+    pub(crate) fn start(path: &Path, unsigned_callbacks: bool) -> Result<Self, String> {
         let loaded = read(path)?;
+        if !unsigned_callbacks {
+            loaded.check_signed(path)?;
+        }
         let map = match &loaded.matching {
             Match::Element => InstanceMap::by_credential(element_token),
             Match::Header { header } => {
@@ -165,6 +201,7 @@ impl Instances {
             matching: loaded.matching.clone(),
             map,
             ids: HashSet::new(),
+            unsigned_callbacks,
         };
         instances.apply(loaded);
         Ok(instances)
@@ -177,6 +214,9 @@ impl Instances {
     /// Reads the file again and applies it; on any problem keeps the instances as they are.
     pub(crate) fn reload(&mut self) -> Result<usize, String> {
         let loaded = read(&self.path)?;
+        if !self.unsigned_callbacks {
+            loaded.check_signed(&self.path)?;
+        }
         if loaded.matching != self.matching {
             return Err(format!(
                 "--instances {}: `match` cannot change while running (restart to change it)",
@@ -308,5 +348,31 @@ mod tests {
             assert!(error.contains(says), "{name}: {error}");
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    #[test]
+    fn an_instance_without_keys_or_no_instance_is_refused_unless_unsigned_callbacks() {
+        let keyless = format!("{ONE}[[instance]]\nid = 31\ncredentials = [\"globex\"]\n");
+        for (name, text, says) in [
+            ("keyless", &*keyless, "instance 31 has no signing_key"),
+            ("empty", "match = \"element\"\n", "lists no [[instance]]"),
+        ] {
+            let path = file(name, text);
+            let error = Instances::start(&path, false)
+                .err()
+                .unwrap_or_else(|| panic!("{name} was accepted"));
+            assert!(error.contains(says), "{name}: {error}");
+            assert!(error.contains("--unsigned-callbacks"), "{name}: {error}");
+            assert!(Instances::start(&path, true).is_ok(), "{name}");
+            let _ = std::fs::remove_file(path);
+        }
+        // Read again on SIGHUP: refused, the instances as they were.
+        let path = file("reload", ONE);
+        let mut instances = Instances::start(&path, false).unwrap();
+        std::fs::write(&path, &keyless).unwrap();
+        let error = instances.reload().unwrap_err();
+        assert!(error.contains("instance 31"), "{error}");
+        assert_eq!(instances.ids, HashSet::from([30]));
+        let _ = std::fs::remove_file(path);
     }
 }

@@ -4,13 +4,17 @@
 //! its `202` receipt from the proxy, the upstream's answer follows as a signed callback; every
 //! other request is forwarded and streamed back as it is. Every flag can also be set from the
 //! environment (`ASYNC_REQUEST_PROXY_<FLAG>`); secrets come from files or the environment only
-//! (`ASYNC_REQUEST_PROXY_SIGNING_KEY`, `ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET`), never
-//! from the command line, which `ps` shows. A bad flag or file: one line naming it, exit code 2,
-//! nothing started. SIGTERM or SIGINT: stop accepting, drain, print the shutdown report, exit 0.
-//! SIGHUP: read `--instances` and the TLS certificate and key again. Clients speak HTTP/1.1 or
-//! HTTP/2 (by ALPN over TLS, with prior knowledge in cleartext); the upstream is spoken to in
-//! HTTP/1.1, or in HTTP/2 with `--upstream-http2` (a gRPC server, say).
+//! (`ASYNC_REQUEST_PROXY_SIGNING_KEY`, `ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET`,
+//! `ASYNC_REQUEST_PROXY_STATUS_SECRET`), never from the command line, which `ps` shows. A bad
+//! flag or file, or no key to sign callbacks with (unless `--unsigned-callbacks`): one line
+//! naming it, exit code 2, nothing started. SIGTERM or SIGINT: stop accepting, drain (the admin
+//! listener answering `503` from `/admin/health` meanwhile), print the shutdown report, exit 0,
+//! or 3 if the drain abandoned work. SIGHUP: read `--instances` and the TLS certificate and key
+//! again. Clients speak HTTP/1.1 or HTTP/2 (by ALPN over TLS, with prior knowledge in
+//! cleartext); the upstream is spoken to in HTTP/1.1, or in HTTP/2 with `--upstream-http2` (a
+//! gRPC server, say).
 
+mod admin;
 mod flags;
 mod instances;
 mod serve;
@@ -22,14 +26,13 @@ use std::convert::Infallible;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
 use clap::Parser;
 use http::Request;
 use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tower::{ServiceBuilder, ServiceExt};
-use tower_async_request::admin::Admin;
+use tower_async_request::layer::ShutdownReport;
 
 use crate::flags::{Args, LogFormat};
 use crate::serve::{serve, Limits};
@@ -84,7 +87,7 @@ fn fail(code: u8, message: &str) -> ExitCode {
 async fn run(args: Args) -> ExitCode {
     // The recorder before the layer: the layer registers its metrics when it is built.
     let prometheus = match args.admin_listen {
-        Some(_) => match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Some(_) => match admin::install_recorder() {
             Ok(handle) => Some(handle),
             Err(error) => return fail(1, &format!("metrics: {error}")),
         },
@@ -124,8 +127,10 @@ async fn run(args: Args) -> ExitCode {
         }
     });
 
-    // SIGTERM or SIGINT stops both listeners.
+    // SIGTERM or SIGINT stops the main listener; the admin listener stays until the drain ends,
+    // so its health check says `503` meanwhile.
     let stopping = CancellationToken::new();
+    let drained = CancellationToken::new();
     tokio::spawn({
         let stopping = stopping.clone();
         async move {
@@ -135,12 +140,7 @@ async fn run(args: Args) -> ExitCode {
     });
     let admin = match (admin_listener, prometheus) {
         (Some(listener), Some(prometheus)) => {
-            let admin = Router::new()
-                .route(
-                    "/metrics",
-                    axum::routing::get(move || std::future::ready(prometheus.render())),
-                )
-                .fallback_service(Admin::new(handle.clone()));
+            let admin = admin::router(handle.clone(), prometheus);
             if let Ok(address) = listener.local_addr() {
                 println!("async-request-proxy: admin on http://{address}");
             }
@@ -154,7 +154,7 @@ async fn run(args: Args) -> ExitCode {
                 admin,
                 limits,
                 None,
-                stopping.clone(),
+                drained.clone(),
             )))
         }
         _ => None,
@@ -188,10 +188,11 @@ async fn run(args: Args) -> ExitCode {
         tls: acceptor,
     };
     serve(listener, service, limits, Some(tunnels), stopping).await;
+    let report = handle.shutdown(args.drain_timeout).await;
+    drained.cancel();
     if let Some(admin) = admin {
         let _ = admin.await;
     }
-    let report = handle.shutdown(args.drain_timeout).await;
     println!(
         "async-request-proxy: shutdown report: drained={} jobs_finished={} delivered={} dead={} jobs_left={} notifications_left={} persisted={}",
         report.drained,
@@ -202,5 +203,20 @@ async fn run(args: Args) -> ExitCode {
         report.notifications_left,
         report.persisted
     );
-    ExitCode::SUCCESS
+    if abandoned_work(&report) {
+        ExitCode::from(EXIT_ABANDONED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The exit code of a drain that abandoned work, for an orchestrator to tell.
+const EXIT_ABANDONED: u8 = 3;
+
+/// Whether the drain's deadline cut work off: a job still running (with a durable store its
+/// event ends `failed` with `interrupted` after the next start; in memory it is lost), or a
+/// notification still undelivered that no store keeps. Notifications a durable store keeps are
+/// delivered after the next start: not abandoned.
+fn abandoned_work(report: &ShutdownReport) -> bool {
+    report.jobs_left > 0 || (report.notifications_left > 0 && !report.persisted)
 }

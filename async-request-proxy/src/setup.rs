@@ -14,6 +14,7 @@ use crate::{instances, tls};
 
 const ENV_SIGNING_KEY: &str = "ASYNC_REQUEST_PROXY_SIGNING_KEY";
 const ENV_WHSEC: &str = "ASYNC_REQUEST_PROXY_STANDARD_WEBHOOKS_SECRET";
+const ENV_STATUS_SECRET: &str = "ASYNC_REQUEST_PROXY_STATUS_SECRET";
 
 /// A secret file's contents, without the trailing newline editors add.
 pub(crate) fn secret_file(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
@@ -76,7 +77,7 @@ pub(crate) async fn configure(args: &Args) -> Result<Setup, String> {
             {
                 return Err("--instances: callback URLs and keys then come from the file, not from --callback-url, --signing-key-file or --standard-webhooks-secret-file".into());
             }
-            let instances = instances::Instances::start(path)?;
+            let instances = instances::Instances::start(path, args.unsigned_callbacks)?;
             builder = builder.instances(instances.map());
             Some(instances)
         }
@@ -87,11 +88,11 @@ pub(crate) async fn configure(args: &Args) -> Result<Setup, String> {
             }
             let key = match &args.signing_key_file {
                 Some(path) => Some(secret_file(path, "signing-key-file")?),
-                None => std::env::var(ENV_SIGNING_KEY).ok().map(String::into_bytes),
+                None => std::env::var(ENV_SIGNING_KEY)
+                    .ok()
+                    .filter(|key| !key.is_empty())
+                    .map(String::into_bytes),
             };
-            if let Some(key) = key {
-                builder = builder.signing_key(key);
-            }
             let secrets = match &args.standard_webhooks_secret_file {
                 Some(path) => {
                     String::from_utf8(secret_file(path, "standard-webhooks-secret-file")?)
@@ -99,12 +100,43 @@ pub(crate) async fn configure(args: &Args) -> Result<Setup, String> {
                 }
                 None => std::env::var(ENV_WHSEC).unwrap_or_default(),
             };
-            for secret in secrets.lines().map(str::trim).filter(|s| !s.is_empty()) {
+            let secrets: Vec<&str> = secrets
+                .lines()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            // Unsigned callbacks are indistinguishable from forged ones at the receiver: only
+            // on purpose.
+            if key.is_none() && secrets.is_empty() && !args.unsigned_callbacks {
+                return Err(format!(
+                    "no key to sign callbacks with: give --signing-key-file or \
+                     --standard-webhooks-secret-file (or set {ENV_SIGNING_KEY} or {ENV_WHSEC}), \
+                     or pass --unsigned-callbacks to send them unsigned"
+                ));
+            }
+            if let Some(key) = key {
+                builder = builder.signing_key(key);
+            }
+            for secret in secrets {
                 builder = builder.standard_webhooks_secret(secret);
             }
             None
         }
     };
+    if let Some(path) = &args.status_path {
+        builder = builder.status_endpoint(path.clone());
+        let secret = match &args.status_secret_file {
+            Some(file) => Some(secret_file(file, "status-secret-file")?),
+            None => std::env::var(ENV_STATUS_SECRET)
+                .ok()
+                .filter(|secret| !secret.is_empty())
+                .map(String::into_bytes),
+        };
+        // Too short a secret: build() says so.
+        if let Some(secret) = secret {
+            builder = builder.status_secret(secret);
+        }
+    }
     builder = match &args.store {
         StoreArg::Memory => builder,
         StoreArg::Redb(path) => builder.store(

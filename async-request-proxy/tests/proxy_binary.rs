@@ -37,6 +37,8 @@ struct Proxy {
     admin: Option<SocketAddr>,
     /// Standard output after the start-up lines (the shutdown report).
     rest: std::sync::mpsc::Receiver<String>,
+    /// Its log lines (standard error), also passed on to the test's.
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 impl Proxy {
@@ -51,15 +53,27 @@ impl Proxy {
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("the proxy binary starts");
+        let (sender, log) = std::sync::mpsc::channel();
+        let errors = BufReader::new(child.stderr.take().unwrap()).lines();
+        std::thread::spawn(move || {
+            for line in errors.map_while(Result::ok) {
+                eprintln!("{line}");
+                let _ = sender.send(line);
+            }
+        });
         let stdout = child.stdout.take().unwrap();
-        Self::listening(child, stdout)
+        Self::listening(child, stdout, log)
     }
 
-    /// The proxy `child` once it said on `stdout` where it listens.
-    fn listening(child: Child, stdout: std::process::ChildStdout) -> Self {
+    /// The proxy `child` once it said on `stdout` where it listens; `log` has its log lines.
+    fn listening(
+        child: Child,
+        stdout: std::process::ChildStdout,
+        log: std::sync::mpsc::Receiver<String>,
+    ) -> Self {
         let mut lines = BufReader::new(stdout).lines();
         let mut admin = None;
         let address = loop {
@@ -88,7 +102,21 @@ impl Proxy {
             address,
             admin,
             rest,
+            log,
         }
+    }
+
+    /// Waits (up to 20 s) for a log line that contains every one of `words`; the line.
+    fn logged(&self, words: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        tokio::task::block_in_place(|| loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if words.iter().all(|word| line.contains(word)) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {words:?} within 20 s"),
+            }
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -240,6 +268,38 @@ fn python_upstream(dir: &Path, args: &[&str]) -> (Child, u16) {
     (python, port)
 }
 
+/// Runs the binary with `args` (and `--listen 127.0.0.1:0`), expecting it to refuse to start:
+/// exit code 2 and nothing on standard output; its standard error. Fails, and kills it, if it
+/// is still running after 20 s.
+fn refused(args: &[&str]) -> String {
+    use std::io::Read;
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("started anyway: {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (mut stdout, mut stderr) = (String::new(), String::new());
+    child.stdout.unwrap().read_to_string(&mut stdout).unwrap();
+    child.stderr.unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+    assert!(stdout.is_empty(), "nothing started: {args:?}: {stdout}");
+    stderr
+}
+
 fn closed_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -291,7 +351,7 @@ async fn sync_answers_pass_through_and_async_answers_arrive_signed() {
     // The operator's listener: health, the admin routes, and the metrics of what just happened.
     let admin = proxy.admin.expect("--admin-listen serves");
     let (status, _, health) = call(
-        Request::get(format!("http://{admin}/health"))
+        Request::get(format!("http://{admin}/admin/health"))
             .body(Full::default())
             .unwrap(),
     )
@@ -302,7 +362,7 @@ async fn sync_answers_pass_through_and_async_answers_arrive_signed() {
         "ok"
     );
     let (status, _, event) = call(
-        Request::get(format!("http://{admin}/events/{event_id}"))
+        Request::get(format!("http://{admin}/admin/events/{event_id}"))
             .body(Full::default())
             .unwrap(),
     )
@@ -331,6 +391,151 @@ async fn sync_answers_pass_through_and_async_answers_arrive_signed() {
     let _ = std::fs::remove_file(key);
 }
 
+/// `GET` of `url`: status and JSON body.
+async fn get_json(url: String) -> (StatusCode, Value) {
+    let (status, _, body) = call(Request::get(url).body(Full::default()).unwrap()).await;
+    let json = serde_json::from_slice(&body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
+    (status, json)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_status_path_the_receipts_location_answers_through_the_proxy() {
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let key = temp("status.key");
+    write(&key, "status-signing-key");
+    let secret = temp("status.secret");
+    write(&secret, "a status secret, 16 bytes or more\n");
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--callback-url",
+        &receiver.url(),
+        "--signing-key-file",
+        key.to_str().unwrap(),
+        "--status-path",
+        "/events",
+        "--status-secret-file",
+        secret.to_str().unwrap(),
+    ]);
+    let (status, headers, receipt) = call(async_post(proxy.url("/report"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let event_id = serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone();
+    let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    assert!(
+        location.starts_with(&format!("/events/{event_id}?token=")),
+        "{location}"
+    );
+    // Right away: the event, whatever it has got to.
+    let (status, now) = get_json(proxy.url(&location)).await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    assert_eq!(now["eventId"], event_id);
+    assert!(
+        ["dispatched", "running", "completed"].contains(&now["eventStatus"].as_str().unwrap()),
+        "{now}"
+    );
+    // Once its callback came: completed, with the upstream's answer.
+    assert_eq!(receiver.next().await.json()["eventId"], event_id);
+    let (status, done) = get_json(proxy.url(&location)).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["eventStatus"], "completed", "{done}");
+    assert_eq!(done["response"]["report"], "ready", "{done}");
+    // Another token: as if there were no such event.
+    let (path, _) = location.split_once("?token=").unwrap();
+    let wrong = format!("{path}?token=AAAAAAAAAAAAAAAAAAAAAA");
+    let (status, body) = get_json(proxy.url(&wrong)).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::NOT_FOUND, &"not_found".into())
+    );
+    let _ = std::fs::remove_file(key);
+    let _ = std::fs::remove_file(secret);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_listener_serves_the_documented_paths_and_latency_histograms() {
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let key = temp("admin.key");
+    write(&key, "admin-signing-key");
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--callback-url",
+        &receiver.url(),
+        "--instance-id",
+        "30",
+        "--signing-key-file",
+        key.to_str().unwrap(),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let event_id = serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone();
+    receiver.next().await;
+
+    // docs/operating.md's paths.
+    let admin = proxy.admin.expect("--admin-listen serves");
+    let (status, health) = get_json(format!("http://{admin}/admin/health")).await;
+    assert_eq!((status, &health["status"]), (StatusCode::OK, &"ok".into()));
+    let (status, event) = get_json(format!("http://{admin}/admin/events/{event_id}")).await;
+    assert_eq!((status, &event["eventId"]), (StatusCode::OK, &event_id));
+    let (status, dead) = get_json(format!("http://{admin}/admin/dead-letters?instance=30")).await;
+    assert_eq!(status, StatusCode::OK, "{dead}");
+    assert_eq!(dead["deadLetters"], serde_json::json!([]), "{dead}");
+    let (status, _, redelivered) = call(
+        Request::post(format!(
+            "http://{admin}/admin/dead-letters/redeliver?instance=30"
+        ))
+        .body(Full::default())
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let redelivered: Value = serde_json::from_slice(&redelivered).unwrap();
+    assert_eq!(redelivered["more"], false, "{redelivered}");
+    // The root paths of earlier versions still answer.
+    let (status, health) = get_json(format!("http://{admin}/health")).await;
+    assert_eq!((status, &health["status"]), (StatusCode::OK, &"ok".into()));
+
+    // The latencies are histograms: buckets, no quantiles.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, scrape) = call(
+            Request::get(format!("http://{admin}/metrics"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        let scrape = String::from_utf8_lossy(&scrape).into_owned();
+        let bucket =
+            |metric: &str, le: &str| format!("{metric}_bucket{{instance=\"30\",le=\"{le}\"}} 1");
+        if scrape.contains(&bucket("async_request_delivery_seconds", "+Inf")) {
+            assert!(
+                scrape.contains(&bucket("async_request_receipt_seconds", "10")),
+                "{scrape}"
+            );
+            assert!(
+                scrape.contains(
+                    "async_request_receipt_seconds_bucket{instance=\"30\",le=\"0.0001\"}"
+                ),
+                "{scrape}"
+            );
+            assert!(
+                scrape.contains(&bucket("async_request_delivery_seconds", "172800")),
+                "{scrape}"
+            );
+            assert!(!scrape.contains("quantile="), "{scrape}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{scrape}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_file(key);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
     let dir = temp("python-root");
@@ -340,6 +545,7 @@ async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
     let (mut python, port) = python_upstream(&dir, &["-m", "http.server"]);
     let mut receiver = Receiver::start(Vec::new()).await;
     let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://127.0.0.1:{port}"),
         "--callback-url",
@@ -487,7 +693,11 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upgrade_passes_through_the_binary() {
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &format!("http://{upstream}/api"),
+    ]);
     support::upgrade::check_echo(proxy.address, "/upgrade").await;
 }
 
@@ -496,6 +706,7 @@ async fn an_upgraded_connection_keeps_its_place_under_max_connections() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = axum_upstream().await;
     let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{upstream}/api"),
         "--max-connections",
@@ -521,6 +732,7 @@ async fn a_tunnel_idle_for_the_tunnel_idle_timeout_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = axum_upstream().await;
     let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{upstream}/api"),
         "--tunnel-idle-timeout",
@@ -545,7 +757,11 @@ async fn a_tunnel_idle_for_the_tunnel_idle_timeout_is_closed() {
 async fn sigterm_closes_open_tunnels_and_exits_0() {
     use tokio::io::AsyncReadExt;
     let upstream = axum_upstream().await;
-    let mut proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    let mut proxy = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &format!("http://{upstream}/api"),
+    ]);
     let mut tunnel = support::upgrade::open_echo(proxy.address, "/upgrade").await;
     proxy.signal(libc::SIGTERM);
     let mut rest = Vec::new();
@@ -581,7 +797,11 @@ where
 async fn http2_clients_are_served_by_alpn_over_tls_and_by_prior_knowledge_in_cleartext() {
     let upstream = axum_upstream().await;
     // Cleartext: HTTP/2 with prior knowledge and HTTP/1.1 on the same port.
-    let proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &format!("http://{upstream}/api"),
+    ]);
     let h2c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
@@ -620,6 +840,7 @@ async fn http2_clients_are_served_by_alpn_over_tls_and_by_prior_knowledge_in_cle
         format!("{TLS_DIR}/upstream.key"),
     );
     let tls_proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{upstream}/api"),
         "--tls-cert-file",
@@ -769,6 +990,7 @@ async fn grpc_calls_reach_an_http2_upstream_and_async_ones_arrive_signed() {
 async fn an_upstream_that_is_down_is_502_sync_and_failed_async() {
     let mut receiver = Receiver::start(Vec::new()).await;
     let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{}", closed_port()),
         "--callback-url",
@@ -923,7 +1145,8 @@ fn log_of_a_failed_reload(format: &str) -> Vec<String> {
         }
     });
     let stdout = child.stdout.take().unwrap();
-    let proxy = Proxy::listening(child, stdout);
+    // Its log lines are read here, not by the helper.
+    let proxy = Proxy::listening(child, stdout, std::sync::mpsc::channel().1);
     let mut lines = Vec::new();
     let mut until = |said: &str| loop {
         let line = logged
@@ -1038,12 +1261,130 @@ impl<'de> serde::de::Visitor<'de> for UniqueKeys {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn without_keys_it_refuses_to_start_unless_unsigned_callbacks_are_allowed() {
+    let upstream = axum_upstream().await;
+    let stderr = refused(&["--upstream", &format!("http://{upstream}/api")]);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for flag in [
+        "--signing-key-file",
+        "--standard-webhooks-secret-file",
+        "--unsigned-callbacks",
+    ] {
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+
+    // Allowed: it starts, and its callbacks carry no signature.
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let unsigned = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--callback-url",
+        &receiver.url(),
+        "--unsigned-callbacks",
+    ]);
+    assert_eq!(
+        call(async_post(unsigned.url("/report"))).await.0,
+        StatusCode::ACCEPTED
+    );
+    let hit = receiver.next().await;
+    assert_eq!(hit.json()["statusCode"], 200);
+    for name in [
+        tower_async_request::header::ELEMENTS_WEBHOOK_SIGNATURE,
+        tower_async_request::header::WEBHOOK_SIGNATURE,
+    ] {
+        assert!(!hit.headers.contains_key(&name), "{:?}", hit.headers);
+    }
+    // Like every flag, from the environment too; and a key from the environment is a key.
+    Proxy::start_with(
+        &["--upstream", &format!("http://{upstream}/api")],
+        &[("ASYNC_REQUEST_PROXY_UNSIGNED_CALLBACKS", "true")],
+    );
+    let keyed = Proxy::start_with(
+        &[
+            "--upstream",
+            &format!("http://{upstream}/api"),
+            "--callback-url",
+            &receiver.url(),
+        ],
+        &[(
+            "ASYNC_REQUEST_PROXY_SIGNING_KEY",
+            "key-from-the-environment",
+        )],
+    );
+    assert_eq!(
+        call(async_post(keyed.url("/report"))).await.0,
+        StatusCode::ACCEPTED
+    );
+    let hit = receiver.next().await;
+    ElementsVerifier::new("key-from-the-environment")
+        .verify(&hit.headers, &hit.body)
+        .expect("signed with the key from the environment");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_without_keys_is_refused_at_start_and_on_sighup() {
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let file = temp("unsigned-instances.toml");
+    let instance = |key: &str| {
+        format!(
+            "[[instance]]\nid = 31\ncredentials = [\"globex-token\"]\ncallback_url = \"{}\"\n{key}",
+            receiver.url()
+        )
+    };
+    let keyless = instance("");
+    let signed = instance("signing_key = \"globex-key\"\n");
+
+    // At start: exit 2, the instance named.
+    write(&file, &keyless);
+    let stderr = refused(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--instances",
+        file.to_str().unwrap(),
+    ]);
+    assert!(stderr.contains("instance 31"), "{stderr}");
+    assert!(stderr.contains("--unsigned-callbacks"), "{stderr}");
+
+    // On SIGHUP: the file is refused, the instance stays as it was, its callbacks signed.
+    write(&file, &signed);
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--instances",
+        file.to_str().unwrap(),
+    ]);
+    let request = || {
+        Request::post(proxy.url("/report"))
+            .header("Elements-Async-Request", "true")
+            .header(header::AUTHORIZATION, "Element globex-token")
+            .body(Full::from("{}"))
+            .unwrap()
+    };
+    write(&file, &keyless);
+    proxy.signal(libc::SIGHUP);
+    proxy.logged(&[
+        "instances file not applied",
+        "instance 31",
+        "--unsigned-callbacks",
+    ]);
+    assert_eq!(call(request()).await.0, StatusCode::ACCEPTED);
+    let hit = receiver.next().await;
+    assert_eq!(hit.json()["instanceId"], 31);
+    ElementsVerifier::new("globex-key")
+        .verify(&hit.headers, &hit.body)
+        .expect("still signed with the key of the file as it was");
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_a_pending_delivery_and_exits_0() {
     let upstream = axum_upstream().await;
     // The receiver takes its time: the delivery is on its way when SIGTERM comes.
     let mut receiver =
         Receiver::start(vec![Answer::status(200).after(Duration::from_millis(700))]).await;
     let mut proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{upstream}/api"),
         "--callback-url",
@@ -1074,6 +1415,7 @@ async fn sigterm_drains_a_pending_delivery_and_exits_0() {
 async fn sigterm_lets_a_synchronous_request_in_progress_finish() {
     let upstream = axum_upstream().await;
     let mut proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{upstream}/api"),
         "--worker-threads",
@@ -1095,9 +1437,120 @@ async fn sigterm_lets_a_synchronous_request_in_progress_finish() {
     assert_eq!(code, Some(0));
 }
 
+/// An upstream whose `POST /hold` says it began, on the channel, then waits for a permit of the
+/// semaphore before answering `held`.
+async fn holding_upstream() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    std::sync::Arc<tokio::sync::Semaphore>,
+) {
+    let (began, begun) = tokio::sync::mpsc::unbounded_channel();
+    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let permits = release.clone();
+    let address = serve(Router::new().route(
+        "/hold",
+        post(move || {
+            let (began, permits) = (began.clone(), permits.clone());
+            async move {
+                let _ = began.send(());
+                let _permit = permits.acquire().await.unwrap();
+                "held"
+            }
+        }),
+    ))
+    .await;
+    (address, begun, release)
+}
+
+/// Waits for the proxy to end; its exit code and everything it printed after starting.
+async fn exit_and_report(mut proxy: Proxy) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || {
+        let code = proxy.wait();
+        let report: Vec<String> = proxy.rest.iter().collect();
+        (code, report.join("\n"))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn during_the_drain_admin_health_is_503_and_a_finished_drain_exits_0() {
+    let (upstream, mut begun, release) = holding_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--callback-url",
+        &receiver.url(),
+        "--unsigned-callbacks",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let health = format!("http://{}/admin/health", proxy.admin.unwrap());
+    assert_eq!(get_json(health.clone()).await.0, StatusCode::OK);
+    assert_eq!(
+        call(async_post(proxy.url("/hold"))).await.0,
+        StatusCode::ACCEPTED
+    );
+    begun.recv().await.expect("the job reaches the upstream");
+    proxy.signal(libc::SIGTERM);
+    // The job is held: the drain cannot end, and the admin listener says so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let answer = loop {
+        let (status, answer) = get_json(health.clone()).await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "still {status}: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(answer["shuttingDown"], true, "{answer}");
+    // And it keeps answering, each time on a new connection, while the job is held.
+    for _ in 0..3 {
+        let (status, answer) = get_json(health.clone()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    }
+    release.add_permits(1);
+    assert_eq!(receiver.next().await.json()["response"], "held");
+    let (code, report) = exit_and_report(proxy).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("drained=true jobs_finished=1 delivered=1"),
+        "{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_that_abandons_a_job_exits_3() {
+    let (upstream, mut begun, _release) = holding_upstream().await;
+    let receiver = Receiver::start(Vec::new()).await;
+    let proxy = Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--callback-url",
+        &receiver.url(),
+        "--unsigned-callbacks",
+        "--drain-timeout",
+        "200ms",
+    ]);
+    assert_eq!(
+        call(async_post(proxy.url("/hold"))).await.0,
+        StatusCode::ACCEPTED
+    );
+    begun.recv().await.expect("the job reaches the upstream");
+    // Never released: the deadline passes with the job running.
+    proxy.signal(libc::SIGTERM);
+    let (code, report) = exit_and_report(proxy).await;
+    assert_eq!(code, Some(3), "{report}");
+    assert!(report.contains("drained=false"), "{report}");
+    assert!(report.contains("jobs_left=1"), "{report}");
+}
+
 #[test]
 fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
     let missing = temp("does-not-exist.toml");
+    let short = temp("short.secret");
+    write(&short, "fifteen bytes!!");
     for (args, names) in [
         (
             vec!["--upstream", "http://127.0.0.1:9", "--store", "sqlite:x"],
@@ -1200,18 +1653,33 @@ fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
             ],
             "--tls-key-file",
         ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--status-path",
+                "/events",
+                "--status-secret-file",
+                short.to_str().unwrap(),
+            ],
+            "status_secret must be at least 16 bytes",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--status-secret-file",
+                short.to_str().unwrap(),
+            ],
+            "--status-path",
+        ),
         (vec!["--no-such-flag"], "--no-such-flag"),
     ] {
-        let output = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(output.status.code(), Some(2), "{args:?}");
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        // Keys or not, the flag or file is named: not the missing key.
+        let stderr = refused(&[&["--unsigned-callbacks"], &args[..]].concat());
         assert!(stderr.contains(names), "{args:?}: {stderr}");
-        assert!(output.stdout.is_empty(), "nothing started: {args:?}");
     }
+    let _ = std::fs::remove_file(short);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1227,6 +1695,7 @@ async fn with_redb_a_killed_proxy_delivers_every_accepted_event_after_a_restart(
         receiver.url(),
         "--store".to_owned(),
         format!("redb:{}", store.display()),
+        "--unsigned-callbacks".to_owned(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut events = Vec::new();
@@ -1260,7 +1729,11 @@ async fn with_redb_a_killed_proxy_delivers_every_accepted_event_after_a_restart(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_64_mib_body_streams_both_ways_in_under_32_mib() {
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&["--upstream", &format!("http://{upstream}/api")]);
+    let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &format!("http://{upstream}/api"),
+    ]);
     const SIZE: usize = 64 << 20;
     const CHUNK: usize = 64 << 10;
     let chunks = Chunks {
@@ -1370,6 +1843,7 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_read_timeout()
     use tokio::io::AsyncWriteExt;
     let upstream = axum_upstream().await;
     let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{upstream}"),
         "--header-read-timeout",
@@ -1438,6 +1912,7 @@ async fn at_max_connections_a_new_connection_waits_until_one_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = axum_upstream().await;
     let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{upstream}"),
         "--max-connections",
@@ -1471,6 +1946,7 @@ async fn an_async_request_whose_body_stops_arriving_is_408_request_body_timeout(
     let upstream = axum_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
     let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{upstream}"),
         "--callback-url",
@@ -1534,6 +2010,7 @@ async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
     let mut receiver = Receiver::start(Vec::new()).await;
     let ca = format!("{tls}/ca.pem");
     let trusting = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("https://127.0.0.1:{port}"),
         "--upstream-ca-file",
@@ -1555,7 +2032,11 @@ async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
     assert_eq!(notification["response"], "over TLS", "{notification}");
 
     // The bundled roots do not know the test CA: the certificate is refused, nothing is sent.
-    let strict = Proxy::start(&["--upstream", &format!("https://127.0.0.1:{port}")]);
+    let strict = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &format!("https://127.0.0.1:{port}"),
+    ]);
     let (status, _, body) = call(get(strict.url("/hello.txt"))).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let body: Value = serde_json::from_slice(&body).unwrap();
@@ -1617,6 +2098,7 @@ async fn clients_are_served_over_tls_and_a_sighup_reads_the_certificate_again() 
     std::fs::copy(format!("{TLS_DIR}/upstream.pem"), &cert).unwrap();
     std::fs::copy(format!("{TLS_DIR}/upstream.key"), &key).unwrap();
     let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
         "--upstream",
         &format!("http://{upstream}/api"),
         "--tls-cert-file",
