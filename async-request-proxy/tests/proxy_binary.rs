@@ -1058,7 +1058,8 @@ async fn sighup_with_a_changed_instances_file_rekeys_the_next_delivery() {
     // A broken file keeps the instances as they were.
     write(&file, "this is = not [ toml");
     proxy.signal(libc::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The reload ran and refused the file (not merely: has not run yet).
+    proxy.logged(&["instances file not applied"]);
     assert_eq!(call(request()).await.0, StatusCode::ACCEPTED);
     let hit = receiver.next().await;
     ElementsVerifier::new("first-key")
@@ -2156,7 +2157,8 @@ async fn clients_are_served_over_tls_and_a_sighup_reads_the_certificate_again() 
     // A broken file and a SIGHUP: the certificate stays as it was.
     std::fs::write(&cert, "not a certificate").unwrap();
     proxy.signal(libc::SIGHUP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The reload ran and refused the files (not merely: has not run yet).
+    proxy.logged(&["TLS files not applied"]);
     assert_eq!(presented_certificate(proxy.address).await, renewed);
     let response = client
         .request(Request::get(&url).body(Full::default()).unwrap())
