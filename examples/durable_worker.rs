@@ -7,9 +7,9 @@
 //!     [--signing-key KEY]
 //! ```
 //!
-//! With `--postgres URL [--schema NAME] [--lease-ms N]` instead of `--db` (feature `postgres`),
-//! the events live in PostgreSQL, shared with every other worker started so: a worker that is
-//! killed has its work finished by another (`tests/postgres_failover.rs`).
+//! With `--postgres URL [--schema NAME] [--lease-ms N] [--node-id N]` instead of `--db` (feature
+//! `postgres`), the events live in PostgreSQL, shared with every other worker started so: a worker
+//! that is killed has its work finished by another (`tests/postgres_failover.rs`).
 //!
 //! With `--signing-key`, the app serves its one tenant as an instance of an `InstanceMap`, so a
 //! restart with another key shows that what was pending is signed with the instance's current key.
@@ -17,7 +17,8 @@
 //! `POST /work?ms=N` sleeps N milliseconds and answers `{"slept":N}`; send it with
 //! `Elements-Async-Request: true`. The receipt's `Location` is the event's status
 //! (`GET /events/{eventId}?token=…`), which the crash tests read to tell when a notification was
-//! recorded as delivered. The first line printed is `listening on <addr>`.
+//! recorded as delivered. The first line printed is `listening on <addr>`; the crate's log
+//! (`tracing`, debug and up) goes to stderr, one line per record, for the tests to read.
 
 use std::io::Write;
 use std::time::Duration;
@@ -61,6 +62,18 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    use tracing_subscriber::prelude::*;
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(false),
+        )
+        .with(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("tower_async_request", tracing::Level::DEBUG),
+        )
+        .init();
     let callback = arg("--callback").ok_or("--callback URL is required")?;
     let schedule = arg("--retry-ms")
         .map(|list| {
@@ -87,6 +100,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             if let Some(ms) = arg("--lease-ms") {
                 store = store.lease_timeout(Duration::from_millis(ms.parse()?));
+            }
+            if let Some(id) = arg("--node-id") {
+                store = store.node_id(id.parse()?);
             }
             let store = std::sync::Arc::new(store.connect().await?);
             postgres = Some(store.clone());

@@ -61,8 +61,11 @@ async fn take_over(config: Weak<Shared>) {
             return;
         };
         match next.await {
-            Ok(recovery) if recovery.unfinished.is_empty() && recovery.pending.is_empty() => {}
+            Ok(recovery) if recovery.unfinished.is_empty() && recovery.pending.is_empty() => {
+                tracing::debug!("looked for work of stopped nodes: none");
+            }
             Ok(recovery) => {
+                tracing::debug!("looked for work of stopped nodes: took some");
                 tokio::spawn(resume(strong.clone(), recovery));
             }
             Err(error) => {

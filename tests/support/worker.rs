@@ -42,7 +42,53 @@ fn worker_binary() -> PathBuf {
 }
 
 /// A worker process, killed with SIGKILL when dropped, so a failing test leaves none behind.
-pub struct Worker(Child);
+pub struct Worker {
+    child: Child,
+    log: Log,
+}
+
+/// A worker's log (the crate's `tracing` records, one line each, from its stderr), kept from its
+/// start, so a test can wait for the line that says something happened.
+#[derive(Clone)]
+pub struct Log(std::sync::Arc<(std::sync::Mutex<Vec<String>>, std::sync::Condvar)>);
+
+impl Log {
+    fn read(from: impl std::io::Read + Send + 'static) -> Self {
+        let log = Self(Default::default());
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(from).lines() {
+                let Ok(line) = line else { return };
+                let (all, changed) = &*lines.0;
+                all.lock().unwrap().push(line);
+                changed.notify_all();
+            }
+        });
+        log
+    }
+
+    /// The lines so far that contain `text`.
+    pub fn lines(&self, text: &str) -> Vec<String> {
+        let all = self.0 .0.lock().unwrap();
+        all.iter().filter(|l| l.contains(text)).cloned().collect()
+    }
+
+    /// Waits until `count` lines contain `text` (at most 20 s, then fails); returns them.
+    pub fn until(&self, text: &str, count: usize) -> Vec<String> {
+        let (all, changed) = &*self.0;
+        let (all, timeout) = changed
+            .wait_timeout_while(all.lock().unwrap(), Duration::from_secs(20), |all| {
+                all.iter().filter(|l| l.contains(text)).count() < count
+            })
+            .unwrap();
+        assert!(
+            !timeout.timed_out(),
+            "no {count} log lines with {text:?} in:\n{}",
+            all.join("\n")
+        );
+        all.iter().filter(|l| l.contains(text)).cloned().collect()
+    }
+}
 
 impl Worker {
     /// Starts a worker delivering to `callback` (first retry after 3 s, then every 100 ms) with
@@ -57,8 +103,10 @@ impl Worker {
             ])
             .args(args)
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let log = Log::read(child.stderr.take().unwrap());
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -68,20 +116,35 @@ impl Worker {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
-        (Self(child), addr)
+        (Self { child, log }, addr)
+    }
+
+    /// Its log so far, and what it logs from now on.
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    /// Sends it `signal` (`"STOP"`, `"CONT"`) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
     }
 
     /// SIGKILL, and waits for the process to be gone.
     pub fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
