@@ -466,6 +466,8 @@ impl Proxy {
                     let Ok(outbound) = TcpStream::connect(&target).await else {
                         return;
                     };
+                    // As the store's own connections are: each message at once.
+                    let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
                     let (mut from_client, mut to_client) = inbound.into_split();
                     let (mut from_server, mut to_server) = outbound.into_split();
                     let upstream = async {
@@ -508,6 +510,19 @@ impl Proxy {
             no_wait += text.matches(NO_WAIT).count();
         }
         (all - no_wait, no_wait)
+    }
+
+    /// How many times `text` was sent to the server (a statement's text is sent each time it is
+    /// prepared, which `execute` with a string does on every call).
+    fn statements(&self, text: &str) -> usize {
+        let sent = self.sent.lock().unwrap();
+        sent.iter()
+            .map(|connection| {
+                String::from_utf8_lossy(&connection.lock().unwrap())
+                    .matches(text)
+                    .count()
+            })
+            .sum()
     }
 
     /// A proxy in front of the server `pg::url()` names.
@@ -611,22 +626,36 @@ async fn finished_events_are_deleted_past_their_retention_in_batches() {
         return;
     }
     let schema = Schema::new();
-    let store = store(&schema).await;
-    let mut expired = Vec::new();
-    for i in 0..2500u64 {
-        let (event_id, notification_id) = store.allocate_ids().await.unwrap();
-        let accepted = event(event_id, notification_id, "https://hooks.example.com/in");
-        store.dispatched(&accepted).await.unwrap();
-        let kept = i % 10 == 0; // one in ten is still within its retention
-        let record = NotificationRecord {
-            retain_until_ms: if kept { u64::MAX } else { 1 },
-            ..pending(&accepted, &b"{}"[..])
-        };
-        store.finished(&record).await.unwrap();
-        if !kept {
-            expired.push(event_id);
+    // Through a proxy that keeps what is sent, to count the DELETE statements.
+    let wire = Proxy::start_for_test_server().await;
+    let store = Arc::new(
+        PostgresStore::builder(wire.url())
+            .schema(schema.0.clone())
+            .connect()
+            .await
+            .unwrap(),
+    );
+    // Written concurrently, so the store groups them into a few transactions.
+    let writes = (0..2500u64).map(|i| {
+        let store = store.clone();
+        async move {
+            let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+            let accepted = event(event_id, notification_id, "https://hooks.example.com/in");
+            store.dispatched(&accepted).await.unwrap();
+            let kept = i % 10 == 0; // one in ten is still within its retention
+            let record = NotificationRecord {
+                retain_until_ms: if kept { u64::MAX } else { 1 },
+                ..pending(&accepted, &b"{}"[..])
+            };
+            store.finished(&record).await.unwrap();
+            (!kept).then_some(event_id)
         }
-    }
+    });
+    let expired: Vec<EventId> = futures_join(writes.collect())
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     // Status answers stop at once; the rows go in batches.
     assert!(
         store.status(expired[0]).await.unwrap().is_some(),
@@ -652,7 +681,13 @@ async fn finished_events_are_deleted_past_their_retention_in_batches() {
         store.status(expired[0]).await.unwrap().is_none(),
         "past its retention"
     );
+    let deletes = wire.statements("DELETE FROM");
     assert_eq!(store.delete_expired().await.unwrap(), 2250);
+    assert_eq!(
+        wire.statements("DELETE FROM") - deletes,
+        3,
+        "1000, 1000 and 250 rows, one statement each"
+    );
     let left: i64 = client
         .query_one(
             &format!("SELECT count(*) FROM \"{}\".events", schema.0),
