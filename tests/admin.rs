@@ -313,6 +313,109 @@ async fn pages_neither_repeat_nor_skip_while_new_dead_letters_arrive() {
     );
 }
 
+/// Twelve dead letters, paged three at a time; after each page one already listed and one still
+/// to come are redelivered, one answered `200` (delivered) and the other `410` (dead again), in
+/// turns. The pages list each dead letter exactly once, in order: those dead again where they
+/// were, none of those already listed again; only those delivered before their page are missing.
+async fn pages_are_stable_while_dead_letters_are_redelivered(
+    served: &Served,
+    receiver: &mut Receiver,
+) {
+    for _ in 0..12 {
+        served.accept(None).await;
+    }
+    for _ in 0..12 {
+        assert_eq!(receiver.next().await.answered, StatusCode::GONE);
+    }
+    eventually("twelve dead letters", || served.handle.metrics().dead == 12).await;
+    let before = ids(
+        served.get("/dead-letters").await.1["deadLetters"]
+            .as_array()
+            .unwrap(),
+        "notificationId",
+    );
+    assert_eq!(before.len(), 12);
+
+    let (mut listed, mut after, mut redelivered) = (Vec::new(), String::new(), Vec::new());
+    let mut delivered_ahead = Vec::new();
+    for turn in 0.. {
+        let (status, page) = served
+            .get(&format!("/dead-letters?limit=3&after={after}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let page_ids = ids(page["deadLetters"].as_array().unwrap(), "notificationId");
+        listed.extend(&page_ids);
+        let behind = page_ids
+            .iter()
+            .copied()
+            .find(|id| !redelivered.contains(id));
+        let ahead = before
+            .iter()
+            .copied()
+            .find(|id| !listed.contains(id) && !redelivered.contains(id));
+        let (first, second) = if turn % 2 == 0 {
+            (200, 410)
+        } else {
+            (410, 200)
+        };
+        for (id, answer) in [(behind, first), (ahead, second)] {
+            let Some(id) = id else { continue };
+            redelivered.push(id);
+            receiver.then([Answer::status(answer)]);
+            let (status, body) = served.post(&format!("/dead-letters/{id}/redeliver")).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            let hit = receiver.next().await;
+            assert_eq!(hit.answered.as_u16(), answer);
+            let (delivered, dead) = {
+                let metrics = served.handle.metrics();
+                (metrics.delivered, metrics.dead)
+            };
+            eventually("the redelivery recorded", || {
+                let metrics = served.handle.metrics();
+                metrics.delivered + metrics.dead > delivered + dead
+            })
+            .await;
+            if answer == 200 && Some(id) == ahead {
+                delivered_ahead.push(id);
+            }
+        }
+        match page["next"].as_u64() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    assert!(redelivered.len() >= 7, "redelivered: {redelivered:?}");
+    let expected: Vec<u64> = before
+        .into_iter()
+        .filter(|id| !delivered_ahead.contains(id))
+        .collect();
+    assert_eq!(listed, expected, "each once, in order, none skipped");
+}
+
+#[tokio::test]
+async fn pages_neither_repeat_nor_skip_while_dead_letters_are_redelivered() {
+    let mut receiver = Receiver::start(vec![Answer::status(410); 12]).await;
+    let served = Served::start(builder(&receiver).build().unwrap()).await;
+    pages_are_stable_while_dead_letters_are_redelivered(&served, &mut receiver).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread")]
+async fn pages_are_stable_during_redelivery_on_postgres() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = pg::Schema::new();
+    let store = PostgresStore::builder(pg::url())
+        .schema(schema.0.clone())
+        .connect()
+        .await
+        .unwrap();
+    let mut receiver = Receiver::start(vec![Answer::status(410); 12]).await;
+    let served = Served::start(builder(&receiver).store(store).build().unwrap()).await;
+    pages_are_stable_while_dead_letters_are_redelivered(&served, &mut receiver).await;
+}
+
 #[tokio::test]
 async fn each_instance_has_its_own_listing_and_bulk_redelivery() {
     let mut receiver = Receiver::start(vec![Answer::status(410); 5]).await;
