@@ -24,7 +24,9 @@ use http::{Request, Response, StatusCode};
 use serde_json::{json, Map, Value};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_async_request::sink::{CallbackReceiver, ChannelSink};
-use tower_async_request::{layer::RequestBody, AsyncRequestLayer, AsyncRequestLayerBuilder};
+use tower_async_request::{
+    layer::RequestBody, AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder,
+};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::decompression::DecompressionLayer;
@@ -94,10 +96,16 @@ async fn notification(callbacks: &mut CallbackReceiver, event_id: u64) -> Map<St
     value.as_object().unwrap().clone()
 }
 
-/// No callback arrives within a short while (none is queued, none is on its way).
-async fn assert_no_callback(callbacks: &mut CallbackReceiver) {
-    let next = tokio::time::timeout(Duration::from_millis(200), callbacks.recv()).await;
-    if let Ok(Some(callback)) = next {
+/// No event exists but the `accepted` ones whose receipts the test saw — the receipt's write
+/// comes before its answer, so a refused request that made one would show here at once — and no
+/// callback is queued: none can come for what was refused.
+fn assert_no_other_event(
+    handle: &AsyncRequestHandle,
+    accepted: u64,
+    callbacks: &mut CallbackReceiver,
+) {
+    assert_eq!(handle.metrics().accepted, accepted, "events accepted");
+    if let Some(callback) = callbacks.try_recv() {
         panic!(
             "unexpected callback: {}",
             String::from_utf8_lossy(callback.body())
@@ -245,7 +253,7 @@ async fn timeout_outside_bounds_reading_an_async_body_and_nothing_is_accepted() 
     assert_eq!(parts.status, StatusCode::REQUEST_TIMEOUT);
     assert!(!parts.headers.contains_key("elements-event-id"));
     drop(sender);
-    assert_no_callback(&mut callbacks).await;
+    assert_no_other_event(&handle, 0, &mut callbacks);
     assert_eq!(handle.metrics().accepted, 0);
     assert_eq!(count(&calls), 0);
 }
@@ -466,7 +474,7 @@ async fn body_limit_outside_refuses_oversized_async_requests_before_any_event() 
     assert_eq!(parts.status, StatusCode::PAYLOAD_TOO_LARGE, "{parts:?}");
     assert_eq!(json(&body)["code"], "request_too_large");
 
-    assert_no_callback(&mut callbacks).await;
+    assert_no_other_event(&handle, 0, &mut callbacks);
     assert_eq!(handle.metrics().accepted, 0);
     assert_eq!(count(&calls), 0);
 
@@ -483,6 +491,7 @@ async fn body_limit_outside_in_a_service_builder_is_refused_as_request_too_large
     // In a plain `ServiceBuilder` nothing re-wraps the body between the two layers, so the limit
     // error reaches our layer as it is and the refusal is our JSON `413 request_too_large`.
     let (layer, mut callbacks) = layer_with(|b| b);
+    let handle = layer.handle();
     let service = ServiceBuilder::new()
         .layer(RequestBodyLimitLayer::new(LIMIT))
         .layer(layer)
@@ -500,7 +509,7 @@ async fn body_limit_outside_in_a_service_builder_is_refused_as_request_too_large
         StatusCode::PAYLOAD_TOO_LARGE,
         "request_too_large",
     );
-    assert_no_callback(&mut callbacks).await;
+    assert_no_other_event(&handle, 0, &mut callbacks);
 }
 
 #[tokio::test]
@@ -536,6 +545,7 @@ async fn body_limit_inside_accepts_then_reports_413_in_the_notification() {
 #[tokio::test]
 async fn max_request_bytes_refuses_with_413_request_too_large() {
     let (layer, mut callbacks) = layer_with(|b| b.max_request_bytes(LIMIT));
+    let handle = layer.handle();
     let calls = counter();
     let app = upload_routes(calls.clone()).layer(layer);
 
@@ -549,7 +559,7 @@ async fn max_request_bytes_refuses_with_413_request_too_large() {
             "request_too_large",
         );
     }
-    assert_no_callback(&mut callbacks).await;
+    assert_no_other_event(&handle, 0, &mut callbacks);
     assert_eq!(count(&calls), 0);
 
     // It limits async requests only: the synchronous path is not limited by it.
@@ -779,6 +789,7 @@ async fn trace_inside_gives_each_job_a_request_span_with_the_real_status() {
 #[tokio::test]
 async fn recommended_router_stack_serves_sync_and_async_requests() {
     let (layer, mut callbacks) = layer_with(|b| b.job_timeout(Duration::from_secs(60)));
+    let handle = layer.handle();
     let app = Router::new()
         .route("/doc", post(|| async { Json(document()) }))
         .route("/doc", get(|| async { Json(document()) }))
@@ -810,12 +821,13 @@ async fn recommended_router_stack_serves_sync_and_async_requests() {
     let (parts, body) = send(&app, with_gzip(sync_get("/doc"))).await;
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(json(&gunzip(body).await), document());
-    assert_no_callback(&mut callbacks).await;
+    assert_no_other_event(&handle, 2, &mut callbacks);
 }
 
 #[tokio::test]
 async fn recommended_service_builder_stack_serves_sync_and_async_requests() {
     let (layer, mut callbacks) = layer_with(|b| b);
+    let handle = layer.handle();
     let stack = ServiceBuilder::new()
         .layer(TraceLayer::new_for_http()) // outermost
         .layer(CatchPanicLayer::new())
@@ -852,5 +864,5 @@ async fn recommended_service_builder_stack_serves_sync_and_async_requests() {
     let (parts, body) = send(&app, with_gzip(sync_get("/doc"))).await;
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(json(&gunzip(body).await), document());
-    assert_no_callback(&mut callbacks).await;
+    assert_no_other_event(&handle, 1, &mut callbacks);
 }
