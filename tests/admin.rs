@@ -364,6 +364,10 @@ async fn pages_are_stable_while_dead_letters_are_redelivered(
             receiver.then([Answer::status(answer)]);
             let (status, body) = served.post(&format!("/dead-letters/{id}/redeliver")).await;
             assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            assert_eq!(
+                body,
+                serde_json::json!({"notificationId": id, "state": "pending"})
+            );
             let hit = receiver.next().await;
             assert_eq!(hit.answered.as_u16(), answer);
             let (delivered, dead) = {
@@ -414,6 +418,61 @@ async fn pages_are_stable_during_redelivery_on_postgres() {
     let mut receiver = Receiver::start(vec![Answer::status(410); 12]).await;
     let served = Served::start(builder(&receiver).store(store).build().unwrap()).await;
     pages_are_stable_while_dead_letters_are_redelivered(&served, &mut receiver).await;
+}
+
+#[tokio::test]
+async fn without_a_limit_pages_and_bulk_redeliveries_take_100() {
+    let mut receiver = Receiver::start(vec![Answer::status(410); 101]).await;
+    let served = Served::start(builder(&receiver).build().unwrap()).await;
+    for _ in 0..101 {
+        served.accept(None).await;
+    }
+    for _ in 0..101 {
+        receiver.next().await;
+    }
+    eventually("101 dead letters", || served.handle.metrics().dead == 101).await;
+    let (status, page) = served.get("/dead-letters").await;
+    assert_eq!(status, StatusCode::OK);
+    let letters = page["deadLetters"].as_array().unwrap();
+    assert_eq!(letters.len(), 100);
+    assert_eq!(page["next"], letters[99]["notificationId"]);
+    let (status, started) = served.post("/dead-letters/redeliver").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["redelivered"].as_array().unwrap().len(), 100);
+    assert_eq!(started["more"], true);
+    for _ in 0..100 {
+        assert_eq!(receiver.next().await.answered, StatusCode::OK);
+    }
+}
+
+/// An event waiting for its next attempt: the admin answer names where it goes and when.
+#[tokio::test]
+async fn an_event_between_attempts_shows_its_callback_url_and_next_attempt() {
+    let mut receiver = Receiver::start(vec![Answer::status(503)]).await;
+    let layer = builder(&receiver)
+        .retry_schedule([Duration::from_secs(60)])
+        .build()
+        .unwrap();
+    let served = Served::start(layer).await;
+    let id = served.accept(None).await;
+    assert_eq!(
+        receiver.next().await.answered,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let mut event = Value::Null;
+    for _ in 0..2000 {
+        event = served.get(&format!("/events/{id}")).await.1;
+        if event["delivery"]["attempts"] == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(event["delivery"]["attempts"], 1, "{event}");
+    assert_eq!(event["delivery"]["state"], "pending");
+    assert_eq!(event["callbackUrl"], receiver.url());
+    let tried = event["delivery"]["history"][0]["at"].as_u64().unwrap();
+    let next = event["delivery"]["nextAttemptAt"].as_u64().unwrap();
+    assert!(next >= tried + 60_000, "next {next}, tried {tried}");
 }
 
 #[tokio::test]

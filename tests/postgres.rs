@@ -249,6 +249,55 @@ async fn only_the_accepted_event_and_its_outcome_wait_for_the_wal_flush() {
     assert!(store.status(unknown).await.unwrap().is_none());
 }
 
+/// Ids come from the sequence 1024 at a time (512 receipts, an event and a notification id
+/// each): 1100 receipts ask PostgreSQL three times. Concurrent accepted events share their
+/// transactions (group commit).
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_come_in_blocks_and_concurrent_writes_share_a_commit() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let wire = Proxy::start_for_test_server().await;
+    let store = Arc::new(
+        PostgresStore::builder(wire.url())
+            .schema(schema.0.clone())
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let sequence = format!("nextval('\"{}\".ids')", schema.0);
+    let asked = wire.statements(&sequence);
+    let mut ids = HashSet::new();
+    let mut events = Vec::new();
+    for _ in 0..1100 {
+        let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+        assert!(ids.insert(event_id.get()) && ids.insert(notification_id.get()));
+        events.push(event(
+            event_id,
+            notification_id,
+            "https://hooks.example.com/in",
+        ));
+    }
+    assert_eq!(
+        wire.statements(&sequence) - asked,
+        3,
+        "one round trip per 512"
+    );
+
+    let (durable, _) = wire.transactions();
+    let writes = events.into_iter().take(400).map(|accepted| {
+        let store = store.clone();
+        async move { store.dispatched(&accepted).await.unwrap() }
+    });
+    futures_join(writes.collect()).await;
+    let shared = wire.transactions().0 - durable;
+    assert!(
+        shared <= 100,
+        "400 accepted events in {shared} transactions"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_starting_together_create_the_schema_once() {
     if !pg::available(FILE).await {
