@@ -177,9 +177,67 @@ async fn a_request_that_identifies_no_instance_is_401_and_reaches_nothing() {
         (StatusCode::OK, &Value::from("sync"))
     );
     assert_eq!(calls.load(Ordering::SeqCst), 1, "only the sync request ran");
+    // No event was made (its write comes before any answer), so no callback can come.
     assert_eq!(handle.metrics().accepted, 0);
-    tokio::time::sleep(MS(100)).await;
     assert!(hooks.hits.try_recv().is_err());
+}
+
+/// The instance is resolved before the body is read: a request naming no instance is refused
+/// while its body is still arriving (here: never ends).
+#[tokio::test]
+async fn an_unknown_instance_is_refused_before_its_body_is_read() {
+    let hooks = Receiver::start(vec![]).await;
+    let instances = InstanceMap::new(element_of);
+    instances.insert(acme(&hooks));
+    let app = app(builder(instances).build().unwrap(), Arc::default(), None);
+    let (sender, endless) = support::ChannelBody::new();
+    sender
+        .send(bytes::Bytes::from_static(b"first chunk"))
+        .await
+        .unwrap();
+    let request = Request::post("/work")
+        .header("Elements-Async-Request", "true")
+        .body(Body::new(endless))
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), send(&app, request))
+        .await
+        .expect("answered while the body is still open");
+    assert_eq!(
+        (answer.0, &answer.2["code"]),
+        (StatusCode::UNAUTHORIZED, &Value::from("unknown_instance"))
+    );
+    drop(sender);
+}
+
+/// The layer's own `max_in_flight` holds over every instance's: with room for one event in all,
+/// a second instance with room of its own is still refused.
+#[tokio::test]
+async fn the_layers_bound_applies_on_top_of_each_instances() {
+    let hooks = Receiver::start(vec![]).await;
+    let instances = InstanceMap::new(element_of);
+    for id in [30, 31] {
+        instances.insert(
+            Instance::builder(id)
+                .callback_url(hooks.url())
+                .max_in_flight(10)
+                .build()
+                .unwrap(),
+        );
+    }
+    let gate = Arc::new(Notify::new());
+    let layer = builder(instances).max_in_flight(1).build().unwrap();
+    let app = app(layer, Arc::default(), Some(gate.clone()));
+    assert_eq!(
+        send(&app, async_request(Some(30))).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, headers, body) = send(&app, async_request(Some(31))).await;
+    assert_eq!(
+        (status, &body["code"]),
+        (StatusCode::SERVICE_UNAVAILABLE, &Value::from("overloaded"))
+    );
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    gate.notify_waiters();
 }
 
 /// A resolver whose backend is down.
@@ -390,7 +448,7 @@ async fn a_removed_instance_leaves_its_pending_notification_as_a_dead_letter() {
     assert!(why.contains("instance 30 was removed"), "{why}");
     let metrics = handle.instance_metrics(30).unwrap();
     assert_eq!((metrics.dead, metrics.pending), (1, 0));
-    tokio::time::sleep(MS(400)).await;
+    // A dead letter has no attempt scheduled: nothing more can be sent, nor was.
     assert!(hooks.hits.try_recv().is_err(), "nothing more was sent");
 
     // Put back, its dead letter can be redelivered.
@@ -402,6 +460,33 @@ async fn a_removed_instance_leaves_its_pending_notification_as_a_dead_letter() {
         (200, Some(30))
     );
     assert_eq!(verifies(&hit, ACME_KEY, ACME_WHSEC), (true, true));
+}
+
+/// An instance replaced by settings without a callback URL while its notification waits: the
+/// notification (which named no URL of its own) becomes a dead letter saying why.
+#[tokio::test]
+async fn an_instance_that_loses_its_callback_url_leaves_a_dead_letter() {
+    let mut hooks = Receiver::start(vec![Answer::status(500)]).await;
+    let instances = InstanceMap::new(element_of);
+    instances.insert(acme(&hooks));
+    let layer = builder(instances.clone()).build().unwrap();
+    let handle = layer.handle();
+    let app = app(layer, Arc::default(), None);
+    let (_, _, receipt) = send(&app, async_request(Some(30))).await;
+    assert_eq!(hooks.next().await.answered, 500);
+
+    instances.insert(Instance::builder(30).signing_key(ACME_KEY).build().unwrap());
+    let dead = loop {
+        let dead = handle.dead_letters().await.unwrap();
+        if !dead.is_empty() {
+            break dead;
+        }
+        tokio::time::sleep(MS(20)).await;
+    };
+    assert_eq!(dead[0].event_id.get(), receipt["eventId"].as_u64().unwrap());
+    let why = dead[0].last_error.as_deref().unwrap();
+    assert_eq!(why, "instance 30 no longer has a callback URL");
+    assert!(hooks.hits.try_recv().is_err(), "nothing more was sent");
 }
 
 #[tokio::test]
