@@ -16,8 +16,8 @@
 //!
 //! `POST /work?ms=N` sleeps N milliseconds and answers `{"slept":N}`; send it with
 //! `Elements-Async-Request: true`. The receipt's `Location` is the event's status
-//! (`GET /events/{eventId}?token=…`), which the crash tests read to tell when a notification was
-//! recorded as delivered. The first line printed is `listening on <addr>`; the crate's log
+//! (`GET /events/{eventId}?token=…`, tokens made with `--status-secret S` or a fixed example
+//! secret), which the crash tests read to tell when a notification was recorded as delivered. The first line printed is `listening on <addr>`; the crate's log
 //! (`tracing`, debug and up) goes to stderr, one line per record, for the tests to read.
 
 use std::io::Write;
@@ -85,9 +85,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A fixed status secret, so a status URL stays valid across this worker's restarts and on
     // every worker sharing a PostgreSQL store; a real app reads its own from configuration.
+    let status_secret =
+        arg("--status-secret").unwrap_or_else(|| "durable_worker example status secret".into());
     let mut builder = AsyncRequestLayer::builder()
         .status_endpoint("/events")
-        .status_secret("durable_worker example status secret");
+        .status_secret(status_secret);
     #[cfg(feature = "postgres")]
     let mut postgres = None;
     match (arg("--db"), arg("--postgres")) {

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use support::{Answer, Receiver};
-use worker::{accept, accept_with_status, until_recorded_delivered, Outcomes, Worker};
+use worker::{accept, accept_with_status, status_of, until_recorded_delivered, Outcomes, Worker};
 
 fn start_worker(db: &Path, callback: &str) -> (Worker, String) {
     start_worker_with(db, callback, &[])
@@ -93,12 +93,13 @@ async fn after_a_restart_pending_notifications_are_signed_with_the_instances_cur
     let db = std::env::temp_dir().join(format!("tar-kill9-keys-{}.redb", std::process::id()));
     let _ = std::fs::remove_file(&db);
     let mut receiver = Receiver::start(vec![Answer::status(503); 2]).await;
+    const KEYS: [&str; 2] = ["signing-key-one-7f3a9c", "signing-key-two-c41d08"];
     let (old_key, new_key) = (
-        ElementsVerifier::new("key-1"),
-        ElementsVerifier::new("key-2"),
+        ElementsVerifier::new(KEYS[0]),
+        ElementsVerifier::new(KEYS[1]),
     );
 
-    let (worker, addr) = start_worker_with(&db, &receiver.url(), &["--signing-key", "key-1"]);
+    let (worker, addr) = start_worker_with(&db, &receiver.url(), &["--signing-key", KEYS[0]]);
     let accepted: HashSet<u64> = [accept(&addr, 0).await, accept(&addr, 0).await].into();
     for _ in 0..2 {
         let hit = receiver.next().await;
@@ -108,7 +109,7 @@ async fn after_a_restart_pending_notifications_are_signed_with_the_instances_cur
     worker.kill(); // SIGKILL, both notifications between attempts
 
     // The operator rotated the instance's key while the process was down.
-    let (worker, _) = start_worker_with(&db, &receiver.url(), &["--signing-key", "key-2"]);
+    let (worker, _) = start_worker_with(&db, &receiver.url(), &["--signing-key", KEYS[1]]);
     let mut delivered = HashSet::new();
     while delivered.len() < 2 {
         let hit = receiver.next().await;
@@ -122,6 +123,48 @@ async fn after_a_restart_pending_notifications_are_signed_with_the_instances_cur
     }
     assert_eq!(delivered, accepted);
 
+    worker.kill();
+    // Keys never reach the store: the file holds the notifications, not what signed them.
+    let file = std::fs::read(&db).unwrap();
+    let response = br#""slept":0"#;
+    assert!(
+        file.windows(response.len()).any(|w| w == response),
+        "the notifications are there"
+    );
+    for key in KEYS {
+        assert!(
+            !file.windows(key.len()).any(|w| w == key.as_bytes()),
+            "{key} is in the store's file"
+        );
+    }
+    let _ = std::fs::remove_file(&db);
+}
+
+/// A status URL stays valid across a restart when the status secret stays, and only then: the
+/// token is made from the secret, not kept in the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_url_survives_a_restart_with_the_same_status_secret_only() {
+    let db = std::env::temp_dir().join(format!("tar-kill9-secret-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let (worker, addr) = start_worker(&db, &receiver.url());
+    let (id, location) = accept_with_status(&addr, 0).await;
+    receiver.next().await;
+    until_recorded_delivered(&addr, &location).await;
+    worker.kill();
+
+    let secret = ["--status-secret", "another status secret"];
+    let (worker, addr) = start_worker_with(&db, &receiver.url(), &secret);
+    let (code, body) = status_of(&addr, &location).await;
+    assert_eq!((code.as_u16(), &body["code"]), (404, &"not_found".into()));
+    worker.kill();
+
+    let (worker, addr) = start_worker(&db, &receiver.url());
+    let (code, body) = status_of(&addr, &location).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["eventId"], id);
+    // (Its delivery was recorded without waiting for the disk, so it may be sent once more.)
+    until_recorded_delivered(&addr, &location).await;
     worker.kill();
     let _ = std::fs::remove_file(&db);
 }

@@ -169,17 +169,23 @@ pub async fn accept_with_status(addr: &str, ms: u64) -> (u64, String) {
     (receipt["eventId"].as_u64().unwrap(), location)
 }
 
+/// The worker's answer to `GET location` (a receipt's status URL): its code and JSON body.
+pub async fn status_of(addr: &str, location: &str) -> (http::StatusCode, serde_json::Value) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let uri = format!("http://{addr}{location}").parse().unwrap();
+    let response = client.get(uri).await.unwrap();
+    let code = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (code, serde_json::from_slice(&body).unwrap())
+}
+
 /// Waits until the worker's status for `location` says the notification was delivered, that is
 /// until the worker has seen its receiver's `2xx` and recorded it.
 pub async fn until_recorded_delivered(addr: &str, location: &str) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let uri = format!("http://{addr}{location}").parse().unwrap();
-        let response = client.get(uri).await.unwrap();
-        assert_eq!(response.status(), 200, "the status of {location}");
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let (code, status) = status_of(addr, location).await;
+        assert_eq!(code, 200, "the status of {location}: {status}");
         if status["delivery"]["state"] == "delivered" {
             return;
         }
