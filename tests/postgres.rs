@@ -298,6 +298,52 @@ async fn ids_come_in_blocks_and_concurrent_writes_share_a_commit() {
     );
 }
 
+/// The rule of `support/pg.rs`, run on this very test binary: with `CI` or `DATABASE_URL` set, a
+/// server that cannot be reached (here: a database that does not exist) fails the test with the
+/// server's words; with neither, the test passes after one line saying it was skipped.
+#[test]
+fn without_a_server_these_tests_fail_under_ci_and_skip_on_a_laptop() {
+    let run = |env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .args([
+                "--exact",
+                "an_outcome_from_a_node_whose_event_was_taken_over_is_refused",
+            ])
+            .env_remove("CI")
+            .env_remove("DATABASE_URL")
+            .env_remove("TAR_TEST_DEFAULT_DATABASE_URL");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        let said = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), said)
+    };
+    let config: tokio_postgres::Config = pg::url().parse().unwrap();
+    let user = config.get_user().unwrap_or("postgres");
+    let missing = format!("postgres://{user}@127.0.0.1:5432/tar_no_such_database");
+    let closed = "postgres://postgres@127.0.0.1:1/test";
+
+    let (passed, said) = run(&[("DATABASE_URL", &missing)]);
+    assert!(!passed, "{said}");
+    assert!(
+        said.contains("needs PostgreSQL at") && said.contains("tar_no_such_database"),
+        "{said}"
+    );
+    let (passed, said) = run(&[("CI", "true"), ("TAR_TEST_DEFAULT_DATABASE_URL", closed)]);
+    assert!(!passed && said.contains("needs PostgreSQL at"), "{said}");
+    let (passed, said) = run(&[("TAR_TEST_DEFAULT_DATABASE_URL", closed)]);
+    assert!(passed, "{said}");
+    assert_eq!(
+        said.matches("skipped tests/postgres.rs: no PostgreSQL")
+            .count(),
+        1,
+        "{said}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_starting_together_create_the_schema_once() {
     if !pg::available(FILE).await {
