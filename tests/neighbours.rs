@@ -377,6 +377,25 @@ async fn compression_outside_compresses_the_receipt_and_the_notification_is_plai
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(parts.headers[CONTENT_ENCODING], "gzip");
     assert_eq!(json(&gunzip(body).await), document());
+
+    // So are refusals.
+    let (parts, body) = send(
+        &app,
+        with_gzip(bad_callback_url(async_post("/doc", Body::empty()))),
+    )
+    .await;
+    assert_eq!(parts.status, StatusCode::BAD_REQUEST);
+    assert_eq!(parts.headers[CONTENT_ENCODING], "gzip");
+    assert_eq!(json(&gunzip(body).await)["code"], "invalid_callback_url");
+}
+
+/// The request names a callback URL the layer refuses (`400 invalid_callback_url`).
+fn bad_callback_url(mut request: Request<Body>) -> Request<Body> {
+    request.headers_mut().insert(
+        "elements-async-callback-url",
+        http::HeaderValue::from_static("ftp://hooks.example.com/in"),
+    );
+    request
 }
 
 #[tokio::test]
@@ -729,6 +748,14 @@ async fn trace_outside_parents_the_event_span_and_logs_the_receipt() {
         .expect("a delivery_attempt span");
     assert_eq!(parent.as_deref(), Some("async_request"));
 
+    // A refusal is logged by it too, with its status.
+    let (parts, _) = send(&app, bad_callback_url(async_post("/work", Body::empty()))).await;
+    assert_eq!(parts.status, StatusCode::BAD_REQUEST);
+    let seen = take(&captured);
+    let finished = seen.events(FINISHED);
+    assert_eq!(finished.len(), 1, "{finished:?}");
+    assert_eq!(field(&finished[0].1, "status"), Some("400"));
+
     // The synchronous path is traced as usual, with no event span.
     let (parts, body) = send(&app, sync_get("/work")).await;
     assert_eq!(
@@ -822,6 +849,41 @@ async fn recommended_router_stack_serves_sync_and_async_requests() {
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(json(&gunzip(body).await), document());
     assert_no_other_event(&handle, 2, &mut callbacks);
+}
+
+/// docs/neighbours.md: in the `Router` form the body limit and the timeout may be swapped.
+#[tokio::test]
+async fn the_router_stack_with_limit_and_timeout_swapped_serves_the_same() {
+    let (layer, mut callbacks) = layer_with(|b| b);
+    let handle = layer.handle();
+    let app = Router::new()
+        .route("/doc", post(|| async { Json(document()) }))
+        .layer(layer)
+        .layer(RequestBodyLimitLayer::new(LIMIT))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(10),
+        ))
+        .layer(CompressionLayer::new())
+        .layer(TraceLayer::new_for_http());
+
+    let (parts, body) = send(&app, async_post("/doc", Body::empty())).await;
+    let event_id = check_receipt(parts.status, &parts.headers, &body);
+    assert_eq!(
+        notification(&mut callbacks, event_id).await["response"],
+        document()
+    );
+    let (parts, _) = send(&app, oversized_with_length()).await;
+    assert_eq!(parts.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (parts, body) = send(&app, oversized_streamed()).await;
+    check_refusal(
+        parts.status,
+        &parts.headers,
+        &body,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+    );
+    assert_no_other_event(&handle, 1, &mut callbacks);
 }
 
 #[tokio::test]
