@@ -794,6 +794,49 @@ async fn finished_events_are_deleted_past_their_retention_in_batches() {
     assert_eq!(left, 250);
 }
 
+/// Nobody calls `delete_expired`: the node's own sweep, once a minute, deletes what is past its
+/// retention. (The one test here that waits for a clock: the sweep's period is the promise.)
+#[tokio::test(flavor = "multi_thread")]
+async fn every_node_sweeps_expired_events_once_a_minute() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let store = store(&schema).await;
+    for _ in 0..3 {
+        let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+        let accepted = event(event_id, notification_id, "https://hooks.example.com/in");
+        store.dispatched(&accepted).await.unwrap();
+        let record = NotificationRecord {
+            retain_until_ms: 1,
+            state: DeliveryState::Delivered,
+            ..pending(&accepted, &b"{}"[..])
+        };
+        store.finished(&record).await.unwrap();
+    }
+    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let count = format!("SELECT count(*) FROM \"{}\".events", schema.0);
+    let rows = |row: tokio_postgres::Row| row.get::<_, i64>(0);
+    assert_eq!(rows(client.query_one(&count, &[]).await.unwrap()), 3);
+    let started = std::time::Instant::now();
+    while rows(client.query_one(&count, &[]).await.unwrap()) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not swept within two minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(50),
+        "swept after {:?}: at start-up rather than once a minute?",
+        started.elapsed()
+    );
+    drop(store);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outcome_from_a_node_whose_event_was_taken_over_is_refused() {
     if !pg::available(FILE).await {

@@ -242,6 +242,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentials_are_kept_as_their_sha256_and_never_shown() {
+        let builder = Instance::builder(30)
+            .credential("acme-element-token")
+            .credential("acme-next-token");
+        assert!(!format!("{builder:?}").contains("token"), "{builder:?}");
+        let instance = builder.build().unwrap();
+        let mut expected: Vec<CredentialDigest> = ["acme-element-token", "acme-next-token"]
+            .iter()
+            .map(|token| Sha256::digest(token.as_bytes()).into())
+            .collect();
+        let mut kept = instance.credential_digests().to_vec();
+        expected.sort_unstable();
+        kept.sort_unstable();
+        assert_eq!(kept, expected);
+        assert!(!format!("{instance:?}").contains("token"), "{instance:?}");
+    }
+
+    #[test]
     fn settings_are_checked_and_named() {
         let error = |builder: InstanceBuilder| builder.build().unwrap_err().to_string();
         let message = error(Instance::builder(1 << 53));

@@ -418,3 +418,19 @@ impl EventStore for PostgresStore {
         self.write(Op::Revive(notification_id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/postgres.md: the schema `tower_async_request`, a 30 s lease (heartbeats every 10 s,
+    /// a third of it), a fresh node id per start, 16 connections.
+    #[test]
+    fn the_builder_defaults_are_the_documented_ones() {
+        let builder = PostgresStore::builder("postgres://db.internal/app");
+        assert_eq!(builder.schema, "tower_async_request");
+        assert_eq!(builder.lease_timeout, Duration::from_secs(30));
+        assert_eq!(builder.lease_timeout / 3, Duration::from_secs(10));
+        assert_eq!((builder.node_id, builder.pool_size), (None, 16));
+    }
+}
