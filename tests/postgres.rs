@@ -377,7 +377,7 @@ async fn nodes_starting_together_create_the_schema_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 2, "each version applied once");
+    assert_eq!(versions, 3, "each version applied once");
     assert!(PostgresStore::builder(pg::url())
         .schema("Not-Valid")
         .connect()
@@ -436,7 +436,7 @@ async fn a_version_1_schema_is_migrated_with_its_dead_letters_readable() {
         .unwrap()
         .get::<_, i32>(0)
         .into();
-    assert_eq!(versions, 2);
+    assert_eq!(versions, 3);
 }
 
 /// Runs the futures concurrently, in order of their answers' positions.
@@ -776,10 +776,11 @@ async fn finished_events_are_deleted_past_their_retention_in_batches() {
         store.status(expired[0]).await.unwrap().is_none(),
         "past its retention"
     );
-    let deletes = wire.statements("DELETE FROM");
+    let events = format!("DELETE FROM \"{}\".events", schema.0);
+    let deletes = wire.statements(&events);
     assert_eq!(store.delete_expired().await.unwrap(), 2250);
     assert_eq!(
-        wire.statements("DELETE FROM") - deletes,
+        wire.statements(&events) - deletes,
         3,
         "1000, 1000 and 250 rows, one statement each"
     );
@@ -856,4 +857,149 @@ async fn an_outcome_from_a_node_whose_event_was_taken_over_is_refused() {
         .await
         .unwrap_err();
     assert!(error.is_superseded(), "{error}");
+}
+
+/// Fifty copies of one request with one `Idempotency-Key`, sent at once over connections of
+/// their own and split over two nodes: one event, one job, one notification; every answer is
+/// its receipt or `409 idempotency_key_in_use`.
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_copies_of_a_keyed_request_split_over_two_nodes_make_one_event() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let mut receiver = Receiver::start(vec![]).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let layer = AsyncRequestLayer::builder()
+            .instance_id(30)
+            .default_callback_url(receiver.url())
+            .store(store(&schema).await)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let counted = calls.clone();
+        let router = Router::new()
+            .route(
+                "/work",
+                post(move |body: String| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async move { format!("done {body}") }
+                }),
+            )
+            .layer(layer);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        nodes.push((addr, handle));
+    }
+    let copies: Vec<_> = (0..50)
+        .map(|i| {
+            let addr = nodes[i % 2].0;
+            tokio::spawn(async move {
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<http_body_util::Full<Bytes>>();
+                let request = Request::post(format!("http://{addr}/work"))
+                    .header("Elements-Async-Request", "true")
+                    .header("Idempotency-Key", "\"copy-folder-7\"")
+                    .body(http_body_util::Full::from("folder 7"))
+                    .unwrap();
+                let response = client.request(request).await.unwrap();
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (status, serde_json::from_slice::<Value>(&body).unwrap())
+            })
+        })
+        .collect();
+    let (mut ids, mut in_use) = (HashSet::new(), 0);
+    for copy in copies {
+        match copy.await.unwrap() {
+            (StatusCode::ACCEPTED, receipt) => {
+                ids.insert(receipt["eventId"].as_u64().unwrap());
+            }
+            (StatusCode::CONFLICT, refusal) => {
+                assert_eq!(refusal["code"], "idempotency_key_in_use");
+                in_use += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "one event: {ids:?}");
+    let accepted: u64 = nodes.iter().map(|(_, h)| h.metrics().accepted).sum();
+    let replays: u64 = nodes
+        .iter()
+        .map(|(_, h)| h.metrics().idempotent_replays)
+        .sum();
+    assert_eq!(accepted, 1);
+    assert_eq!(replays + in_use + 1, 50);
+    let hit = receiver.next().await;
+    assert_eq!(hit.json()["eventId"].as_u64(), ids.into_iter().next());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// A version 2 schema with an event in it is migrated to version 3 (idempotency keys): the event
+/// is still there, and a keyed request is claimed and replayed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_2_schema_with_events_is_migrated_to_keep_idempotency_keys() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let quoted = format!("\"{}\"", schema.0);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA {quoted};
+             CREATE TABLE {quoted}.migrations (version integer PRIMARY KEY,
+                 applied_at timestamptz NOT NULL DEFAULT now());
+             {}
+             {}
+             INSERT INTO {quoted}.migrations (version) VALUES (1), (2);
+             INSERT INTO {quoted}.events (event_id, notification_id, instance_id, target,
+                 instance_url, accepted_at_ms, owner, state, body, attempts, last_error)
+             VALUES (5, 6, 30, 'https://hooks.example.com/in', true, 7, 1, 3, '{{}}', 8, 'gone');",
+            include_str!("../src/store/postgres/schema_v1.sql").replace("{schema}", &quoted),
+            include_str!("../src/store/postgres/schema_v2.sql").replace("{schema}", &quoted),
+        ))
+        .await
+        .unwrap();
+    let store = store(&schema).await;
+    let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
+    assert_eq!(dead.len(), 1, "the version 2 data is there");
+    let version: i32 = client
+        .query_one(
+            &format!("SELECT max(version) FROM {quoted}.migrations"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 3);
+
+    let receiver = Receiver::start(vec![]).await;
+    let (app, handle) = app(store, &receiver);
+    let keyed = || {
+        Request::post("/work")
+            .header("Elements-Async-Request", "true")
+            .header("Idempotency-Key", "migrated")
+            .body(Body::from("x"))
+            .unwrap()
+    };
+    let (status, headers, first) = send(&app, keyed()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    assert!(!headers.contains_key("idempotent-replayed"));
+    let (status, headers, again) = send(&app, keyed()).await;
+    assert_eq!(
+        (status, &again["eventId"]),
+        (StatusCode::ACCEPTED, &first["eventId"])
+    );
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(handle.metrics().accepted, 1);
 }

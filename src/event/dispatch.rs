@@ -8,6 +8,11 @@
 //! has committed the event. If the client goes away before that, this future is dropped and
 //! nothing was recorded or started. With `Prefer: respond-async, wait=N` the client gets the real
 //! response instead when the work completes within N seconds, and no callback is sent.
+//!
+//! With an `Idempotency-Key`, the key is claimed in the same store write as the event; a request
+//! whose key an earlier one holds gets that one's receipt again (`Idempotent-Replayed: true`), or
+//! `422 idempotency_key_mismatch` if it is not the same request, and the inner service is not
+//! called.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use tracing::Instrument;
 
 use crate::admission::in_flight::Permit;
 use crate::error::BoxError;
+use crate::event::idempotency::Recording;
 use crate::event::job;
 use crate::event::receipt::receipt;
 use crate::event::recovery::ensure_recovered;
@@ -30,9 +36,12 @@ use crate::event::target::{target, Target};
 use crate::metrics::{Counter, Started};
 use crate::request::callback_url;
 use crate::request::grpc;
+use crate::request::idempotency::{fingerprint, key_of};
 use crate::request::refusal::{Refusal, RefusalCode};
-use crate::store::{unix_ms, EventRecord, StoreError};
+use crate::store::{unix_ms, EventRecord, IdempotencyKey, KeyClaim, KeyScope, StoreError};
 use crate::wire::body::{read_to_end, OwnBody, RequestBody};
+use crate::wire::header::IDEMPOTENT_REPLAYED;
+use crate::wire::ids::EventId;
 
 /// What classification decided about an accepted async request.
 #[derive(Debug)]
@@ -65,6 +74,17 @@ where
 {
     let started = Started::now();
     let (parts, body) = request.into_parts();
+    let key =
+        match key_of(&parts.headers) {
+            Ok(None) if config.keys.required => return Refusal::new(
+                RefusalCode::IdempotencyKeyRequired,
+                "This service takes async requests only with an Idempotency-Key header, so that \
+                 sending one again is safe.",
+            )
+            .respond(accepted.grpc),
+            Ok(key) => key,
+            Err(refusal) => return refusal.respond(accepted.grpc),
+        };
     let instance = match config.instances.for_request(&parts).await {
         Ok(instance) => instance,
         Err(refusal) => return refusal.respond(accepted.grpc),
@@ -104,10 +124,61 @@ where
             .respond(accepted.grpc)
         }
     };
+    let key = key.map(|key| IdempotencyKey {
+        fingerprint: fingerprint(
+            &parts,
+            // The callback URL the request named (not the instance's).
+            target
+                .url
+                .as_ref()
+                .filter(|_| !target.from_instance)
+                .map(callback_url::to_text)
+                .as_deref(),
+            &data,
+        ),
+        scope: KeyScope {
+            instance_id: instance.id(),
+            method: parts.method.as_str().to_owned(),
+            path: parts.uri.path().to_owned(),
+            key,
+        },
+        expires_at_ms: unix_ms()
+            .saturating_add(config.keys.retention.as_millis().min(u64::MAX as u128) as u64),
+    });
+    // A copy of this request being recorded on this node right now: wait for it.
+    let recording: Option<Recording<'_>> = match &key {
+        Some(key) => match config.keys.record(&key.scope).await {
+            Ok(recording) => Some(recording),
+            Err(refusal) => return refusal.respond(accepted.grpc),
+        },
+        None => None,
+    };
     let request = Request::from_parts(parts, RequestBody::buffered(data, trailers));
 
-    let mut event = match record_dispatched(&config, &target, instance.id()).await {
-        Ok(event) => event,
+    let recorded = record_dispatched(&config, &target, instance.id(), key.as_ref()).await;
+    drop(recording);
+    let mut event = match recorded {
+        Ok(Recorded::New(event)) => event,
+        Ok(Recorded::Held {
+            event_id,
+            fingerprint,
+        }) => {
+            let key = key.expect("only a request with a key finds it held");
+            if fingerprint != key.fingerprint {
+                return Refusal::new(
+                    RefusalCode::IdempotencyKeyMismatch,
+                    "An earlier request with another method, path, query, Content-Type, callback \
+                     URL or body used this Idempotency-Key; use a new key for new work.",
+                )
+                .respond(accepted.grpc);
+            }
+            permit.add(&config.counters, Counter::Replayed);
+            let mut replay = receipt_for(&config, event_id, accepted.grpc, accepted.preferred);
+            replay
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, http::HeaderValue::from_static("true"));
+            return replay;
+        }
         Err(error) => {
             tracing::error!(%error, "could not record an async request; refusing it");
             return Refusal::new(
@@ -196,7 +267,17 @@ where
             return response;
         }
     }
-    let mut receipt = if accepted.grpc {
+    receipt_for(&config, event_id, accepted.grpc, accepted.preferred)
+}
+
+/// The receipt of `event_id`: the first answer to its request, and the answer to a copy of it.
+fn receipt_for(
+    config: &Shared,
+    event_id: EventId,
+    grpc: bool,
+    preferred: bool,
+) -> Response<OwnBody> {
+    let mut receipt = if grpc {
         grpc::receipt(event_id)
     } else {
         receipt(config.receipt_status, event_id).map(OwnBody::from)
@@ -206,7 +287,7 @@ where
             .headers_mut()
             .insert(http::header::LOCATION, status.location(event_id));
     }
-    if accepted.preferred {
+    if preferred {
         receipt.headers_mut().insert(
             PREFERENCE_APPLIED,
             http::HeaderValue::from_static("respond-async"),
@@ -215,12 +296,25 @@ where
     receipt
 }
 
-/// Takes ids and commits the event; the receipt may be sent once this returns.
+/// What [`record_dispatched`] did.
+enum Recorded {
+    /// The event is recorded (with its key, if it had one).
+    New(EventRecord),
+    /// An earlier event holds the request's idempotency key; nothing was recorded.
+    Held {
+        event_id: EventId,
+        fingerprint: [u8; 32],
+    },
+}
+
+/// Takes ids and commits the event (claiming `key` with it); the receipt may be sent once this
+/// returns.
 async fn record_dispatched(
     config: &Arc<Shared>,
     target: &Target,
     instance_id: u64,
-) -> Result<EventRecord, StoreError> {
+    key: Option<&IdempotencyKey>,
+) -> Result<Recorded, StoreError> {
     ensure_recovered(config).await?;
     let (event_id, notification_id) = config.store.allocate_ids().await?;
     let event = EventRecord {
@@ -237,6 +331,18 @@ async fn record_dispatched(
         accepted_at_ms: unix_ms(),
         running: false,
     };
-    config.store.dispatched(&event).await?;
-    Ok(event)
+    let Some(key) = key else {
+        config.store.dispatched(&event).await?;
+        return Ok(Recorded::New(event));
+    };
+    Ok(match config.store.dispatched_with_key(&event, key).await? {
+        KeyClaim::Claimed => Recorded::New(event),
+        KeyClaim::Held {
+            event_id,
+            fingerprint,
+        } => Recorded::Held {
+            event_id,
+            fingerprint,
+        },
+    })
 }

@@ -6,6 +6,7 @@
 //! every clone of the layer, its services and its handle share.
 
 pub(crate) mod dispatch;
+pub(crate) mod idempotency;
 pub(crate) mod job;
 pub mod notification;
 pub(crate) mod receipt;

@@ -11,6 +11,7 @@ use tokio::sync::OnceCell;
 use crate::admission::in_flight::{Permit, Runner};
 use crate::admission::share::Shares;
 use crate::delivery::attempt::{Deliverer, Delivery};
+use crate::event::idempotency::Keys;
 use crate::instance::{Instance, Instances};
 use crate::metrics::Counters;
 use crate::request::classify::Classifier;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// Set once what an earlier process left unfinished has been read from the store.
     pub(crate) recovered: OnceCell<()>,
+    /// Idempotency keys: the settings, and those this node is recording now.
+    pub(crate) keys: Keys,
 }
 
 impl fmt::Debug for Shared {
@@ -60,6 +63,7 @@ impl fmt::Debug for Shared {
             .field("runner", &self.runner)
             .field("delivery", &self.delivery)
             .field("store", &self.store_type)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }

@@ -11,7 +11,8 @@ pub(crate) mod layer;
 pub(crate) mod service;
 
 pub use self::builder::{
-    AsyncRequestLayerBuilder, DEFAULT_JOB_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES,
+    AsyncRequestLayerBuilder, DEFAULT_IDEMPOTENCY_RETENTION, DEFAULT_JOB_TIMEOUT,
+    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_STATUS_RETENTION,
 };
 pub use self::future::ResponseFuture;

@@ -11,6 +11,9 @@ pub(crate) enum Counter {
     Delivered,
     Dead,
     Retries,
+    /// An async request whose idempotency key an earlier one claimed was answered with the
+    /// earlier receipt.
+    Replayed,
 }
 
 /// How a delivery attempt ended, as the facade labels it (`result`).

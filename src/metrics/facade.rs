@@ -25,6 +25,7 @@ pub(crate) const DELIVERED: &str = "async_request_delivered_total";
 pub(crate) const DEAD_LETTERS: &str = "async_request_dead_letters_total";
 pub(crate) const RECEIPT_SECONDS: &str = "async_request_receipt_seconds";
 pub(crate) const DELIVERY_SECONDS: &str = "async_request_delivery_seconds";
+pub(crate) const REPLAYS: &str = "async_request_idempotent_replays_total";
 
 /// One instance's handles.
 #[derive(Debug)]
@@ -37,6 +38,7 @@ pub(crate) struct Facade {
     in_flight: Gauge,
     delivered: Counter,
     dead: Counter,
+    replays: Counter,
     attempts: [Counter; AttemptResult::ALL.len()],
     receipt_seconds: Histogram,
     delivery_seconds: Histogram,
@@ -68,6 +70,7 @@ impl Facade {
             in_flight: metrics::gauge!(IN_FLIGHT, "instance" => instance.clone()),
             delivered: metrics::counter!(DELIVERED, "instance" => instance.clone()),
             dead: metrics::counter!(DEAD_LETTERS, "instance" => instance.clone()),
+            replays: metrics::counter!(REPLAYS, "instance" => instance.clone()),
             attempts: AttemptResult::ALL.map(|result| {
                 metrics::counter!(ATTEMPTS, "instance" => instance.clone(), "result" => result.as_str())
             }),
@@ -84,6 +87,7 @@ impl Facade {
             Count::Failed => self.failed.increment(1),
             Count::Delivered => self.delivered.increment(1),
             Count::Dead => self.dead.increment(1),
+            Count::Replayed => self.replays.increment(1),
             Count::Running => {
                 self.running.increment(1.0);
                 self.in_flight.increment(1.0);
@@ -185,6 +189,11 @@ fn describe() {
         "Events unfinished now: jobs running and notifications pending."
     );
     describe_counter!(ATTEMPTS, Unit::Count, "Delivery attempts, by result.");
+    describe_counter!(
+        REPLAYS,
+        Unit::Count,
+        "Async requests answered with an earlier receipt: their Idempotency-Key was claimed."
+    );
     describe_counter!(
         ATTEMPTS_BY_HOST,
         Unit::Count,

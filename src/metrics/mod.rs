@@ -39,6 +39,9 @@ pub struct Metrics {
     pub dead: u64,
     /// Attempts that failed and were scheduled again.
     pub retries: u64,
+    /// Async requests answered with the receipt of the earlier request that claimed their
+    /// `Idempotency-Key` (no new event).
+    pub idempotent_replays: u64,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +58,7 @@ pub(crate) struct Counters {
     pub(crate) delivered: AtomicU64,
     pub(crate) dead: AtomicU64,
     pub(crate) retries: AtomicU64,
+    pub(crate) replays: AtomicU64,
 }
 
 /// When the layer began answering an async request, for the receipt-latency histogram; nothing
@@ -98,6 +102,7 @@ impl Counters {
             Counter::Delivered => &self.delivered,
             Counter::Dead => &self.dead,
             Counter::Retries => &self.retries,
+            Counter::Replayed => &self.replays,
         }
     }
 
@@ -160,6 +165,7 @@ impl Counters {
             delivered: self.delivered.load(Relaxed),
             dead: self.dead.load(Relaxed),
             retries: self.retries.load(Relaxed),
+            idempotent_replays: self.replays.load(Relaxed),
         }
     }
 }

@@ -7,10 +7,12 @@ pub(crate) mod address;
 pub(crate) mod callback_url;
 pub(crate) mod classify;
 pub(crate) mod grpc;
+pub(crate) mod idempotency;
 pub(crate) mod prefer;
 pub(crate) mod refusal;
 
 pub use self::address::IpNetwork;
 pub use self::callback_url::MAX_CALLBACK_URL_BYTES;
+pub use self::idempotency::MAX_IDEMPOTENCY_KEY_LEN;
 pub use self::prefer::MAX_PREFER_WAIT;
 pub use self::refusal::RefusalCode;

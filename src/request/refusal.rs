@@ -43,6 +43,16 @@ pub enum RefusalCode {
     /// The request asks to upgrade its connection (`Upgrade`, a WebSocket say), which an async
     /// request cannot do. `400`.
     AsyncUpgrade,
+    /// The `Idempotency-Key` header is empty, too long, not visible ASCII, malformed or given
+    /// twice. `400`.
+    InvalidIdempotencyKey,
+    /// The layer requires an `Idempotency-Key` on async requests and this one has none. `400`.
+    IdempotencyKeyRequired,
+    /// An earlier request with another fingerprint (method, path and query, `Content-Type`,
+    /// callback URL, body) holds this key. `422`.
+    IdempotencyKeyMismatch,
+    /// An earlier request with this key is still being recorded. `409` with `Retry-After`.
+    IdempotencyKeyInUse,
 }
 
 impl RefusalCode {
@@ -62,6 +72,10 @@ impl RefusalCode {
             Self::UnknownInstance => "unknown_instance",
             Self::InstanceUnavailable => "instance_unavailable",
             Self::AsyncUpgrade => "async_upgrade",
+            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
+            Self::IdempotencyKeyRequired => "idempotency_key_required",
+            Self::IdempotencyKeyMismatch => "idempotency_key_mismatch",
+            Self::IdempotencyKeyInUse => "idempotency_key_in_use",
         }
     }
 
@@ -75,6 +89,8 @@ impl RefusalCode {
             | Self::StoreUnavailable
             | Self::InstanceUnavailable => 14, // UNAVAILABLE
             Self::UnknownInstance => 16,   // UNAUTHENTICATED
+            Self::IdempotencyKeyMismatch => 9, // FAILED_PRECONDITION
+            Self::IdempotencyKeyInUse => 10, // ABORTED
             _ => 3,                        // INVALID_ARGUMENT
         }
     }
@@ -89,6 +105,8 @@ impl RefusalCode {
             | Self::StoreUnavailable
             | Self::InstanceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnknownInstance => StatusCode::UNAUTHORIZED,
+            Self::IdempotencyKeyMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -132,7 +150,9 @@ impl Refusal {
         let mut response = json_error(self.code.status(), self.code.as_str(), &self.message);
         if matches!(
             self.code,
-            RefusalCode::Overloaded | RefusalCode::InstanceUnavailable
+            RefusalCode::Overloaded
+                | RefusalCode::InstanceUnavailable
+                | RefusalCode::IdempotencyKeyInUse
         ) {
             // Unfinished events end as jobs finish and callbacks land, and a resolver's backend
             // comes back; a second is a fair guess.

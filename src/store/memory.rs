@@ -1,4 +1,4 @@
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use super::{
     unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    NotificationRecord, Recovery, StoreError, StoreFuture,
+    IdempotencyKey, KeyClaim, KeyScope, NotificationRecord, Recovery, StoreError, StoreFuture,
 };
 use crate::wire::ids::{EventId, IdGenerator, IdMap, NotificationId};
 
@@ -20,7 +20,8 @@ pub const DEFAULT_MAX_RETAINED: usize = 100_000;
 ///
 /// Unfinished events and pending notifications are bounded by the layer's `max_in_flight`; dead
 /// letters by [`MemoryStore::max_dead_letters`]; finished events kept for status queries by their
-/// retention time and [`MemoryStore::max_retained`].
+/// retention time and [`MemoryStore::max_retained`]; idempotency keys by their retention and, like
+/// finished events, [`MemoryStore::max_retained`] (the oldest go first).
 #[derive(Debug)]
 pub struct MemoryStore {
     ids: &'static IdGenerator,
@@ -49,6 +50,10 @@ struct Records {
     dead: BTreeSet<NotificationId>,
     /// Delivered and not-requested notifications in the order they stop being needed.
     retained: VecDeque<(u64, NotificationId)>,
+    /// Idempotency keys: the event holding each, its request's fingerprint, and its expiry.
+    keys: HashMap<KeyScope, (EventId, [u8; 32], u64)>,
+    /// The keys in the order they were claimed (with one retention, the order they expire in).
+    claimed: VecDeque<(u64, KeyScope)>,
 }
 
 impl Records {
@@ -83,6 +88,38 @@ impl Records {
                 self.forget(id);
             }
         }
+    }
+
+    /// Claims `key` for `event` unless an unexpired earlier event holds it; drops keys past
+    /// their expiry, and the oldest beyond `max`.
+    fn claim(&mut self, event: &EventRecord, key: &IdempotencyKey, max: usize) -> KeyClaim {
+        let now = unix_ms();
+        while let Some((expires, scope)) = self.claimed.front() {
+            if *expires > now && self.claimed.len() < max.max(1) {
+                break;
+            }
+            // Only if it is still this claim (an expired key may have been claimed again).
+            if self.keys.get(scope).is_some_and(|held| held.2 == *expires) {
+                self.keys.remove(scope);
+            }
+            self.claimed.pop_front();
+        }
+        if let Some(&(event_id, fingerprint, expires)) = self.keys.get(&key.scope) {
+            if expires > now {
+                return KeyClaim::Held {
+                    event_id,
+                    fingerprint,
+                };
+            }
+        }
+        self.keys.insert(
+            key.scope.clone(),
+            (event.event_id, key.fingerprint, key.expires_at_ms),
+        );
+        self.claimed
+            .push_back((key.expires_at_ms, key.scope.clone()));
+        self.unfinished.insert(event.event_id, event.clone());
+        KeyClaim::Claimed
     }
 
     fn put(&mut self, record: NotificationRecord) {
@@ -150,6 +187,15 @@ impl EventStore for MemoryStore {
     fn dispatched<'a>(&'a self, event: &'a EventRecord) -> StoreFuture<'a, ()> {
         self.with(|r| r.unfinished.insert(event.event_id, event.clone()));
         Box::pin(Done)
+    }
+
+    fn dispatched_with_key<'a>(
+        &'a self,
+        event: &'a EventRecord,
+        key: &'a IdempotencyKey,
+    ) -> StoreFuture<'a, KeyClaim> {
+        let claim = self.with(|r| r.claim(event, key, self.max_retained));
+        Box::pin(async move { Ok(claim) })
     }
 
     fn running(&self, event_id: EventId) -> StoreFuture<'_, ()> {

@@ -53,6 +53,7 @@
 //! ```
 
 pub(crate) mod history;
+mod keys;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -68,6 +69,7 @@ use bytes::Bytes;
 use crate::wire::ids::{EventId, NotificationId};
 
 pub use self::history::{AttemptRecord, MAX_ATTEMPT_HISTORY};
+pub use self::keys::{IdempotencyKey, KeyClaim, KeyScope};
 pub use self::memory::{MemoryStore, DEFAULT_MAX_DEAD_LETTERS, DEFAULT_MAX_RETAINED};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -242,6 +244,20 @@ pub trait EventStore: Send + Sync + 'static {
     /// The event was accepted. **Durable**: when this resolves, the record must survive a crash.
     fn dispatched<'a>(&'a self, event: &'a EventRecord) -> StoreFuture<'a, ()>;
 
+    /// The event was accepted under a client's idempotency key: records the event and the key
+    /// together, in one **durable** write — unless an earlier event holds the key and it has not
+    /// expired; then nothing is written and that event comes back ([`KeyClaim::Held`]). Of calls
+    /// with one scope and key, on any number of nodes, exactly one claims it. The default: an
+    /// error (the store keeps no keys, so requests with a key are refused as `store_unavailable`).
+    fn dispatched_with_key<'a>(
+        &'a self,
+        event: &'a EventRecord,
+        key: &'a IdempotencyKey,
+    ) -> StoreFuture<'a, KeyClaim> {
+        let _ = (event, key);
+        Box::pin(async { Err(StoreError::new("this event store keeps no idempotency keys")) })
+    }
+
     /// The event's job has started. Need not be durable (lost, the event ends `interrupted`).
     fn running(&self, event_id: EventId) -> StoreFuture<'_, ()>;
 
@@ -357,6 +373,14 @@ impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
         notification_id: NotificationId,
     ) -> StoreFuture<'_, Option<NotificationRecord>> {
         (**self).revive(notification_id)
+    }
+
+    fn dispatched_with_key<'a>(
+        &'a self,
+        event: &'a EventRecord,
+        key: &'a IdempotencyKey,
+    ) -> StoreFuture<'a, KeyClaim> {
+        (**self).dispatched_with_key(event, key)
     }
 }
 

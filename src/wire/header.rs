@@ -24,6 +24,12 @@ pub const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-times
 /// Standard Webhooks signatures (`v1,<base64>`, space-separated).
 pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 
+/// Request header that makes an async request safe to send again
+/// (draft-ietf-httpapi-idempotency-key-header): `Idempotency-Key: "8e03978e-…"`.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// On the answer to a request whose idempotency key an earlier request claimed: `true`.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
 /// Most values one [`HeaderText`] holds.
 const MAX_VALUES: usize = 6;
 

@@ -4,7 +4,11 @@
 use tokio_postgres::Client;
 
 /// Each version's SQL, in order; `{schema}` stands for the quoted schema name.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("schema_v1.sql"),
+    include_str!("schema_v2.sql"),
+    include_str!("schema_v3.sql"),
+];
 
 /// Brings `schema` up to the newest version.
 pub(super) async fn migrate(

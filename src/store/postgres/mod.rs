@@ -24,10 +24,11 @@ use tokio_postgres::{NoTls, Row};
 
 use self::rows::{record_of, Stored, COLUMNS};
 use self::shared::{Shared, Statements};
-use self::writer::{Op, Write};
+use self::writer::{Op, Write, Written};
 use super::{
     unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture, StoreStats,
+    IdempotencyKey, KeyClaim, NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture,
+    StoreStats,
 };
 use crate::wire::ids::{EventId, NotificationId};
 
@@ -236,13 +237,14 @@ impl PostgresStore {
         nodes::leave(&self.shared).await
     }
 
-    /// Deletes the finished events past their retention now (1000 per statement), as every node
-    /// does once a minute by itself; how many were deleted.
+    /// Deletes the finished events past their retention now (1000 per statement), and expired
+    /// idempotency keys, as every node does once a minute by itself; how many events were
+    /// deleted.
     pub async fn delete_expired(&self) -> Result<u64, StoreError> {
         nodes::prune(&self.shared).await
     }
 
-    fn write(&self, op: Op) -> StoreFuture<'_, Option<NotificationRecord>> {
+    fn write(&self, op: Op) -> StoreFuture<'_, Written> {
         let (done, answer) = oneshot::channel();
         let sent = self.writes.send(Write { op, done }).is_ok();
         Box::pin(async move {
@@ -415,7 +417,27 @@ impl EventStore for PostgresStore {
         &self,
         notification_id: NotificationId,
     ) -> StoreFuture<'_, Option<NotificationRecord>> {
-        self.write(Op::Revive(notification_id))
+        let write = self.write(Op::Revive(notification_id));
+        Box::pin(async move {
+            match write.await? {
+                Written::Record(record) => Ok(record),
+                Written::Claim(_) => unreachable!("a revive claims no key"),
+            }
+        })
+    }
+
+    fn dispatched_with_key<'a>(
+        &'a self,
+        event: &'a EventRecord,
+        key: &'a IdempotencyKey,
+    ) -> StoreFuture<'a, KeyClaim> {
+        let write = self.write(Op::DispatchedWithKey(event.clone(), key.clone()));
+        Box::pin(async move {
+            match write.await? {
+                Written::Claim(claim) => Ok(claim),
+                Written::Record(_) => unreachable!("a keyed receipt answers with its claim"),
+            }
+        })
     }
 }
 

@@ -60,7 +60,8 @@ pub(super) async fn register(shared: &Shared) -> Result<(), StoreError> {
     beat(shared).await
 }
 
-/// Deletes delivered and not-requested events past their retention, in batches; how many.
+/// Deletes delivered and not-requested events past their retention, in batches, and expired
+/// idempotency keys; how many events.
 pub(super) async fn prune(shared: &Shared) -> Result<u64, StoreError> {
     let client = shared.pool.get().await.map_err(StoreError::new)?;
     let sql = format!(
@@ -76,6 +77,21 @@ pub(super) async fn prune(shared: &Shared) -> Result<u64, StoreError> {
             .await
             .map_err(StoreError::new)?;
         total += deleted;
+        if deleted < PRUNE_BATCH as u64 {
+            break;
+        }
+    }
+    // Idempotency keys past their retention: free for new work (they are, expired, already).
+    let keys = format!(
+        "DELETE FROM {schema}.idempotency_keys WHERE ctid = ANY(ARRAY(
+             SELECT ctid FROM {schema}.idempotency_keys WHERE expires_at_ms <= $1 LIMIT $2))",
+        schema = shared.quoted
+    );
+    loop {
+        let deleted = client
+            .execute(&keys, &[&(unix_ms() as i64), &PRUNE_BATCH])
+            .await
+            .map_err(StoreError::new)?;
         if deleted < PRUNE_BATCH as u64 {
             return Ok(total);
         }

@@ -36,6 +36,11 @@ pub(super) struct Shared {
 #[derive(Debug)]
 pub(super) struct Statements {
     pub(super) insert_events: String,
+    /// As `insert_events`, for a batch with idempotency keys: each keyed event only if its key
+    /// is claimed (free or expired) in the same statement; the events inserted.
+    pub(super) insert_keyed_events: String,
+    /// The holders of idempotency keys, by scope.
+    pub(super) key_holders: String,
     pub(super) finish_events: String,
     pub(super) update_notifications: String,
     pub(super) delete_notifications: String,
@@ -51,6 +56,38 @@ impl Statements {
                  SELECT e, n, i, t, u, a, $7, 0
                  FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::bool[], $6::int8[])
                      AS x(e, n, i, t, u, a)"
+            ),
+            // A key held by a transaction not yet committed makes this one wait for it (the
+            // unique index), then find it taken or, if it rolled back, free. Keys go in one
+            // order, so two batches never wait for each other in a circle.
+            insert_keyed_events: format!(
+                "WITH x AS (
+                     SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[],
+                         $5::bool[], $6::int8[], $8::text[], $9::text[], $10::text[],
+                         $11::bytea[], $12::int8[])
+                         AS x(e, n, i, t, u, a, km, kp, kk, kf, kx)
+                 ), claimed AS (
+                     INSERT INTO {schema}.idempotency_keys AS k
+                         (instance_id, method, path, key, fingerprint, event_id, expires_at_ms)
+                     SELECT i, km, kp, kk, kf, e, kx FROM x WHERE kk IS NOT NULL
+                     ORDER BY i, km, kp, kk
+                     ON CONFLICT (instance_id, method, path, key) DO UPDATE
+                         SET fingerprint = EXCLUDED.fingerprint, event_id = EXCLUDED.event_id,
+                             expires_at_ms = EXCLUDED.expires_at_ms
+                         WHERE k.expires_at_ms <= $13
+                     RETURNING event_id
+                 )
+                 INSERT INTO {schema}.events
+                     (event_id, notification_id, instance_id, target, instance_url, accepted_at_ms, owner, state)
+                 SELECT e, n, i, t, u, a, $7, 0 FROM x
+                 WHERE kk IS NULL OR e IN (SELECT event_id FROM claimed)
+                 RETURNING event_id"
+            ),
+            key_holders: format!(
+                "SELECT k.instance_id, k.method, k.path, k.key, k.event_id, k.fingerprint
+                 FROM {schema}.idempotency_keys AS k
+                 JOIN UNNEST($1::int8[], $2::text[], $3::text[], $4::text[]) AS x(i, m, p, kk)
+                     ON k.instance_id = x.i AND k.method = x.m AND k.path = x.p AND k.key = x.kk"
             ),
             // Only an event this node still owns: one taken over meanwhile ends elsewhere. The
             // same outcome written again counts: a commit whose answer was lost (the connection

@@ -17,8 +17,11 @@ use tokio_postgres::types::ToSql;
 
 use super::rows::record_of;
 use super::shared::Shared;
-use crate::store::{history, unix_ms, DeliveryState, EventRecord, NotificationRecord, StoreError};
-use crate::wire::ids::NotificationId;
+use crate::store::{
+    history, unix_ms, DeliveryState, EventRecord, IdempotencyKey, KeyClaim, KeyScope,
+    NotificationRecord, StoreError,
+};
+use crate::wire::ids::{EventId, NotificationId};
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -28,6 +31,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub(super) enum Op {
     Dispatched(EventRecord),
+    /// Accepted under an idempotency key: the event and the key, or nothing if the key is held.
+    DispatchedWithKey(EventRecord, IdempotencyKey),
     Finished(NotificationRecord),
     /// An attempt failed, the notification was delivered, or it is dead.
     Update(NotificationRecord),
@@ -38,12 +43,19 @@ impl Op {
     fn is_durable(&self) -> bool {
         matches!(
             self,
-            Self::Dispatched(_) | Self::Finished(_) | Self::Revive(_)
+            Self::Dispatched(_) | Self::DispatchedWithKey(..) | Self::Finished(_) | Self::Revive(_)
         )
     }
 }
 
-pub(super) type Answer = Result<Option<NotificationRecord>, StoreError>;
+/// What a write did, for the writes that say: a revived dead letter, an idempotency key's claim.
+#[derive(Debug)]
+pub(super) enum Written {
+    Record(Option<NotificationRecord>),
+    Claim(KeyClaim),
+}
+
+pub(super) type Answer = Result<Written, StoreError>;
 
 #[derive(Debug)]
 pub(super) struct Write {
@@ -134,13 +146,25 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     let sql = &shared.sql;
     let me = &shared.node_id;
 
-    let dispatched: Vec<&EventRecord> = batch
-        .iter()
-        .filter_map(|w| match &w.op {
-            Op::Dispatched(event) => Some(event),
-            _ => None,
-        })
-        .collect();
+    // An idempotency key goes into one statement once: a second write of it in the batch (two
+    // copies of one request on this node) is answered from the first's claim.
+    let mut first_of_key: HashMap<&KeyScope, usize> = HashMap::new();
+    let mut copies: Vec<(usize, usize)> = Vec::new();
+    let mut dispatched: Vec<(&EventRecord, Option<&IdempotencyKey>)> = Vec::new();
+    for (index, write) in batch.iter().enumerate() {
+        match &write.op {
+            Op::Dispatched(event) => dispatched.push((event, None)),
+            Op::DispatchedWithKey(event, key) => match first_of_key.get(&key.scope) {
+                Some(&first) => copies.push((index, first)),
+                None => {
+                    first_of_key.insert(&key.scope, index);
+                    dispatched.push((event, Some(key)));
+                }
+            },
+            _ => {}
+        }
+    }
+    let keyed = !first_of_key.is_empty();
     let finished: Vec<&NotificationRecord> = batch
         .iter()
         .filter_map(|w| match &w.op {
@@ -169,7 +193,13 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
         .collect();
 
     // Prepared once per connection (cached), before the pipelined part.
-    let insert = client.prepare_cached(&sql.insert_events).await?;
+    let insert = client
+        .prepare_cached(if keyed {
+            &sql.insert_keyed_events
+        } else {
+            &sql.insert_events
+        })
+        .await?;
     let finish = client.prepare_cached(&sql.finish_events).await?;
     let delete = client.prepare_cached(&sql.delete_notifications).await?;
     let update = client.prepare_cached(&sql.update_notifications).await?;
@@ -187,18 +217,39 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
             .collect()
     };
     let insert_params = (
-        i64s(dispatched.iter().map(|e| e.event_id.get()).collect()),
-        i64s(dispatched.iter().map(|e| e.notification_id.get()).collect()),
-        i64s(dispatched.iter().map(|e| e.instance_id).collect()),
+        i64s(dispatched.iter().map(|(e, _)| e.event_id.get()).collect()),
+        i64s(
+            dispatched
+                .iter()
+                .map(|(e, _)| e.notification_id.get())
+                .collect(),
+        ),
+        i64s(dispatched.iter().map(|(e, _)| e.instance_id).collect()),
         dispatched
             .iter()
-            .map(|e| e.target.as_str())
+            .map(|(e, _)| e.target.as_str())
             .collect::<Vec<_>>(),
         dispatched
             .iter()
-            .map(|e| e.instance_url)
+            .map(|(e, _)| e.instance_url)
             .collect::<Vec<_>>(),
-        i64s(dispatched.iter().map(|e| e.accepted_at_ms).collect()),
+        i64s(dispatched.iter().map(|(e, _)| e.accepted_at_ms).collect()),
+    );
+    let key_part = |part: fn(&IdempotencyKey) -> &str| -> Vec<Option<&str>> {
+        dispatched.iter().map(|(_, k)| k.map(part)).collect()
+    };
+    let key_params = (
+        key_part(|k| &k.scope.method),
+        key_part(|k| &k.scope.path),
+        key_part(|k| &k.scope.key),
+        dispatched
+            .iter()
+            .map(|(_, k)| k.map(|k| &k.fingerprint[..]))
+            .collect::<Vec<Option<&[u8]>>>(),
+        dispatched
+            .iter()
+            .map(|(_, k)| k.map(|k| k.expires_at_ms.min(i64::MAX as u64) as i64))
+            .collect::<Vec<Option<i64>>>(),
     );
     let finish_params = (
         i64s(finished.iter().map(|n| n.event_id.get()).collect()),
@@ -245,14 +296,26 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     } else {
         "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL synchronous_commit = off"
     });
+    // With keys, the events inserted (a keyed one is not if its key is held); else none.
     let inserted = async {
-        if dispatched.is_empty() {
-            return Ok(0);
-        }
         let p = &insert_params;
-        client
-            .execute(&insert, &[&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, me])
-            .await
+        if dispatched.is_empty() {
+            return Ok(None);
+        }
+        if !keyed {
+            let params: [&(dyn ToSql + Sync); 7] = [&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, me];
+            return client.execute(&insert, &params).await.map(|_| None);
+        }
+        let k = &key_params;
+        let params: [&(dyn ToSql + Sync); 13] = [
+            &p.0, &p.1, &p.2, &p.3, &p.4, &p.5, me, &k.0, &k.1, &k.2, &k.3, &k.4, &now_param,
+        ];
+        let rows = client.query(&insert, &params).await?;
+        Ok(Some(
+            rows.iter()
+                .map(|row| row.get::<_, i64>(0) as u64)
+                .collect::<std::collections::HashSet<u64>>(),
+        ))
     };
     let kept = async {
         if finished.is_empty() {
@@ -295,7 +358,7 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     checkout.ended = true;
     // The first failure is the cause; the later ones only say the transaction was aborted.
     begun?;
-    inserted?;
+    let inserted = inserted?;
     let kept: std::collections::HashSet<u64> = kept?
         .iter()
         .map(|row| row.get::<_, i64>(0) as u64)
@@ -303,6 +366,24 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     deleted?;
     updated?;
     ended?;
+
+    // Keys held by earlier events: who holds them, read now that the commit has waited for
+    // any transaction that held them unfinished.
+    let held: Vec<&IdempotencyKey> = dispatched
+        .iter()
+        .filter_map(|(event, key)| {
+            let key = (*key)?;
+            let claimed = inserted
+                .as_ref()
+                .is_some_and(|set| set.contains(&event.event_id.get()));
+            (!claimed).then_some(key)
+        })
+        .collect();
+    let holders = if held.is_empty() {
+        HashMap::new()
+    } else {
+        key_holders(client, &sql.key_holders, &held).await?
+    };
 
     let mut answers: Vec<Answer> = batch
         .iter()
@@ -313,16 +394,85 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
                     notification.event_id
                 )))
             }
-            _ => Ok(None),
+            Op::DispatchedWithKey(event, key) => {
+                if inserted
+                    .as_ref()
+                    .is_some_and(|set| set.contains(&event.event_id.get()))
+                {
+                    return Ok(Written::Claim(KeyClaim::Claimed));
+                }
+                match holders.get(&key.scope) {
+                    Some(&(event_id, fingerprint)) => Ok(Written::Claim(KeyClaim::Held {
+                        event_id,
+                        fingerprint,
+                    })),
+                    // Held when the batch ran, gone now (swept): the client may send it again.
+                    None => Err(StoreError::new(
+                        "an idempotency key was held and then expired; try again",
+                    )),
+                }
+            }
+            _ => Ok(Written::Record(None)),
         })
         .collect();
+    // A copy of a key in this batch: held by whatever holds the first.
+    for &(copy, first) in &copies {
+        let (Op::DispatchedWithKey(first_event, first_key), Ok(Written::Claim(claim))) =
+            (&batch[first].op, &answers[first])
+        else {
+            answers[copy] = Err(StoreError::new("the idempotency key could not be recorded"));
+            continue;
+        };
+        answers[copy] = Ok(Written::Claim(match *claim {
+            KeyClaim::Claimed => KeyClaim::Held {
+                event_id: first_event.event_id,
+                fingerprint: first_key.fingerprint,
+            },
+            held => held,
+        }));
+    }
     for ((index, _), row) in revives.iter().zip(revived) {
         answers[*index] = row?
             .map(|row| record_of(&row).map(|stored| stored.finished()))
             .transpose()
-            .map(Option::flatten);
+            .map(|record| Written::Record(record.flatten()));
     }
     Ok(answers)
+}
+
+/// Who holds each of `keys`: the event and the fingerprint, by scope.
+async fn key_holders(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    keys: &[&IdempotencyKey],
+) -> Result<HashMap<KeyScope, (EventId, [u8; 32])>, BoxError> {
+    let statement = client.prepare_cached(sql).await?;
+    let instances: Vec<i64> = keys.iter().map(|k| k.scope.instance_id as i64).collect();
+    let part = |part: fn(&KeyScope) -> &str| -> Vec<&str> {
+        keys.iter().map(|k| part(&k.scope)).collect()
+    };
+    let (methods, paths, names) = (part(|s| &s.method), part(|s| &s.path), part(|s| &s.key));
+    let rows = client
+        .query(&statement, &[&instances, &methods, &paths, &names])
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let scope = KeyScope {
+                instance_id: row.get::<_, i64>(0) as u64,
+                method: row.get(1),
+                path: row.get(2),
+                key: row.get(3),
+            };
+            let fingerprint: &[u8] = row.get(5);
+            let fingerprint: [u8; 32] = fingerprint
+                .try_into()
+                .map_err(|_| "an idempotency key's fingerprint is not 32 bytes")?;
+            Ok((
+                scope,
+                (EventId::new(row.get::<_, i64>(4) as u64), fingerprint),
+            ))
+        })
+        .collect()
 }
 
 /// Polls every future from the first poll on (so requests they send go out together, in order)

@@ -135,6 +135,33 @@ pub(super) fn decode_notification(
     })
 }
 
+/// An idempotency key's holder: the event id, the fingerprint and the expiry, 48 bytes.
+pub(super) fn encode_key_holder(
+    event_id: u64,
+    fingerprint: &[u8; 32],
+    expires_at_ms: u64,
+) -> [u8; 48] {
+    let mut bytes = [0; 48];
+    bytes[..8].copy_from_slice(&event_id.to_be_bytes());
+    bytes[8..40].copy_from_slice(fingerprint);
+    bytes[40..].copy_from_slice(&expires_at_ms.to_be_bytes());
+    bytes
+}
+
+/// The holder [`encode_key_holder`] wrote: (event id, fingerprint, expiry).
+pub(super) fn decode_key_holder(bytes: &[u8]) -> Result<(u64, [u8; 32], u64), redb::Error> {
+    if bytes.len() != 48 {
+        return Err(redb::Error::Corrupted(
+            "an idempotency key's record is not 48 bytes".into(),
+        ));
+    }
+    let number = |range: std::ops::Range<usize>| {
+        u64::from_be_bytes(bytes[range].try_into().expect("eight bytes"))
+    };
+    let fingerprint = bytes[8..40].try_into().expect("32 bytes");
+    Ok((number(0..8), fingerprint, number(40..48)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

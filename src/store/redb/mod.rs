@@ -24,10 +24,11 @@ use tokio::sync::oneshot;
 use self::encoding::{decode_json, decode_notification, StoredEvent};
 use self::queries::notifications_where;
 use self::tables::{EVENTS, EVENT_INDEX, META, NEXT_ID, NOTIFICATIONS};
-use self::writer::{write_loop, Commits, Op, Write};
+use self::writer::{write_loop, Commits, Op, Write, Written};
 use super::{
     unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture, StoreStats,
+    IdempotencyKey, KeyClaim, NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture,
+    StoreStats,
 };
 use crate::wire::ids::{EventId, IdGenerator, NotificationId};
 
@@ -116,7 +117,7 @@ impl RedbStore {
         })
     }
 
-    fn write(&self, op: Op) -> StoreFuture<'_, Option<NotificationRecord>> {
+    fn write(&self, op: Op) -> StoreFuture<'_, Written> {
         let (done, result) = oneshot::channel();
         let sent = self
             .writes
@@ -274,7 +275,27 @@ impl EventStore for RedbStore {
         &self,
         notification_id: NotificationId,
     ) -> StoreFuture<'_, Option<NotificationRecord>> {
-        self.write(Op::Revive(notification_id))
+        let write = self.write(Op::Revive(notification_id));
+        Box::pin(async move {
+            match write.await? {
+                Written::Record(record) => Ok(record),
+                Written::Claim(_) => unreachable!("a revive claims no key"),
+            }
+        })
+    }
+
+    fn dispatched_with_key<'a>(
+        &'a self,
+        event: &'a EventRecord,
+        key: &'a IdempotencyKey,
+    ) -> StoreFuture<'a, KeyClaim> {
+        let write = self.write(Op::DispatchedWithKey(event.clone(), key.clone()));
+        Box::pin(async move {
+            match write.await? {
+                Written::Claim(claim) => Ok(claim),
+                Written::Record(_) => unreachable!("a keyed receipt answers with its claim"),
+            }
+        })
     }
 }
 

@@ -1,12 +1,14 @@
-//! Retention: delivered and not-requested notifications are dropped once it is over.
+//! Retention: delivered and not-requested notifications, and idempotency keys, are dropped once
+//! it is over.
 
 use redb::{Database, Durability, ReadableTable};
 
-use super::encoding::decode_notification;
-use super::tables::{EVENT_INDEX, NOTIFICATIONS};
+use super::encoding::{decode_key_holder, decode_notification};
+use super::tables::{EVENT_INDEX, IDEMPOTENCY_KEYS, NOTIFICATIONS};
 use crate::store::{unix_ms, DeliveryState};
 
-/// Drops delivered and not-requested notifications past their retention, in one transaction.
+/// Drops delivered and not-requested notifications and idempotency keys past their retention,
+/// in one transaction.
 pub(super) fn prune(db: &Database) -> Result<(), redb::Error> {
     let now = unix_ms();
     let mut txn = db.begin_write()?;
@@ -30,6 +32,17 @@ pub(super) fn prune(db: &Database) -> Result<(), redb::Error> {
         for (notification_id, event_id) in expired {
             notifications.remove(notification_id)?;
             index.remove(event_id)?;
+        }
+        let mut keys = txn.open_table(IDEMPOTENCY_KEYS)?;
+        let mut expired = Vec::new();
+        for entry in keys.iter()? {
+            let (scope, holder) = entry?;
+            if decode_key_holder(holder.value())?.2 <= now {
+                expired.push(scope.value().to_vec());
+            }
+        }
+        for scope in expired {
+            keys.remove(scope.as_slice())?;
         }
     }
     txn.commit()?;

@@ -7,11 +7,15 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableTable};
 use tokio::sync::oneshot;
 
-use super::encoding::{decode_notification, encode_event, encode_notification};
+use super::encoding::{
+    decode_key_holder, decode_notification, encode_event, encode_key_holder, encode_notification,
+};
 use super::prune::prune;
-use super::tables::{EVENTS, EVENT_INDEX, META, NEXT_ID, NOTIFICATIONS};
-use crate::store::{unix_ms, DeliveryState, EventRecord, NotificationRecord};
-use crate::wire::ids::{IdGenerator, NotificationId};
+use super::tables::{EVENTS, EVENT_INDEX, IDEMPOTENCY_KEYS, META, NEXT_ID, NOTIFICATIONS};
+use crate::store::{
+    unix_ms, DeliveryState, EventRecord, IdempotencyKey, KeyClaim, NotificationRecord,
+};
+use crate::wire::ids::{EventId, IdGenerator, NotificationId};
 
 /// How often the writer drops delivered notifications past their retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -47,6 +51,8 @@ impl Commits {
 #[derive(Debug)]
 pub(super) enum Op {
     Dispatched(EventRecord),
+    /// Accepted under an idempotency key: the event and the key, or nothing if the key is held.
+    DispatchedWithKey(EventRecord, IdempotencyKey),
     Finished(NotificationRecord),
     Attempted(NotificationRecord),
     Delivered(NotificationRecord),
@@ -58,16 +64,26 @@ impl Op {
     /// Whether the write must be on disk before its future resolves (the store contract).
     fn is_durable(&self) -> bool {
         match self {
-            Self::Dispatched(_) | Self::Finished(_) | Self::Revive(_) => true,
+            Self::Dispatched(_)
+            | Self::DispatchedWithKey(..)
+            | Self::Finished(_)
+            | Self::Revive(_) => true,
             Self::Attempted(_) | Self::Delivered(_) | Self::Dead(_) => false,
         }
     }
 }
 
+/// What a write did, for the writes that say: a revived dead letter, an idempotency key's claim.
+#[derive(Debug)]
+pub(super) enum Written {
+    Record(Option<NotificationRecord>),
+    Claim(KeyClaim),
+}
+
 #[derive(Debug)]
 pub(super) struct Write {
     pub(super) op: Op,
-    pub(super) done: oneshot::Sender<Result<Option<NotificationRecord>, String>>,
+    pub(super) done: oneshot::Sender<Result<Written, String>>,
 }
 
 /// The writer thread: one transaction for every write waiting at that moment, made durable
@@ -223,7 +239,7 @@ fn apply(
     reserved: &mut u64,
     batch: &[Write],
     durable: bool,
-) -> Result<Vec<Option<NotificationRecord>>, redb::Error> {
+) -> Result<Vec<Written>, redb::Error> {
     let mut txn = db.begin_write()?;
     if !durable {
         txn.set_durability(Durability::None)?;
@@ -235,10 +251,35 @@ fn apply(
         let mut notifications = txn.open_table(NOTIFICATIONS)?;
         let mut index = txn.open_table(EVENT_INDEX)?;
         for write in batch {
-            let mut result = None;
+            let (mut result, mut claim) = (None, None);
             match &write.op {
                 Op::Dispatched(event) => {
                     events.insert(event.event_id.get(), encode_event(event).as_slice())?;
+                }
+                Op::DispatchedWithKey(event, key) => {
+                    let mut keys = txn.open_table(IDEMPOTENCY_KEYS)?;
+                    let scope = key.scope.to_bytes();
+                    let held = keys
+                        .get(scope.as_slice())?
+                        .map(|holder| decode_key_holder(holder.value()))
+                        .transpose()?
+                        .filter(|&(_, _, expires)| expires > unix_ms());
+                    claim = Some(match held {
+                        Some((event_id, fingerprint, _)) => KeyClaim::Held {
+                            event_id: EventId::new(event_id),
+                            fingerprint,
+                        },
+                        None => {
+                            let holder = encode_key_holder(
+                                event.event_id.get(),
+                                &key.fingerprint,
+                                key.expires_at_ms,
+                            );
+                            keys.insert(scope.as_slice(), holder.as_slice())?;
+                            events.insert(event.event_id.get(), encode_event(event).as_slice())?;
+                            KeyClaim::Claimed
+                        }
+                    });
                 }
                 Op::Finished(notification) => {
                     events.remove(notification.event_id.get())?;
@@ -293,7 +334,10 @@ fn apply(
                     }
                 }
             }
-            results.push(result);
+            results.push(match claim {
+                Some(claim) => Written::Claim(claim),
+                None => Written::Record(result),
+            });
         }
         // Every id handed out so far is below the persisted floor, so a restart continues above
         // it. An id reaches a client only in the receipt of an event whose `dispatched` commit
@@ -301,7 +345,7 @@ fn apply(
         // few commits write it at all.
         let dispatched = batch
             .iter()
-            .any(|write| matches!(write.op, Op::Dispatched(_)));
+            .any(|write| matches!(write.op, Op::Dispatched(_) | Op::DispatchedWithKey(..)));
         if dispatched && ids.peek() >= *reserved {
             let floor = ids.peek() + ID_BLOCK;
             txn.open_table(META)?.insert(NEXT_ID, floor)?;
