@@ -139,11 +139,16 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// `memory`, `redb:PATH`, or `postgres:URL` (any connection string after the prefix); a bare
+/// `postgres://` or `postgresql://` URL is taken as the URL too.
 fn parse_store(text: &str) -> Result<StoreArg, String> {
     match text.split_once(':') {
         None if text == "memory" => Ok(StoreArg::Memory),
         Some(("redb", path)) if !path.is_empty() => Ok(StoreArg::Redb(path.into())),
-        Some(("postgres", _)) => Ok(StoreArg::Postgres(text.to_owned())),
+        Some(("postgres" | "postgresql", rest)) if rest.starts_with("//") => {
+            Ok(StoreArg::Postgres(text.to_owned()))
+        }
+        Some(("postgres", url)) if !url.is_empty() => Ok(StoreArg::Postgres(url.to_owned())),
         _ => Err("memory, redb:PATH or postgres:URL".to_owned()),
     }
 }

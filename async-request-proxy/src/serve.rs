@@ -215,7 +215,8 @@ where
 
 /// Most requests in progress at once on one HTTP/2 connection (nginx's default).
 const MAX_CONCURRENT_STREAMS: u32 = 128;
-/// Largest request head on an HTTP/2 connection, decoded (hyper's HTTP/1.1 limit is close).
+/// Request heads on an HTTP/2 connection are smaller than this, decoded and counted as HTTP/2
+/// does (h2 answers `431` to one of this size or more); hyper's HTTP/1.1 limit is close.
 const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 /// How an HTTP/2 client with prior knowledge opens its connection (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

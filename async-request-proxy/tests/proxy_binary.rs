@@ -10,15 +10,20 @@ mod support;
 #[allow(dead_code)] // the example and the tests use different parts
 mod proto;
 
+// The running binary and the helpers the proxy's test files share.
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::routing::{get, post};
-use axum::Router;
+use axum::body::Bytes;
+use common::{
+    async_post, axum_upstream, call, client, closed_port, exit_and_report, get_json, hello,
+    holding_upstream, read_until, read_until_closed, refused, temp, write, Proxy, BIN,
+};
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -27,226 +32,6 @@ use serde_json::Value;
 use support::{Answer, Receiver};
 use tokio::net::TcpListener;
 use tower_async_request::verify::ElementsVerifier;
-
-const BIN: &str = env!("CARGO_BIN_EXE_async-request-proxy");
-
-/// A running proxy: killed when dropped unless it already ended.
-struct Proxy {
-    child: Child,
-    address: SocketAddr,
-    admin: Option<SocketAddr>,
-    /// Standard output after the start-up lines (the shutdown report).
-    rest: std::sync::mpsc::Receiver<String>,
-    /// Its log lines (standard error), also passed on to the test's.
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-impl Proxy {
-    fn start(args: &[&str]) -> Self {
-        Self::start_with(args, &[])
-    }
-
-    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(args)
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the proxy binary starts");
-        let (sender, log) = std::sync::mpsc::channel();
-        let errors = BufReader::new(child.stderr.take().unwrap()).lines();
-        std::thread::spawn(move || {
-            for line in errors.map_while(Result::ok) {
-                eprintln!("{line}");
-                let _ = sender.send(line);
-            }
-        });
-        let stdout = child.stdout.take().unwrap();
-        Self::listening(child, stdout, log)
-    }
-
-    /// The proxy `child` once it said on `stdout` where it listens; `log` has its log lines.
-    fn listening(
-        child: Child,
-        stdout: std::process::ChildStdout,
-        log: std::sync::mpsc::Receiver<String>,
-    ) -> Self {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut admin = None;
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("the proxy says where it listens")
-                .unwrap();
-            if let Some(rest) = line.strip_prefix("async-request-proxy: admin on http://") {
-                admin = Some(rest.trim().parse().unwrap());
-            }
-            let listening = line
-                .strip_prefix("async-request-proxy: listening on http://")
-                .or_else(|| line.strip_prefix("async-request-proxy: listening on https://"));
-            if let Some(rest) = listening {
-                break rest.split(',').next().unwrap().parse().unwrap();
-            }
-        };
-        let (sender, rest) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let _ = sender.send(line);
-            }
-        });
-        Self {
-            child,
-            address,
-            admin,
-            rest,
-            log,
-        }
-    }
-
-    /// Waits (up to 20 s) for a log line that contains every one of `words`; the line.
-    fn logged(&self, words: &[&str]) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        tokio::task::block_in_place(|| loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) if words.iter().all(|word| line.contains(word)) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {words:?} within 20 s"),
-            }
-        })
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: a plain kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-    }
-
-    /// Waits (up to 20 s) for the process to end; its exit code.
-    fn wait(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("the proxy did not stop within 20 s");
-    }
-
-    /// Peak resident memory so far, bytes.
-    fn peak_rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            * 1024
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    address
-}
-
-/// An axum upstream: `/echo` streams the request body back, `/report` answers JSON, `/slow`
-/// takes two seconds.
-async fn axum_upstream() -> SocketAddr {
-    serve(
-        Router::new()
-            .route(
-                "/api/echo",
-                post(|body: Body| async move { Body::from_stream(body.into_data_stream()) }),
-            )
-            .route(
-                "/api/report",
-                post(|| async { axum::Json(serde_json::json!({"report": "ready"})) }),
-            )
-            .route(
-                "/api/slow",
-                post(|| async {
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    "slow"
-                }),
-            )
-            .route("/api/hello", get(|| async { "hello" }))
-            .route(
-                "/api/proto",
-                get(|headers: http::HeaderMap| async move {
-                    format!("{:?}", headers.get("x-forwarded-proto"))
-                }),
-            )
-            .route(
-                "/api/forwarded",
-                get(|headers: http::HeaderMap| async move {
-                    let value = |name| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
-                    format!(
-                        "{:?} {:?}",
-                        value("x-forwarded-proto"),
-                        value("x-forwarded-host")
-                    )
-                }),
-            )
-            .route(
-                "/api/cookies",
-                get(|headers: http::HeaderMap| async move {
-                    format!(
-                        "{:?}",
-                        headers.get_all(header::COOKIE).iter().collect::<Vec<_>>()
-                    )
-                }),
-            )
-            .route("/api/upgrade", get(support::upgrade::echo)),
-    )
-    .await
-}
-
-fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-async fn call(request: Request<Full<Bytes>>) -> (StatusCode, http::HeaderMap, Bytes) {
-    let response = client().request(request).await.unwrap();
-    let (parts, body) = response.into_parts();
-    (
-        parts.status,
-        parts.headers,
-        body.collect().await.unwrap().to_bytes(),
-    )
-}
-
-fn async_post(url: String) -> Request<Full<Bytes>> {
-    Request::post(url)
-        .header("Elements-Async-Request", "true")
-        .body(Full::from("{}"))
-        .unwrap()
-}
-
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("tar-proxy-{}-{name}", std::process::id()))
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-}
 
 /// `python3 <args> PORT --bind 127.0.0.1` in `dir`, once it listens; the process and its port.
 fn python_upstream(dir: &Path, args: &[&str]) -> (Child, u16) {
@@ -266,45 +51,6 @@ fn python_upstream(dir: &Path, args: &[&str]) -> (Child, u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (python, port)
-}
-
-/// Runs the binary with `args` (and `--listen 127.0.0.1:0`), expecting it to refuse to start:
-/// exit code 2 and nothing on standard output; its standard error. Fails, and kills it, if it
-/// is still running after 20 s.
-fn refused(args: &[&str]) -> String {
-    use std::io::Read;
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("started anyway: {args:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    child.stdout.unwrap().read_to_string(&mut stdout).unwrap();
-    child.stderr.unwrap().read_to_string(&mut stderr).unwrap();
-    assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
-    assert!(stdout.is_empty(), "nothing started: {args:?}: {stdout}");
-    stderr
-}
-
-fn closed_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -389,14 +135,6 @@ async fn sync_answers_pass_through_and_async_answers_arrive_signed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = std::fs::remove_file(key);
-}
-
-/// `GET` of `url`: status and JSON body.
-async fn get_json(url: String) -> (StatusCode, Value) {
-    let (status, _, body) = call(Request::get(url).body(Full::default()).unwrap()).await;
-    let json = serde_json::from_slice(&body)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
-    (status, json)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1438,42 +1176,6 @@ async fn sigterm_lets_a_synchronous_request_in_progress_finish() {
     assert_eq!(code, Some(0));
 }
 
-/// An upstream whose `POST /hold` says it began, on the channel, then waits for a permit of the
-/// semaphore before answering `held`.
-async fn holding_upstream() -> (
-    SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<()>,
-    std::sync::Arc<tokio::sync::Semaphore>,
-) {
-    let (began, begun) = tokio::sync::mpsc::unbounded_channel();
-    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let permits = release.clone();
-    let address = serve(Router::new().route(
-        "/hold",
-        post(move || {
-            let (began, permits) = (began.clone(), permits.clone());
-            async move {
-                let _ = began.send(());
-                let _permit = permits.acquire().await.unwrap();
-                "held"
-            }
-        }),
-    ))
-    .await;
-    (address, begun, release)
-}
-
-/// Waits for the proxy to end; its exit code and everything it printed after starting.
-async fn exit_and_report(mut proxy: Proxy) -> (Option<i32>, String) {
-    tokio::task::spawn_blocking(move || {
-        let code = proxy.wait();
-        let report: Vec<String> = proxy.rest.iter().collect();
-        (code, report.join("\n"))
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn during_the_drain_admin_health_is_503_and_a_finished_drain_exits_0() {
     let (upstream, mut begun, release) = holding_upstream().await;
@@ -1796,47 +1498,6 @@ impl http_body::Body for Chunks {
         self.next += 1;
         std::task::Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(chunk)))))
     }
-}
-
-/// Reads from `stream` until the peer closes it; what arrived. Fails after `limit`, which is
-/// far longer than anything expected here takes.
-async fn read_until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut received = Vec::new();
-    tokio::time::timeout(limit, stream.read_to_end(&mut received))
-        .await
-        .expect("the proxy closes the connection")
-        .expect("reading from the proxy");
-    received
-}
-
-/// Reads from `stream` until what arrived ends with `end`; fails if it closes first, or after
-/// 20 s, far longer than anything expected here takes.
-async fn read_until(stream: &mut tokio::net::TcpStream, end: &[u8]) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut received = Vec::new();
-    let mut chunk = [0u8; 1024];
-    tokio::time::timeout(Duration::from_secs(20), async {
-        while !received.ends_with(end) {
-            let read = stream.read(&mut chunk).await.unwrap();
-            assert_ne!(read, 0, "closed: {}", String::from_utf8_lossy(&received));
-            received.extend_from_slice(&chunk[..read]);
-        }
-    })
-    .await
-    .expect("answered in time");
-    received
-}
-
-/// One `GET /api/hello` on a kept-alive connection; checks the answer.
-async fn hello(stream: &mut tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    stream
-        .write_all(b"GET /api/hello HTTP/1.1\r\nhost: proxy\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = read_until(stream, b"hello").await;
-    assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
