@@ -11,7 +11,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use support::{Answer, Receiver};
-use worker::{accept, accept_with_status, status_of, until_recorded_delivered, Outcomes, Worker};
+use worker::{
+    accept, accept_keyed, accept_with_status, status_of, until_recorded_delivered, Outcomes, Worker,
+};
 
 fn start_worker(db: &Path, callback: &str) -> (Worker, String) {
     start_worker_with(db, callback, &[])
@@ -216,6 +218,36 @@ async fn kill_9_after_a_receipt_an_outcome_or_a_delivery_never_gives_two_outcome
         outcome(just_accepted),
         ("failed".into(), "interrupted".into())
     );
+    worker.kill();
+    let _ = std::fs::remove_file(&db);
+}
+
+/// Killed right after the receipt of a request with an `Idempotency-Key` (the key was written
+/// with the event): after the restart the same request gets the same receipt, replayed, and the
+/// event ends `interrupted` once — the request started nothing the second time.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_kill_9_a_keyed_request_sent_again_gets_its_first_receipt() {
+    let db = std::env::temp_dir().join(format!("tar-kill9-key-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let key = Some("\"copy-folder-7\"");
+    let (worker, addr) = start_worker(&db, &receiver.url());
+    let (id, location, replayed) = accept_keyed(&addr, 600_000, key).await;
+    assert!(!replayed);
+    worker.kill(); // SIGKILL, the job running
+
+    let (worker, addr) = start_worker(&db, &receiver.url());
+    let (again, again_location, replayed) = accept_keyed(&addr, 600_000, key).await;
+    assert_eq!((again, &again_location, replayed), (id, &location, true));
+    let mut outcomes = Outcomes::default();
+    let all = HashSet::from([id]);
+    outcomes.until_terminal(&mut receiver, &all).await;
+    until_recorded_delivered(&addr, &location).await;
+    let notifications = outcomes.one_each(&mut receiver, &all);
+    assert_eq!(notifications[&id]["error"]["code"], "interrupted");
+    // And still the same receipt once it has ended.
+    let (after, _, replayed) = accept_keyed(&addr, 600_000, key).await;
+    assert_eq!((after, replayed), (id, true));
     worker.kill();
     let _ = std::fs::remove_file(&db);
 }

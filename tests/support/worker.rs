@@ -156,17 +156,29 @@ pub async fn accept(addr: &str, ms: u64) -> u64 {
 /// Sends `POST /work?ms=N` as an async request; the event id of its receipt and its status URL
 /// (`Location`).
 pub async fn accept_with_status(addr: &str, ms: u64) -> (u64, String) {
+    let (id, location, _) = accept_keyed(addr, ms, None).await;
+    (id, location)
+}
+
+/// Sends `POST /work?ms=N` as an async request, with `Idempotency-Key: key` if given; the event
+/// id of its receipt, its status URL (`Location`), and whether it was a replay.
+pub async fn accept_keyed(addr: &str, ms: u64, key: Option<&str>) -> (u64, String, bool) {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = http::Request::post(format!("http://{addr}/work?ms={ms}"))
-        .header("Elements-Async-Request", "true")
-        .body(Full::new(Bytes::new()))
+    let mut request = http::Request::post(format!("http://{addr}/work?ms={ms}"))
+        .header("Elements-Async-Request", "true");
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = client
+        .request(request.body(Full::new(Bytes::new())).unwrap())
+        .await
         .unwrap();
-    let response = client.request(request).await.unwrap();
     assert_eq!(response.status(), 202);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let replayed = response.headers().contains_key("idempotent-replayed");
     let body = response.into_body().collect().await.unwrap().to_bytes();
     let receipt: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    (receipt["eventId"].as_u64().unwrap(), location)
+    (receipt["eventId"].as_u64().unwrap(), location, replayed)
 }
 
 /// The worker's answer to `GET location` (a receipt's status URL): its code and JSON body.
