@@ -462,6 +462,36 @@ async fn shutdown_reports_what_it_leaves_behind() {
     );
 }
 
+#[tokio::test]
+async fn with_the_memory_store_work_left_at_shutdown_is_logged_as_an_error() {
+    use support::capture::{capture, field, take};
+    use tracing::Level;
+
+    let (seen, _guard) = capture();
+    let receiver = Receiver::start(vec![]).await;
+    let layer = builder(&receiver).build().unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route("/work", post(std::future::pending::<&'static str>))
+        .layer(layer);
+    assert_eq!(send(&app, async_request()).await.0, StatusCode::ACCEPTED);
+    // A deadline of zero: the job that never ends is left at once, no clock involved.
+    let report = handle.shutdown(Duration::ZERO).await;
+    assert_eq!(
+        (report.drained, report.jobs_left, report.persisted),
+        (false, 1, false)
+    );
+    let seen = take(&seen);
+    let abandoned = seen.events_at(
+        Level::ERROR,
+        "shutdown deadline passed; unfinished work is ABANDONED: the in-memory store does not \
+         survive the process",
+    );
+    assert_eq!(abandoned.len(), 1, "{:?}", seen.events);
+    assert_eq!(field(&abandoned[0].1, "jobs_left"), Some("1"));
+    assert_eq!(field(&abandoned[0].1, "notifications_left"), Some("0"));
+}
+
 #[cfg(feature = "redb")]
 #[tokio::test]
 async fn with_a_durable_store_shutdown_reports_what_it_leaves_as_kept() {

@@ -383,3 +383,139 @@ async fn only_an_answer_read_to_its_end_leaves_its_connection_for_the_next_callb
     }
     assert_eq!(accepted.load(Ordering::Relaxed), 3);
 }
+
+#[tokio::test]
+async fn a_default_sink_gives_up_on_a_silent_receiver_after_15_seconds() {
+    use tokio::io::AsyncReadExt;
+    use tower_async_request::sink::DEFAULT_ATTEMPT_TIMEOUT;
+
+    assert_eq!(DEFAULT_ATTEMPT_TIMEOUT, Duration::from_secs(15));
+    // A receiver that takes the callback and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let started = tokio::time::Instant::now();
+    let sending = tokio::spawn(async move { loopback_sink().send(post_to(url, "{}")).await });
+    let (mut connection, _) = listener.accept().await.unwrap();
+    let mut received = Vec::new();
+    while !received.ends_with(b"\r\n\r\n{}") {
+        let mut chunk = [0u8; 1024];
+        let n = connection.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the sink hung up: {received:?}");
+        received.extend_from_slice(&chunk[..n]);
+    }
+    // All that is left is to wait: let the clock jump to the next timer instead.
+    tokio::time::pause();
+    let error = sending.await.unwrap().unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(error.kind(), SinkErrorKind::Timeout, "{error}");
+    assert!(
+        waited >= DEFAULT_ATTEMPT_TIMEOUT
+            && waited < DEFAULT_ATTEMPT_TIMEOUT + Duration::from_secs(1),
+        "{waited:?}"
+    );
+    drop(connection);
+}
+
+/// The rustls error beneath `error`, if any. An `io::Error`'s `source` skips the error it wraps,
+/// so each is opened with `get_ref`.
+fn tls_error(error: &(dyn std::error::Error + 'static)) -> Option<rustls::Error> {
+    if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+        return Some(tls.clone());
+    }
+    let wrapped = error
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    wrapped.or_else(|| error.source()).and_then(tls_error)
+}
+
+/// An `https` receiver on 127.0.0.1 with the certificate `tests/data/tls/upstream.pem` (for
+/// `127.0.0.1`, issued by the test CA, which no bundled root signed), on a thread of its own.
+/// It reports how each handshake ended; after one that succeeds it answers `204`.
+fn tls_receiver() -> (
+    std::net::SocketAddr,
+    mpsc::UnboundedReceiver<Result<(), rustls::Error>>,
+) {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    use std::io::{Read, Write};
+
+    let read = |name: &str| {
+        std::fs::read(format!(
+            "{}/tests/data/tls/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    };
+    let certificates = CertificateDer::pem_slice_iter(&read("upstream.pem"))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(&read("upstream.key")).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (handshakes, reports) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let mut tls = rustls::ServerConnection::new(config.clone()).unwrap();
+            let mut ended = Ok(());
+            while tls.is_handshaking() {
+                if let Err(error) = tls.complete_io(&mut stream) {
+                    ended =
+                        Err(tls_error(&error).unwrap_or(rustls::Error::General(error.to_string())));
+                    break;
+                }
+            }
+            let served = ended.is_ok();
+            if handshakes.send(ended).is_err() {
+                return;
+            }
+            if served {
+                let mut tls = rustls::StreamOwned::new(tls, stream);
+                let _ = tls.read(&mut [0u8; 4096]);
+                let _ = tls.write_all(b"HTTP/1.1 204 No Content\r\n\r\n");
+                let _ = tls.flush();
+            }
+        }
+    });
+    (addr, reports)
+}
+
+#[tokio::test]
+async fn an_https_receiver_with_a_certificate_no_bundled_root_signed_gets_no_callback() {
+    let (addr, mut handshakes) = tls_receiver();
+    let url = format!("https://127.0.0.1:{}/hook", addr.port());
+    // Both of the sink's ways to connect: to trusted targets, and guarded (here to an allowed
+    // network). The certificate names 127.0.0.1 and is valid: only its issuer is unknown.
+    let sinks = [
+        loopback_sink(),
+        HttpSink::new().allow_network("127.0.0.0/8".parse().unwrap()),
+    ];
+    for sink in sinks {
+        let error = sink.send(post_to(url.clone(), "{}")).await.unwrap_err();
+        assert_eq!(error.kind(), SinkErrorKind::Connect, "{error}");
+        assert_eq!(
+            tls_error(&error),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            )),
+            "{error:?}"
+        );
+        // The receiver heard why: the sink refused its certificate, before sending anything.
+        assert_eq!(
+            handshakes.recv().await.unwrap(),
+            Err(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnknownCA
+            ))
+        );
+    }
+}

@@ -5,7 +5,8 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::{routing::get, routing::post, Router};
@@ -14,11 +15,21 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use support::{eventually, Answer, Receiver};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tower_async_request::instance::{Instance, ResolveError, ResolveFuture, ResolveInstance};
+use tower_async_request::sink::HttpSink;
 use tower_async_request::AsyncRequestLayer;
+
+/// The process's one recorder, installed by the first test that asks, before it builds its layer
+/// (as the facade requires). Each test has an instance id of its own; the series without an
+/// instance label (refusals, attempts by host) are shared, so each test keeps to its own.
+fn prometheus() -> &'static PrometheusHandle {
+    static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+    RECORDER.get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+}
 
 /// One sample of a scrape: its name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
@@ -71,7 +82,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_prometheus_scrape_after_real_traffic_shows_the_counts() {
     // Installed before the layer is built, as the facade requires.
-    let prometheus = PrometheusBuilder::new().install_recorder().unwrap();
+    let prometheus = prometheus();
     // One event's notification fails twice (503) and is delivered at the third attempt; one
     // fails three times and is dead; three are delivered at once.
     let mut receiver = Receiver::start(vec![
@@ -297,6 +308,135 @@ async fn a_prometheus_scrape_after_real_traffic_shows_the_counts() {
         "the notification delivered at its third attempt waited two retries: {slowest}"
     );
     assert!(scrape.contains("# HELP async_request_accepted_total"));
+}
+
+/// Instance 31, whose settings cannot be read once, after `fail_next_read`.
+struct Tenant {
+    instance: Instance,
+    fail_next_read: AtomicBool,
+}
+
+impl ResolveInstance for Tenant {
+    fn resolve<'a>(&'a self, _: &'a http::request::Parts) -> ResolveFuture<'a> {
+        Box::pin(async { Ok(Some(self.instance.clone())) })
+    }
+
+    fn by_id(&self, _: u64) -> ResolveFuture<'_> {
+        Box::pin(async {
+            if self.fail_next_read.swap(false, Ordering::SeqCst) {
+                return Err(ResolveError::new("the tenant database is down"));
+            }
+            Ok(Some(self.instance.clone()))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn attempts_that_end_gone_unsent_or_refused_are_counted_by_result() {
+    let prometheus = prometheus();
+    // Answers `410` first, then `200`.
+    let mut receiver = Receiver::start(vec![Answer::status(410)]).await;
+    // The instance's own URL by name: its host label is this test's alone.
+    let instance_url = format!("http://localhost:{}/hook", receiver.addr.port());
+    let tenant = Arc::new(Tenant {
+        instance: Instance::builder(31)
+            .callback_url(instance_url)
+            .build()
+            .unwrap(),
+        fail_next_read: AtomicBool::new(false),
+    });
+    let layer = AsyncRequestLayer::builder()
+        .instances(tenant.clone())
+        // Request-supplied URLs may name 127.0.0.1, but the sink given here was not told: it
+        // refuses to connect there (the operator's own URL is trusted and passes).
+        .allow_callback_network("127.0.0.1")
+        .sink(HttpSink::new())
+        .retry_schedule([Duration::from_millis(20)])
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route("/work", post(|| async { "done" }))
+        .layer(layer);
+    let app_addr = serve(app).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let send = |callback: Option<&str>| {
+        let mut request = Request::post(format!("http://{app_addr}/work"))
+            .header("Elements-Async-Request", "true");
+        if let Some(url) = callback {
+            request = request.header("Elements-Async-Callback-Url", url);
+        }
+        client.request(request.body(Full::default()).unwrap())
+    };
+
+    // gone: the receiver answers 410.
+    assert_eq!(send(None).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(receiver.next().await.answered, StatusCode::GONE);
+    // unsent: the first attempt finds the instance's settings unreadable; the retry delivers.
+    tenant.fail_next_read.store(true, Ordering::SeqCst);
+    assert_eq!(send(None).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(receiver.next().await.answered, StatusCode::OK);
+    assert!(!tenant.fail_next_read.load(Ordering::SeqCst));
+    // refused: a target the sink will not reach.
+    let refused = send(Some(&receiver.url())).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::ACCEPTED);
+    // Every notification delivered or dead, each attempt counted.
+    let report = handle.shutdown(Duration::from_secs(20)).await;
+    assert!(report.drained);
+    let metrics = handle.metrics();
+    assert_eq!((metrics.delivered, metrics.dead), (1, 2));
+    assert!(
+        receiver.hits.try_recv().is_err(),
+        "the refused target was reached"
+    );
+
+    let operator = Router::new().route(
+        "/metrics",
+        get(move || std::future::ready(prometheus.render())),
+    );
+    let operator_addr = serve(operator).await;
+    let scrape = client
+        .get(format!("http://{operator_addr}/metrics").parse().unwrap())
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let scrape = String::from_utf8(scrape.to_vec()).unwrap();
+    let samples = parse(&scrape);
+    let of = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
+    let attempts = |result| {
+        of(
+            "async_request_delivery_attempts_total",
+            &[("instance", "31"), ("result", result)],
+        )
+    };
+    for (result, count) in [
+        ("gone", 1.0),
+        ("unsent", 1.0),
+        ("refused", 1.0),
+        ("delivered", 1.0),
+    ] {
+        assert_eq!(attempts(result), count, "{result}: {scrape}");
+    }
+    // Only attempts to the instance's own URL carry its host; an unsent one went nowhere.
+    let by_host = |result| {
+        of(
+            "async_request_delivery_attempts_by_host_total",
+            &[("host", "localhost"), ("result", result)],
+        )
+    };
+    assert_eq!((by_host("gone"), by_host("delivered")), (1.0, 1.0));
+    assert_eq!(
+        of("async_request_delivered_total", &[("instance", "31")]),
+        1.0
+    );
+    assert_eq!(
+        of("async_request_dead_letters_total", &[("instance", "31")]),
+        2.0
+    );
 }
 
 async fn serve(router: Router) -> std::net::SocketAddr {

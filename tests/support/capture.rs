@@ -1,10 +1,10 @@
 //! Captures tracing spans and events, to check what the layer's spans look like and where they
-//! sit.
+//! sit, and what it logs at which level.
 
 use std::sync::{Arc, Mutex};
 
 use tracing::field::{Field, Visit};
-use tracing::{span, Event, Subscriber};
+use tracing::{span, Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
@@ -16,6 +16,8 @@ pub struct Seen {
     pub spans: Vec<(String, FieldList, Option<String>)>,
     /// (event message, its fields, names of the spans it happened in, root first)
     pub events: Vec<(String, FieldList, Vec<String>)>,
+    /// The level of each event, in the order of `events`.
+    pub levels: Vec<Level>,
 }
 
 impl Seen {
@@ -25,6 +27,16 @@ impl Seen {
 
     pub fn events(&self, message: &str) -> Vec<&(String, FieldList, Vec<String>)> {
         self.events.iter().filter(|(m, ..)| m == message).collect()
+    }
+
+    /// The events with this message logged at `level`.
+    pub fn events_at(&self, level: Level, message: &str) -> Vec<&(String, FieldList, Vec<String>)> {
+        self.events
+            .iter()
+            .zip(&self.levels)
+            .filter(|((m, ..), l)| m == message && **l == level)
+            .map(|(event, _)| event)
+            .collect()
     }
 }
 
@@ -73,11 +85,9 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::Layer<S> for Ca
             .event_scope(event)
             .map(|scope| scope.from_root().map(|s| s.name().to_owned()).collect())
             .unwrap_or_default();
-        self.0
-            .lock()
-            .unwrap()
-            .events
-            .push((message, fields.0, scope));
+        let mut seen = self.0.lock().unwrap();
+        seen.events.push((message, fields.0, scope));
+        seen.levels.push(*event.metadata().level());
     }
 }
 
