@@ -66,7 +66,21 @@ impl std::error::Error for ForbiddenAddress {}
 /// Resolves names and refuses the lot if any address is not permitted.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct GuardedResolver {
-    pub(crate) policy: Arc<AddressPolicy>,
+    policy: Arc<AddressPolicy>,
+    /// Answers in place of the system resolver, for the unit tests below (a name with several
+    /// addresses, one whose answer changes between lookups).
+    #[cfg(test)]
+    scripted: Option<tests::Script>,
+}
+
+impl GuardedResolver {
+    pub(crate) fn new(policy: Arc<AddressPolicy>) -> Self {
+        Self {
+            policy,
+            #[cfg(test)]
+            scripted: None,
+        }
+    }
 }
 
 impl Service<Name> for GuardedResolver {
@@ -80,9 +94,15 @@ impl Service<Name> for GuardedResolver {
 
     fn call(&mut self, name: Name) -> Self::Future {
         let policy = self.policy.clone();
+        #[cfg(test)]
+        let scripted = self.scripted.as_ref().map(|script| script.answer());
+        #[cfg(not(test))]
+        let scripted: Option<Vec<SocketAddr>> = None;
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = match scripted {
+                Some(addrs) => addrs,
+                None => tokio::net::lookup_host((name.as_str(), 0)).await?.collect(),
+            };
             let mut refused: Vec<IpAddr> = Vec::new();
             for ip in addrs.iter().map(SocketAddr::ip) {
                 if !policy.permits(ip) && !refused.contains(&ip) {
@@ -160,7 +180,109 @@ pub(crate) fn is_forbidden(error: &(dyn std::error::Error + 'static)) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
     use super::*;
+
+    /// A resolver's answers, one per lookup in turn (the last one repeated), counting lookups.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Script {
+        answers: Arc<Vec<Vec<IpAddr>>>,
+        lookups: Arc<AtomicUsize>,
+    }
+
+    impl Script {
+        pub(crate) fn answer(&self) -> Vec<SocketAddr> {
+            let turn = self.lookups.fetch_add(1, SeqCst);
+            let answer = &self.answers[turn.min(self.answers.len() - 1)];
+            answer.iter().map(|ip| SocketAddr::new(*ip, 0)).collect()
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// The sink's guarded connector, allowing only 127.0.0.1 (which stands for a public
+    /// address: the tests may reach nothing else), with `answers` for every name; and the count
+    /// of lookups.
+    fn connector(answers: Vec<Vec<IpAddr>>) -> (GuardedConnector, Arc<AtomicUsize>) {
+        let policy = Arc::new(AddressPolicy {
+            allow_private: false,
+            allowed: vec!["127.0.0.1/32".parse().unwrap()],
+        });
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let resolver = GuardedResolver {
+            scripted: Some(Script {
+                answers: Arc::new(answers),
+                lookups: lookups.clone(),
+            }),
+            ..GuardedResolver::new(policy.clone())
+        };
+        let mut inner = HttpConnector::new_with_resolver(resolver);
+        inner.enforce_http(false);
+        (GuardedConnector { inner, policy }, lookups)
+    }
+
+    #[tokio::test]
+    async fn a_name_is_refused_if_any_of_its_addresses_is_not_permitted() {
+        // A receiver at the permitted address, which would get the connection were one
+        // permitted address enough.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let uri: Uri = format!(
+            "http://hooks.example:{}/",
+            listener.local_addr().unwrap().port()
+        )
+        .parse()
+        .unwrap();
+        // 127.0.0.2 is loopback like the receiver, but not permitted. Last, a public address
+        // and a private one (reached only if the cases before it have already failed).
+        for (answer, refused) in [
+            (vec![ip("127.0.0.1"), ip("127.0.0.2")], "127.0.0.2"),
+            (vec![ip("127.0.0.2"), ip("127.0.0.1")], "127.0.0.2"),
+            (vec![ip("1.1.1.1"), ip("10.0.0.7")], "10.0.0.7"),
+        ] {
+            let (mut connector, lookups) = connector(vec![answer]);
+            let error = connector.call(uri.clone()).await.unwrap_err();
+            assert!(is_forbidden(&*error), "{error}");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "hooks.example resolves to a non-public address ({refused}); \
+                     allow_private_callbacks (--allow-private-callbacks for the proxy) allows it"
+                )
+            );
+            assert_eq!(lookups.load(SeqCst), 1);
+            assert_eq!(
+                listener.accept().unwrap_err().kind(),
+                std::io::ErrorKind::WouldBlock,
+                "the permitted address was connected to"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connection_goes_to_the_address_checked_without_a_second_lookup() {
+        // DNS rebinding: the first answer is permitted, every later one points elsewhere.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let checked = listener.local_addr().unwrap();
+        let uri: Uri = format!("http://rebinding.example:{}/", checked.port())
+            .parse()
+            .unwrap();
+        let (mut connector, lookups) =
+            connector(vec![vec![ip("127.0.0.1")], vec![ip("127.0.0.2")]]);
+        let stream = connector.call(uri.clone()).await.unwrap();
+        assert_eq!(lookups.load(SeqCst), 1, "one lookup per connection");
+        assert_eq!(stream.inner().peer_addr().unwrap(), checked);
+        let (_, from) = listener.accept().await.unwrap();
+        assert_eq!(from, stream.inner().local_addr().unwrap());
+        // The next connection looks the name up again, and checks that answer too.
+        let error = connector.call(uri).await.unwrap_err();
+        assert!(is_forbidden(&*error), "{error}");
+        assert!(error.to_string().contains("(127.0.0.2)"), "{error}");
+        assert_eq!(lookups.load(SeqCst), 2);
+    }
 
     #[test]
     fn a_refusal_names_what_was_refused_and_the_setting_that_allows_it() {

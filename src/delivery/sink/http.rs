@@ -141,9 +141,7 @@ fn guarded_pool(allowed: &[IpNetwork]) -> ConnectionPool<HttpsConnector<GuardedC
         allow_private: false,
         allowed: allowed.to_vec(),
     });
-    let mut inner = HttpConnector::new_with_resolver(GuardedResolver {
-        policy: policy.clone(),
-    });
+    let mut inner = HttpConnector::new_with_resolver(GuardedResolver::new(policy.clone()));
     configure(&mut inner);
     pool(GuardedConnector { inner, policy })
 }
