@@ -41,6 +41,11 @@ use tower_async_request::{sink::ChannelSink, AsyncRequestLayer};
 const ROUTE: &str = "/hubs/documents/folders/copy";
 
 fn request(async_request: bool) -> Request<Body> {
+    request_keyed(async_request, None)
+}
+
+/// The request, with an `Idempotency-Key` if given.
+fn request_keyed(async_request: bool, key: Option<u64>) -> Request<Body> {
     let mut builder = Request::post(ROUTE)
         .header("content-type", "application/json")
         .header("accept", "application/json")
@@ -51,6 +56,9 @@ fn request(async_request: bool) -> Request<Body> {
         .header("user-agent", "bench/1.0");
     if async_request {
         builder = builder.header("Elements-Async-Request", "true");
+    }
+    if let Some(key) = key {
+        builder = builder.header("Idempotency-Key", format!("\"copy-{key}\""));
     }
     builder
         .body(Body::from(r#"{"from":"/a","to":"/b"}"#))
@@ -142,13 +150,20 @@ fn receipt(c: &mut Criterion) {
 
     // `count` receipts through `app`, each followed by its (untimed) callback: the receipts' time,
     // or with `whole`, the time of everything.
-    let batch = |app: &Router, received: &AtomicU64, sent: &mut u64, count: u32, whole: bool| {
+    // With `keyed`, each request has a new `Idempotency-Key` (a first-time claim).
+    let keyed_batch = |app: &Router,
+                       received: &AtomicU64,
+                       sent: &mut u64,
+                       count: u32,
+                       whole: bool,
+                       keyed: bool| {
         runtime.block_on(async {
             let mut timed = Duration::ZERO;
             let start = Instant::now();
             for _ in 0..count {
                 let receipt_start = Instant::now();
-                let response = app.clone().oneshot(request(true)).await.unwrap();
+                let request = request_keyed(true, keyed.then_some(*sent));
+                let response = app.clone().oneshot(request).await.unwrap();
                 timed += receipt_start.elapsed();
                 debug_assert_eq!(response.status(), StatusCode::ACCEPTED);
                 black_box(response);
@@ -161,6 +176,10 @@ fn receipt(c: &mut Criterion) {
                 timed
             }
         })
+    };
+
+    let batch = |app: &Router, received: &AtomicU64, sent: &mut u64, count: u32, whole: bool| {
+        keyed_batch(app, received, sent, count, whole, false)
     };
 
     let mut group = c.benchmark_group("receipt");
@@ -226,6 +245,25 @@ fn receipt(c: &mut Criterion) {
         );
         println!("{what}: InstanceMap of {INSTANCES} instances / one static instance = {ratio}");
     }
+
+    // Receipts with a new Idempotency-Key each, in turns against receipts without (two apps
+    // built alike, the memory store).
+    let (keyed_app, keyed_received) = runtime.block_on(async { make_app(false) });
+    let mut keyed_sent = 0;
+    let ratio = support::interleaved_timed(
+        || batch(&app, &received, &mut sent, 200, false),
+        || {
+            keyed_batch(
+                &keyed_app,
+                &keyed_received,
+                &mut keyed_sent,
+                200,
+                false,
+                true,
+            )
+        },
+    );
+    println!("receipt: with an Idempotency-Key / without = {ratio}");
 
     // With `--features metrics`: the same static app reporting to a Prometheus recorder, in
     // turns against `app`, whose facade handles were registered with no recorder (no-ops).

@@ -1,8 +1,8 @@
 //! The stores side by side: `MemoryStore`, `RedbStore` (feature `redb`) and `PostgresStore`
 //! (feature `postgres`, on `DATABASE_URL` or the local server; one node and two nodes).
 //!
-//! `cargo bench --features redb,postgres --bench store` (`STORE_BENCH=paced` or `=full` runs
-//! one mode)
+//! `cargo bench --features redb,postgres --bench store` (`STORE_BENCH=paced`, `=full` or
+//! `=keyed` runs one mode)
 //!
 //! - **Full load** (criterion): receipts per second, 32 concurrent clients, in-process. Each
 //!   iteration is one accepted async request until its receipt; the receipts of all clients count
@@ -13,7 +13,14 @@
 //!   callback to a receiver. Printed per event: the process's CPU (`getrusage`; app, client and
 //!   receiver are one process, the same for every store), the store's transactions and durable
 //!   commits, and end-to-end latency (request sent → callback received), p50 and p99.
+//! - **Keyed**: for each store, 32 clients' receipts with an `Idempotency-Key` each (a new key
+//!   per request: first-time claims) against receipts without, in turns on the same app
+//!   (`support::interleaved_timed`); the ratio printed.
 
+#[path = "support/mod.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +53,14 @@ async fn receipts(app: &Router, total: u64) -> Duration {
 
 /// The clients spread over the nodes, one node per client.
 async fn receipts_across(nodes: &[Router], total: u64) -> Duration {
+    receipts_with(nodes, total, false).await
+}
+
+/// Keys no request has used before.
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// As [`receipts_across`]; with `keyed`, each request has an `Idempotency-Key` of its own.
+async fn receipts_with(nodes: &[Router], total: u64, keyed: bool) -> Duration {
     let start = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|client| {
@@ -53,10 +68,13 @@ async fn receipts_across(nodes: &[Router], total: u64) -> Duration {
             let count = total / CLIENTS + u64::from(client < total % CLIENTS);
             tokio::spawn(async move {
                 for _ in 0..count {
-                    let request = Request::post("/work")
-                        .header("Elements-Async-Request", "true")
-                        .body(Body::empty())
-                        .unwrap();
+                    let mut request =
+                        Request::post("/work").header("Elements-Async-Request", "true");
+                    if keyed {
+                        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+                        request = request.header("Idempotency-Key", format!("\"bench-{key}\""));
+                    }
+                    let request = request.body(Body::empty()).unwrap();
                     let response = app.clone().oneshot(request).await.unwrap();
                     assert_eq!(response.status(), StatusCode::ACCEPTED);
                 }
@@ -163,6 +181,45 @@ fn runs(mode: &str) -> bool {
 fn full_load(c: &mut Criterion) {
     if runs("full") {
         store(c);
+    }
+}
+
+/// Receipts with a new `Idempotency-Key` each against receipts without, in turns, per store.
+fn keyed(_: &mut Criterion) {
+    if !runs("keyed") {
+        return;
+    }
+    const BATCH: u64 = 1000;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let in_turns = |name: &str, app: &Router| {
+        let nodes = std::slice::from_ref(app);
+        let ratio = support::interleaved_timed(
+            || runtime.block_on(receipts_with(nodes, BATCH, false)),
+            || runtime.block_on(receipts_with(nodes, BATCH, true)),
+        );
+        println!("{name}, {CLIENTS} clients: receipts with an Idempotency-Key / without = {ratio}");
+    };
+    let memory = runtime.block_on(async { app(tower_async_request::store::MemoryStore::new()) });
+    in_turns("memory", &memory);
+    #[cfg(feature = "redb")]
+    {
+        let path =
+            std::env::temp_dir().join(format!("tar-bench-keyed-{}.redb", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let redb = runtime
+            .block_on(async { app(tower_async_request::store::RedbStore::open(&path).unwrap()) });
+        in_turns("redb", &redb);
+        drop(redb);
+        let _ = std::fs::remove_file(&path);
+    }
+    #[cfg(feature = "postgres")]
+    {
+        let schema = format!("tar_bench_keyed_{}", std::process::id());
+        if let Some(store) = runtime.block_on(postgres::store(&schema)) {
+            let node = runtime.block_on(async { app(store) });
+            in_turns("postgres", &node);
+        }
+        runtime.block_on(postgres::drop_schema(&schema));
     }
 }
 
@@ -470,5 +527,5 @@ mod paced {
     }
 }
 
-criterion_group!(benches, full_load, paced);
+criterion_group!(benches, full_load, paced, keyed);
 criterion_main!(benches);

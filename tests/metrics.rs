@@ -445,3 +445,64 @@ async fn serve(router: Router) -> std::net::SocketAddr {
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     addr
 }
+
+/// `Idempotency-Key`: a request sent again is counted as a replay of its instance; one that
+/// reuses the key for other work is counted as refused with its code.
+#[tokio::test]
+async fn replays_and_key_mismatches_are_counted() {
+    let prometheus = prometheus();
+    let receiver = Receiver::start(Vec::new()).await;
+    let layer = AsyncRequestLayer::builder()
+        .instance_id(33)
+        .default_callback_url(receiver.url())
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/work", post(|body: String| async move { body }))
+        .layer(layer);
+    let addr = serve(app).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let send = |body: &'static str| {
+        let request = Request::post(format!("http://{addr}/work"))
+            .header("Elements-Async-Request", "true")
+            .header("Idempotency-Key", "\"metrics-key\"")
+            .body(Full::from(body))
+            .unwrap();
+        client.request(request)
+    };
+    let statuses = [
+        send("a").await.unwrap().status(),
+        send("a").await.unwrap().status(),
+        send("a").await.unwrap().status(),
+        send("b").await.unwrap().status(),
+    ];
+    assert_eq!(
+        statuses,
+        [202, 202, 202, 422].map(|s| StatusCode::from_u16(s).unwrap())
+    );
+    let samples = parse(&prometheus.render());
+    assert_eq!(
+        value(
+            &samples,
+            "async_request_idempotent_replays_total",
+            &[("instance", "33")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "async_request_accepted_total",
+            &[("instance", "33")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "async_request_refused_total",
+            &[("code", "idempotency_key_mismatch")]
+        ),
+        1.0
+    );
+}

@@ -145,13 +145,14 @@ where
         expires_at_ms: unix_ms()
             .saturating_add(config.keys.retention.as_millis().min(u64::MAX as u128) as u64),
     });
-    // A copy of this request being recorded on this node right now: wait for it.
+    // A copy of this request being recorded on this node right now: wait for it (at most 2 s).
+    // A store that keeps nothing across restarts (memory) claims at once: nothing to wait for.
     let recording: Option<Recording<'_>> = match &key {
-        Some(key) => match config.keys.record(&key.scope).await {
+        Some(key) if config.store.is_durable() => match config.keys.record(&key.scope).await {
             Ok(recording) => Some(recording),
             Err(refusal) => return refusal.respond(accepted.grpc),
         },
-        None => None,
+        _ => None,
     };
     let request = Request::from_parts(parts, RequestBody::buffered(data, trailers));
 

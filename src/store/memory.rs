@@ -1,7 +1,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use super::{
@@ -51,9 +51,9 @@ struct Records {
     /// Delivered and not-requested notifications in the order they stop being needed.
     retained: VecDeque<(u64, NotificationId)>,
     /// Idempotency keys: the event holding each, its request's fingerprint, and its expiry.
-    keys: HashMap<KeyScope, (EventId, [u8; 32], u64)>,
+    keys: HashMap<Arc<KeyScope>, (EventId, [u8; 32], u64)>,
     /// The keys in the order they were claimed (with one retention, the order they expire in).
-    claimed: VecDeque<(u64, KeyScope)>,
+    claimed: VecDeque<(u64, Arc<KeyScope>)>,
 }
 
 impl Records {
@@ -112,12 +112,12 @@ impl Records {
                 };
             }
         }
+        let scope = Arc::new(key.scope.clone());
         self.keys.insert(
-            key.scope.clone(),
+            Arc::clone(&scope),
             (event.event_id, key.fingerprint, key.expires_at_ms),
         );
-        self.claimed
-            .push_back((key.expires_at_ms, key.scope.clone()));
+        self.claimed.push_back((key.expires_at_ms, scope));
         self.unfinished.insert(event.event_id, event.clone());
         KeyClaim::Claimed
     }

@@ -250,6 +250,15 @@ fn apply(
         let mut events = txn.open_table(EVENTS)?;
         let mut notifications = txn.open_table(NOTIFICATIONS)?;
         let mut index = txn.open_table(EVENT_INDEX)?;
+        // Only a batch with a keyed receipt opens the keys' table.
+        let keyed = batch
+            .iter()
+            .any(|w| matches!(w.op, Op::DispatchedWithKey(..)));
+        let mut keys = if keyed {
+            Some(txn.open_table(IDEMPOTENCY_KEYS)?)
+        } else {
+            None
+        };
         for write in batch {
             let (mut result, mut claim) = (None, None);
             match &write.op {
@@ -257,7 +266,7 @@ fn apply(
                     events.insert(event.event_id.get(), encode_event(event).as_slice())?;
                 }
                 Op::DispatchedWithKey(event, key) => {
-                    let mut keys = txn.open_table(IDEMPOTENCY_KEYS)?;
+                    let keys = keys.as_mut().expect("opened for a batch with a key");
                     let scope = key.scope.to_bytes();
                     let held = keys
                         .get(scope.as_slice())?
