@@ -6,7 +6,7 @@ mod support;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -304,6 +304,29 @@ async fn accepted_receipt_is_202_json_with_event_id_and_dispatched() {
     let callback = recv_callback(&mut fixture.callbacks).await;
     assert_eq!(json(callback.body())["eventId"], event_id);
     assert_eq!(count(&fixture.calls), 1);
+}
+
+#[tokio::test]
+async fn a_configured_2xx_receipt_status_is_the_receipts_status_with_the_same_body() {
+    for receipt_status in [StatusCode::OK, StatusCode::CREATED] {
+        let mut fixture = fixture(|b| {
+            b.default_callback_url(DEFAULT_CALLBACK)
+                .receipt_status(receipt_status)
+        });
+        let request = post_work(&[(ASYNC_HEADER, value("true"))], Body::empty());
+        let (status, headers, body) = send(&fixture.app, request).await;
+        assert_eq!(status, receipt_status);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        let event_id = json(&body)["eventId"].as_u64().expect("an eventId");
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            format!(r#"{{"eventId":{event_id},"eventStatus":"dispatched"}}"#)
+        );
+        assert_eq!(headers["elements-event-id"], event_id.to_string());
+        let callback = recv_callback(&mut fixture.callbacks).await;
+        assert_eq!(json(callback.body())["eventId"], event_id);
+        assert_eq!(count(&fixture.calls), 1);
+    }
 }
 
 #[tokio::test]
@@ -829,6 +852,54 @@ async fn streamed_async_request_body_over_max_request_bytes_is_request_too_large
     assert_eq!(count(&fixture.calls), 1);
 }
 
+/// A body whose first part arrives and whose stream then fails, as a client's broken one does.
+#[derive(Debug, Default)]
+struct BrokenBody {
+    sent_first_part: bool,
+}
+
+impl http_body::Body for BrokenBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        if std::mem::replace(&mut self.sent_first_part, true) {
+            Poll::Ready(Some(Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "the client's stream broke",
+            ))))
+        } else {
+            Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(
+                b"{\"part\":",
+            )))))
+        }
+    }
+}
+
+#[tokio::test]
+async fn async_request_body_whose_stream_fails_is_request_body_error() {
+    let mut fixture = fixture(|b| b.default_callback_url(DEFAULT_CALLBACK).max_in_flight(1));
+    let request = post_work(
+        &[(ASYNC_HEADER, value("true"))],
+        Body::new(BrokenBody::default()),
+    );
+    assert_refused(
+        &fixture,
+        request,
+        StatusCode::BAD_REQUEST,
+        "request_body_error",
+    )
+    .await;
+    assert!(fixture.callbacks.try_recv().is_none());
+    // Its place among `max_in_flight` (the only one) is free again.
+    assert_eq!(fixture.handle.health().await.in_flight, 0);
+    let request = post_work(&[(ASYNC_HEADER, value("true"))], "{}");
+    assert_accepted(&fixture.app, &mut fixture.callbacks, request).await;
+}
+
 #[tokio::test]
 async fn synchronous_request_body_is_not_limited_by_max_request_bytes() {
     let (layer, _callbacks) = channel_layer(|b| b.max_request_bytes(16));
@@ -972,6 +1043,339 @@ async fn async_request_while_shutting_down_is_refused_and_sync_still_works() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body), handler_answer());
     assert_eq!(count(&fixture.calls), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The event store
+
+#[tokio::test]
+async fn an_event_the_store_cannot_record_is_store_unavailable_and_nothing_starts() {
+    let store = Arc::new(support::store::FaultyStore::default());
+    store.failing_dispatched.store(true, Ordering::SeqCst);
+    let mut fixture = fixture(|b| {
+        b.default_callback_url(DEFAULT_CALLBACK)
+            .store(store.clone())
+            .max_in_flight(1)
+    });
+    let request = post_work(&[(ASYNC_HEADER, value("true"))], "{}");
+    // `assert_refused`: the handler was not called and nothing was accepted.
+    assert_refused(
+        &fixture,
+        request,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+    )
+    .await;
+    let health = fixture.handle.health().await;
+    assert_eq!(
+        health.in_flight, 0,
+        "no job and no notification hold a place"
+    );
+    assert_eq!(health.metrics.running, 0);
+    assert!(fixture.callbacks.try_recv().is_none(), "no notification");
+
+    // The store answers again: the same request is taken.
+    store.failing_dispatched.store(false, Ordering::SeqCst);
+    let request = post_work(&[(ASYNC_HEADER, value("true"))], "{}");
+    assert_accepted(&fixture.app, &mut fixture.callbacks, request).await;
+    assert_eq!(count(&fixture.calls), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The order of the rows: a request that two rows apply to gets the earlier row's answer
+
+/// Polls the layer's health until `done` holds (failing after 20 s).
+async fn until_health(
+    handle: &AsyncRequestHandle,
+    done: impl Fn(&tower_async_request::layer::Health) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done(&handle.health().await) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the layer never got there"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends an async request whose body does not end until the returned sender is dropped, so it
+/// holds its place under `max_in_flight` (and its instance's) while the layer waits for the body.
+/// It must name a callback URL: without one it is refused before its body is read.
+fn hold_a_place(app: &Router, headers: &[(&str, HeaderValue)]) -> tokio::sync::mpsc::Sender<Bytes> {
+    let (sender, stalled) = ChannelBody::new();
+    let request = post_work(headers, Body::new(stalled));
+    tokio::spawn(app.clone().oneshot(request));
+    sender
+}
+
+/// What a request is meant to show, its headers and body, and the answer it must get.
+type Case = (
+    &'static str,
+    Vec<(&'static str, HeaderValue)>,
+    Body,
+    StatusCode,
+    &'static str,
+);
+
+#[tokio::test]
+async fn the_first_row_that_applies_answers_from_the_headers_to_the_store() {
+    let store = Arc::new(support::store::FaultyStore::default());
+    store.failing_dispatched.store(true, Ordering::SeqCst);
+    let fixture = fixture(|b| b.max_request_bytes(16).store(store.clone()));
+    let callback = |url: &str| (CALLBACK_HEADER, value(url));
+    let asks = || (ASYNC_HEADER, value("true"));
+    let upgrade = ("upgrade", value("websocket"));
+    let cases: Vec<Case> = vec![
+        (
+            "a bad async header before an upgrade and a bad callback URL",
+            vec![
+                (ASYNC_HEADER, value("maybe")),
+                upgrade.clone(),
+                callback("ftp://x"),
+            ],
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "invalid_async_header",
+        ),
+        (
+            "an upgrade before a bad callback URL",
+            vec![asks(), upgrade.clone(), callback("ftp://x")],
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "async_upgrade",
+        ),
+        (
+            "a malformed callback URL (credentials) before a private one",
+            vec![asks(), callback("http://user:pw@127.0.0.1/in")],
+            Body::empty(),
+            StatusCode::BAD_REQUEST,
+            "invalid_callback_url",
+        ),
+        (
+            "a private callback URL before an announced body too large",
+            vec![asks(), callback("http://127.0.0.1/in")],
+            Body::from("x".repeat(17)),
+            StatusCode::BAD_REQUEST,
+            "forbidden_callback_url",
+        ),
+        (
+            "an announced body too large before a missing callback URL",
+            vec![asks()],
+            Body::from("x".repeat(17)),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+        ),
+        (
+            "a missing callback URL before a body found too large while read",
+            vec![asks()],
+            Body::new(ChunkedBody::new(["x".repeat(10), "x".repeat(10)])),
+            StatusCode::BAD_REQUEST,
+            "missing_callback_url",
+        ),
+        (
+            "a missing callback URL before a broken body",
+            vec![asks()],
+            Body::new(BrokenBody::default()),
+            StatusCode::BAD_REQUEST,
+            "missing_callback_url",
+        ),
+        (
+            "a body found too large while read before the store",
+            vec![asks(), callback(DEFAULT_CALLBACK)],
+            Body::new(ChunkedBody::new(["x".repeat(10), "x".repeat(10)])),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+        ),
+        (
+            "a broken body before the store",
+            vec![asks(), callback(DEFAULT_CALLBACK)],
+            Body::new(BrokenBody::default()),
+            StatusCode::BAD_REQUEST,
+            "request_body_error",
+        ),
+        (
+            "and the store, when nothing else applies",
+            vec![asks(), callback(DEFAULT_CALLBACK)],
+            Body::from("{}"),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+        ),
+    ];
+    for (case, headers, body, status, code) in cases {
+        let (answered, _, body) = send(&fixture.app, post_work(&headers, body)).await;
+        assert_eq!(
+            (answered, json(&body)["code"].as_str()),
+            (status, Some(code)),
+            "{case}"
+        );
+    }
+    assert_eq!(count(&fixture.calls), 0);
+    assert_eq!(fixture.handle.metrics().accepted, 0);
+}
+
+#[tokio::test]
+async fn the_first_row_that_applies_answers_at_the_bound_and_while_shutting_down() {
+    let fixture = fixture(|b| b.max_request_bytes(16).max_in_flight(1));
+    let asks = || (ASYNC_HEADER, value("true"));
+    let to_default = (CALLBACK_HEADER, value(DEFAULT_CALLBACK));
+    let held = hold_a_place(&fixture.app, &[asks(), to_default]);
+    until_health(&fixture.handle, |h| h.in_flight == 1).await;
+
+    // At the bound: an announced body too large before overloaded, overloaded before a missing
+    // callback URL.
+    let too_large = post_work(&[asks()], "x".repeat(17));
+    assert_refused(
+        &fixture,
+        too_large,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+    )
+    .await;
+    let missing = post_work(&[asks()], Body::empty());
+    assert_refused(
+        &fixture,
+        missing,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+    )
+    .await;
+
+    // Shutting down, and still at the bound: too large, then shutting down, before overloaded.
+    let handle = fixture.handle.clone();
+    tokio::spawn(async move { handle.shutdown(Duration::from_secs(60)).await });
+    until_health(&fixture.handle, |h| h.shutting_down).await;
+    let too_large = post_work(&[asks()], "x".repeat(17));
+    assert_refused(
+        &fixture,
+        too_large,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "request_too_large",
+    )
+    .await;
+    let missing = post_work(&[asks()], Body::empty());
+    assert_refused(
+        &fixture,
+        missing,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shutting_down",
+    )
+    .await;
+    drop(held);
+}
+
+#[tokio::test]
+async fn the_first_row_that_applies_answers_for_instances() {
+    use tower_async_request::instance::{Instance, InstanceMap};
+    // `x-instance: N` names instance N. Instance 30 may hold one event, 31 many; neither has a
+    // callback URL, so a request naming none is `missing_callback_url` once its instance is known.
+    let instances =
+        InstanceMap::new(|parts| parts.headers.get("x-instance")?.to_str().ok()?.parse().ok());
+    instances.insert(Instance::builder(30).max_in_flight(1).build().unwrap());
+    instances.insert(Instance::builder(31).build().unwrap());
+    let (sink, callbacks) = ChannelSink::new(16);
+    let layer = AsyncRequestLayer::builder()
+        .instances(instances)
+        .max_in_flight(2)
+        .sink(sink)
+        .build()
+        .unwrap();
+    let calls = counter();
+    let fixture = Fixture {
+        handle: layer.handle(),
+        app: counting_app(layer, calls.clone()),
+        calls,
+        callbacks,
+    };
+    let asks = || (ASYNC_HEADER, value("true"));
+    let instance = |id: &str| ("x-instance", value(id));
+
+    // No instance named: unknown_instance before missing_callback_url.
+    let request = post_work(&[asks()], Body::empty());
+    assert_refused(
+        &fixture,
+        request,
+        StatusCode::UNAUTHORIZED,
+        "unknown_instance",
+    )
+    .await;
+
+    // Instance 30 at its own bound: overloaded before missing_callback_url.
+    let to_default = (CALLBACK_HEADER, value(DEFAULT_CALLBACK));
+    let held_30 = hold_a_place(&fixture.app, &[asks(), instance("30"), to_default.clone()]);
+    until_health(&fixture.handle, |h| h.in_flight == 1).await;
+    let request = post_work(&[asks(), instance("30")], Body::empty());
+    assert_refused(
+        &fixture,
+        request,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+    )
+    .await;
+    // Instance 31 is below its own: missing_callback_url.
+    let request = post_work(&[asks(), instance("31")], Body::empty());
+    assert_refused(
+        &fixture,
+        request,
+        StatusCode::BAD_REQUEST,
+        "missing_callback_url",
+    )
+    .await;
+
+    // The layer at its bound: overloaded before unknown_instance.
+    let held_31 = hold_a_place(&fixture.app, &[asks(), instance("31"), to_default]);
+    until_health(&fixture.handle, |h| h.in_flight == 2).await;
+    let request = post_work(&[asks()], Body::empty());
+    assert_refused(
+        &fixture,
+        request,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+    )
+    .await;
+    drop((held_30, held_31));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signatures
+
+#[tokio::test]
+async fn standard_webhooks_secret_given_twice_signs_every_callback_with_both() {
+    use tower_async_request::StandardWebhooksVerifier;
+    const ROTATED: &str = "whsec_YSBzZWNvbmQga2V5LCBhZnRlciByb3RhdGlvbiEh";
+    let mut fixture = fixture(|b| {
+        b.default_callback_url(DEFAULT_CALLBACK)
+            .standard_webhooks_secret(WHSEC)
+            .standard_webhooks_secret(ROTATED)
+    });
+    let request = post_work(&[(ASYNC_HEADER, value("true"))], Body::empty());
+    let (_, callback) = assert_accepted(&fixture.app, &mut fixture.callbacks, request).await;
+    let signatures: Vec<&str> = callback.headers()["webhook-signature"]
+        .to_str()
+        .unwrap()
+        .split(' ')
+        .collect();
+    assert_eq!(signatures.len(), 2, "{signatures:?}");
+    // The first verifies with the first secret only, the second with the second only.
+    for (signature, secret, other) in [
+        (signatures[0], WHSEC, ROTATED),
+        (signatures[1], ROTATED, WHSEC),
+    ] {
+        assert!(signature.starts_with("v1,"), "{signature}");
+        let mut headers = callback.headers().clone();
+        headers.insert("webhook-signature", value(signature));
+        StandardWebhooksVerifier::new(secret)
+            .unwrap()
+            .verify(&headers, callback.body())
+            .unwrap_or_else(|e| panic!("{signature} does not verify with its secret: {e}"));
+        assert!(
+            StandardWebhooksVerifier::new(other)
+                .unwrap()
+                .verify(&headers, callback.body())
+                .is_err(),
+            "{signature} is made with one secret"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 //! - plain calls pass through, OK and error statuses alike, trailers included;
 //! - an async call gets an OK answer with the empty default message and the receipt in metadata;
 //! - its callback carries the real message (base64) and the call's `grpcStatus`/`grpcMessage`;
-//! - refusals are gRPC errors with `elements-error-code`, and the handler is not called.
+//! - refusals are gRPC errors with `elements-error-code` and no `Retry-After`, and the handler is
+//!   not called.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -81,6 +82,8 @@ impl TestFolders {
 
 struct Harness {
     client: FoldersClient<Channel>,
+    /// The same connection, for requests at the HTTP level.
+    channel: Channel,
     handler: Arc<TestFolders>,
     callbacks: CallbackReceiver,
 }
@@ -112,7 +115,8 @@ async fn start(builder: AsyncRequestLayerBuilder) -> Harness {
     .await
     .expect("connect to the gRPC server");
     Harness {
-        client: FoldersClient::new(channel),
+        client: FoldersClient::new(channel.clone()),
+        channel,
         handler,
         callbacks,
     }
@@ -169,6 +173,12 @@ fn receipt_event_id(receipt: &tonic::Response<CopyReply>) -> u64 {
 
 /// The next callback: checks what every callback has, verifies its signature, and parses it.
 async fn next_notification(harness: &mut Harness) -> Notification {
+    let callback = next_callback(harness).await;
+    serde_json::from_slice(callback.body()).expect("a notification")
+}
+
+/// The next callback as it was sent, after checking what every callback has and its signature.
+async fn next_callback(harness: &mut Harness) -> http::Request<Bytes> {
     let callback = within(harness.callbacks.recv())
         .await
         .expect("the callback channel closed");
@@ -184,7 +194,7 @@ async fn next_notification(harness: &mut Harness) -> Notification {
         callback.headers()["elements-event-id"],
         notification.event_id.get().to_string()
     );
-    notification
+    callback
 }
 
 #[tokio::test]
@@ -345,11 +355,16 @@ async fn an_empty_answer_message_comes_back_empty() {
     .expect("an OK receipt");
     let event_id = receipt_event_id(&receipt);
 
-    let notification = next_notification(&mut harness).await;
+    let callback = next_callback(&mut harness).await;
+    // Zero message bytes: `"response":null` as for any empty body, and so no `responseEncoding`.
+    let sent: serde_json::Value = serde_json::from_slice(callback.body()).unwrap();
+    assert_eq!(sent["response"], serde_json::Value::Null, "{sent}");
+    assert!(sent.as_object().unwrap().contains_key("response"), "{sent}");
+    assert!(sent.get("responseEncoding").is_none(), "{sent}");
+    let notification: Notification = serde_json::from_slice(callback.body()).unwrap();
     assert_eq!(notification.event_id.get(), event_id);
     assert_eq!(notification.grpc_status, Some(0));
-    // Zero message bytes: `Notification::response_bytes` gives them back (whether the JSON says
-    // `null` or an empty base64 string), and they decode to the default message.
+    // `Notification::response_bytes` gives the empty message back, which decodes to the default.
     let bytes = notification.response_bytes().expect("a response");
     assert!(bytes.is_empty(), "{notification:?}");
     assert_eq!(
@@ -455,6 +470,8 @@ async fn overloaded_is_unavailable_and_work_in_flight_still_completes() {
     .await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(error_code(&status), "overloaded");
+    // Unlike the HTTP refusal, the gRPC one carries no `Retry-After`.
+    assert!(status.metadata().get("retry-after").is_none(), "{status:?}");
 
     // Synchronous calls are never limited.
     within(harness.client.copy(copy("TestFolder")))
@@ -469,4 +486,81 @@ async fn overloaded_is_unavailable_and_work_in_flight_still_completes() {
     assert_eq!(message.path, "/slowCopy");
     // The plain call and the slow job reached the handler; the refused call did not.
     assert_eq!(harness.handler.calls(), 2);
+}
+
+/// An async call whose request body never arrives is `DEADLINE_EXCEEDED`, sent over the same
+/// HTTP/2 connection a tonic client uses (a tonic client itself always sends its whole message).
+#[tokio::test]
+async fn an_async_call_whose_body_does_not_arrive_is_deadline_exceeded() {
+    use tower::Service;
+    let mut harness = start(layer().request_body_timeout(Duration::from_millis(100))).await;
+    let request = http::Request::post(proto::COPY_PATH)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("elements-async-request", "true")
+        .header("elements-async-callback-url", CALLBACK_URL)
+        .body(tonic::body::Body::new(Stalled))
+        .unwrap();
+    let ready = within(harness.channel.ready())
+        .await
+        .expect("a ready channel");
+    let response = within(ready.call(request)).await.expect("an answer");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    let status = Status::from_header_map(response.headers()).expect("a trailers-only error");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(error_code(&status), "request_body_timeout");
+    assert!(response.headers().get("retry-after").is_none());
+    assert_eq!(harness.handler.calls(), 0);
+    assert!(harness.callbacks.try_recv().is_none(), "no callbacks");
+}
+
+/// A request body that never yields a frame nor ends.
+struct Stalled;
+
+impl http_body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Pending
+    }
+}
+
+#[tokio::test]
+async fn an_async_call_naming_no_instance_is_unauthenticated() {
+    use tower_async_request::instance::{Instance, InstanceMap};
+    // Metadata `x-instance: N` names instance N.
+    let instances =
+        InstanceMap::new(|parts| parts.headers.get("x-instance")?.to_str().ok()?.parse().ok());
+    instances.insert(
+        Instance::builder(30)
+            .callback_url(CALLBACK_URL)
+            .signing_key(SIGNING_KEY)
+            .build()
+            .unwrap(),
+    );
+    let mut harness = start(AsyncRequestLayer::builder().instances(instances)).await;
+
+    let status = refused(&mut harness, async_call(copy("TestFolder"), None)).await;
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert_eq!(error_code(&status), "unknown_instance");
+    assert!(status.metadata().get("retry-after").is_none());
+    assert_eq!(harness.handler.calls(), 0);
+
+    // Naming the instance, the same call is taken and notified as that instance.
+    let mut request = async_call(copy("TestFolder"), None);
+    request
+        .metadata_mut()
+        .insert("x-instance", "30".parse().unwrap());
+    let receipt = within(harness.client.copy(request))
+        .await
+        .expect("a receipt");
+    let event_id = receipt_event_id(&receipt);
+    let notification = next_notification(&mut harness).await;
+    assert_eq!(notification.event_id.get(), event_id);
+    assert_eq!(notification.instance_id, 30);
+    assert_eq!(harness.handler.calls(), 1);
 }

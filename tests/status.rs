@@ -75,9 +75,10 @@ async fn the_receipt_points_at_a_status_that_follows_the_event_to_delivery() {
 
     let (status, headers, running) = call(&app, get(&location)).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        headers.contains_key("retry-after"),
-        "unfinished events say when to poll again"
+    assert_eq!(
+        headers.get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1"),
+        "unfinished events say to poll again in a second"
     );
     assert_eq!(running["eventId"], receipt["eventId"]);
     assert!(["dispatched", "running"].contains(&running["eventStatus"].as_str().unwrap()));
@@ -279,4 +280,36 @@ async fn the_layer_owns_only_get_under_its_prefix() {
         StatusCode::OK,
         "a longer path is not under the prefix"
     );
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_read_is_503_store_unavailable() {
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(support::store::FaultyStore::default());
+    let (sink, mut callbacks) = ChannelSink::new(4);
+    let layer = AsyncRequestLayer::builder()
+        .status_endpoint("/events")
+        .default_callback_url("https://hooks.example.com/in")
+        .store(store.clone())
+        .sink(sink)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/work", post(|| async { "done" }))
+        .layer(layer);
+    let (_, headers, _) = call(&app, async_request(None)).await;
+    let location = headers["location"].to_str().unwrap().to_owned();
+    callbacks.recv().await.unwrap();
+    assert_eq!(call(&app, get(&location)).await.0, StatusCode::OK);
+
+    store.failing_reads.store(true, Ordering::SeqCst);
+    let (status, headers, body) = call(&app, get(&location)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(body["code"], "store_unavailable", "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+
+    // Once the store answers again, so does the status URL.
+    store.failing_reads.store(false, Ordering::SeqCst);
+    assert_eq!(call(&app, get(&location)).await.0, StatusCode::OK);
 }

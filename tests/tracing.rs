@@ -17,6 +17,7 @@ async fn the_event_span_follows_the_work_and_names_its_ids() {
 
     let (sink, mut callbacks) = ChannelSink::new(4);
     let layer = AsyncRequestLayer::builder()
+        .instance_id(30)
         .default_callback_url("https://hooks.example.com/in")
         .sink(sink)
         .build()
@@ -56,6 +57,8 @@ async fn the_event_span_follows_the_work_and_names_its_ids() {
         field(fields, "notification_id"),
         Some(notification_id.as_str())
     );
+    assert_eq!(notification["instanceId"], 30);
+    assert_eq!(field(fields, "instance_id"), Some("30"), "{fields:?}");
     assert_eq!(
         parent.as_deref(),
         Some("incoming_request"),

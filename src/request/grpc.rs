@@ -9,8 +9,9 @@
 //!   message type) with `grpc-status: 0` — and the receipt in response metadata:
 //!   `elements-event-id` and `elements-event-status: dispatched`;
 //! - **refusals**: a trailers-only gRPC error (`grpc-status` `INVALID_ARGUMENT`,
-//!   `RESOURCE_EXHAUSTED` or `UNAVAILABLE`, a `grpc-message`, and the crate's stable code in
-//!   `elements-error-code`);
+//!   `DEADLINE_EXCEEDED`, `RESOURCE_EXHAUSTED`, `UNAUTHENTICATED`, `FAILED_PRECONDITION`,
+//!   `ABORTED` or `UNAVAILABLE`, a `grpc-message`, and the crate's stable code in
+//!   `elements-error-code`; no `Retry-After`);
 //! - **notification**: `response` is the response *message* bytes (the length prefix removed when
 //!   the body is one uncompressed message) in base64 with `"responseEncoding":"base64"` — or
 //!   `null`, as for any empty body, when the call produced no message bytes (an error status, or
@@ -175,17 +176,65 @@ mod tests {
         assert_eq!(&collected.to_bytes()[..], &[0, 0, 0, 0, 0]);
     }
 
-    #[test]
-    fn refusals_are_trailers_only_grpc_errors() {
+    #[tokio::test]
+    async fn refusals_are_trailers_only_grpc_errors() {
         let response = Refusal::new(RefusalCode::Overloaded, "busy, 100% full").respond(true);
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["grpc-status"], "14");
         assert_eq!(response.headers()["grpc-message"], "busy, 100%25 full");
         assert_eq!(response.headers()["elements-error-code"], "overloaded");
-        let response = Refusal::new(RefusalCode::InvalidCallbackUrl, "bad").respond(true);
-        assert_eq!(response.headers()["grpc-status"], "3");
-        let response = Refusal::new(RefusalCode::RequestTooLarge, "big").respond(true);
-        assert_eq!(response.headers()["grpc-status"], "8");
+
+        // Every code, with the `grpc-status` docs/wire-contract.md gives it: the `400` codes
+        // INVALID_ARGUMENT, then DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNAUTHENTICATED, and the
+        // `503` codes UNAVAILABLE; and the idempotency codes' own (`422`, `409`).
+        let mapping = [
+            (RefusalCode::InvalidAsyncHeader, 3),
+            (RefusalCode::MissingCallbackUrl, 3),
+            (RefusalCode::InvalidCallbackUrl, 3),
+            (RefusalCode::ForbiddenCallbackUrl, 3),
+            (RefusalCode::RequestBodyError, 3),
+            (RefusalCode::AsyncUpgrade, 3),
+            (RefusalCode::RequestBodyTimeout, 4),
+            (RefusalCode::RequestTooLarge, 8),
+            (RefusalCode::UnknownInstance, 16),
+            (RefusalCode::Overloaded, 14),
+            (RefusalCode::ShuttingDown, 14),
+            (RefusalCode::StoreUnavailable, 14),
+            (RefusalCode::InstanceUnavailable, 14),
+            (RefusalCode::InvalidIdempotencyKey, 3),
+            (RefusalCode::IdempotencyKeyRequired, 3),
+            (RefusalCode::IdempotencyKeyMismatch, 9), // FAILED_PRECONDITION
+            (RefusalCode::IdempotencyKeyInUse, 10),   // ABORTED
+        ];
+        for (code, grpc_status) in mapping {
+            let for_http = Refusal::new(code, "why").respond(false);
+            let response = Refusal::new(code, "why").respond(true);
+            let headers = response.headers();
+            assert_eq!(response.status(), StatusCode::OK, "{code:?}");
+            assert_eq!(headers["content-type"], "application/grpc", "{code:?}");
+            assert_eq!(headers["grpc-status"], grpc_status.to_string(), "{code:?}");
+            assert_eq!(headers["elements-error-code"], code.as_str());
+            // Retry-After is for HTTP clients only.
+            assert!(
+                !headers.contains_key(header::RETRY_AFTER),
+                "{code:?}: {headers:?}"
+            );
+            if matches!(
+                code,
+                RefusalCode::Overloaded
+                    | RefusalCode::InstanceUnavailable
+                    | RefusalCode::IdempotencyKeyInUse
+            ) {
+                assert!(
+                    for_http.headers().contains_key(header::RETRY_AFTER),
+                    "{code:?}"
+                );
+            }
+            // Trailers-only: no message, no trailers.
+            let collected = response.into_body().collect().await.unwrap();
+            assert!(collected.trailers().is_none(), "{code:?}");
+            assert!(collected.to_bytes().is_empty(), "{code:?}");
+        }
     }
 
     #[test]

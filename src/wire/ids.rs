@@ -163,11 +163,41 @@ mod tests {
 
     #[test]
     fn ids_are_unique_increasing_and_js_safe() {
+        // Eight threads take event and notification ids, in turn, from the one shared generator
+        // at once: each sees its own ids increase, and no id is handed out twice.
+        const THREADS: usize = 8;
+        const EACH: usize = 20_000;
         let ids = IdGenerator::global();
-        let first = ids.event_id().get();
-        let second = ids.notification_id().get();
-        assert!(second > first);
-        assert!(second <= MAX_SAFE_ID);
+        let before = ids.peek();
+        let start = std::sync::Barrier::new(THREADS);
+        let taken: Vec<Vec<u64>> = std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    let start = &start;
+                    scope.spawn(move || {
+                        start.wait();
+                        (0..EACH)
+                            .map(|i| match i % 2 {
+                                0 => ids.event_id().get(),
+                                _ => ids.notification_id().get(),
+                            })
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for mine in &taken {
+            assert!(mine.windows(2).all(|w| w[0] < w[1]), "not increasing");
+        }
+        let all: std::collections::HashSet<u64> = taken.iter().flatten().copied().collect();
+        assert_eq!(all.len(), THREADS * EACH, "an id was handed out twice");
+        assert!(
+            all.iter().all(|&id| id >= before),
+            "below the generator's start"
+        );
+        let highest = all.iter().copied().max().unwrap();
+        assert!(highest <= MAX_SAFE_ID, "{highest} above 2^53 - 1");
     }
 
     #[test]

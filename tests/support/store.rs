@@ -1,5 +1,5 @@
-//! A store that fails on demand, over a `MemoryStore`: the next outcomes it cannot record, reads
-//! that fail, and a health check that never answers.
+//! A store that fails on demand, over a `MemoryStore`: new events it cannot record, the next
+//! outcomes it cannot record, reads that fail, and a health check that never answers.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -12,6 +12,8 @@ use tower_async_request::store::{
 #[derive(Debug, Default)]
 pub struct FaultyStore {
     inner: MemoryStore,
+    /// Whether recording a new event (`dispatched`) fails.
+    pub failing_dispatched: AtomicBool,
     /// How many of the next outcomes (`finished`) fail.
     pub failing_outcomes: AtomicUsize,
     /// Whether status and dead-letter reads fail.
@@ -45,6 +47,9 @@ impl EventStore for FaultyStore {
         self.inner.allocate_ids()
     }
     fn dispatched<'a>(&'a self, event: &'a EventRecord) -> StoreFuture<'a, ()> {
+        if self.failing_dispatched.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::new("the database is out of reach")) });
+        }
         self.inner.dispatched(event)
     }
     fn running(&self, event_id: EventId) -> StoreFuture<'_, ()> {
