@@ -564,3 +564,47 @@ async fn an_async_call_naming_no_instance_is_unauthenticated() {
     assert_eq!(notification.instance_id, 30);
     assert_eq!(harness.handler.calls(), 1);
 }
+
+/// `idempotency-key` metadata: the same call again gets the first receipt, replayed, and the
+/// handler runs once; the key with another message is `FAILED_PRECONDITION`
+/// (`idempotency_key_mismatch`).
+#[tokio::test]
+async fn an_async_call_sent_again_with_its_idempotency_key_gets_the_first_receipt() {
+    let mut harness = start(layer()).await;
+    let keyed = |folder: &str| {
+        let mut request = async_call(copy(folder), Some(CALLBACK_URL));
+        request
+            .metadata_mut()
+            .insert("idempotency-key", "\"copy-7\"".parse().unwrap());
+        request
+    };
+    let first = within(harness.client.copy(keyed("TestFolder")))
+        .await
+        .expect("an OK receipt");
+    let event_id = receipt_event_id(&first);
+    assert!(first.metadata().get("idempotent-replayed").is_none());
+    let again = within(harness.client.copy(keyed("TestFolder")))
+        .await
+        .expect("an OK receipt");
+    assert_eq!(receipt_event_id(&again), event_id);
+    assert_eq!(
+        again
+            .metadata()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    let mismatch = refused(&mut harness, keyed("OtherFolder")).await;
+    assert_eq!(mismatch.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(error_code(&mismatch), "idempotency_key_mismatch");
+
+    assert_eq!(
+        next_notification(&mut harness).await.event_id.get(),
+        event_id
+    );
+    assert_eq!(harness.handler.calls(), 1);
+    assert!(
+        harness.callbacks.try_recv().is_none(),
+        "one notification in all"
+    );
+}

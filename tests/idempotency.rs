@@ -312,3 +312,17 @@ async fn a_replayed_receipts_location_reads_the_first_event() {
     let status: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(status["eventId"].as_u64(), Some(first.event_id()));
 }
+
+/// A store that keeps no keys (the trait's default) refuses keyed requests as
+/// `503 store_unavailable` rather than accept them unprotected; unkeyed ones go on as before.
+#[tokio::test]
+async fn a_store_that_keeps_no_keys_refuses_keyed_requests() {
+    let receiver = Receiver::start(Vec::new()).await;
+    let store = support::store::FaultyStore::default();
+    let app = App::start(layer(&receiver).store(store), None).await;
+    app.send("/work/copy", &[KEY], "x")
+        .await
+        .refused(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable");
+    assert_eq!(app.calls(), 0);
+    app.send("/work/copy", &[], "x").await.event_id();
+}

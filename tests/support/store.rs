@@ -1,5 +1,7 @@
 //! A store that fails on demand, over a `MemoryStore`: new events it cannot record, the next
-//! outcomes it cannot record, reads that fail, and a health check that never answers.
+//! outcomes it cannot record, reads that fail, and a health check that never answers. It keeps
+//! no idempotency keys (`EventStore::dispatched_with_key`'s default), as a store written before
+//! them would.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
