@@ -326,3 +326,69 @@ async fn a_store_that_keeps_no_keys_refuses_keyed_requests() {
     assert_eq!(app.calls(), 0);
     app.send("/work/copy", &[], "x").await.event_id();
 }
+
+/// Where the key's rows fall among the others (docs/wire-contract.md): after the layer's own
+/// bound, before the instance is resolved.
+#[tokio::test]
+async fn a_malformed_key_is_refused_after_overloaded_and_before_unknown_instance() {
+    use tower_async_request::instance::{Instance, InstanceMap};
+    let receiver = Receiver::start(Vec::new()).await;
+    // Instances told by `x-tenant`: a request without it names none.
+    let instances =
+        InstanceMap::new(|parts| parts.headers.get("x-tenant")?.to_str().ok()?.parse().ok());
+    instances.insert(
+        Instance::builder(30)
+            .callback_url(receiver.url())
+            .build()
+            .unwrap(),
+    );
+    let gate = Arc::new(Notify::new());
+    let builder = AsyncRequestLayer::builder()
+        .instances(instances)
+        .allow_private_callbacks(true)
+        .max_in_flight(1);
+    let app = App::start(builder, Some(gate.clone())).await;
+    app.send("/work/copy", &["\"unclosed"], "x")
+        .await
+        .refused(StatusCode::BAD_REQUEST, "invalid_idempotency_key");
+    // Once the layer is full, its bound answers first.
+    let request = Request::post(format!("http://{}/work/copy", app.addr))
+        .header("Elements-Async-Request", "true")
+        .header("x-tenant", "30")
+        .header("Idempotency-Key", "\"first\"")
+        .body(Full::from("x"))
+        .unwrap();
+    let accepted = app.client.request(request).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    support::eventually("running", || app.calls() == 1).await;
+    app.send("/work/copy", &["\"unclosed"], "x")
+        .await
+        .refused(StatusCode::SERVICE_UNAVAILABLE, "overloaded");
+    gate.notify_one();
+}
+
+/// With `Prefer: respond-async, wait=N`, a first request whose work ends in time gets the real
+/// response; sent again, it gets the receipt of its event, replayed (docs/idempotency.md).
+#[tokio::test]
+async fn with_prefer_wait_a_repeat_gets_the_receipt_not_the_response() {
+    let receiver = Receiver::start(Vec::new()).await;
+    let app = App::start(layer(&receiver).prefer_respond_async(true), None).await;
+    let send = || {
+        let request = Request::post(format!("http://{}/work/copy", app.addr))
+            .header("Prefer", "respond-async, wait=10")
+            .header("Idempotency-Key", KEY)
+            .body(Full::from("x"))
+            .unwrap();
+        app.client.request(request)
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let body = first.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "done copy x");
+    let again = send().await.unwrap();
+    let (parts, body) = again.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    check_receipt(parts.status, &parts.headers, &body);
+    assert_eq!(parts.headers["idempotent-replayed"], "true");
+    assert_eq!(app.calls(), 1);
+}

@@ -1002,4 +1002,83 @@ async fn a_version_2_schema_with_events_is_migrated_to_keep_idempotency_keys() {
     );
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(handle.metrics().accepted, 1);
+
+    // Kept for the default retention, 24 hours from the request.
+    let expires: i64 = client
+        .query_one(
+            &format!("SELECT expires_at_ms FROM {quoted}.idempotency_keys"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let day = 24 * 60 * 60 * 1000;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(
+        (now + day - 60_000..=now + day).contains(&expires),
+        "expires {} ms from now",
+        expires - now
+    );
+}
+
+/// Expired keys are swept with the retention; one that expired is free for new work at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_idempotency_keys_are_swept_and_free_again() {
+    use tower_async_request::store::{IdempotencyKey, KeyClaim, KeyScope};
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let store = store(&schema).await;
+    let key = |name: &str, expires_at_ms: u64| IdempotencyKey {
+        scope: KeyScope {
+            instance_id: 30,
+            method: "POST".into(),
+            path: "/work".into(),
+            key: name.into(),
+        },
+        fingerprint: [7; 32],
+        expires_at_ms,
+    };
+    let claim = |name: &'static str, expires: u64| {
+        let store = store.clone();
+        let key = key(name, expires);
+        async move {
+            let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+            let accepted = event(event_id, notification_id, "https://hooks.example.com/in");
+            let claim = store.dispatched_with_key(&accepted, &key).await.unwrap();
+            (event_id, claim)
+        }
+    };
+    let (held, claimed) = claim("held", u64::MAX).await;
+    assert_eq!(claimed, KeyClaim::Claimed);
+    assert_eq!(
+        claim("held", u64::MAX).await.1,
+        KeyClaim::Held {
+            event_id: held,
+            fingerprint: [7; 32]
+        }
+    );
+    assert_eq!(claim("expired", 1).await.1, KeyClaim::Claimed);
+    assert_eq!(
+        claim("expired", 1).await.1,
+        KeyClaim::Claimed,
+        "expired: free"
+    );
+    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let keys = format!("SELECT count(*) FROM \"{}\".idempotency_keys", schema.0);
+    let count = |row: tokio_postgres::Row| row.get::<_, i64>(0);
+    assert_eq!(count(client.query_one(&keys, &[]).await.unwrap()), 2);
+    store.delete_expired().await.unwrap();
+    assert_eq!(
+        count(client.query_one(&keys, &[]).await.unwrap()),
+        1,
+        "the expired key is swept, the held one kept"
+    );
 }

@@ -45,17 +45,17 @@ pub enum KeyClaim {
 }
 
 impl KeyScope {
-    /// The scope as one byte string, each part's length before it (so no two scopes share one),
-    /// for stores that keep keys under a single column.
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut bytes =
-            Vec::with_capacity(8 + 12 + self.method.len() + self.path.len() + self.key.len());
-        bytes.extend_from_slice(&self.instance_id.to_be_bytes());
+    /// The scope's SHA-256, each part's length before it (so no two scopes share their input),
+    /// for stores that keep keys under a fixed-size column: 32 bytes, whatever the key's length.
+    pub(crate) fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(self.instance_id.to_be_bytes());
         for part in [&self.method, &self.path, &self.key] {
-            bytes.extend_from_slice(&(part.len() as u32).to_be_bytes());
-            bytes.extend_from_slice(part.as_bytes());
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
         }
-        bytes
+        hash.finalize().into()
     }
 }
 
@@ -73,7 +73,7 @@ mod tests {
     }
 
     #[test]
-    fn scopes_that_differ_anywhere_have_different_bytes() {
+    fn scopes_that_differ_anywhere_have_different_digests() {
         let scopes = [
             scope("POST", "/a", "k"),
             scope("POST", "/ak", ""),
@@ -84,8 +84,8 @@ mod tests {
                 ..scope("POST", "/a", "k")
             },
         ];
-        let bytes: std::collections::HashSet<Vec<u8>> =
-            scopes.iter().map(KeyScope::to_bytes).collect();
-        assert_eq!(bytes.len(), scopes.len());
+        let digests: std::collections::HashSet<[u8; 32]> =
+            scopes.iter().map(KeyScope::digest).collect();
+        assert_eq!(digests.len(), scopes.len());
     }
 }

@@ -1,12 +1,12 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use super::{
     unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    IdempotencyKey, KeyClaim, KeyScope, NotificationRecord, Recovery, StoreError, StoreFuture,
+    IdempotencyKey, KeyClaim, NotificationRecord, Recovery, StoreError, StoreFuture,
 };
 use crate::wire::ids::{EventId, IdGenerator, IdMap, NotificationId};
 
@@ -50,10 +50,11 @@ struct Records {
     dead: BTreeSet<NotificationId>,
     /// Delivered and not-requested notifications in the order they stop being needed.
     retained: VecDeque<(u64, NotificationId)>,
-    /// Idempotency keys: the event holding each, its request's fingerprint, and its expiry.
-    keys: HashMap<Arc<KeyScope>, (EventId, [u8; 32], u64)>,
+    /// Idempotency keys by their scope's digest: the event holding each, its request's
+    /// fingerprint, and its expiry.
+    keys: HashMap<[u8; 32], (EventId, [u8; 32], u64)>,
     /// The keys in the order they were claimed (with one retention, the order they expire in).
-    claimed: VecDeque<(u64, Arc<KeyScope>)>,
+    claimed: VecDeque<(u64, [u8; 32])>,
 }
 
 impl Records {
@@ -91,20 +92,12 @@ impl Records {
     }
 
     /// Claims `key` for `event` unless an unexpired earlier event holds it; drops keys past
-    /// their expiry, and the oldest beyond `max`.
+    /// their expiry, and the oldest to keep at most `max`.
     fn claim(&mut self, event: &EventRecord, key: &IdempotencyKey, max: usize) -> KeyClaim {
         let now = unix_ms();
-        while let Some((expires, scope)) = self.claimed.front() {
-            if *expires > now && self.claimed.len() < max.max(1) {
-                break;
-            }
-            // Only if it is still this claim (an expired key may have been claimed again).
-            if self.keys.get(scope).is_some_and(|held| held.2 == *expires) {
-                self.keys.remove(scope);
-            }
-            self.claimed.pop_front();
-        }
-        if let Some(&(event_id, fingerprint, expires)) = self.keys.get(&key.scope) {
+        self.forget_keys(|expires, _| expires <= now);
+        let scope = key.scope.digest();
+        if let Some(&(event_id, fingerprint, expires)) = self.keys.get(&scope) {
             if expires > now {
                 return KeyClaim::Held {
                     event_id,
@@ -112,14 +105,27 @@ impl Records {
                 };
             }
         }
-        let scope = Arc::new(key.scope.clone());
-        self.keys.insert(
-            Arc::clone(&scope),
-            (event.event_id, key.fingerprint, key.expires_at_ms),
-        );
+        // Room for this one: the oldest go.
+        self.forget_keys(|_, kept| kept >= max.max(1));
+        self.keys
+            .insert(scope, (event.event_id, key.fingerprint, key.expires_at_ms));
         self.claimed.push_back((key.expires_at_ms, scope));
         self.unfinished.insert(event.event_id, event.clone());
         KeyClaim::Claimed
+    }
+
+    /// Forgets the oldest claims while `until(expiry, how many are kept)` says so.
+    fn forget_keys(&mut self, until: impl Fn(u64, usize) -> bool) {
+        while let Some(&(expires, scope)) = self.claimed.front() {
+            if !until(expires, self.claimed.len()) {
+                break;
+            }
+            // Only if it is still this claim (an expired key may have been claimed again).
+            if self.keys.get(&scope).is_some_and(|held| held.2 == expires) {
+                self.keys.remove(&scope);
+            }
+            self.claimed.pop_front();
+        }
     }
 
     fn put(&mut self, record: NotificationRecord) {
@@ -316,7 +322,53 @@ impl EventStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::KeyScope;
     use bytes::Bytes;
+
+    fn keyed(id: u64, key: &str, expires_at_ms: u64) -> (EventRecord, IdempotencyKey) {
+        let event = EventRecord {
+            event_id: EventId::new(id),
+            notification_id: NotificationId::new(id + 1),
+            instance_id: 7,
+            target: String::new(),
+            instance_url: false,
+            accepted_at_ms: 1,
+            running: false,
+        };
+        let key = IdempotencyKey {
+            scope: KeyScope {
+                instance_id: 7,
+                method: "POST".into(),
+                path: "/work".into(),
+                key: key.into(),
+            },
+            fingerprint: [id as u8; 32],
+            expires_at_ms,
+        };
+        (event, key)
+    }
+
+    /// Keys are kept until they expire, and at most `max_retained` of them: the oldest go first.
+    #[tokio::test]
+    async fn keys_are_bounded_by_max_retained_and_forgotten_when_expired() {
+        let store = MemoryStore::new().max_retained(2);
+        let claim = |id: u64, key: &str, expires: u64| {
+            let (event, key) = keyed(id, key, expires);
+            futures_now(store.dispatched_with_key(&event, &key))
+        };
+        let forever = u64::MAX;
+        assert_eq!(claim(1, "a", forever), KeyClaim::Claimed);
+        assert!(
+            matches!(claim(3, "a", forever), KeyClaim::Held { event_id, .. } if event_id.get() == 1)
+        );
+        assert_eq!(claim(5, "b", forever), KeyClaim::Claimed);
+        assert_eq!(claim(7, "c", forever), KeyClaim::Claimed);
+        assert_eq!(claim(9, "a", forever), KeyClaim::Claimed, "the oldest went");
+        assert!(matches!(claim(11, "c", forever), KeyClaim::Held { .. }));
+        // An expired key is free again.
+        assert_eq!(claim(13, "d", 1), KeyClaim::Claimed);
+        assert_eq!(claim(15, "d", forever), KeyClaim::Claimed);
+    }
 
     fn notification(id: u64) -> NotificationRecord {
         NotificationRecord {

@@ -628,6 +628,67 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// A key is held until it expires; the retention sweep deletes expired keys, and an expired
+    /// key may be claimed again (before the sweep too).
+    #[tokio::test]
+    async fn idempotency_keys_are_held_until_they_expire_and_swept() {
+        use crate::store::{IdempotencyKey, KeyClaim, KeyScope};
+        let path = temp_path("keys");
+        let store = RedbStore::open(&path).unwrap();
+        let key = |name: &str, expires_at_ms: u64| IdempotencyKey {
+            scope: KeyScope {
+                instance_id: 7,
+                method: "POST".into(),
+                path: "/work".into(),
+                key: name.into(),
+            },
+            fingerprint: [1; 32],
+            expires_at_ms,
+        };
+        let mut claim = async |name: &str, expires: u64| {
+            let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+            let event = event(event_id, notification_id, "https://example.com/");
+            (
+                event_id,
+                store
+                    .dispatched_with_key(&event, &key(name, expires))
+                    .await
+                    .unwrap(),
+            )
+        };
+        let (first, claimed) = claim("held", u64::MAX).await;
+        assert_eq!(claimed, KeyClaim::Claimed);
+        let (_, again) = claim("held", u64::MAX).await;
+        assert_eq!(
+            again,
+            KeyClaim::Held {
+                event_id: first,
+                fingerprint: [1; 32]
+            }
+        );
+        assert_eq!(claim("expired", 1).await.1, KeyClaim::Claimed);
+        assert_eq!(
+            claim("expired", 1).await.1,
+            KeyClaim::Claimed,
+            "expired: free"
+        );
+        let count = |store: &RedbStore| {
+            let txn = store.db.begin_read().unwrap();
+            let keys = txn.open_table(super::tables::IDEMPOTENCY_KEYS).unwrap();
+            use redb::ReadableTableMetadata;
+            keys.len().unwrap()
+        };
+        assert_eq!(count(&store), 2);
+        prune(&store.db).unwrap();
+        assert_eq!(
+            count(&store),
+            1,
+            "the expired key is swept, the held one kept"
+        );
+        drop(store);
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[tokio::test]
     async fn concurrent_writes_are_all_committed() {
         let path = temp_path("group");

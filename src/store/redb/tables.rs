@@ -8,8 +8,8 @@ pub(super) const NOTIFICATIONS: TableDefinition<'_, u64, &[u8]> =
 pub(super) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 /// Event id → notification id of finished events, for status queries.
 pub(super) const EVENT_INDEX: TableDefinition<'_, u64, u64> = TableDefinition::new("event_index");
-/// Idempotency key (its scope, `KeyScope::to_bytes`) → the event holding it, its request's
-/// fingerprint and its expiry (`encoding::encode_key_holder`).
+/// Idempotency key (its scope's SHA-256, `KeyScope::digest`) → the event holding it, its
+/// request's fingerprint and its expiry (`encoding::encode_key_holder`).
 pub(super) const IDEMPOTENCY_KEYS: TableDefinition<'_, &[u8], &[u8]> =
     TableDefinition::new("idempotency_keys");
 pub(super) const NEXT_ID: &str = "next_id";

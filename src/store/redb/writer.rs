@@ -267,7 +267,7 @@ fn apply(
                 }
                 Op::DispatchedWithKey(event, key) => {
                     let keys = keys.as_mut().expect("opened for a batch with a key");
-                    let scope = key.scope.to_bytes();
+                    let scope = key.scope.digest();
                     let held = keys
                         .get(scope.as_slice())?
                         .map(|holder| decode_key_holder(holder.value()))
