@@ -74,17 +74,18 @@ where
 {
     let started = Started::now();
     let (parts, body) = request.into_parts();
-    let key =
-        match key_of(&parts.headers) {
-            Ok(None) if config.keys.required => return Refusal::new(
-                RefusalCode::IdempotencyKeyRequired,
-                "This service takes async requests only with an Idempotency-Key header, so that \
-                 sending one again is safe.",
-            )
-            .respond(accepted.grpc),
-            Ok(key) => key,
-            Err(refusal) => return refusal.respond(accepted.grpc),
-        };
+    let key = match key_of(&parts.headers) {
+        Ok(key) => key,
+        Err(refusal) => return refusal.respond(accepted.grpc),
+    };
+    if key.is_none() && config.keys.required {
+        return Refusal::new(
+            RefusalCode::IdempotencyKeyRequired,
+            "This service takes async requests only with an Idempotency-Key header, so that \
+             sending one again is safe.",
+        )
+        .respond(accepted.grpc);
+    }
     let instance = match config.instances.for_request(&parts).await {
         Ok(instance) => instance,
         Err(refusal) => return refusal.respond(accepted.grpc),

@@ -24,15 +24,16 @@ pub(crate) struct Keys {
     pub(crate) required: bool,
     /// How long a key stays claimed.
     pub(crate) retention: Duration,
-    /// Each key being recorded now, with a receiver that closes when its recording ends.
-    recording: Mutex<HashMap<KeyScope, watch::Receiver<()>>>,
+    /// Each key being recorded now (its scope's digest), with a receiver that closes when its
+    /// recording ends.
+    recording: Mutex<HashMap<[u8; 32], watch::Receiver<()>>>,
 }
 
 /// This node is recording a key; dropped, a copy waiting here goes on.
 #[derive(Debug)]
 pub(crate) struct Recording<'a> {
     keys: &'a Keys,
-    scope: KeyScope,
+    scope: [u8; 32],
     _ended: watch::Sender<()>,
 }
 
@@ -49,6 +50,7 @@ impl Keys {
     /// recorded on this node; `409 idempotency_key_in_use` if that takes longer than
     /// [`WAIT_FOR_FIRST`].
     pub(crate) async fn record(&self, scope: &KeyScope) -> Result<Recording<'_>, Refusal> {
+        let scope = scope.digest();
         let deadline = tokio::time::Instant::now() + WAIT_FOR_FIRST;
         loop {
             let mut first = {
@@ -56,15 +58,15 @@ impl Keys {
                     .recording
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
-                match recording.get(scope) {
+                match recording.get(&scope) {
                     // Subscribed under the lock: the first's end cannot slip past unseen.
                     Some(first) => first.clone(),
                     None => {
                         let (ended, receiver) = watch::channel(());
-                        recording.insert(scope.clone(), receiver);
+                        recording.insert(scope, receiver);
                         return Ok(Recording {
                             keys: self,
-                            scope: scope.clone(),
+                            scope,
                             _ended: ended,
                         });
                     }

@@ -47,6 +47,7 @@ pub enum KeyClaim {
 impl KeyScope {
     /// The scope's SHA-256, each part's length before it (so no two scopes share their input),
     /// for stores that keep keys under a fixed-size column: 32 bytes, whatever the key's length.
+    /// The memory and redb stores keep keys by it.
     pub(crate) fn digest(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
