@@ -47,6 +47,10 @@ pub(crate) struct Args {
     /// Where events are recorded: memory, redb:PATH or postgres:URL.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_STORE", default_value = "memory", value_parser = parse_store)]
     pub(crate) store: StoreArg,
+    /// With --store postgres: the schema the tables live in, created if missing (lower-case
+    /// letters, digits and `_`): proxies of different apps can share one database.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_POSTGRES_SCHEMA", value_name = "NAME", default_value = tower_async_request::store::DEFAULT_SCHEMA, value_parser = parse_schema)]
+    pub(crate) postgres_schema: String,
     /// The default callback URL (one instance; see --instances for many).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_CALLBACK_URL")]
     pub(crate) callback_url: Option<String>,
@@ -88,10 +92,17 @@ pub(crate) struct Args {
     /// one. It stays up until the drain ends. Off by default.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_ADMIN_LISTEN")]
     pub(crate) admin_listen: Option<SocketAddr>,
+    /// How long an `Idempotency-Key` holds, from its first request: the same request sent again
+    /// meanwhile gets the first receipt back (`Idempotent-Replayed: true`) and starts nothing.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = parse_timeout)]
+    pub(crate) idempotency_retention: Duration,
+    /// Refuse async requests without an `Idempotency-Key` (`400 idempotency_key_required`).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_REQUIRE_IDEMPOTENCY_KEY")]
+    pub(crate) require_idempotency_key: bool,
     /// Largest body of an async request, in bytes.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_BODY", default_value_t = tower_async_request::layer::DEFAULT_MAX_REQUEST_BYTES)]
     pub(crate) max_body: usize,
-    /// How long the upstream may take to begin its answer (e.g. 500ms, 30s, 2m).
+    /// How long the upstream may take to begin its answer (e.g. 500ms, 30s, 2m, 1h).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub(crate) upstream_timeout: Duration,
     /// How long an upgraded connection (a WebSocket) may carry no byte either way before it is
@@ -153,26 +164,80 @@ fn parse_store(text: &str) -> Result<StoreArg, String> {
     }
 }
 
+const DURATION: &str = "a number with a unit: 500ms, 30s, 2m, 24h";
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or("a number with a unit: 500ms, 30s, 2m")?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or(DURATION)?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| "a number with a unit: 500ms, 30s, 2m")?;
+    let number: u64 = number.parse().map_err(|_| DURATION)?;
+    let seconds = |per: u64| number.checked_mul(per).map(Duration::from_secs);
     match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err("a number with a unit: 500ms, 30s, 2m".to_owned()),
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => seconds(60),
+        "h" => seconds(60 * 60),
+        _ => return Err(DURATION.to_owned()),
     }
+    .ok_or_else(|| format!("{text} is too long"))
 }
 
 /// A duration longer than zero.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
-        Duration::ZERO => Err("longer than zero: 500ms, 30s, 2m".to_owned()),
+        Duration::ZERO => Err("longer than zero: 500ms, 30s, 2m, 24h".to_owned()),
         duration => Ok(duration),
+    }
+}
+
+/// A PostgreSQL schema name as the store takes it: 1 to 63 lower-case letters, digits and `_`,
+/// not starting with a digit (it is quoted into statements, so nothing else).
+fn parse_schema(text: &str) -> Result<String, String> {
+    let valid = (1..=63).contains(&text.len())
+        && !text.starts_with(|c: char| c.is_ascii_digit())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    match valid {
+        true => Ok(text.to_owned()),
+        false => Err("1 to 63 lower-case letters, digits and _, not starting with a digit".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_ms_s_m_and_h() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(24 * 60 * 60)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "h", "24", "1d", "1.5h", "-1s", "24 h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        let error = parse_duration(&format!("{}h", u64::MAX)).unwrap_err();
+        assert!(error.contains("too long"), "{error}");
+        assert!(parse_timeout("0ms").is_err());
+        assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn schema_names_are_what_the_store_takes() {
+        for good in ["tower_async_request", "a", "app_2", &"a".repeat(63)] {
+            assert_eq!(parse_schema(good).as_deref(), Ok(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Tower",
+            "2app",
+            "app-2",
+            "app.x",
+            "\"x\"",
+            &"a".repeat(64),
+        ] {
+            assert!(parse_schema(bad).is_err(), "{bad}");
+        }
     }
 }

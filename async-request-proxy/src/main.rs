@@ -46,8 +46,12 @@ const LOG_TARGET: &str = "async_request_proxy";
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 fn main() -> ExitCode {
-    // clap prints a bad flag with its usage and exits with 2.
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        // --help and --version: on standard output, exit 0.
+        Err(error) if !error.use_stderr() => error.exit(),
+        Err(error) => return fail(2, &one_line(&error)),
+    };
     init_logging(args.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
@@ -80,8 +84,31 @@ fn init_logging(format: LogFormat) {
 }
 
 fn fail(code: u8, message: &str) -> ExitCode {
-    eprintln!("async-request-proxy: {message}");
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "async-request-proxy: {message}");
     ExitCode::from(code)
+}
+
+/// clap's message for a bad flag as one line, like every other refusal to start: what is wrong
+/// and the flag, without the usage and the tips clap adds on lines of their own.
+fn one_line(error: &clap::Error) -> String {
+    let text = error.to_string();
+    let said: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|line| !line.starts_with("Usage:") && !line.starts_with("For more information"))
+        .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
+        .collect();
+    said.join(" ")
+        .strip_prefix("error: ")
+        .map_or_else(|| said.join(" "), str::to_owned)
+}
+
+/// A line on standard output, for people and for scripts. A standard output nobody reads any
+/// more (its reader gone) is no reason to stop serving, nor to fail a drain: the line is lost.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 async fn run(args: Args) -> ExitCode {
@@ -131,10 +158,14 @@ async fn run(args: Args) -> ExitCode {
     // so its health check says `503` meanwhile.
     let stopping = CancellationToken::new();
     let drained = CancellationToken::new();
+    let stop = match stop_signal() {
+        Ok(stop) => stop,
+        Err(error) => return fail(1, &format!("no signal handlers: {error}")),
+    };
     tokio::spawn({
         let stopping = stopping.clone();
         async move {
-            stop_signal().await;
+            stop.await;
             stopping.cancel();
         }
     });
@@ -142,7 +173,9 @@ async fn run(args: Args) -> ExitCode {
         (Some(listener), Some(prometheus)) => {
             let admin = admin::router(handle.clone(), prometheus);
             if let Ok(address) = listener.local_addr() {
-                println!("async-request-proxy: admin on http://{address}");
+                say(format_args!(
+                    "async-request-proxy: admin on http://{address}"
+                ));
             }
             let limits = Limits {
                 header_read_timeout: args.header_read_timeout,
@@ -164,13 +197,12 @@ async fn run(args: Args) -> ExitCode {
         Some(Err(message)) => return fail(2, &message),
         None => None,
     };
-    if setup.instances.is_some() || setup.certificate.is_some() {
-        tokio::spawn(reload_on_sighup(
-            setup
-                .instances
-                .map(|instances| Arc::new(Mutex::new(instances))),
-            setup.certificate,
-        ));
+    let instances = setup
+        .instances
+        .map(|instances| Arc::new(Mutex::new(instances)));
+    match reload_on_sighup(instances, setup.certificate) {
+        Ok(reload) => drop(tokio::spawn(reload)),
+        Err(error) => return fail(1, &format!("no signal handlers: {error}")),
     }
 
     let address = listener
@@ -178,10 +210,10 @@ async fn run(args: Args) -> ExitCode {
         .map_or(args.listen.to_string(), |a| a.to_string());
     // On standard output, for people and for scripts that start it on port 0.
     let scheme = if acceptor.is_some() { "https" } else { "http" };
-    println!(
+    say(format_args!(
         "async-request-proxy: listening on {scheme}://{address}, forwarding to {}",
         args.upstream
-    );
+    ));
     let limits = Limits {
         header_read_timeout: args.header_read_timeout,
         max_connections: args.max_connections as usize,
@@ -189,11 +221,20 @@ async fn run(args: Args) -> ExitCode {
     };
     serve(listener, service, limits, Some(tunnels), stopping).await;
     let report = handle.shutdown(args.drain_timeout).await;
+    if let Some(store) = setup.postgres {
+        if report.jobs_left > 0 || report.notifications_left > 0 {
+            // The other proxies on the database take what is left over now, not after the
+            // lease timeout.
+            if let Err(error) = store.leave().await {
+                tracing::warn!(target: LOG_TARGET, %error, "could not hand the work left to the other proxies; they take it over after the lease timeout");
+            }
+        }
+    }
     drained.cancel();
     if let Some(admin) = admin {
         let _ = admin.await;
     }
-    println!(
+    say(format_args!(
         "async-request-proxy: shutdown report: drained={} jobs_finished={} delivered={} dead={} jobs_left={} notifications_left={} persisted={}",
         report.drained,
         report.jobs_finished,
@@ -202,7 +243,7 @@ async fn run(args: Args) -> ExitCode {
         report.jobs_left,
         report.notifications_left,
         report.persisted
-    );
+    ));
     if abandoned_work(&report) {
         ExitCode::from(EXIT_ABANDONED)
     } else {

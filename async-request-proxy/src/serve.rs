@@ -14,6 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 use tower_async_request::proxy::{ConnectionHold, PeerAddr, Tunnels};
 
@@ -29,8 +30,8 @@ pub(crate) struct Limits {
 }
 
 /// Serves `service` on every connection `listener` accepts until `stopping`, then stops
-/// accepting, waits for the connections to finish what they started (idle ones close now) and
-/// closes the `tunnels` of upgraded ones.
+/// accepting, waits for the connections to finish what they started (idle ones close now), and
+/// only then closes the `tunnels` of upgraded ones.
 ///
 /// hyper's own HTTP/1.1 and HTTP/2 connections, each told its peer's address: every request
 /// through the proxy pays for what sits between the socket and the layer, so nothing else does
@@ -69,6 +70,8 @@ pub(crate) async fn serve<S, B>(
     // One sender per connection, to tell it to finish: a channel of its own, which costs a
     // connection nothing to watch (a token shared by all would be a lock on every poll).
     let mut stops: Vec<oneshot::Sender<()>> = Vec::new();
+    // The connections' tasks, which end once a connection is closed or upgraded.
+    let connections = TaskTracker::new();
     let mut kept = 64;
     let mut full = false;
     loop {
@@ -108,7 +111,7 @@ pub(crate) async fn serve<S, B>(
             stops.retain(|stop| !stop.is_closed());
             kept = stops.len().max(64);
         }
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // The TLS handshake and the first bytes have the time a request head has.
             let opened = tokio::time::timeout(idle_timeout, open_connection(stream, tls)).await;
             let (io, protocol) = match opened {
@@ -170,6 +173,9 @@ pub(crate) async fn serve<S, B>(
     for stop in stops {
         let _ = stop.send(());
     }
+    // The requests in progress finish first: a tunnel is still open meanwhile.
+    connections.close();
+    connections.wait().await;
     if let Some(tunnels) = tunnels {
         // Upgraded connections have nothing to finish that the proxy can see.
         tunnels.close().await;

@@ -35,6 +35,9 @@ pub(crate) struct Setup {
     pub(crate) instances: Option<instances::Instances>,
     pub(crate) upstream: Upstream,
     pub(crate) certificate: Option<Arc<tls::Certificate>>,
+    /// The PostgreSQL store, also the layer's: after a drain that left work, leaving hands it
+    /// to the other proxies at once instead of after the lease timeout.
+    pub(crate) postgres: Option<Arc<PostgresStore>>,
 }
 
 pub(crate) async fn configure(args: &Args) -> Result<Setup, String> {
@@ -64,6 +67,8 @@ pub(crate) async fn configure(args: &Args) -> Result<Setup, String> {
     let mut builder = AsyncRequestLayer::builder()
         .max_request_bytes(args.max_body)
         .request_body_timeout(args.request_body_timeout)
+        .idempotency_retention(args.idempotency_retention)
+        .require_idempotency_key(args.require_idempotency_key)
         .allow_private_callbacks(args.allow_private_callbacks);
     if args.admin_listen.is_some() {
         // Operators look delivered events up too, with their attempts.
@@ -137,22 +142,29 @@ pub(crate) async fn configure(args: &Args) -> Result<Setup, String> {
             builder = builder.status_secret(secret);
         }
     }
+    let mut postgres = None;
     builder = match &args.store {
         StoreArg::Memory => builder,
         StoreArg::Redb(path) => builder.store(
             RedbStore::open(path)
                 .map_err(|error| format!("--store redb:{}: {error}", path.display()))?,
         ),
-        StoreArg::Postgres(url) => builder.store(
-            PostgresStore::connect(url.clone())
+        StoreArg::Postgres(url) => {
+            let store = PostgresStore::builder(url.clone())
+                .schema(args.postgres_schema.clone())
+                .connect()
                 .await
-                .map_err(|error| format!("--store postgres: {error}"))?,
-        ),
+                .map_err(|error| format!("--store postgres: {error}"))?;
+            let store = Arc::new(store);
+            postgres = Some(store.clone());
+            builder.store(store)
+        }
     };
     Ok(Setup {
         builder,
         instances,
         upstream,
         certificate,
+        postgres,
     })
 }

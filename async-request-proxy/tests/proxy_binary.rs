@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use common::{
     async_post, axum_upstream, call, client, closed_port, exit_and_report, get_json, hello,
-    holding_upstream, read_until, read_until_closed, refused, temp, write, Proxy, BIN,
+    holding_upstream, read_until, read_until_closed, refused, temp, write, Proxy, BIN, TLS_DIR,
 };
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -191,6 +191,27 @@ async fn with_status_path_the_receipts_location_answers_through_the_proxy() {
     let _ = std::fs::remove_file(secret);
 }
 
+/// Upper bounds of `async_request_receipt_seconds`' buckets, as docs/proxy.md lists them.
+const RECEIPT_BOUNDS: &[&str] = &[
+    "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+    "0.25", "0.5", "1", "2.5", "5", "10",
+];
+/// Upper bounds of `async_request_delivery_seconds`' buckets, as docs/proxy.md lists them.
+const DELIVERY_BOUNDS: &[&str] = &[
+    "0.01", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30", "60", "300", "900", "1800",
+    "3600", "7200", "18000", "36000", "86400", "172800",
+];
+
+/// The `le` bounds `scrape` has for histogram `metric` of instance 30, in order.
+fn bounds<'a>(scrape: &'a str, metric: &str) -> Vec<&'a str> {
+    let prefix = format!("{metric}_bucket{{instance=\"30\",le=\"");
+    scrape
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_listener_serves_the_documented_paths_and_latency_histograms() {
     let upstream = axum_upstream().await;
@@ -209,68 +230,88 @@ async fn the_admin_listener_serves_the_documented_paths_and_latency_histograms()
         "--admin-listen",
         "127.0.0.1:0",
     ]);
+    let admin = proxy.admin.expect("--admin-listen serves");
+    let post = |path: String| {
+        call(
+            Request::post(format!("http://{admin}{path}"))
+                .body(Full::default())
+                .unwrap(),
+        )
+    };
     let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let event_id = serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone();
     receiver.next().await;
 
-    // docs/operating.md's paths.
-    let admin = proxy.admin.expect("--admin-listen serves");
+    // docs/operating.md's five routes, under /admin.
     let (status, health) = get_json(format!("http://{admin}/admin/health")).await;
     assert_eq!((status, &health["status"]), (StatusCode::OK, &"ok".into()));
     let (status, event) = get_json(format!("http://{admin}/admin/events/{event_id}")).await;
     assert_eq!((status, &event["eventId"]), (StatusCode::OK, &event_id));
-    let (status, dead) = get_json(format!("http://{admin}/admin/dead-letters?instance=30")).await;
-    assert_eq!(status, StatusCode::OK, "{dead}");
-    assert_eq!(dead["deadLetters"], serde_json::json!([]), "{dead}");
-    let (status, _, redelivered) = call(
-        Request::post(format!(
-            "http://{admin}/admin/dead-letters/redeliver?instance=30"
-        ))
-        .body(Full::default())
-        .unwrap(),
-    )
-    .await;
+    // A second event, whose receiver says `410 Gone`: a dead letter at once.
+    receiver.then([Answer::status(410)]);
+    let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let dead_event = serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone();
+    assert_eq!(receiver.next().await.answered, StatusCode::GONE);
+    let dead_letters = format!("http://{admin}/admin/dead-letters?instance=30");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let dead = loop {
+        let (status, page) = get_json(dead_letters.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        if page["deadLetters"].as_array().unwrap().len() == 1 {
+            break page["deadLetters"][0].clone();
+        }
+        assert!(Instant::now() < deadline, "no dead letter: {page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dead["eventId"], dead_event, "{dead}");
+    let notification_id = dead["notificationId"].clone();
+    let (status, _, redelivered) =
+        post(format!("/admin/dead-letters/{notification_id}/redeliver")).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let redelivered: Value = serde_json::from_slice(&redelivered).unwrap();
-    assert_eq!(redelivered["more"], false, "{redelivered}");
+    assert_eq!(
+        redelivered,
+        serde_json::json!({"notificationId": notification_id, "state": "pending"})
+    );
+    let hit = receiver.next().await;
+    assert_eq!(hit.answered, StatusCode::OK);
+    assert_eq!(hit.json()["eventId"], dead_event);
+    let (status, _, bulk) = post("/admin/dead-letters/redeliver?instance=30".into()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let bulk: Value = serde_json::from_slice(&bulk).unwrap();
+    assert_eq!(
+        bulk,
+        serde_json::json!({"redelivered": [], "more": false}),
+        "none left"
+    );
     // The root paths of earlier versions still answer.
     let (status, health) = get_json(format!("http://{admin}/health")).await;
     assert_eq!((status, &health["status"]), (StatusCode::OK, &"ok".into()));
 
-    // The latencies are histograms: buckets, no quantiles.
+    // The latencies are histograms with the documented buckets, no quantiles.
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, scrape) = call(
-            Request::get(format!("http://{admin}/metrics"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
-        let scrape = String::from_utf8_lossy(&scrape).into_owned();
-        let bucket =
-            |metric: &str, le: &str| format!("{metric}_bucket{{instance=\"30\",le=\"{le}\"}} 1");
-        if scrape.contains(&bucket("async_request_delivery_seconds", "+Inf")) {
-            assert!(
-                scrape.contains(&bucket("async_request_receipt_seconds", "10")),
-                "{scrape}"
-            );
-            assert!(
-                scrape.contains(
-                    "async_request_receipt_seconds_bucket{instance=\"30\",le=\"0.0001\"}"
-                ),
-                "{scrape}"
-            );
-            assert!(
-                scrape.contains(&bucket("async_request_delivery_seconds", "172800")),
-                "{scrape}"
-            );
-            assert!(!scrape.contains("quantile="), "{scrape}");
-            break;
+    let scrape = loop {
+        let scrape = common::scrape(admin).await;
+        if scrape.contains("async_request_delivered_total{instance=\"30\"} 2") {
+            break scrape;
         }
         assert!(Instant::now() < deadline, "{scrape}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (metric, documented) in [
+        ("async_request_receipt_seconds", RECEIPT_BOUNDS),
+        ("async_request_delivery_seconds", DELIVERY_BOUNDS),
+    ] {
+        let expected: Vec<&str> = documented.iter().copied().chain(["+Inf"]).collect();
+        assert_eq!(bounds(&scrape, metric), expected, "{metric}: {scrape}");
     }
+    assert!(
+        scrape.contains("async_request_receipt_seconds_bucket{instance=\"30\",le=\"+Inf\"} 2"),
+        "{scrape}"
+    );
+    assert!(!scrape.contains("quantile="), "{scrape}");
     let _ = std::fs::remove_file(key);
 }
 
@@ -1376,10 +1417,32 @@ fn bad_flags_and_files_exit_2_with_one_line_naming_them() {
             ],
             "--status-path",
         ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--idempotency-retention",
+                "0s",
+            ],
+            "--idempotency-retention",
+        ),
+        (
+            vec![
+                "--upstream",
+                "http://127.0.0.1:9",
+                "--postgres-schema",
+                "Not-A-Schema",
+            ],
+            "--postgres-schema",
+        ),
         (vec!["--no-such-flag"], "--no-such-flag"),
+        // clap's own messages span lines (usage, tips): said in one too.
+        (vec![], "--upstream"),
     ] {
         // Keys or not, the flag or file is named: not the missing key.
         let stderr = refused(&[&["--unsigned-callbacks"], &args[..]].concat());
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("async-request-proxy: "), "{stderr}");
         assert!(stderr.contains(names), "{args:?}: {stderr}");
     }
     let _ = std::fs::remove_file(short);
@@ -1615,6 +1678,8 @@ async fn an_async_request_whose_body_stops_arriving_is_408_request_body_timeout(
         &receiver.url(),
         "--request-body-timeout",
         "300ms",
+        "--admin-listen",
+        "127.0.0.1:0",
     ]);
     let mut stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
     // 100 bytes announced, 10 sent.
@@ -1641,12 +1706,32 @@ async fn an_async_request_whose_body_stops_arriving_is_408_request_body_timeout(
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
     assert_eq!(body["code"], "request_body_timeout", "{body}");
-    // Nothing was accepted: no callback comes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing was accepted: the layer counted a refusal and no event, before it answered.
+    let scrape = common::scrape(proxy.admin.expect("--admin-listen serves")).await;
     assert!(
-        receiver.hits.try_recv().is_err(),
-        "a refused request was delivered"
+        scrape.contains("async_request_refused_total{code=\"request_body_timeout\"} 1"),
+        "{scrape}"
     );
+    let accepted = scrape
+        .lines()
+        .filter(|line| line.starts_with("async_request_accepted_total{"));
+    for line in accepted {
+        assert!(line.ends_with(" 0"), "accepted: {line}");
+    }
+    // And no callback for it: the next one is for the next request, and the upstream saw that
+    // one alone (`/api/echo` answers with the body it got).
+    let request = Request::post(proxy.url("/api/echo"))
+        .header("Elements-Async-Request", "true")
+        .body(Full::from("the next one"))
+        .unwrap();
+    let (status, _, receipt) = call(request).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let notification = receiver.next().await.json();
+    assert_eq!(
+        notification["eventId"],
+        serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"]
+    );
+    assert_eq!(notification["response"], "the next one");
 }
 
 /// Python's file server behind TLS, with the test CA's certificate for 127.0.0.1 (from the
@@ -1711,8 +1796,6 @@ async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
     let _ = python.wait();
     let _ = std::fs::remove_dir_all(dir);
 }
-
-const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tls");
 
 /// A TLS client configuration that trusts only the test CA.
 fn test_ca_client_config() -> rustls::ClientConfig {
@@ -1826,5 +1909,132 @@ async fn clients_are_served_over_tls_and_a_sighup_reads_the_certificate_again() 
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_that_does_not_match_on_sighup_is_refused_and_the_certificate_stays() {
+    let upstream = axum_upstream().await;
+    let dir = temp("mismatched-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(format!("{TLS_DIR}/upstream.pem"), &cert).unwrap();
+    std::fs::copy(format!("{TLS_DIR}/upstream.key"), &key).unwrap();
+    let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+    ]);
+    let served = certificate_der("upstream.pem");
+    assert_eq!(presented_certificate(proxy.address).await, served);
+    // Each file renewed without the other: readable, but the key is not the certificate's.
+    for (renewed, from, stays) in [
+        (&key, "renewed.key", "upstream.key"),
+        (&cert, "renewed.pem", "upstream.pem"),
+    ] {
+        std::fs::copy(format!("{TLS_DIR}/{from}"), renewed).unwrap();
+        proxy.signal(libc::SIGHUP);
+        proxy.logged(&["TLS files not applied", "--tls-key-file"]);
+        assert_eq!(presented_certificate(proxy.address).await, served, "{from}");
+        std::fs::copy(format!("{TLS_DIR}/{stays}"), renewed).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A TLS client of the test CA that speaks `version` alone.
+fn pinned_client(version: &'static rustls::SupportedProtocolVersion) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in
+        rustls::pki_types::CertificateDer::pem_file_iter(format!("{TLS_DIR}/ca.pem")).unwrap()
+    {
+        roots.add(certificate.unwrap()).unwrap();
+    }
+    #[allow(deprecated)]
+    let provider = rustls::crypto::ring::default_provider();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_1_2_and_1_3_each_serve_clients_and_reach_an_https_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = axum_upstream().await;
+    let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--tls-cert-file",
+        &format!("{TLS_DIR}/upstream.pem"),
+        "--tls-key-file",
+        &format!("{TLS_DIR}/upstream.key"),
+    ]);
+    // Towards clients: a client that speaks one version only is served.
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
+        let name = rustls::pki_types::ServerName::IpAddress(proxy.address.ip().into());
+        let mut tls = pinned_client(version)
+            .connect(name, stream)
+            .await
+            .unwrap_or_else(|error| panic!("{:?}: {error}", version.version));
+        assert_eq!(tls.get_ref().1.protocol_version(), Some(version.version));
+        tls.write_all(b"GET /hello HTTP/1.1\r\nhost: proxy\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        // The proxy closes without TLS's close_notify after `connection: close`: what came
+        // before it is the answer.
+        let _ = tls.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{:?}: {answer}",
+            version.version
+        );
+        assert!(answer.ends_with("hello"), "{:?}: {answer}", version.version);
+    }
+
+    // Towards the upstream: Python's server speaking one version only is reached.
+    let dir = temp("pinned-https-root");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), "over TLS").unwrap();
+    let ca = format!("{TLS_DIR}/ca.pem");
+    for version in ["TLSv1_2", "TLSv1_3"] {
+        let script = HTTPS_SERVER.replace("TLS_DIR", TLS_DIR).replace(
+            "server.socket =",
+            &format!(
+                "context.minimum_version = context.maximum_version = ssl.TLSVersion.{version}\nserver.socket ="
+            ),
+        );
+        let (mut python, port) = python_upstream(&dir, &["-c", &script]);
+        let proxy = Proxy::start(&[
+            "--unsigned-callbacks",
+            "--upstream",
+            &format!("https://127.0.0.1:{port}"),
+            "--upstream-ca-file",
+            &ca,
+        ]);
+        let (status, _, body) = call(
+            Request::get(proxy.url("/hello.txt"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"over TLS"[..]),
+            "{version}"
+        );
+        let _ = python.kill();
+        let _ = python.wait();
+    }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,14 +1,24 @@
 //! The promises docs/proxy.md makes about the binary's flags, each through the real binary on
-//! 127.0.0.1: configured from the environment alone, a flag over its variable, Standard Webhooks
-//! secrets, `--max-body`, `--drain-timeout`, `--allow-private-callbacks`, `--store postgres:URL`,
-//! `--upstream-timeout`, the admin listener's 64 connections, and HTTP/2's 128 streams and 64 KiB
-//! of request head. Each waits on what the proxy does (an answer, a callback, a log line, a
-//! changed health, its exit), never on a sleep; the only clocks are hang guards of 20 s.
+//! 127.0.0.1: configured from the environment alone, a flag over its variable, the defaults
+//! `--help` names (and those a start without the flag shows), secrets never on the command line,
+//! Standard Webhooks secrets, the status secret from the environment, `--status-path`,
+//! `--max-body`, `--drain-timeout`, `--allow-private-callbacks`, `Idempotency-Key`'s two flags,
+//! `--store postgres:` (a URL or a `key=value` string, `--postgres-schema`, a drain handing its
+//! work to another proxy), `--upstream-timeout`, `--upstream-http2` over TLS, the admin
+//! listener's 64 connections, and HTTP/2's 128 streams and 64 KiB of request head. Each waits on
+//! what the proxy does (an answer, a callback, a log line, a changed health, its exit), never on
+//! a sleep; the clocks are hang guards, and the wait past a 300 ms `--idempotency-retention`,
+//! which is the promise itself.
 
 // The library's test helpers, shared rather than copied.
 #[path = "../../tests/support/mod.rs"]
 #[allow(unexpected_cfgs)] // its PostgreSQL helper is behind the library's `postgres` feature
 mod support;
+
+// ...so the PostgreSQL helper on its own: a schema per test, dropped at its end, and the rule
+// for a server that does not answer.
+#[path = "../../tests/support/pg.rs"]
+mod pg;
 
 // The running binary and the helpers the proxy's test files share.
 mod common;
@@ -24,8 +34,8 @@ use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
 use common::{
-    async_post, axum_upstream, call, closed_port, exit_and_report, get_json, holding_upstream,
-    read_until, serve, temp, write, Proxy, BIN,
+    async_post, axum_upstream, call, closed_port, draining, exit_and_report, get_json,
+    holding_upstream, read_until, refused, scrape, serve, temp, write, Proxy, BIN, TLS_DIR,
 };
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -58,17 +68,25 @@ fn start_from_env(env: &[(&str, &str)]) -> Proxy {
     Proxy::listening(child, stdout, log)
 }
 
-/// An upstream whose `POST /count` answers with the body it got, counting its calls.
+/// An upstream whose `POST /count` answers with the body it got, counting its calls; a request
+/// for any other path is counted too, and answered `404`.
 async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
-    let counted = calls.clone();
-    let address = serve(Router::new().route(
-        "/count",
-        post(move |body: Bytes| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            async move { body }
-        }),
-    ))
+    let (counted, elsewhere) = (calls.clone(), calls.clone());
+    let address = serve(
+        Router::new()
+            .route(
+                "/count",
+                post(move |body: Bytes| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async move { body }
+                }),
+            )
+            .fallback(move || {
+                elsewhere.fetch_add(1, Ordering::SeqCst);
+                async { StatusCode::NOT_FOUND }
+            }),
+    )
     .await;
     (address, calls)
 }
@@ -334,16 +352,6 @@ async fn an_async_body_over_max_body_is_413_before_the_upstream_and_one_at_it_is
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
-/// Polls `/admin/health` until it answers `503`: the drain has begun.
-async fn draining(admin: SocketAddr) {
-    let health = format!("http://{admin}/admin/health");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while get_json(health.clone()).await.0 != StatusCode::SERVICE_UNAVAILABLE {
-        assert!(Instant::now() < deadline, "no drain began");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_drain_timeout_decides_whether_a_held_job_is_waited_for_or_abandoned() {
     let (short_upstream, mut short_begun, _never) = holding_upstream().await;
@@ -452,43 +460,19 @@ async fn a_loopback_callback_url_from_a_request_needs_allow_private_callbacks() 
     assert_eq!(named.next().await.json()["eventId"], event_id(&receipt));
 }
 
-/// Whether PostgreSQL answers at `url`, by the rule of tests/support/pg.rs: where it must (`CI`
-/// or `DATABASE_URL` is set), a server that does not fails the test; elsewhere it is skipped
-/// with one line.
-async fn postgres_available(url: &str) -> bool {
-    use tower_async_request::store::PostgresStore;
-    let error = match PostgresStore::connect(url).await {
-        Ok(store) => {
-            let _ = store.leave().await;
-            return true;
-        }
-        Err(error) => error,
-    };
-    if std::env::var_os("CI").is_some() || std::env::var_os("DATABASE_URL").is_some() {
-        panic!("proxy_flags needs PostgreSQL at {url} (CI or DATABASE_URL is set): {error}");
-    }
-    // Straight to stderr: the test harness keeps what `eprintln!` says from passing tests.
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipped proxy_flags' PostgreSQL test: no PostgreSQL at {url} ({error}); start one or set DATABASE_URL to run it"
-    );
-    false
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn on_postgres_a_second_proxy_answers_for_the_event_the_first_delivered() {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    if !postgres_available(&url).await {
+    if !pg::available("proxy_flags").await {
         return;
     }
+    // Its own schema, dropped at the end (after the proxies, declared later, have stopped).
+    let schema = pg::Schema::new();
     let upstream = axum_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
     // Proxies sharing a store share the status secret, for any of them to answer.
     let secret = temp("postgres-status.secret");
     write(&secret, "a status secret shared by both proxies\n");
-    let store = format!("postgres:{url}");
+    let store = format!("postgres:{}", pg::url());
     let callback = receiver.url();
     let start = || {
         Proxy::start(&[
@@ -499,6 +483,8 @@ async fn on_postgres_a_second_proxy_answers_for_the_event_the_first_delivered() 
             &callback,
             "--store",
             &store,
+            "--postgres-schema",
+            &schema.0,
             "--status-path",
             "/events",
             "--status-secret-file",
@@ -510,8 +496,7 @@ async fn on_postgres_a_second_proxy_answers_for_the_event_the_first_delivered() 
     assert_eq!(status, StatusCode::ACCEPTED);
     let id = event_id(&receipt);
     let location = headers[header::LOCATION].to_str().unwrap().to_owned();
-    // The schema is the store's default, shared with other runs: skip anything of theirs.
-    while receiver.next().await.json()["eventId"] != id {}
+    assert_eq!(receiver.next().await.json()["eventId"], id);
 
     // Another process, on the same database, knows the event and its answer.
     let second = start();
@@ -527,6 +512,144 @@ async fn on_postgres_a_second_proxy_answers_for_the_event_the_first_delivered() 
         assert_eq!(code, Some(0), "{report}");
     }
     let _ = std::fs::remove_file(secret);
+}
+
+/// `url` (a `postgres://` URL) as a `key=value` connection string, each value quoted.
+fn key_value_string(url: &str) -> String {
+    use tokio_postgres::config::Host;
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let quoted = |value: &str| format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"));
+    let mut fields = Vec::new();
+    for host in config.get_hosts() {
+        let host = match host {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        };
+        fields.push(format!("host={}", quoted(&host)));
+    }
+    for port in config.get_ports() {
+        fields.push(format!("port={port}"));
+    }
+    if let Some(user) = config.get_user() {
+        fields.push(format!("user={}", quoted(user)));
+    }
+    if let Some(password) = config.get_password() {
+        fields.push(format!(
+            "password={}",
+            quoted(std::str::from_utf8(password).unwrap())
+        ));
+    }
+    if let Some(database) = config.get_dbname() {
+        fields.push(format!("dbname={}", quoted(database)));
+    }
+    fields.join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_postgres_takes_a_key_value_string_and_the_tables_go_in_the_schema_named() {
+    if !pg::available("proxy_flags").await {
+        return;
+    }
+    let schema = pg::Schema::new();
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let connection = key_value_string(&pg::url());
+    assert!(connection.starts_with("host="), "{connection}");
+    let proxy = Proxy::start_with(
+        &[
+            "--unsigned-callbacks",
+            "--upstream",
+            &format!("http://{upstream}/api"),
+            "--callback-url",
+            &receiver.url(),
+            "--store",
+            &format!("postgres:{connection}"),
+            // Finished events are kept for the admin routes: the event stays to be counted.
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &[("ASYNC_REQUEST_PROXY_POSTGRES_SCHEMA", &schema.0)],
+    );
+    let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
+
+    // The store's tables are in the schema the variable named, the event in them.
+    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let tables: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+            &[&schema.0],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    for table in ["events", "nodes", "idempotency_keys"] {
+        assert!(tables.iter().any(|t| t == table), "{table}: {tables:?}");
+    }
+    let events: i64 = client
+        .query_one(
+            &format!("SELECT count(*) FROM \"{}\".events", schema.0),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_postgres_a_drain_that_leaves_a_job_hands_it_to_the_other_proxy_at_once() {
+    if !pg::available("proxy_flags").await {
+        return;
+    }
+    let schema = pg::Schema::new();
+    let (upstream, mut begun, _never) = holding_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let store = format!("postgres:{}", pg::url());
+    let callback = receiver.url();
+    let start = |drain: &str| {
+        Proxy::start(&[
+            "--unsigned-callbacks",
+            "--upstream",
+            &format!("http://{upstream}"),
+            "--callback-url",
+            &callback,
+            "--store",
+            &store,
+            "--postgres-schema",
+            &schema.0,
+            "--drain-timeout",
+            drain,
+        ])
+    };
+    let leaving = start("200ms");
+    let _staying = start("30s");
+    let (status, _, receipt) = call(async_post(leaving.url("/hold"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    begun.recv().await.expect("the job runs on the first proxy");
+    leaving.signal(libc::SIGTERM);
+    let (code, report) = exit_and_report(leaving).await;
+    assert_eq!(code, Some(3), "{report}");
+    assert!(report.contains("jobs_left=1"), "{report}");
+    // The other proxy takes the event over as the first leaves, and its outcome comes. Had the
+    // first not left, the other would wait out its lease: 30 s from its last heartbeat, which
+    // beats every 10 s, so no sooner than 20 s from now; the guard is shorter.
+    let notification = tokio::time::timeout(Duration::from_secs(10), receiver.next())
+        .await
+        .expect("taken over at once, not after the lease timeout")
+        .json();
+    assert_eq!(notification["eventId"], event_id(&receipt));
+    assert_eq!(notification["eventStatus"], "failed", "{notification}");
+    assert_eq!(
+        notification["error"]["code"], "interrupted",
+        "{notification}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -793,4 +916,590 @@ async fn an_http2_request_head_of_64_kib_is_431_and_one_byte_less_is_served() {
         hello_with_a_head_of(&proxy, 64 * 1024).await,
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     );
+}
+
+/// An async `POST /count` of `body` with `Idempotency-Key: key`.
+fn keyed(proxy: &Proxy, body: &'static str, key: &str) -> Request<Full<Bytes>> {
+    async_post_of(proxy.url("/count"), body, &[("Idempotency-Key", key)])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_async_request_sent_again_with_its_idempotency_key_gets_the_first_receipt() {
+    let (upstream, calls) = counting_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--callback-url",
+        &receiver.url(),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = proxy.admin.expect("--admin-listen serves");
+    let (status, headers, first) = call(keyed(&proxy, "first", "\"k1\"")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(!headers.contains_key("idempotent-replayed"), "{headers:?}");
+    let id = event_id(&first);
+    assert_eq!(receiver.next().await.json()["eventId"], id);
+
+    // Sent again, unchanged: the first receipt, said to be a replay, and nothing accepted.
+    let (status, headers, again) = call(keyed(&proxy, "first", "\"k1\"")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(again, first);
+    let metrics = scrape(admin).await;
+    assert!(
+        metrics.contains("async_request_idempotent_replays_total{instance=\"0\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("async_request_accepted_total{instance=\"0\"} 1"),
+        "{metrics}"
+    );
+    // Another key is other work: once its callback came, the upstream was called once per key.
+    let (status, _, other) = call(keyed(&proxy, "second", "\"k2\"")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_ne!(event_id(&other), id);
+    let notification = receiver.next().await.json();
+    assert_eq!(notification["eventId"], event_id(&other));
+    assert_eq!(notification["response"], "second");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn require_idempotency_key_refuses_an_async_request_without_one() {
+    let (upstream, calls) = counting_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let upstream = format!("http://{upstream}");
+    let callback = receiver.url();
+    let args = [
+        "--unsigned-callbacks",
+        "--upstream",
+        &upstream,
+        "--callback-url",
+        &callback,
+    ];
+    let by_flag = Proxy::start(&[&args[..], &["--require-idempotency-key"]].concat());
+    let by_variable = Proxy::start_with(
+        &args,
+        &[("ASYNC_REQUEST_PROXY_REQUIRE_IDEMPOTENCY_KEY", "true")],
+    );
+    for proxy in [&by_flag, &by_variable] {
+        let bare = async_post_of(proxy.url("/count"), "bare", &[]);
+        assert_eq!(
+            refusal(call(bare).await),
+            (StatusCode::BAD_REQUEST, "idempotency_key_required".into())
+        );
+        let (status, _, receipt) = call(keyed(proxy, "keyed", "\"k1\"")).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
+    }
+    // Only the keyed ones reached the upstream.
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // By default a key is not required.
+    let free = Proxy::start(&args);
+    let (status, _, receipt) = call(async_post_of(free.url("/count"), "bare", &[])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_the_idempotency_retention_the_same_request_starts_new_work() {
+    let (upstream, calls) = counting_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let upstream = format!("http://{upstream}");
+    let callback = receiver.url();
+    let args = [
+        "--unsigned-callbacks",
+        "--upstream",
+        &upstream,
+        "--callback-url",
+        &callback,
+    ];
+    let by_flag = Proxy::start(&[&args[..], &["--idempotency-retention", "300ms"]].concat());
+    let by_variable = Proxy::start_with(
+        &args,
+        &[("ASYNC_REQUEST_PROXY_IDEMPOTENCY_RETENTION", "300ms")],
+    );
+    let default = Proxy::start(&args);
+    let mut first = Vec::new();
+    for proxy in [&by_flag, &by_variable, &default] {
+        let (status, _, receipt) = call(keyed(proxy, "same", "\"k1\"")).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
+        first.push(event_id(&receipt));
+    }
+    // Waiting out the retention is the promise itself: 300 ms from the first requests, and more.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    for (proxy, first) in [&by_flag, &by_variable].into_iter().zip(&first) {
+        let (status, headers, receipt) = call(keyed(proxy, "same", "\"k1\"")).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert!(!headers.contains_key("idempotent-replayed"), "{headers:?}");
+        assert_ne!(&event_id(&receipt), first, "a new event");
+        assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
+    }
+    // The default retention (24 h) still holds the key.
+    let (status, headers, receipt) = call(keyed(&default, "same", "\"k1\"")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(event_id(&receipt), first[2]);
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+}
+
+/// `--help`, flag by flag: each flag's name and the text under it.
+fn help_by_flag() -> Vec<(String, String)> {
+    let output = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    let mut flags: Vec<(String, String)> = Vec::new();
+    for line in help.lines().map(str::trim_start) {
+        let named = line
+            .strip_prefix("-h, ")
+            .or_else(|| line.strip_prefix("-V, "))
+            .unwrap_or(line);
+        if named.starts_with("--") {
+            let name = named.split_whitespace().next().unwrap();
+            flags.push((name.to_owned(), String::new()));
+        } else if let Some((_, text)) = flags.last_mut() {
+            text.push_str(line);
+            text.push(' ');
+        }
+    }
+    flags
+}
+
+#[test]
+fn help_names_the_documented_default_and_the_variable_of_every_flag() {
+    let help = help_by_flag();
+    let text = |flag: &str| {
+        help.iter()
+            .find(|(name, _)| name == flag)
+            .map(|(_, text)| text.as_str())
+            .unwrap_or_else(|| panic!("{flag} is not in --help"))
+    };
+    // docs/proxy.md's table; `--max-body` 2 MiB.
+    let two_mib = (2 * 1024 * 1024).to_string();
+    for (flag, default) in [
+        ("--listen", "127.0.0.1:8080"),
+        ("--store", "memory"),
+        ("--postgres-schema", "tower_async_request"),
+        ("--instance-id", "0"),
+        ("--idempotency-retention", "24h"),
+        ("--max-body", &two_mib),
+        ("--upstream-timeout", "60s"),
+        ("--header-read-timeout", "30s"),
+        ("--request-body-timeout", "60s"),
+        ("--max-connections", "1024"),
+        ("--tunnel-idle-timeout", "5m"),
+        ("--drain-timeout", "30s"),
+        ("--log-format", "pretty"),
+    ] {
+        let default = format!("[default: {default}]");
+        assert!(text(flag).contains(&default), "{flag}: {}", text(flag));
+    }
+    // Off, none or computed: no value to default to.
+    for flag in [
+        "--upstream-http2",
+        "--upstream-ca-file",
+        "--tls-cert-file",
+        "--callback-url",
+        "--unsigned-callbacks",
+        "--status-path",
+        "--status-secret-file",
+        "--admin-listen",
+        "--require-idempotency-key",
+        "--worker-threads",
+        "--allow-private-callbacks",
+    ] {
+        assert!(!text(flag).contains("[default:"), "{flag}: {}", text(flag));
+    }
+    assert!(
+        text("--worker-threads").contains("one per CPU core"),
+        "{}",
+        text("--worker-threads")
+    );
+    // Each flag from ASYNC_REQUEST_PROXY_<FLAG> too.
+    for (flag, text) in help
+        .iter()
+        .filter(|(flag, _)| flag != "--help" && flag != "--version")
+    {
+        let variable = flag[2..].to_uppercase().replace('-', "_");
+        let variable = format!("[env: ASYNC_REQUEST_PROXY_{variable}=");
+        assert!(text.contains(&variable), "{flag}: {text}");
+    }
+}
+
+#[test]
+fn secrets_are_never_taken_from_the_command_line() {
+    // No flag takes a secret itself: such a flag is unknown (exit 2), and the line saying so
+    // does not repeat the secret.
+    for flag in [
+        "--signing-key",
+        "--standard-webhooks-secret",
+        "--status-secret",
+    ] {
+        let stderr = refused(&[
+            "--unsigned-callbacks",
+            "--upstream",
+            "http://127.0.0.1:9",
+            flag,
+            "secret-on-the-command-line",
+        ]);
+        assert!(stderr.contains(&format!("'{flag}'")), "{flag}: {stderr}");
+        assert!(!stderr.contains("secret-on-the-command-line"), "{stderr}");
+    }
+    // Every flag for a secret names a file.
+    let mut files = Vec::new();
+    for (flag, _) in help_by_flag() {
+        if ["secret", "signing-key", "tls-key"]
+            .iter()
+            .any(|word| flag.contains(word))
+        {
+            assert!(flag.ends_with("-file"), "{flag}");
+            files.push(flag);
+        }
+    }
+    assert_eq!(files.len(), 4, "{files:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_max_body_2_mib_is_accepted_and_one_byte_more_is_413() {
+    let (upstream, calls) = counting_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &format!("http://{upstream}"),
+        "--callback-url",
+        &receiver.url(),
+    ]);
+    // One byte over, announced: refused before a byte of the body is sent.
+    let mut stream = TcpStream::connect(proxy.address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /count HTTP/1.1\r\nhost: proxy\r\nelements-async-request: true\r\n\
+              content-length: 2097153\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let answer = String::from_utf8(read_until(&mut stream, b"}").await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"request_too_large\""),
+        "{answer}"
+    );
+    // Exactly 2 MiB: accepted.
+    let at = async_post_of(proxy.url("/count"), vec![b'y'; 2 * 1024 * 1024], &[]);
+    let (status, _, receipt) = call(at).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// The threads of `proxy` besides its main one: the runtime's workers, as long as no blocking
+/// work has started threads of its own (none has before the first request). Counted, not told
+/// by name: a thread takes its name once it first runs, which on a busy machine may be later.
+fn runtime_threads(proxy: &Proxy) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", proxy.child.id())).unwrap();
+    tasks.count() - 1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_threads_default_to_one_per_cpu_core() {
+    let upstream = format!("http://{}", closed_port());
+    let default = Proxy::start(&["--unsigned-callbacks", "--upstream", &upstream]);
+    let three = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &upstream,
+        "--worker-threads",
+        "3",
+    ]);
+    assert_eq!(runtime_threads(&three), 3);
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(runtime_threads(&default), cores);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_listen_it_serves_on_127_0_0_1_8080() {
+    use std::io::Write;
+    // Only where 8080 is free: where something else has it, the test says so and passes.
+    let skip = |why: &str| {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped proxy_flags' --listen default: 127.0.0.1:8080 {why}"
+        );
+    };
+    match std::net::TcpListener::bind("127.0.0.1:8080") {
+        Ok(probe) => drop(probe),
+        Err(error) => return skip(&format!("is in use ({error})")),
+    }
+    let upstream = format!("http://{}/api", axum_upstream().await);
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .envs([
+            ("ASYNC_REQUEST_PROXY_UPSTREAM", upstream.as_str()),
+            ("ASYNC_REQUEST_PROXY_UNSIGNED_CALLBACKS", "true"),
+            ("RUST_LOG", "warn"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let Some(Ok(line)) = lines.next() else {
+        // Ended without a word: taken by something else since the probe, or a failure.
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(
+            status.code() == Some(2) && stderr.contains("--listen 127.0.0.1:8080"),
+            "{status}: {stderr}"
+        );
+        return skip("was taken meanwhile");
+    };
+    let (_, rest) = std::sync::mpsc::channel();
+    let (_, log) = std::sync::mpsc::channel();
+    let proxy = Proxy {
+        child,
+        address: "127.0.0.1:8080".parse().unwrap(),
+        admin: None,
+        rest,
+        log,
+    };
+    assert!(
+        line.starts_with("async-request-proxy: listening on http://127.0.0.1:8080,"),
+        "{line}"
+    );
+    let (status, _, body) = call(
+        Request::get(proxy.url("/hello"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_status_secret_from_the_environment_makes_tokens_that_read_after_a_restart() {
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let file = temp("status-secret.redb");
+    let _ = std::fs::remove_file(&file);
+    let (upstream, callback, store) = (
+        format!("http://{upstream}/api"),
+        receiver.url(),
+        format!("redb:{}", file.display()),
+    );
+    let args = [
+        "--unsigned-callbacks",
+        "--upstream",
+        &upstream,
+        "--callback-url",
+        &callback,
+        "--store",
+        &store,
+        "--status-path",
+        "/events",
+    ];
+    let secret = (
+        "ASYNC_REQUEST_PROXY_STATUS_SECRET",
+        "a status secret from the environment",
+    );
+    let stop = |proxy: Proxy| async move {
+        proxy.signal(libc::SIGTERM);
+        let (code, report) = exit_and_report(proxy).await;
+        assert_eq!(code, Some(0), "{report}");
+    };
+    let first = Proxy::start_with(&args, &[secret]);
+    let (status, headers, receipt) = call(async_post(first.url("/report"))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
+    stop(first).await;
+
+    // Another proxy on the store, with the same variable: the first one's token reads.
+    let second = Proxy::start_with(&args, &[secret]);
+    let (status, event) = get_json(second.url(&location)).await;
+    assert_eq!(status, StatusCode::OK, "{event}");
+    assert_eq!(event["eventId"], event_id(&receipt));
+    assert_eq!(event["eventStatus"], "completed", "{event}");
+    stop(second).await;
+    // Without it (a random secret), or with another value, the token names nothing.
+    for env in [
+        vec![],
+        vec![(
+            "ASYNC_REQUEST_PROXY_STATUS_SECRET",
+            "another secret, 16 bytes or more",
+        )],
+    ] {
+        let other = Proxy::start_with(&args, &env);
+        let (status, body) = get_json(other.url(&location)).await;
+        assert_eq!(
+            (status, &body["code"]),
+            (StatusCode::NOT_FOUND, &"not_found".into()),
+            "{env:?}"
+        );
+        stop(other).await;
+    }
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_status_path_get_under_it_stays_at_the_proxy_and_no_callback_url_is_needed() {
+    let (upstream, calls) = counting_upstream().await;
+    let upstream = format!("http://{upstream}");
+    // Neither --callback-url nor a callback header: the client polls.
+    let proxy = Proxy::start(&[
+        "--unsigned-callbacks",
+        "--upstream",
+        &upstream,
+        "--status-path",
+        "/events",
+    ]);
+    let (status, headers, receipt) = call(async_post_of(proxy.url("/count"), "polled", &[])).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let (status, event) = get_json(proxy.url(&location)).await;
+        assert_eq!(status, StatusCode::OK, "{event}");
+        if event["eventStatus"] == "completed" {
+            break event;
+        }
+        assert!(Instant::now() < deadline, "{event}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(done["eventId"], event_id(&receipt));
+    assert_eq!(done["response"], "polled", "{done}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the job's call");
+
+    // GET under the path is the proxy's, whatever follows it; other methods and paths pass.
+    for path in [
+        "/events/1?token=AAAAAAAAAAAAAAAAAAAAAA",
+        "/events/x",
+        "/events/1/more",
+    ] {
+        let (status, body) = get_json(proxy.url(path)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["code"], "not_found", "{path}: {body}");
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "a GET under /events reached the upstream"
+    );
+    for request in [
+        Request::post(proxy.url("/events/1")),
+        Request::get(proxy.url("/eventsx")),
+    ] {
+        let (status, _, _) = call(request.body(Full::default()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+
+    // Without --status-path, an async request needs somewhere to send its callback.
+    let plain = Proxy::start(&["--unsigned-callbacks", "--upstream", &upstream]);
+    let request = async_post_of(plain.url("/count"), "nowhere", &[]);
+    assert_eq!(
+        refusal(call(request).await),
+        (StatusCode::BAD_REQUEST, "missing_callback_url".into())
+    );
+}
+
+/// An https:// upstream with the test CA's certificate for 127.0.0.1, offering HTTP/2 and
+/// HTTP/1.1 by ALPN; it answers every request with the protocol ALPN chose and the version the
+/// request came in.
+async fn alpn_upstream() -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(format!("{TLS_DIR}/upstream.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(format!("{TLS_DIR}/upstream.key")).unwrap();
+    // ring's provider, as the proxy's.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let alpn = stream
+                    .get_ref()
+                    .1
+                    .alpn_protocol()
+                    .map(|protocol| String::from_utf8_lossy(protocol).into_owned());
+                let h2 = alpn.as_deref() == Some("h2");
+                let service = hyper::service::service_fn(move |request: Request<_>| {
+                    let _: &hyper::body::Incoming = request.body();
+                    let answer = format!("{alpn:?} {:?}", request.version());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(answer),
+                        )))
+                    }
+                });
+                let io = TokioIo::new(stream);
+                let _ = match h2 {
+                    true => {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    }
+                    false => {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await
+                    }
+                };
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_http2_speaks_http2_to_an_https_upstream_as_alpn_agrees() {
+    let upstream = alpn_upstream().await;
+    let (url, ca) = (
+        format!("https://127.0.0.1:{}", upstream.port()),
+        format!("{TLS_DIR}/ca.pem"),
+    );
+    let args = [
+        "--unsigned-callbacks",
+        "--upstream",
+        &url,
+        "--upstream-ca-file",
+        &ca,
+    ];
+    for (extra, heard) in [
+        (&["--upstream-http2"][..], "Some(\"h2\") HTTP/2.0"),
+        // Without it, HTTP/1.1 and no ALPN offered.
+        (&[][..], "None HTTP/1.1"),
+    ] {
+        let proxy = Proxy::start(&[&args[..], extra].concat());
+        let (status, _, body) = call(
+            Request::get(proxy.url("/protocol"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{extra:?}");
+        assert_eq!(String::from_utf8_lossy(&body), heard, "{extra:?}");
+    }
 }

@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 use crate::support;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_async-request-proxy");
+/// The test CA, and certificates it issued for 127.0.0.1 (`upstream.pem`, `renewed.pem`).
+pub(crate) const TLS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tls");
 
 /// A running proxy: killed when dropped unless it already ended.
 pub(crate) struct Proxy {
@@ -241,17 +243,44 @@ pub(crate) fn write(path: &Path, text: &str) {
 }
 
 /// Runs the binary with `args` (and `--listen 127.0.0.1:0`), expecting it to refuse to start:
-/// exit code 2 and nothing on standard output; its standard error. Fails, and kills it, if it
-/// is still running after 20 s.
+/// exit code 2, nothing on standard output, and one line on standard error, as docs/proxy.md
+/// says of every refusal to start; that line.
 pub(crate) fn refused(args: &[&str]) -> String {
+    refused_exactly(&[&["--listen", "127.0.0.1:0"], args].concat())
+}
+
+/// [`refused`] with `args` alone: for a test that chooses `--listen` itself.
+pub(crate) fn refused_exactly(args: &[&str]) -> String {
+    let mut command = Command::new(BIN);
+    command.args(args);
+    let (code, stdout, stderr) = ended(command);
+    assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    assert!(stdout.is_empty(), "nothing started: {args:?}: {stdout}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {args:?}: {stderr}");
+    stderr
+}
+
+/// Runs `command` to its end, expecting one soon: its exit code, standard output and standard
+/// error. Fails, and kills it, if it is still running after 20 s.
+pub(crate) fn ended(mut command: Command) -> (Option<i32>, String, String) {
     use std::io::Read;
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read as it comes, so that a child writing much never waits on a full pipe.
+    let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let stdout = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -260,16 +289,15 @@ pub(crate) fn refused(args: &[&str]) -> String {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("started anyway: {args:?}");
+            panic!("still running after 20 s: {command:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (mut stdout, mut stderr) = (String::new(), String::new());
-    child.stdout.unwrap().read_to_string(&mut stdout).unwrap();
-    child.stderr.unwrap().read_to_string(&mut stderr).unwrap();
-    assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
-    assert!(stdout.is_empty(), "nothing started: {args:?}: {stdout}");
-    stderr
+    (
+        status.code(),
+        stdout.join().unwrap(),
+        stderr.join().unwrap(),
+    )
 }
 
 pub(crate) fn closed_port() -> SocketAddr {
@@ -310,6 +338,28 @@ pub(crate) async fn holding_upstream() -> (
     ))
     .await;
     (address, begun, release)
+}
+
+/// Polls `/admin/health` until it answers `503`: the drain has begun.
+pub(crate) async fn draining(admin: SocketAddr) {
+    let health = format!("http://{admin}/admin/health");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_json(health.clone()).await.0 != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(Instant::now() < deadline, "no drain began");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET /metrics` of the admin listener at `admin`: the scrape.
+pub(crate) async fn scrape(admin: SocketAddr) -> String {
+    let (status, _, body) = call(
+        Request::get(format!("http://{admin}/metrics"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    String::from_utf8(body.to_vec()).unwrap()
 }
 
 /// Waits for the proxy to end; its exit code and everything it printed after starting.
