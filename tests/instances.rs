@@ -422,8 +422,17 @@ async fn the_request_callback_url_wins_and_is_still_checked_as_untrusted() {
     assert_eq!(hit.answered, 200);
 }
 
-#[tokio::test]
-async fn a_removed_instance_leaves_its_pending_notification_as_a_dead_letter() {
+/// What an instance with a notification waiting for its retry becomes after `change`: the
+/// instances, the receiver, the handle, the receipt, and the dead letters once there are some.
+async fn a_waiting_notification_after(
+    change: impl FnOnce(&InstanceMap),
+) -> (
+    InstanceMap,
+    Receiver,
+    tower_async_request::AsyncRequestHandle,
+    Value,
+    Vec<tower_async_request::store::NotificationRecord>,
+) {
     let mut hooks = Receiver::start(vec![Answer::status(500)]).await;
     let instances = InstanceMap::new(element_of);
     instances.insert(acme(&hooks));
@@ -433,7 +442,7 @@ async fn a_removed_instance_leaves_its_pending_notification_as_a_dead_letter() {
     let (_, _, receipt) = send(&app, async_request(Some(30))).await;
     assert_eq!(hooks.next().await.answered, 500);
 
-    instances.remove(30);
+    change(&instances);
     let dead = loop {
         let dead = handle.dead_letters().await.unwrap();
         if !dead.is_empty() {
@@ -441,6 +450,15 @@ async fn a_removed_instance_leaves_its_pending_notification_as_a_dead_letter() {
         }
         tokio::time::sleep(MS(20)).await;
     };
+    (instances, hooks, handle, receipt, dead)
+}
+
+#[tokio::test]
+async fn a_removed_instance_leaves_its_pending_notification_as_a_dead_letter() {
+    let (instances, mut hooks, handle, receipt, dead) = a_waiting_notification_after(|instances| {
+        instances.remove(30);
+    })
+    .await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].event_id.get(), receipt["eventId"].as_u64().unwrap());
     assert_eq!(dead[0].instance_id, 30);
@@ -466,23 +484,10 @@ async fn a_removed_instance_leaves_its_pending_notification_as_a_dead_letter() {
 /// notification (which named no URL of its own) becomes a dead letter saying why.
 #[tokio::test]
 async fn an_instance_that_loses_its_callback_url_leaves_a_dead_letter() {
-    let mut hooks = Receiver::start(vec![Answer::status(500)]).await;
-    let instances = InstanceMap::new(element_of);
-    instances.insert(acme(&hooks));
-    let layer = builder(instances.clone()).build().unwrap();
-    let handle = layer.handle();
-    let app = app(layer, Arc::default(), None);
-    let (_, _, receipt) = send(&app, async_request(Some(30))).await;
-    assert_eq!(hooks.next().await.answered, 500);
-
-    instances.insert(Instance::builder(30).signing_key(ACME_KEY).build().unwrap());
-    let dead = loop {
-        let dead = handle.dead_letters().await.unwrap();
-        if !dead.is_empty() {
-            break dead;
-        }
-        tokio::time::sleep(MS(20)).await;
-    };
+    let (_, mut hooks, _, receipt, dead) = a_waiting_notification_after(|instances| {
+        instances.insert(Instance::builder(30).signing_key(ACME_KEY).build().unwrap());
+    })
+    .await;
     assert_eq!(dead[0].event_id.get(), receipt["eventId"].as_u64().unwrap());
     let why = dead[0].last_error.as_deref().unwrap();
     assert_eq!(why, "instance 30 no longer has a callback URL");
