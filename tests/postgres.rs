@@ -385,32 +385,47 @@ async fn nodes_starting_together_create_the_schema_once() {
         .is_err());
 }
 
+/// `schema` as version `version` of the store left it (its migrations applied by hand), with one
+/// dead letter in it (event 5, notification 6, 8 attempts); a client and the quoted name.
+async fn schema_at_version(schema: &Schema, version: usize) -> (tokio_postgres::Client, String) {
+    const VERSIONS: [&str; 2] = [
+        include_str!("../src/store/postgres/schema_v1.sql"),
+        include_str!("../src/store/postgres/schema_v2.sql"),
+    ];
+    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let quoted = format!("\"{}\"", schema.0);
+    let mut sql = format!(
+        "CREATE SCHEMA {quoted};
+         CREATE TABLE {quoted}.migrations (version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now());"
+    );
+    for (index, migration) in VERSIONS[..version].iter().enumerate() {
+        sql += &migration.replace("{schema}", &quoted);
+        sql += &format!(
+            "INSERT INTO {quoted}.migrations (version) VALUES ({});",
+            index + 1
+        );
+    }
+    sql += &format!(
+        "INSERT INTO {quoted}.events (event_id, notification_id, instance_id, target,
+             instance_url, accepted_at_ms, owner, state, body, attempts, last_error)
+         VALUES (5, 6, 30, 'https://hooks.example.com/in', true, 7, 1, 3, '{{}}', 8, 'gone');"
+    );
+    client.batch_execute(&sql).await.unwrap();
+    (client, quoted)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_1_schema_is_migrated_with_its_dead_letters_readable() {
     if !pg::available(FILE).await {
         return;
     };
     let schema = Schema::new();
-    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let quoted = format!("\"{}\"", schema.0);
     // The schema as version 1 left it, with a dead letter in it.
-    client
-        .batch_execute(&format!(
-            "CREATE SCHEMA {quoted};
-             CREATE TABLE {quoted}.migrations (version integer PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now());
-             {}
-             INSERT INTO {quoted}.migrations (version) VALUES (1);
-             INSERT INTO {quoted}.events (event_id, notification_id, instance_id, target,
-                 instance_url, accepted_at_ms, owner, state, body, attempts, last_error)
-             VALUES (5, 6, 30, 'https://hooks.example.com/in', true, 7, 1, 3, '{{}}', 8, 'gone');",
-            include_str!("../src/store/postgres/schema_v1.sql").replace("{schema}", &quoted)
-        ))
-        .await
-        .unwrap();
+    let (client, quoted) = schema_at_version(&schema, 1).await;
     let store = PostgresStore::builder(pg::url())
         .schema(schema.0.clone())
         .connect()
@@ -949,27 +964,7 @@ async fn a_version_2_schema_with_events_is_migrated_to_keep_idempotency_keys() {
         return;
     }
     let schema = Schema::new();
-    let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    let quoted = format!("\"{}\"", schema.0);
-    client
-        .batch_execute(&format!(
-            "CREATE SCHEMA {quoted};
-             CREATE TABLE {quoted}.migrations (version integer PRIMARY KEY,
-                 applied_at timestamptz NOT NULL DEFAULT now());
-             {}
-             {}
-             INSERT INTO {quoted}.migrations (version) VALUES (1), (2);
-             INSERT INTO {quoted}.events (event_id, notification_id, instance_id, target,
-                 instance_url, accepted_at_ms, owner, state, body, attempts, last_error)
-             VALUES (5, 6, 30, 'https://hooks.example.com/in', true, 7, 1, 3, '{{}}', 8, 'gone');",
-            include_str!("../src/store/postgres/schema_v1.sql").replace("{schema}", &quoted),
-            include_str!("../src/store/postgres/schema_v2.sql").replace("{schema}", &quoted),
-        ))
-        .await
-        .unwrap();
+    let (client, quoted) = schema_at_version(&schema, 2).await;
     let store = store(&schema).await;
     let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
     assert_eq!(dead.len(), 1, "the version 2 data is there");

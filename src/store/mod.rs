@@ -255,7 +255,11 @@ pub trait EventStore: Send + Sync + 'static {
         key: &'a IdempotencyKey,
     ) -> StoreFuture<'a, KeyClaim> {
         let _ = (event, key);
-        Box::pin(async { Err(StoreError::new("this event store keeps no idempotency keys")) })
+        Box::pin(async {
+            Err(StoreError::new(
+                "this event store keeps no idempotency keys",
+            ))
+        })
     }
 
     /// The event's job has started. Need not be durable (lost, the event ends `interrupted`).
@@ -381,6 +385,34 @@ impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
         key: &'a IdempotencyKey,
     ) -> StoreFuture<'a, KeyClaim> {
         (**self).dispatched_with_key(event, key)
+    }
+}
+
+/// What a durable store's writer says a write did, for the writes that say: a revived dead
+/// letter, an idempotency key's claim.
+#[cfg_attr(not(any(feature = "redb", feature = "postgres")), allow(dead_code))]
+#[derive(Debug)]
+pub(crate) enum Written {
+    Record(Option<NotificationRecord>),
+    Claim(KeyClaim),
+}
+
+#[cfg_attr(not(any(feature = "redb", feature = "postgres")), allow(dead_code))]
+impl Written {
+    /// A revive's answer.
+    pub(crate) fn record(self) -> Option<NotificationRecord> {
+        match self {
+            Self::Record(record) => record,
+            Self::Claim(_) => unreachable!("a revive claims no key"),
+        }
+    }
+
+    /// A keyed receipt's answer.
+    pub(crate) fn claim(self) -> KeyClaim {
+        match self {
+            Self::Claim(claim) => claim,
+            Self::Record(_) => unreachable!("a keyed receipt answers with its claim"),
+        }
     }
 }
 

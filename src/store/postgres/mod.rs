@@ -24,11 +24,11 @@ use tokio_postgres::{NoTls, Row};
 
 use self::rows::{record_of, Stored, COLUMNS};
 use self::shared::{Shared, Statements};
-use self::writer::{Op, Write, Written};
+use self::writer::{Op, Write};
 use super::{
     unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
     IdempotencyKey, KeyClaim, NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture,
-    StoreStats,
+    StoreStats, Written,
 };
 use crate::wire::ids::{EventId, NotificationId};
 
@@ -418,12 +418,7 @@ impl EventStore for PostgresStore {
         notification_id: NotificationId,
     ) -> StoreFuture<'_, Option<NotificationRecord>> {
         let write = self.write(Op::Revive(notification_id));
-        Box::pin(async move {
-            match write.await? {
-                Written::Record(record) => Ok(record),
-                Written::Claim(_) => unreachable!("a revive claims no key"),
-            }
-        })
+        Box::pin(async move { Ok(write.await?.record()) })
     }
 
     fn dispatched_with_key<'a>(
@@ -432,12 +427,7 @@ impl EventStore for PostgresStore {
         key: &'a IdempotencyKey,
     ) -> StoreFuture<'a, KeyClaim> {
         let write = self.write(Op::DispatchedWithKey(event.clone(), key.clone()));
-        Box::pin(async move {
-            match write.await? {
-                Written::Claim(claim) => Ok(claim),
-                Written::Record(_) => unreachable!("a keyed receipt answers with its claim"),
-            }
-        })
+        Box::pin(async move { Ok(write.await?.claim()) })
     }
 }
 

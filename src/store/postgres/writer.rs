@@ -19,7 +19,7 @@ use super::rows::record_of;
 use super::shared::Shared;
 use crate::store::{
     history, unix_ms, DeliveryState, EventRecord, IdempotencyKey, KeyClaim, KeyScope,
-    NotificationRecord, StoreError,
+    NotificationRecord, StoreError, Written,
 };
 use crate::wire::ids::{EventId, NotificationId};
 
@@ -46,13 +46,6 @@ impl Op {
             Self::Dispatched(_) | Self::DispatchedWithKey(..) | Self::Finished(_) | Self::Revive(_)
         )
     }
-}
-
-/// What a write did, for the writes that say: a revived dead letter, an idempotency key's claim.
-#[derive(Debug)]
-pub(super) enum Written {
-    Record(Option<NotificationRecord>),
-    Claim(KeyClaim),
 }
 
 pub(super) type Answer = Result<Written, StoreError>;

@@ -24,11 +24,11 @@ use tokio::sync::oneshot;
 use self::encoding::{decode_json, decode_notification, StoredEvent};
 use self::queries::notifications_where;
 use self::tables::{EVENTS, EVENT_INDEX, META, NEXT_ID, NOTIFICATIONS};
-use self::writer::{write_loop, Commits, Op, Write, Written};
+use self::writer::{write_loop, Commits, Op, Write};
 use super::{
     unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
     IdempotencyKey, KeyClaim, NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture,
-    StoreStats,
+    StoreStats, Written,
 };
 use crate::wire::ids::{EventId, IdGenerator, NotificationId};
 
@@ -276,12 +276,7 @@ impl EventStore for RedbStore {
         notification_id: NotificationId,
     ) -> StoreFuture<'_, Option<NotificationRecord>> {
         let write = self.write(Op::Revive(notification_id));
-        Box::pin(async move {
-            match write.await? {
-                Written::Record(record) => Ok(record),
-                Written::Claim(_) => unreachable!("a revive claims no key"),
-            }
-        })
+        Box::pin(async move { Ok(write.await?.record()) })
     }
 
     fn dispatched_with_key<'a>(
@@ -290,12 +285,7 @@ impl EventStore for RedbStore {
         key: &'a IdempotencyKey,
     ) -> StoreFuture<'a, KeyClaim> {
         let write = self.write(Op::DispatchedWithKey(event.clone(), key.clone()));
-        Box::pin(async move {
-            match write.await? {
-                Written::Claim(claim) => Ok(claim),
-                Written::Record(_) => unreachable!("a keyed receipt answers with its claim"),
-            }
-        })
+        Box::pin(async move { Ok(write.await?.claim()) })
     }
 }
 

@@ -13,7 +13,7 @@ use super::encoding::{
 use super::prune::prune;
 use super::tables::{EVENTS, EVENT_INDEX, IDEMPOTENCY_KEYS, META, NEXT_ID, NOTIFICATIONS};
 use crate::store::{
-    unix_ms, DeliveryState, EventRecord, IdempotencyKey, KeyClaim, NotificationRecord,
+    unix_ms, DeliveryState, EventRecord, IdempotencyKey, KeyClaim, NotificationRecord, Written,
 };
 use crate::wire::ids::{EventId, IdGenerator, NotificationId};
 
@@ -71,13 +71,6 @@ impl Op {
             Self::Attempted(_) | Self::Delivered(_) | Self::Dead(_) => false,
         }
     }
-}
-
-/// What a write did, for the writes that say: a revived dead letter, an idempotency key's claim.
-#[derive(Debug)]
-pub(super) enum Written {
-    Record(Option<NotificationRecord>),
-    Claim(KeyClaim),
 }
 
 #[derive(Debug)]
