@@ -13,9 +13,9 @@
 //!   callback to a receiver. Printed per event: the process's CPU (`getrusage`; app, client and
 //!   receiver are one process, the same for every store), the store's transactions and durable
 //!   commits, and end-to-end latency (request sent → callback received), p50 and p99.
-//! - **Keyed**: for each store, 32 clients' receipts with an `Idempotency-Key` each (a new key
-//!   per request: first-time claims) against receipts without, in turns on the same app
-//!   (`support::interleaved_timed`); the ratio printed.
+//! - **Keyed**: for each store, 32 clients' receipts with an `Idempotency-Key` each (a new,
+//!   random-looking key per request: first-time claims) against receipts without, in turns on
+//!   the same app (`support::interleaved_timed`); the ratio printed.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -59,6 +59,18 @@ async fn receipts_across(nodes: &[Router], total: u64) -> Duration {
 /// Keys no request has used before.
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
+/// A key as clients make them (a random UUID's spread, not a counter's order, which would
+/// flatter a store's index): 32 hex digits from `n`, mixed (splitmix64).
+fn uuid_like(n: u64) -> String {
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let a = mix(n.wrapping_add(0x9e37_79b9_7f4a_7c15));
+    format!("{a:016x}{:016x}", mix(a))
+}
+
 /// As [`receipts_across`]; with `keyed`, each request has an `Idempotency-Key` of its own.
 async fn receipts_with(nodes: &[Router], total: u64, keyed: bool) -> Duration {
     let start = Instant::now();
@@ -71,8 +83,8 @@ async fn receipts_with(nodes: &[Router], total: u64, keyed: bool) -> Duration {
                     let mut request =
                         Request::post("/work").header("Elements-Async-Request", "true");
                     if keyed {
-                        let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
-                        request = request.header("Idempotency-Key", format!("\"bench-{key}\""));
+                        let key = uuid_like(NEXT_KEY.fetch_add(1, Ordering::Relaxed));
+                        request = request.header("Idempotency-Key", format!("\"{key}\""));
                     }
                     let request = request.body(Body::empty()).unwrap();
                     let response = app.clone().oneshot(request).await.unwrap();

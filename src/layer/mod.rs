@@ -12,8 +12,8 @@ pub(crate) mod service;
 
 pub use self::builder::{
     AsyncRequestLayerBuilder, DEFAULT_IDEMPOTENCY_RETENTION, DEFAULT_JOB_TIMEOUT,
-    DEFAULT_MAX_REQUEST_BYTES,
-    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT, DEFAULT_STATUS_RETENTION,
+    DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_BODY_TIMEOUT,
+    DEFAULT_STATUS_RETENTION,
 };
 pub use self::future::ResponseFuture;
 pub use self::handle::{AsyncRequestHandle, Health, RedeliverError, Redelivered, ShutdownReport};

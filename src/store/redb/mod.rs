@@ -635,7 +635,7 @@ mod tests {
             fingerprint: [1; 32],
             expires_at_ms,
         };
-        let mut claim = async |name: &str, expires: u64| {
+        let claim = async |name: &str, expires: u64| {
             let (event_id, notification_id) = store.allocate_ids().await.unwrap();
             let event = event(event_id, notification_id, "https://example.com/");
             (
