@@ -606,6 +606,25 @@ async fn bad_ids_bad_queries_and_unknown_things_get_json_errors() {
     }
 }
 
+/// `Idempotency-Key`: the admin's health report counts the requests answered with an earlier
+/// receipt.
+#[tokio::test]
+async fn health_counts_idempotent_replays() {
+    let receiver = Receiver::start(Vec::new()).await;
+    let served = Served::start(builder(&receiver).build().unwrap()).await;
+    for _ in 0..3 {
+        let request = Request::post(format!("http://{}/work", served.app))
+            .header("Elements-Async-Request", "true")
+            .header("Idempotency-Key", "\"health\"")
+            .body(Full::from("job"))
+            .unwrap();
+        let (status, receipt) = served.send(request).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{receipt}");
+    }
+    let (_, health) = served.get("/health").await;
+    assert_eq!(health["idempotentReplays"], 2, "{health}");
+}
+
 #[tokio::test]
 async fn health_reports_the_store_in_flight_work_and_shutting_down() {
     let receiver = Receiver::start(vec![Answer::status(200).after(MS(300))]).await;

@@ -168,6 +168,8 @@ pub(super) struct HealthReport<'a> {
     in_flight: u64,
     jobs_running: u64,
     notifications_pending: u64,
+    /// Async requests answered with an earlier receipt (their `Idempotency-Key` was claimed).
+    idempotent_replays: u64,
 }
 
 impl<'a> From<&'a Health> for HealthReport<'a> {
@@ -183,6 +185,7 @@ impl<'a> From<&'a Health> for HealthReport<'a> {
             in_flight: health.in_flight,
             jobs_running: health.metrics.running,
             notifications_pending: health.metrics.pending,
+            idempotent_replays: health.metrics.idempotent_replays,
         }
     }
 }
