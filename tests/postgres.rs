@@ -259,13 +259,7 @@ async fn ids_come_in_blocks_and_concurrent_writes_share_a_commit() {
     }
     let schema = Schema::new();
     let wire = Proxy::start_for_test_server().await;
-    let store = Arc::new(
-        PostgresStore::builder(wire.url())
-            .schema(schema.0.clone())
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let store = wire.store(&schema).await;
     let sequence = format!("nextval('\"{}\".ids')", schema.0);
     let asked = wire.statements(&sequence);
     let mut ids = HashSet::new();
@@ -650,6 +644,16 @@ impl Proxy {
         .await
     }
 
+    /// A store on `schema` of the test server's database, reached through this proxy.
+    async fn store(&self, schema: &Schema) -> Arc<PostgresStore> {
+        let store = PostgresStore::builder(self.url())
+            .schema(schema.0.clone())
+            .connect()
+            .await
+            .unwrap();
+        Arc::new(store)
+    }
+
     /// The test server's database, reached through this proxy.
     fn url(&self) -> String {
         let config: tokio_postgres::Config = pg::url().parse().unwrap();
@@ -666,13 +670,7 @@ async fn an_outage_refuses_new_requests_with_503_and_loses_nothing_accepted() {
     }
     let schema = Schema::new();
     let proxy = Proxy::start_for_test_server().await;
-    let store = Arc::new(
-        PostgresStore::builder(proxy.url())
-            .schema(schema.0.clone())
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let store = proxy.store(&schema).await;
     let mut receiver = Receiver::start(vec![]).await;
     let (node, handle) = app(store, &receiver);
 
@@ -738,13 +736,7 @@ async fn finished_events_are_deleted_past_their_retention_in_batches() {
     let schema = Schema::new();
     // Through a proxy that keeps what is sent, to count the DELETE statements.
     let wire = Proxy::start_for_test_server().await;
-    let store = Arc::new(
-        PostgresStore::builder(wire.url())
-            .schema(schema.0.clone())
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let store = wire.store(&schema).await;
     // Written concurrently, so the store groups them into a few transactions.
     let writes = (0..2500u64).map(|i| {
         let store = store.clone();
