@@ -1,5 +1,6 @@
 //! The request: is it synchronous, asynchronous, or refused? The async and `Prefer`
-//! headers are read, the callback URL and its address checked, and a refusal (JSON, or a gRPC
+//! headers are read, the callback URL and its address checked, the `Idempotency-Key` read and
+//! the request's fingerprint taken, and a refusal (JSON, or a gRPC
 //! error for a gRPC call) is the answer when the layer will not take it. Hands on a
 //! classification that the [event](crate::event) stage dispatches.
 

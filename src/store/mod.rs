@@ -30,6 +30,10 @@
 //! de-duplicate on) or ends a lost `running` event as `interrupted`, exactly as a `dispatched` one.
 //! [`StoreStats`] says how many commits waited for the disk.
 //!
+//! A client's `Idempotency-Key` is claimed with its event, in the same durable write
+//! ([`EventStore::dispatched_with_key`]): a store keeps each claimed key ([`IdempotencyKey`]) until
+//! it expires, and answers a second claim with the event that holds it ([`KeyClaim::Held`]).
+//!
 //! - [`MemoryStore`] (the default) keeps records in memory: nothing survives a restart.
 //! - `PostgresStore` (cargo feature `postgres`) keeps them in one PostgreSQL database that several
 //!   nodes of an app share; a node that dies has its work finished by another.
