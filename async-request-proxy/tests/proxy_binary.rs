@@ -15,14 +15,15 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use common::{
-    async_post, axum_upstream, call, client, closed_port, exit_and_report, get_json, hello,
-    holding_upstream, read_until, read_until_closed, refused, temp, write, Proxy, BIN, TLS_DIR,
+    accepted, async_post, axum_upstream, call, client, closed_port, event_id, exit_and_report,
+    exit_code, fetch, get_json, get_ok, hello, holding_upstream, read_until, read_until_closed,
+    refused, released, temp, terminated, tunnel_closes, write, Proxy, BIN, TLS_DIR,
 };
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -32,6 +33,12 @@ use serde_json::Value;
 use support::{Answer, Receiver};
 use tokio::net::TcpListener;
 use tower_async_request::verify::ElementsVerifier;
+
+/// Ends the `python` upstream.
+fn stop(mut python: Child) {
+    let _ = python.kill();
+    let _ = python.wait();
+}
 
 /// `python3 <args> PORT --bind 127.0.0.1` in `dir`, once it listens; the process and its port.
 fn python_upstream(dir: &Path, args: &[&str]) -> (Child, u16) {
@@ -53,37 +60,36 @@ fn python_upstream(dir: &Path, args: &[&str]) -> (Child, u16) {
     (python, port)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sync_answers_pass_through_and_async_answers_arrive_signed() {
-    let upstream = axum_upstream().await;
-    let mut receiver = Receiver::start(Vec::new()).await;
-    let key = temp("sync-async.key");
-    write(&key, "proxy-signing-key\n");
-    let proxy = Proxy::start(&[
+/// Instance 30 before `upstream`'s `/api`: callbacks to `callback` signed with `key`, admin on.
+fn instance_30(upstream: SocketAddr, callback: &str, key: &Path) -> Proxy {
+    Proxy::start(&[
         "--upstream",
         &format!("http://{upstream}/api"),
         "--callback-url",
-        &receiver.url(),
+        callback,
         "--instance-id",
         "30",
         "--signing-key-file",
         key.to_str().unwrap(),
         "--admin-listen",
         "127.0.0.1:0",
-    ]);
+    ])
+}
 
-    let (status, headers, body) = call(
-        Request::get(proxy.url("/hello"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_answers_pass_through_and_async_answers_arrive_signed() {
+    let upstream = axum_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let key = temp("sync-async.key");
+    write(&key, "proxy-signing-key\n");
+    let proxy = instance_30(upstream, &receiver.url(), &key);
+
+    let (status, headers, body) = fetch(proxy.url("/hello")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
     assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
 
-    let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let event_id = serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone();
+    let (_, receipt) = accepted(async_post(proxy.url("/report"))).await;
+    let event_id = event_id(&receipt);
     let hit = receiver.next().await;
     ElementsVerifier::new("proxy-signing-key")
         .verify(&hit.headers, &hit.body)
@@ -96,36 +102,15 @@ async fn sync_answers_pass_through_and_async_answers_arrive_signed() {
 
     // The operator's listener: health, the admin routes, and the metrics of what just happened.
     let admin = proxy.admin.expect("--admin-listen serves");
-    let (status, _, health) = call(
-        Request::get(format!("http://{admin}/admin/health"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    let (status, health) = get_json(format!("http://{admin}/admin/health")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&health).unwrap()["status"],
-        "ok"
-    );
-    let (status, _, event) = call(
-        Request::get(format!("http://{admin}/admin/events/{event_id}"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    assert_eq!(health["status"], "ok");
+    let (status, event) = get_json(format!("http://{admin}/admin/events/{event_id}")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        serde_json::from_slice::<Value>(&event).unwrap()["eventId"],
-        event_id
-    );
+    assert_eq!(event["eventId"], event_id);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, _, scrape) = call(
-            Request::get(format!("http://{admin}/metrics"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+        let (_, _, scrape) = fetch(format!("http://{admin}/metrics")).await;
         let scrape = String::from_utf8_lossy(&scrape).into_owned();
         if scrape.contains("async_request_delivered_total{instance=\"30\"} 1") {
             assert!(scrape.contains("async_request_accepted_total{instance=\"30\"} 1"));
@@ -157,9 +142,8 @@ async fn with_status_path_the_receipts_location_answers_through_the_proxy() {
         "--status-secret-file",
         secret.to_str().unwrap(),
     ]);
-    let (status, headers, receipt) = call(async_post(proxy.url("/report"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let event_id = serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone();
+    let (headers, receipt) = accepted(async_post(proxy.url("/report"))).await;
+    let event_id = event_id(&receipt);
     let location = headers[header::LOCATION].to_str().unwrap().to_owned();
     assert!(
         location.starts_with(&format!("/events/{event_id}?token=")),
@@ -218,18 +202,7 @@ async fn the_admin_listener_serves_the_documented_paths_and_latency_histograms()
     let mut receiver = Receiver::start(Vec::new()).await;
     let key = temp("admin.key");
     write(&key, "admin-signing-key");
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &format!("http://{upstream}/api"),
-        "--callback-url",
-        &receiver.url(),
-        "--instance-id",
-        "30",
-        "--signing-key-file",
-        key.to_str().unwrap(),
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
+    let proxy = instance_30(upstream, &receiver.url(), &key);
     let admin = proxy.admin.expect("--admin-listen serves");
     let post = |path: String| {
         call(
@@ -238,9 +211,8 @@ async fn the_admin_listener_serves_the_documented_paths_and_latency_histograms()
                 .unwrap(),
         )
     };
-    let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let event_id = serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone();
+    let (_, receipt) = accepted(async_post(proxy.url("/report"))).await;
+    let event_id = event_id(&receipt);
     receiver.next().await;
 
     // docs/operating.md's five routes, under /admin.
@@ -250,9 +222,8 @@ async fn the_admin_listener_serves_the_documented_paths_and_latency_histograms()
     assert_eq!((status, &event["eventId"]), (StatusCode::OK, &event_id));
     // A second event, whose receiver says `410 Gone`: a dead letter at once.
     receiver.then([Answer::status(410)]);
-    let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    let dead_event = serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone();
+    let (_, receipt) = accepted(async_post(proxy.url("/report"))).await;
+    let dead_event = common::event_id(&receipt);
     assert_eq!(receiver.next().await.answered, StatusCode::GONE);
     let dead_letters = format!("http://{admin}/admin/dead-letters?instance=30");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -321,21 +292,13 @@ async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
     std::fs::create_dir_all(&dir).unwrap();
     let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.join("data.bin"), &content).unwrap();
-    let (mut python, port) = python_upstream(&dir, &["-m", "http.server"]);
+    let (python, port) = python_upstream(&dir, &["-m", "http.server"]);
     let mut receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://127.0.0.1:{port}"),
-        "--callback-url",
-        &receiver.url(),
-    ]);
-    let (status, _, body) = call(
-        Request::get(proxy.url("/data.bin"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+        &["--callback-url", &receiver.url()],
+    );
+    let (status, _, body) = fetch(proxy.url("/data.bin")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body == content, "byte for byte");
 
@@ -343,13 +306,12 @@ async fn a_python_upstream_is_served_byte_for_byte_and_asynchronously() {
         .header("Elements-Async-Request", "true")
         .body(Full::default())
         .unwrap();
-    assert_eq!(call(request).await.0, StatusCode::ACCEPTED);
+    accepted(request).await;
     let notification = receiver.next().await.json();
     assert_eq!(notification["statusCode"], 200);
     // Not JSON or text: the answer travels as base64.
     assert_eq!(notification["responseEncoding"], "base64", "{notification}");
-    let _ = python.kill();
-    let _ = python.wait();
+    stop(python);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -379,7 +341,7 @@ http.server.HTTPServer((bind, port), Handler).serve_forever()
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http10_upstream_is_answered_in_the_proxys_version_on_a_kept_connection() {
     use tokio::io::AsyncWriteExt;
-    let (mut python, port) = python_upstream(&std::env::temp_dir(), &["-c", HTTP10_SERVER]);
+    let (python, port) = python_upstream(&std::env::temp_dir(), &["-c", HTTP10_SERVER]);
     let key = temp("http10.key");
     write(&key, "http10-signing-key");
     let proxy = Proxy::start(&[
@@ -438,8 +400,7 @@ async fn an_http10_upstream_is_answered_in_the_proxys_version_on_a_kept_connecti
     let (head, body) = split_answer(&received);
     assert!(head.starts_with("HTTP/1.0 200 OK\r\n"), "{head}");
     assert_eq!(body, b"until the upstream closes");
-    let _ = python.kill();
-    let _ = python.wait();
+    stop(python);
     let _ = std::fs::remove_file(key);
 }
 
@@ -472,34 +433,35 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upgrade_passes_through_the_binary() {
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-    ]);
+    let proxy = Proxy::unsigned(&format!("http://{upstream}/api"), &[]);
     support::upgrade::check_echo(proxy.address, "/upgrade").await;
+}
+
+/// Sends `request` on `stream`; checks nothing is answered within 500 ms (`context` says when).
+async fn unanswered(stream: &mut tokio::net::TcpStream, request: &[u8], context: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.unwrap();
+    let mut chunk = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), stream.read(&mut chunk)).await;
+    assert!(early.is_err(), "answered {context}: {early:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upgraded_connection_keeps_its_place_under_max_connections() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}/api"),
-        "--max-connections",
-        "1",
-    ]);
+        &["--max-connections", "1"],
+    );
     let tunnel = support::upgrade::open_echo(proxy.address, "/upgrade").await;
     // The tunnel is the one connection allowed: another one is not read.
     let mut next = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
-    next.write_all(b"GET /hello HTTP/1.1\r\nhost: proxy\r\n\r\n")
-        .await
-        .unwrap();
-    let mut chunk = [0u8; 64];
-    let early = tokio::time::timeout(Duration::from_millis(500), next.read(&mut chunk)).await;
-    assert!(early.is_err(), "answered beside an open tunnel: {early:?}");
+    unanswered(
+        &mut next,
+        b"GET /hello HTTP/1.1\r\nhost: proxy\r\n\r\n",
+        "beside an open tunnel",
+    )
+    .await;
     // The tunnel closes: its place goes to the next connection.
     drop(tunnel);
     let received = read_until(&mut next, b"hello").await;
@@ -510,13 +472,10 @@ async fn an_upgraded_connection_keeps_its_place_under_max_connections() {
 async fn a_tunnel_idle_for_the_tunnel_idle_timeout_is_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}/api"),
-        "--tunnel-idle-timeout",
-        "3s",
-    ]);
+        &["--tunnel-idle-timeout", "3s"],
+    );
     let mut tunnel = support::upgrade::open_echo(proxy.address, "/upgrade").await;
     // Bytes every 500 ms keep it open past the timeout.
     let mut echoed = [0u8; 4];
@@ -527,32 +486,17 @@ async fn a_tunnel_idle_for_the_tunnel_idle_timeout_is_closed() {
         assert_eq!(&echoed, b"ping");
     }
     // Then nothing: closed.
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(20), tunnel.read_to_end(&mut rest)).await;
-    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+    tunnel_closes(&mut tunnel).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_closes_open_tunnels_and_exits_0() {
-    use tokio::io::AsyncReadExt;
     let upstream = axum_upstream().await;
-    let mut proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-    ]);
+    let proxy = Proxy::unsigned(&format!("http://{upstream}/api"), &[]);
     let mut tunnel = support::upgrade::open_echo(proxy.address, "/upgrade").await;
     proxy.signal(libc::SIGTERM);
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(20), tunnel.read_to_end(&mut rest)).await;
-    assert!(
-        matches!(closed, Ok(Ok(0))),
-        "{closed:?} {:?}",
-        String::from_utf8_lossy(&rest)
-    );
-    let code = tokio::task::spawn_blocking(move || proxy.wait())
-        .await
-        .unwrap();
+    tunnel_closes(&mut tunnel).await;
+    let code = exit_code(proxy).await;
     assert_eq!(code, Some(0));
 }
 
@@ -576,11 +520,7 @@ where
 async fn http2_clients_are_served_by_alpn_over_tls_and_by_prior_knowledge_in_cleartext() {
     let upstream = axum_upstream().await;
     // Cleartext: HTTP/2 with prior knowledge and HTTP/1.1 on the same port.
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-    ]);
+    let proxy = Proxy::unsigned(&format!("http://{upstream}/api"), &[]);
     let h2c: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http();
@@ -618,15 +558,7 @@ async fn http2_clients_are_served_by_alpn_over_tls_and_by_prior_knowledge_in_cle
         format!("{TLS_DIR}/upstream.pem"),
         format!("{TLS_DIR}/upstream.key"),
     );
-    let tls_proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-        "--tls-cert-file",
-        &cert,
-        "--tls-key-file",
-        &key,
-    ]);
+    let tls_proxy = serving_tls(upstream, &cert, &key, &[]);
     let url = format!("https://{}/forwarded", tls_proxy.address);
     let connector = |http2: bool| {
         let builder = hyper_rustls::HttpsConnectorBuilder::new()
@@ -768,25 +700,37 @@ async fn grpc_calls_reach_an_http2_upstream_and_async_ones_arrive_signed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_that_is_down_is_502_sync_and_failed_async() {
     let mut receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{}", closed_port()),
-        "--callback-url",
-        &receiver.url(),
-    ]);
-    let (status, _, body) =
-        call(Request::get(proxy.url("/x")).body(Full::default()).unwrap()).await;
+        &["--callback-url", &receiver.url()],
+    );
+    let (status, _, body) = fetch(proxy.url("/x")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(
         serde_json::from_slice::<Value>(&body).unwrap()["code"],
         "upstream_unavailable"
     );
-    assert_eq!(
-        call(async_post(proxy.url("/x"))).await.0,
-        StatusCode::ACCEPTED
-    );
+    accepted(async_post(proxy.url("/x"))).await;
     assert_eq!(receiver.next().await.json()["eventStatus"], "failed");
+}
+
+/// A proxy before `upstream`'s `/api` with the instances file `file`.
+fn with_instances(upstream: SocketAddr, file: &Path) -> Proxy {
+    Proxy::start(&[
+        "--upstream",
+        &format!("http://{upstream}/api"),
+        "--instances",
+        file.to_str().unwrap(),
+    ])
+}
+
+/// An async `POST /report` to `proxy` with `Authorization: authorization`.
+fn authorized(proxy: &Proxy, authorization: &str) -> Request<Full<Bytes>> {
+    Request::post(proxy.url("/report"))
+        .header("Elements-Async-Request", "true")
+        .header(header::AUTHORIZATION, authorization)
+        .body(Full::from("{}"))
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -802,19 +746,8 @@ async fn sighup_with_a_changed_instances_file_rekeys_the_next_delivery() {
         )
     };
     write(&file, &instances("first-key"));
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &format!("http://{upstream}/api"),
-        "--instances",
-        file.to_str().unwrap(),
-    ]);
-    let request = || {
-        Request::post(proxy.url("/report"))
-            .header("Elements-Async-Request", "true")
-            .header(header::AUTHORIZATION, "User abc, Element globex-token")
-            .body(Full::from("{}"))
-            .unwrap()
-    };
+    let proxy = with_instances(upstream, &file);
+    let request = || authorized(&proxy, "User abc, Element globex-token");
     let (status, _, _) = call(
         Request::post(proxy.url("/report"))
             .header("Elements-Async-Request", "true")
@@ -827,7 +760,7 @@ async fn sighup_with_a_changed_instances_file_rekeys_the_next_delivery() {
         StatusCode::UNAUTHORIZED,
         "no element token: unknown_instance"
     );
-    assert_eq!(call(request()).await.0, StatusCode::ACCEPTED);
+    accepted(request()).await;
     let hit = receiver.next().await;
     assert_eq!(hit.json()["instanceId"], 31);
     ElementsVerifier::new("first-key")
@@ -839,7 +772,7 @@ async fn sighup_with_a_changed_instances_file_rekeys_the_next_delivery() {
     proxy.signal(libc::SIGHUP);
     // The reload ran and refused the file (not merely: has not run yet).
     proxy.logged(&["instances file not applied"]);
-    assert_eq!(call(request()).await.0, StatusCode::ACCEPTED);
+    accepted(request()).await;
     let hit = receiver.next().await;
     ElementsVerifier::new("first-key")
         .verify(&hit.headers, &hit.body)
@@ -850,7 +783,7 @@ async fn sighup_with_a_changed_instances_file_rekeys_the_next_delivery() {
     // The reload lands between two requests; the first callback signed with the new key ends it.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        assert_eq!(call(request()).await.0, StatusCode::ACCEPTED);
+        accepted(request()).await;
         let hit = receiver.next().await;
         if ElementsVerifier::new("second-key")
             .verify(&hit.headers, &hit.body)
@@ -1062,10 +995,7 @@ async fn without_keys_it_refuses_to_start_unless_unsigned_callbacks_are_allowed(
         &receiver.url(),
         "--unsigned-callbacks",
     ]);
-    assert_eq!(
-        call(async_post(unsigned.url("/report"))).await.0,
-        StatusCode::ACCEPTED
-    );
+    accepted(async_post(unsigned.url("/report"))).await;
     let hit = receiver.next().await;
     assert_eq!(hit.json()["statusCode"], 200);
     for name in [
@@ -1091,10 +1021,7 @@ async fn without_keys_it_refuses_to_start_unless_unsigned_callbacks_are_allowed(
             "key-from-the-environment",
         )],
     );
-    assert_eq!(
-        call(async_post(keyed.url("/report"))).await.0,
-        StatusCode::ACCEPTED
-    );
+    accepted(async_post(keyed.url("/report"))).await;
     let hit = receiver.next().await;
     ElementsVerifier::new("key-from-the-environment")
         .verify(&hit.headers, &hit.body)
@@ -1128,19 +1055,8 @@ async fn an_instance_without_keys_is_refused_at_start_and_on_sighup() {
 
     // On SIGHUP: the file is refused, the instance stays as it was, its callbacks signed.
     write(&file, &signed);
-    let proxy = Proxy::start(&[
-        "--upstream",
-        &format!("http://{upstream}/api"),
-        "--instances",
-        file.to_str().unwrap(),
-    ]);
-    let request = || {
-        Request::post(proxy.url("/report"))
-            .header("Elements-Async-Request", "true")
-            .header(header::AUTHORIZATION, "Element globex-token")
-            .body(Full::from("{}"))
-            .unwrap()
-    };
+    let proxy = with_instances(upstream, &file);
+    let request = || authorized(&proxy, "Element globex-token");
     write(&file, &keyless);
     proxy.signal(libc::SIGHUP);
     proxy.logged(&[
@@ -1148,7 +1064,7 @@ async fn an_instance_without_keys_is_refused_at_start_and_on_sighup() {
         "instance 31",
         "--unsigned-callbacks",
     ]);
-    assert_eq!(call(request()).await.0, StatusCode::ACCEPTED);
+    accepted(request()).await;
     let hit = receiver.next().await;
     assert_eq!(hit.json()["instanceId"], 31);
     ElementsVerifier::new("globex-key")
@@ -1163,29 +1079,16 @@ async fn sigterm_drains_a_pending_delivery_and_exits_0() {
     // The receiver takes its time: the delivery is on its way when SIGTERM comes.
     let mut receiver =
         Receiver::start(vec![Answer::status(200).after(Duration::from_millis(700))]).await;
-    let mut proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}/api"),
-        "--callback-url",
-        &receiver.url(),
-    ]);
-    assert_eq!(
-        call(async_post(proxy.url("/report"))).await.0,
-        StatusCode::ACCEPTED
+        &["--callback-url", &receiver.url()],
     );
+    accepted(async_post(proxy.url("/report"))).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     proxy.signal(libc::SIGTERM);
-    let code = tokio::task::spawn_blocking(move || {
-        let code = proxy.wait();
-        // Everything it printed, to the end of its output (the reader ends with the process).
-        let report: Vec<String> = proxy.rest.iter().collect();
-        (code, report)
-    })
-    .await
-    .unwrap();
-    assert_eq!(code.0, Some(0), "{:?}", code.1);
-    let report = code.1.join("\n");
+    // Everything it printed, to the end of its output (the reader ends with the process).
+    let (code, report) = exit_and_report(proxy).await;
+    assert_eq!(code, Some(0), "{report}");
     assert!(report.contains("drained=true"), "{report}");
     assert!(report.contains("delivered=1"), "{report}");
     assert_eq!(receiver.next().await.answered, StatusCode::OK);
@@ -1194,13 +1097,10 @@ async fn sigterm_drains_a_pending_delivery_and_exits_0() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_a_synchronous_request_in_progress_finish() {
     let upstream = axum_upstream().await;
-    let mut proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}/api"),
-        "--worker-threads",
-        "1",
-    ]);
+        &["--worker-threads", "1"],
+    );
     // The upstream takes two seconds; SIGTERM comes while it works.
     let slow = tokio::spawn(call(
         Request::post(proxy.url("/slow"))
@@ -1211,9 +1111,7 @@ async fn sigterm_lets_a_synchronous_request_in_progress_finish() {
     proxy.signal(libc::SIGTERM);
     let (status, _, body) = slow.await.unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"slow"[..]));
-    let code = tokio::task::spawn_blocking(move || proxy.wait())
-        .await
-        .unwrap();
+    let code = exit_code(proxy).await;
     assert_eq!(code, Some(0));
 }
 
@@ -1221,21 +1119,18 @@ async fn sigterm_lets_a_synchronous_request_in_progress_finish() {
 async fn during_the_drain_admin_health_is_503_and_a_finished_drain_exits_0() {
     let (upstream, mut begun, release) = holding_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--callback-url",
-        &receiver.url(),
-        "--unsigned-callbacks",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
+        &[
+            "--callback-url",
+            &receiver.url(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let health = format!("http://{}/admin/health", proxy.admin.unwrap());
     assert_eq!(get_json(health.clone()).await.0, StatusCode::OK);
-    assert_eq!(
-        call(async_post(proxy.url("/hold"))).await.0,
-        StatusCode::ACCEPTED
-    );
+    accepted(async_post(proxy.url("/hold"))).await;
     begun.recv().await.expect("the job reaches the upstream");
     proxy.signal(libc::SIGTERM);
     // The job is held: the drain cannot end, and the admin listener says so.
@@ -1254,38 +1149,26 @@ async fn during_the_drain_admin_health_is_503_and_a_finished_drain_exits_0() {
         let (status, answer) = get_json(health.clone()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
     }
-    release.add_permits(1);
-    assert_eq!(receiver.next().await.json()["response"], "held");
-    let (code, report) = exit_and_report(proxy).await;
-    assert_eq!(code, Some(0), "{report}");
-    assert!(
-        report.contains("drained=true jobs_finished=1 delivered=1"),
-        "{report}"
-    );
+    released(proxy, &release, &mut receiver).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_drain_that_abandons_a_job_exits_3() {
     let (upstream, mut begun, _release) = holding_upstream().await;
     let receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--callback-url",
-        &receiver.url(),
-        "--unsigned-callbacks",
-        "--drain-timeout",
-        "200ms",
-    ]);
-    assert_eq!(
-        call(async_post(proxy.url("/hold"))).await.0,
-        StatusCode::ACCEPTED
+        &[
+            "--callback-url",
+            &receiver.url(),
+            "--drain-timeout",
+            "200ms",
+        ],
     );
+    accepted(async_post(proxy.url("/hold"))).await;
     begun.recv().await.expect("the job reaches the upstream");
     // Never released: the deadline passes with the job running.
-    proxy.signal(libc::SIGTERM);
-    let (code, report) = exit_and_report(proxy).await;
-    assert_eq!(code, Some(3), "{report}");
+    let report = terminated(proxy, 3).await;
     assert!(report.contains("drained=false"), "{report}");
     assert!(report.contains("jobs_left=1"), "{report}");
 }
@@ -1468,9 +1351,8 @@ async fn with_redb_a_killed_proxy_delivers_every_accepted_event_after_a_restart(
     {
         let mut proxy = Proxy::start(&args);
         for _ in 0..3 {
-            let (status, _, receipt) = call(async_post(proxy.url("/slow"))).await;
-            assert_eq!(status, StatusCode::ACCEPTED);
-            events.push(serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"].clone());
+            let (_, receipt) = accepted(async_post(proxy.url("/slow"))).await;
+            events.push(event_id(&receipt));
         }
         proxy.signal(libc::SIGKILL);
         proxy.wait();
@@ -1495,11 +1377,7 @@ async fn with_redb_a_killed_proxy_delivers_every_accepted_event_after_a_restart(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_64_mib_body_streams_both_ways_in_under_32_mib() {
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-    ]);
+    let proxy = Proxy::unsigned(&format!("http://{upstream}/api"), &[]);
     const SIZE: usize = 64 << 20;
     const CHUNK: usize = 64 << 10;
     let chunks = Chunks {
@@ -1567,15 +1445,15 @@ impl http_body::Body for Chunks {
 async fn slow_or_silent_clients_are_disconnected_after_the_header_read_timeout() {
     use tokio::io::AsyncWriteExt;
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--header-read-timeout",
-        "300ms",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
+        &[
+            "--header-read-timeout",
+            "300ms",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let connect = || tokio::net::TcpStream::connect(proxy.address);
     // Connects and sends nothing, here and on the admin listener.
     let mut silent = connect().await.unwrap();
@@ -1623,26 +1501,13 @@ async fn slow_or_silent_clients_are_disconnected_after_the_header_read_timeout()
     // answer to the ping it sent with the GOAWAY, which a silent client never gives.
     read_until_closed(&mut silent_h2, Duration::from_secs(60)).await;
     // The proxy still serves everyone else.
-    let (status, _, body) = call(
-        Request::get(proxy.url("/api/hello"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    get_ok(proxy.url("/api/hello"), b"hello").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn at_max_connections_a_new_connection_waits_until_one_closes() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}"),
-        "--max-connections",
-        "2",
-    ]);
+    let proxy = Proxy::unsigned(&format!("http://{upstream}"), &["--max-connections", "2"]);
     let connect = || tokio::net::TcpStream::connect(proxy.address);
     // Two connections served and kept open: the limit.
     let mut first = connect().await.unwrap();
@@ -1651,13 +1516,12 @@ async fn at_max_connections_a_new_connection_waits_until_one_closes() {
     hello(&mut second).await;
     // A third one gets through the kernel's backlog, but the proxy reads nothing from it.
     let mut third = connect().await.unwrap();
-    third
-        .write_all(b"GET /api/hello HTTP/1.1\r\nhost: proxy\r\n\r\n")
-        .await
-        .unwrap();
-    let mut chunk = [0u8; 64];
-    let early = tokio::time::timeout(Duration::from_millis(500), third.read(&mut chunk)).await;
-    assert!(early.is_err(), "answered over the limit: {early:?}");
+    unanswered(
+        &mut third,
+        b"GET /api/hello HTTP/1.1\r\nhost: proxy\r\n\r\n",
+        "over the limit",
+    )
+    .await;
     // One of the two closes: the third is taken in and answered.
     drop(first);
     let answer = read_until(&mut third, b"hello").await;
@@ -1670,17 +1534,17 @@ async fn an_async_request_whose_body_stops_arriving_is_408_request_body_timeout(
     use tokio::io::AsyncWriteExt;
     let upstream = axum_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--callback-url",
-        &receiver.url(),
-        "--request-body-timeout",
-        "300ms",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
+        &[
+            "--callback-url",
+            &receiver.url(),
+            "--request-body-timeout",
+            "300ms",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let mut stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
     // 100 bytes announced, 10 sent.
     stream
@@ -1690,18 +1554,7 @@ async fn an_async_request_whose_body_stops_arriving_is_408_request_body_timeout(
         )
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    let mut chunk = [0u8; 1024];
-    tokio::time::timeout(Duration::from_secs(20), async {
-        use tokio::io::AsyncReadExt;
-        while !answer.ends_with(b"}") {
-            let read = stream.read(&mut chunk).await.unwrap();
-            assert_ne!(read, 0, "closed: {}", String::from_utf8_lossy(&answer));
-            answer.extend_from_slice(&chunk[..read]);
-        }
-    })
-    .await
-    .expect("an answer");
+    let answer = read_until(&mut stream, b"}").await;
     let text = String::from_utf8_lossy(&answer);
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     let body: Value = serde_json::from_str(&text[text.find("\r\n\r\n").unwrap() + 4..]).unwrap();
@@ -1724,13 +1577,9 @@ async fn an_async_request_whose_body_stops_arriving_is_408_request_body_timeout(
         .header("Elements-Async-Request", "true")
         .body(Full::from("the next one"))
         .unwrap();
-    let (status, _, receipt) = call(request).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, receipt) = common::accepted(request).await;
     let notification = receiver.next().await.json();
-    assert_eq!(
-        notification["eventId"],
-        serde_json::from_slice::<Value>(&receipt).unwrap()["eventId"]
-    );
+    assert_eq!(notification["eventId"], event_id(&receipt));
     assert_eq!(notification["response"], "the next one");
 }
 
@@ -1746,45 +1595,39 @@ server.socket = context.wrap_socket(server.socket, server_side=True)
 server.serve_forever()
 "#;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
-    let dir = temp("https-root");
+/// A scratch folder `name` for Python's file server, holding `hello.txt`: `over TLS`.
+fn over_tls_root(name: &str) -> PathBuf {
+    let dir = temp(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("hello.txt"), "over TLS").unwrap();
-    let tls = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/data/tls");
-    let script = HTTPS_SERVER.replace("TLS_DIR", tls);
-    let (mut python, port) = python_upstream(&dir, &["-c", &script]);
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
+    let dir = over_tls_root("https-root");
+    let script = HTTPS_SERVER.replace("TLS_DIR", TLS_DIR);
+    let (python, port) = python_upstream(&dir, &["-c", &script]);
     let mut receiver = Receiver::start(Vec::new()).await;
-    let ca = format!("{tls}/ca.pem");
-    let trusting = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let ca = format!("{TLS_DIR}/ca.pem");
+    let trusting = Proxy::unsigned(
         &format!("https://127.0.0.1:{port}"),
-        "--upstream-ca-file",
-        &ca,
-        "--callback-url",
-        &receiver.url(),
-    ]);
-    let get = |url: String| Request::get(url).body(Full::default()).unwrap();
-    let (status, _, body) = call(get(trusting.url("/hello.txt"))).await;
-    assert_eq!((status, &body[..]), (StatusCode::OK, &b"over TLS"[..]));
+        &["--upstream-ca-file", &ca, "--callback-url", &receiver.url()],
+    );
+    get_ok(trusting.url("/hello.txt"), b"over TLS").await;
     // The async path's job goes the same way.
     let request = Request::get(trusting.url("/hello.txt"))
         .header("Elements-Async-Request", "true")
         .body(Full::default())
         .unwrap();
-    assert_eq!(call(request).await.0, StatusCode::ACCEPTED);
+    accepted(request).await;
     let notification = receiver.next().await.json();
     assert_eq!(notification["statusCode"], 200, "{notification}");
     assert_eq!(notification["response"], "over TLS", "{notification}");
 
     // The bundled roots do not know the test CA: the certificate is refused, nothing is sent.
-    let strict = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("https://127.0.0.1:{port}"),
-    ]);
-    let (status, _, body) = call(get(strict.url("/hello.txt"))).await;
+    let strict = Proxy::unsigned(&format!("https://127.0.0.1:{port}"), &[]);
+    let (status, _, body) = fetch(strict.url("/hello.txt")).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["code"], "upstream_unavailable", "{body}");
@@ -1792,13 +1635,19 @@ async fn an_https_upstream_is_reached_over_tls_and_its_certificate_checked() {
         body["message"].as_str().unwrap().contains("certificate"),
         "{body}"
     );
-    let _ = python.kill();
-    let _ = python.wait();
+    stop(python);
     let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A TLS client configuration that trusts only the test CA.
 fn test_ca_client_config() -> rustls::ClientConfig {
+    test_ca_client_speaking(rustls::DEFAULT_VERSIONS)
+}
+
+/// A TLS client configuration that trusts only the test CA and speaks `versions`.
+fn test_ca_client_speaking(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for certificate in
@@ -1811,10 +1660,29 @@ fn test_ca_client_config() -> rustls::ClientConfig {
     #[allow(deprecated)]
     let provider = rustls::crypto::ring::default_provider();
     rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth()
+}
+
+/// An unsigned proxy before `upstream`'s `/api`, serving TLS with `cert` and `key`, and `args`.
+fn serving_tls(upstream: SocketAddr, cert: &str, key: &str, args: &[&str]) -> Proxy {
+    let tls = ["--tls-cert-file", cert, "--tls-key-file", key];
+    Proxy::unsigned(
+        &format!("http://{upstream}/api"),
+        &[&tls[..], args].concat(),
+    )
+}
+
+/// Scratch folder `name` holding copies of `upstream.pem` and `.key`: folder, cert and key.
+fn tls_files(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = temp(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(format!("{TLS_DIR}/upstream.pem"), &cert).unwrap();
+    std::fs::copy(format!("{TLS_DIR}/upstream.key"), &key).unwrap();
+    (dir, cert, key)
 }
 
 /// The certificate `address` presents in a TLS handshake (DER).
@@ -1837,22 +1705,14 @@ fn certificate_der(file: &str) -> Vec<u8> {
 async fn clients_are_served_over_tls_and_a_sighup_reads_the_certificate_again() {
     use tokio::io::AsyncReadExt;
     let upstream = axum_upstream().await;
-    let dir = temp("listener-tls");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::copy(format!("{TLS_DIR}/upstream.pem"), &cert).unwrap();
-    std::fs::copy(format!("{TLS_DIR}/upstream.key"), &key).unwrap();
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-        "--tls-cert-file",
-        cert.to_str().unwrap(),
-        "--tls-key-file",
-        key.to_str().unwrap(),
-        "--header-read-timeout",
-        "500ms",
-    ]);
+    let (dir, cert, key) = tls_files("listener-tls");
+    let (cert_file, key_file) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let proxy = serving_tls(
+        upstream,
+        cert_file,
+        key_file,
+        &["--header-read-timeout", "500ms"],
+    );
     // A client that trusts the test CA: served, and the upstream hears it came over https.
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(test_ca_client_config())
@@ -1915,20 +1775,8 @@ async fn clients_are_served_over_tls_and_a_sighup_reads_the_certificate_again() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_that_does_not_match_on_sighup_is_refused_and_the_certificate_stays() {
     let upstream = axum_upstream().await;
-    let dir = temp("mismatched-tls");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::copy(format!("{TLS_DIR}/upstream.pem"), &cert).unwrap();
-    std::fs::copy(format!("{TLS_DIR}/upstream.key"), &key).unwrap();
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-        "--tls-cert-file",
-        cert.to_str().unwrap(),
-        "--tls-key-file",
-        key.to_str().unwrap(),
-    ]);
+    let (dir, cert, key) = tls_files("mismatched-tls");
+    let proxy = serving_tls(upstream, cert.to_str().unwrap(), key.to_str().unwrap(), &[]);
     let served = certificate_der("upstream.pem");
     assert_eq!(presented_certificate(proxy.address).await, served);
     // Each file renewed without the other: readable, but the key is not the certificate's.
@@ -1947,20 +1795,7 @@ async fn a_key_that_does_not_match_on_sighup_is_refused_and_the_certificate_stay
 
 /// A TLS client of the test CA that speaks `version` alone.
 fn pinned_client(version: &'static rustls::SupportedProtocolVersion) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in
-        rustls::pki_types::CertificateDer::pem_file_iter(format!("{TLS_DIR}/ca.pem")).unwrap()
-    {
-        roots.add(certificate.unwrap()).unwrap();
-    }
-    #[allow(deprecated)]
-    let provider = rustls::crypto::ring::default_provider();
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = test_ca_client_speaking(&[version]);
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
 
@@ -1968,15 +1803,11 @@ fn pinned_client(version: &'static rustls::SupportedProtocolVersion) -> tokio_ru
 async fn tls_1_2_and_1_3_each_serve_clients_and_reach_an_https_upstream() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}/api"),
-        "--tls-cert-file",
-        &format!("{TLS_DIR}/upstream.pem"),
-        "--tls-key-file",
-        &format!("{TLS_DIR}/upstream.key"),
-    ]);
+    let (cert, key) = (
+        format!("{TLS_DIR}/upstream.pem"),
+        format!("{TLS_DIR}/upstream.key"),
+    );
+    let proxy = serving_tls(upstream, &cert, &key, &[]);
     // Towards clients: a client that speaks one version only is served.
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let stream = tokio::net::TcpStream::connect(proxy.address).await.unwrap();
@@ -2003,9 +1834,7 @@ async fn tls_1_2_and_1_3_each_serve_clients_and_reach_an_https_upstream() {
     }
 
     // Towards the upstream: Python's server speaking one version only is reached.
-    let dir = temp("pinned-https-root");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("hello.txt"), "over TLS").unwrap();
+    let dir = over_tls_root("pinned-https-root");
     let ca = format!("{TLS_DIR}/ca.pem");
     for version in ["TLSv1_2", "TLSv1_3"] {
         let script = HTTPS_SERVER.replace("TLS_DIR", TLS_DIR).replace(
@@ -2014,27 +1843,18 @@ async fn tls_1_2_and_1_3_each_serve_clients_and_reach_an_https_upstream() {
                 "context.minimum_version = context.maximum_version = ssl.TLSVersion.{version}\nserver.socket ="
             ),
         );
-        let (mut python, port) = python_upstream(&dir, &["-c", &script]);
-        let proxy = Proxy::start(&[
-            "--unsigned-callbacks",
-            "--upstream",
+        let (python, port) = python_upstream(&dir, &["-c", &script]);
+        let proxy = Proxy::unsigned(
             &format!("https://127.0.0.1:{port}"),
-            "--upstream-ca-file",
-            &ca,
-        ]);
-        let (status, _, body) = call(
-            Request::get(proxy.url("/hello.txt"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+            &["--upstream-ca-file", &ca],
+        );
+        let (status, _, body) = fetch(proxy.url("/hello.txt")).await;
         assert_eq!(
             (status, &body[..]),
             (StatusCode::OK, &b"over TLS"[..]),
             "{version}"
         );
-        let _ = python.kill();
-        let _ = python.wait();
+        stop(python);
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -34,8 +34,9 @@ use axum::body::Bytes;
 use axum::routing::post;
 use axum::Router;
 use common::{
-    async_post, axum_upstream, call, closed_port, draining, exit_and_report, get_json,
-    holding_upstream, read_until, refused, scrape, serve, temp, write, Proxy, BIN, TLS_DIR,
+    accepted, async_post, axum_upstream, call, closed_port, draining, event_id, fetch, get_json,
+    get_ok, holding_upstream, read_until, refused, released, scrape, serve, silent_listener, temp,
+    terminated, write, Proxy, BIN, TLS_DIR,
 };
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -49,23 +50,9 @@ use tower_async_request::verify::{ElementsVerifier, StandardWebhooksVerifier, Ve
 /// The binary started without a single argument: everything it knows comes from `env`, and
 /// nothing else of the test's environment reaches it.
 fn start_from_env(env: &[(&str, &str)]) -> Proxy {
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the proxy binary starts");
-    let (sender, log) = std::sync::mpsc::channel();
-    let errors = BufReader::new(child.stderr.take().unwrap()).lines();
-    std::thread::spawn(move || {
-        for line in errors.map_while(Result::ok) {
-            eprintln!("{line}");
-            let _ = sender.send(line);
-        }
-    });
-    let stdout = child.stdout.take().unwrap();
-    Proxy::listening(child, stdout, log)
+    let mut command = Command::new(BIN);
+    command.env_clear().envs(env.iter().copied());
+    Proxy::spawn(command)
 }
 
 /// An upstream whose `POST /count` answers with the body it got, counting its calls; a request
@@ -91,22 +78,6 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (address, calls)
 }
 
-/// An upstream that takes every connection and never answers; each one is said on the channel
-/// as it comes.
-async fn silent_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (came, comes) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut kept = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            kept.push(stream);
-            let _ = came.send(());
-        }
-    });
-    (address, comes)
-}
-
 /// An async `POST` of `body` to `url`, with `headers` too.
 fn async_post_of(
     url: String,
@@ -118,6 +89,17 @@ fn async_post_of(
         request = request.header(*name, *value);
     }
     request.body(Full::new(body.into())).unwrap()
+}
+
+/// An async request to `url` calling back `receiver`; checks it is accepted and called back.
+async fn called_back_at(url: String, receiver: &mut Receiver) {
+    let request = async_post_of(
+        url,
+        "{}",
+        &[("Elements-Async-Callback-Url", &receiver.url())],
+    );
+    let (_, receipt) = accepted(request).await;
+    assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
 }
 
 /// A refusal's status and `code`, checking it is the documented JSON.
@@ -132,8 +114,14 @@ fn refusal((status, headers, body): (StatusCode, http::HeaderMap, Bytes)) -> (St
     (status, json["code"].as_str().unwrap().to_owned())
 }
 
-fn event_id(receipt: &[u8]) -> Value {
-    serde_json::from_slice::<Value>(receipt).unwrap()["eventId"].clone()
+/// Reads the answer on `stream`; checks it is `413 request_too_large`.
+async fn too_large(stream: &mut TcpStream) {
+    let answer = String::from_utf8(read_until(stream, b"}").await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(
+        answer.contains("\"code\":\"request_too_large\""),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,17 +148,10 @@ async fn configured_only_by_environment_variables_it_serves_and_signs_with_their
     ]);
 
     // Forwarded to the upstream the environment named.
-    let (status, _, body) = call(
-        Request::get(proxy.url("/hello"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    get_ok(proxy.url("/hello"), b"hello").await;
 
     // An async answer at the default callback URL, as instance 41, signed both ways.
-    let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, receipt) = accepted(async_post(proxy.url("/report"))).await;
     let hit = default.next().await;
     ElementsVerifier::new("key-from-the-environment")
         .verify(&hit.headers, &hit.body)
@@ -191,14 +172,7 @@ async fn configured_only_by_environment_variables_it_serves_and_signs_with_their
         (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large".into())
     );
     // ASYNC_REQUEST_PROXY_ALLOW_PRIVATE_CALLBACKS=true: a loopback URL named by the request.
-    let request = async_post_of(
-        proxy.url("/report"),
-        "{}",
-        &[("Elements-Async-Callback-Url", &named.url())],
-    );
-    let (status, _, receipt) = call(request).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(named.next().await.json()["eventId"], event_id(&receipt));
+    called_back_at(proxy.url("/report"), &mut named).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -233,17 +207,8 @@ async fn a_flag_on_the_command_line_wins_over_its_environment_variable() {
         ],
     );
     // The variable's upstream is down; the flag's answers.
-    let (status, _, body) = call(
-        Request::get(proxy.url("/hello"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
-    assert_eq!(
-        call(async_post(proxy.url("/report"))).await.0,
-        StatusCode::ACCEPTED
-    );
+    get_ok(proxy.url("/hello"), b"hello").await;
+    accepted(async_post(proxy.url("/report"))).await;
     let hit = from_flag.next().await;
     assert_eq!(hit.json()["instanceId"], 2);
     ElementsVerifier::new("key-of-the-flag")
@@ -276,10 +241,7 @@ async fn standard_webhooks_secrets_from_the_file_each_sign_the_callback() {
         "--standard-webhooks-secret-file",
         secrets.to_str().unwrap(),
     ]);
-    assert_eq!(
-        call(async_post(proxy.url("/report"))).await.0,
-        StatusCode::ACCEPTED
-    );
+    accepted(async_post(proxy.url("/report"))).await;
     let hit = receiver.next().await;
     let notification = hit.json();
     assert_eq!(
@@ -311,15 +273,10 @@ async fn standard_webhooks_secrets_from_the_file_each_sign_the_callback() {
 async fn an_async_body_over_max_body_is_413_before_the_upstream_and_one_at_it_is_accepted() {
     let (upstream, calls) = counting_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--callback-url",
-        &receiver.url(),
-        "--max-body",
-        "1000",
-    ]);
+        &["--callback-url", &receiver.url(), "--max-body", "1000"],
+    );
     // Announced by its length...
     let over = async_post_of(proxy.url("/count"), vec![b'x'; 1001], &[]);
     assert_eq!(
@@ -334,17 +291,11 @@ async fn an_async_body_over_max_body_is_413_before_the_upstream_and_one_at_it_is
     request.extend_from_slice(&[b'x'; 1001]);
     request.extend_from_slice(b"\r\n0\r\n\r\n");
     stream.write_all(&request).await.unwrap();
-    let answer = String::from_utf8(read_until(&mut stream, b"}").await).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
-    assert!(
-        answer.contains("\"code\":\"request_too_large\""),
-        "{answer}"
-    );
+    too_large(&mut stream).await;
 
     // Exactly the limit: accepted, and all of it reaches the upstream.
     let at = async_post_of(proxy.url("/count"), vec![b'y'; 1000], &[]);
-    let (status, _, receipt) = call(at).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, receipt) = accepted(at).await;
     let notification = receiver.next().await.json();
     assert_eq!(notification["eventId"], event_id(&receipt));
     assert_eq!(notification["response"], "y".repeat(1000));
@@ -359,25 +310,22 @@ async fn the_drain_timeout_decides_whether_a_held_job_is_waited_for_or_abandoned
     let mut receiver = Receiver::start(Vec::new()).await;
     let callback = receiver.url();
     let start = |upstream: SocketAddr, drain: &str| {
-        Proxy::start(&[
-            "--unsigned-callbacks",
-            "--upstream",
+        Proxy::unsigned(
             &format!("http://{upstream}"),
-            "--callback-url",
-            &callback,
-            "--drain-timeout",
-            drain,
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+            &[
+                "--callback-url",
+                &callback,
+                "--drain-timeout",
+                drain,
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+        )
     };
     let short = start(short_upstream, "300ms");
     let mut long = start(long_upstream, "60m");
     for proxy in [&short, &long] {
-        assert_eq!(
-            call(async_post(proxy.url("/hold"))).await.0,
-            StatusCode::ACCEPTED
-        );
+        accepted(async_post(proxy.url("/hold"))).await;
     }
     short_begun.recv().await.expect("the short one's job runs");
     long_begun.recv().await.expect("the long one's job runs");
@@ -385,9 +333,7 @@ async fn the_drain_timeout_decides_whether_a_held_job_is_waited_for_or_abandoned
     // The long one drains first, and is still draining when the short one has given up.
     long.signal(libc::SIGTERM);
     draining(long.admin.unwrap()).await;
-    short.signal(libc::SIGTERM);
-    let (code, report) = exit_and_report(short).await;
-    assert_eq!(code, Some(3), "{report}");
+    let report = terminated(short, 3).await;
     assert!(report.contains("drained=false"), "{report}");
     assert!(report.contains("jobs_left=1"), "{report}");
     assert!(
@@ -395,14 +341,7 @@ async fn the_drain_timeout_decides_whether_a_held_job_is_waited_for_or_abandoned
         "--drain-timeout 60m ended its drain with the job still held"
     );
     // Its job finishes within the timeout: delivered, and exit 0.
-    release.add_permits(1);
-    assert_eq!(receiver.next().await.json()["response"], "held");
-    let (code, report) = exit_and_report(long).await;
-    assert_eq!(code, Some(0), "{report}");
-    assert!(
-        report.contains("drained=true jobs_finished=1 delivered=1"),
-        "{report}"
-    );
+    released(long, &release, &mut receiver).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -411,13 +350,10 @@ async fn a_loopback_callback_url_from_a_request_needs_allow_private_callbacks() 
     let mut configured = Receiver::start(Vec::new()).await;
     let mut named = Receiver::start(Vec::new()).await;
     let port = named.addr.port();
-    let guarded = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let guarded = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--callback-url",
-        &configured.url(),
-    ]);
+        &["--callback-url", &configured.url()],
+    );
     for url in [
         named.url(),
         format!("http://localhost:{port}/hook"),
@@ -435,8 +371,7 @@ async fn a_loopback_callback_url_from_a_request_needs_allow_private_callbacks() 
         );
     }
     // The operator's own --callback-url on loopback is trusted.
-    let (status, _, receipt) = call(async_post(guarded.url("/count"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, receipt) = accepted(async_post(guarded.url("/count"))).await;
     assert_eq!(
         configured.next().await.json()["eventId"],
         event_id(&receipt)
@@ -444,20 +379,11 @@ async fn a_loopback_callback_url_from_a_request_needs_allow_private_callbacks() 
     // The refused ones never reached the upstream.
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 
-    let open = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let open = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--allow-private-callbacks",
-    ]);
-    let request = async_post_of(
-        open.url("/count"),
-        "{}",
-        &[("Elements-Async-Callback-Url", &named.url())],
+        &["--allow-private-callbacks"],
     );
-    let (status, _, receipt) = call(request).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(named.next().await.json()["eventId"], event_id(&receipt));
+    called_back_at(open.url("/count"), &mut named).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -475,25 +401,24 @@ async fn on_postgres_a_second_proxy_answers_for_the_event_the_first_delivered() 
     let store = format!("postgres:{}", pg::url());
     let callback = receiver.url();
     let start = || {
-        Proxy::start(&[
-            "--unsigned-callbacks",
-            "--upstream",
+        Proxy::unsigned(
             &format!("http://{upstream}/api"),
-            "--callback-url",
-            &callback,
-            "--store",
-            &store,
-            "--postgres-schema",
-            &schema.0,
-            "--status-path",
-            "/events",
-            "--status-secret-file",
-            secret.to_str().unwrap(),
-        ])
+            &[
+                "--callback-url",
+                &callback,
+                "--store",
+                &store,
+                "--postgres-schema",
+                &schema.0,
+                "--status-path",
+                "/events",
+                "--status-secret-file",
+                secret.to_str().unwrap(),
+            ],
+        )
     };
     let first = start();
-    let (status, headers, receipt) = call(async_post(first.url("/report"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (headers, receipt) = accepted(async_post(first.url("/report"))).await;
     let id = event_id(&receipt);
     let location = headers[header::LOCATION].to_str().unwrap().to_owned();
     assert_eq!(receiver.next().await.json()["eventId"], id);
@@ -507,9 +432,7 @@ async fn on_postgres_a_second_proxy_answers_for_the_event_the_first_delivered() 
     assert_eq!(event["response"]["report"], "ready", "{event}");
 
     for proxy in [first, second] {
-        proxy.signal(libc::SIGTERM);
-        let (code, report) = exit_and_report(proxy).await;
-        assert_eq!(code, Some(0), "{report}");
+        terminated(proxy, 0).await;
     }
     let _ = std::fs::remove_file(secret);
 }
@@ -570,8 +493,7 @@ async fn store_postgres_takes_a_key_value_string_and_the_tables_go_in_the_schema
         ],
         &[("ASYNC_REQUEST_PROXY_POSTGRES_SCHEMA", &schema.0)],
     );
-    let (status, _, receipt) = call(async_post(proxy.url("/report"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, receipt) = accepted(async_post(proxy.url("/report"))).await;
     assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
 
     // The store's tables are in the schema the variable named, the event in them.
@@ -614,28 +536,25 @@ async fn on_postgres_a_drain_that_leaves_a_job_hands_it_to_the_other_proxy_at_on
     let store = format!("postgres:{}", pg::url());
     let callback = receiver.url();
     let start = |drain: &str| {
-        Proxy::start(&[
-            "--unsigned-callbacks",
-            "--upstream",
+        Proxy::unsigned(
             &format!("http://{upstream}"),
-            "--callback-url",
-            &callback,
-            "--store",
-            &store,
-            "--postgres-schema",
-            &schema.0,
-            "--drain-timeout",
-            drain,
-        ])
+            &[
+                "--callback-url",
+                &callback,
+                "--store",
+                &store,
+                "--postgres-schema",
+                &schema.0,
+                "--drain-timeout",
+                drain,
+            ],
+        )
     };
     let leaving = start("200ms");
     let _staying = start("30s");
-    let (status, _, receipt) = call(async_post(leaving.url("/hold"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, receipt) = accepted(async_post(leaving.url("/hold"))).await;
     begun.recv().await.expect("the job runs on the first proxy");
-    leaving.signal(libc::SIGTERM);
-    let (code, report) = exit_and_report(leaving).await;
-    assert_eq!(code, Some(3), "{report}");
+    let report = terminated(leaving, 3).await;
     assert!(report.contains("jobs_left=1"), "{report}");
     // The other proxy takes the event over as the first leaves, and its outcome comes. Had the
     // first not left, the other would wait out its lease: 30 s from its last heartbeat, which
@@ -654,24 +573,21 @@ async fn on_postgres_a_drain_that_leaves_a_job_hands_it_to_the_other_proxy_at_on
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_that_never_answers_is_504_sync_and_failed_async_at_the_upstream_timeout() {
-    let (upstream, mut connections) = silent_upstream().await;
+    let (upstream, mut connections) = silent_listener().await;
     let mut receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--callback-url",
-        &receiver.url(),
-        "--upstream-timeout",
-        "300ms",
-    ]);
+        &[
+            "--callback-url",
+            &receiver.url(),
+            "--upstream-timeout",
+            "300ms",
+        ],
+    );
     // A hang guard only: the answer is due 300 ms after the upstream took the request.
-    let answer = tokio::time::timeout(
-        Duration::from_secs(20),
-        call(Request::get(proxy.url("/x")).body(Full::default()).unwrap()),
-    )
-    .await
-    .expect("answered at the upstream timeout");
+    let answer = tokio::time::timeout(Duration::from_secs(20), fetch(proxy.url("/x")))
+        .await
+        .expect("answered at the upstream timeout");
     connections
         .recv()
         .await
@@ -685,8 +601,7 @@ async fn an_upstream_that_never_answers_is_504_sync_and_failed_async_at_the_upst
         "{body}"
     );
 
-    let (status, _, receipt) = call(async_post(proxy.url("/x"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, receipt) = accepted(async_post(proxy.url("/x"))).await;
     let notification = receiver.next().await.json();
     assert_eq!(notification["eventId"], event_id(&receipt));
     assert_eq!(notification["eventStatus"], "failed", "{notification}");
@@ -713,13 +628,10 @@ async fn health(stream: &mut TcpStream) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_admin_listener_serves_at_most_64_connections_at_once() {
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{}", closed_port()),
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
+        &["--admin-listen", "127.0.0.1:0"],
+    );
     let admin = proxy.admin.expect("--admin-listen serves");
     let mut open = Vec::new();
     for _ in 0..64 {
@@ -833,11 +745,7 @@ fn field(name_index: u8, value: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_client_is_refused_a_129th_stream_while_128_are_open() {
     let (upstream, mut begun, _never) = holding_upstream().await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}"),
-    ]);
+    let proxy = Proxy::unsigned(&format!("http://{upstream}"), &[]);
     let mut h2 = RawH2::connect(proxy.address).await;
     // `POST /hold` whose body never ends: each stream stays open, its request held upstream.
     let mut head = vec![0x83, 0x86]; // :method POST, :scheme http
@@ -903,11 +811,7 @@ async fn hello_with_a_head_of(proxy: &Proxy, size: usize) -> StatusCode {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_request_head_of_64_kib_is_431_and_one_byte_less_is_served() {
     let upstream = axum_upstream().await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}"),
-    ]);
+    let proxy = Proxy::unsigned(&format!("http://{upstream}"), &[]);
     assert_eq!(
         hello_with_a_head_of(&proxy, 64 * 1024 - 1).await,
         StatusCode::OK
@@ -916,6 +820,19 @@ async fn an_http2_request_head_of_64_kib_is_431_and_one_byte_less_is_served() {
         hello_with_a_head_of(&proxy, 64 * 1024).await,
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     );
+}
+
+/// Unsigned proxies of `upstream` and `callback`: with `flag`, with `variable`, with neither.
+fn three_ways(upstream: &str, callback: &str, flag: &[&str], variable: (&str, &str)) -> [Proxy; 3] {
+    let args = ["--callback-url", callback];
+    [
+        Proxy::unsigned(upstream, &[&args[..], flag].concat()),
+        Proxy::start_with(
+            &[&["--unsigned-callbacks", "--upstream", upstream][..], &args].concat(),
+            &[variable],
+        ),
+        Proxy::unsigned(upstream, &args),
+    ]
 }
 
 /// An async `POST /count` of `body` with `Idempotency-Key: key`.
@@ -927,25 +844,23 @@ fn keyed(proxy: &Proxy, body: &'static str, key: &str) -> Request<Full<Bytes>> {
 async fn an_async_request_sent_again_with_its_idempotency_key_gets_the_first_receipt() {
     let (upstream, calls) = counting_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--callback-url",
-        &receiver.url(),
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
+        &[
+            "--callback-url",
+            &receiver.url(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
     let admin = proxy.admin.expect("--admin-listen serves");
-    let (status, headers, first) = call(keyed(&proxy, "first", "\"k1\"")).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (headers, first) = accepted(keyed(&proxy, "first", "\"k1\"")).await;
     assert!(!headers.contains_key("idempotent-replayed"), "{headers:?}");
     let id = event_id(&first);
     assert_eq!(receiver.next().await.json()["eventId"], id);
 
     // Sent again, unchanged: the first receipt, said to be a replay, and nothing accepted.
-    let (status, headers, again) = call(keyed(&proxy, "first", "\"k1\"")).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (headers, again) = accepted(keyed(&proxy, "first", "\"k1\"")).await;
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(again, first);
     let metrics = scrape(admin).await;
@@ -958,8 +873,7 @@ async fn an_async_request_sent_again_with_its_idempotency_key_gets_the_first_rec
         "{metrics}"
     );
     // Another key is other work: once its callback came, the upstream was called once per key.
-    let (status, _, other) = call(keyed(&proxy, "second", "\"k2\"")).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, other) = accepted(keyed(&proxy, "second", "\"k2\"")).await;
     assert_ne!(event_id(&other), id);
     let notification = receiver.next().await.json();
     assert_eq!(notification["eventId"], event_id(&other));
@@ -971,19 +885,11 @@ async fn an_async_request_sent_again_with_its_idempotency_key_gets_the_first_rec
 async fn require_idempotency_key_refuses_an_async_request_without_one() {
     let (upstream, calls) = counting_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
-    let upstream = format!("http://{upstream}");
-    let callback = receiver.url();
-    let args = [
-        "--unsigned-callbacks",
-        "--upstream",
-        &upstream,
-        "--callback-url",
-        &callback,
-    ];
-    let by_flag = Proxy::start(&[&args[..], &["--require-idempotency-key"]].concat());
-    let by_variable = Proxy::start_with(
-        &args,
-        &[("ASYNC_REQUEST_PROXY_REQUIRE_IDEMPOTENCY_KEY", "true")],
+    let [by_flag, by_variable, free] = three_ways(
+        &format!("http://{upstream}"),
+        &receiver.url(),
+        &["--require-idempotency-key"],
+        ("ASYNC_REQUEST_PROXY_REQUIRE_IDEMPOTENCY_KEY", "true"),
     );
     for proxy in [&by_flag, &by_variable] {
         let bare = async_post_of(proxy.url("/count"), "bare", &[]);
@@ -991,16 +897,13 @@ async fn require_idempotency_key_refuses_an_async_request_without_one() {
             refusal(call(bare).await),
             (StatusCode::BAD_REQUEST, "idempotency_key_required".into())
         );
-        let (status, _, receipt) = call(keyed(proxy, "keyed", "\"k1\"")).await;
-        assert_eq!(status, StatusCode::ACCEPTED);
+        let (_, receipt) = accepted(keyed(proxy, "keyed", "\"k1\"")).await;
         assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
     }
     // Only the keyed ones reached the upstream.
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     // By default a key is not required.
-    let free = Proxy::start(&args);
-    let (status, _, receipt) = call(async_post_of(free.url("/count"), "bare", &[])).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, receipt) = accepted(async_post_of(free.url("/count"), "bare", &[])).await;
     assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
 }
 
@@ -1008,40 +911,28 @@ async fn require_idempotency_key_refuses_an_async_request_without_one() {
 async fn after_the_idempotency_retention_the_same_request_starts_new_work() {
     let (upstream, calls) = counting_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
-    let upstream = format!("http://{upstream}");
-    let callback = receiver.url();
-    let args = [
-        "--unsigned-callbacks",
-        "--upstream",
-        &upstream,
-        "--callback-url",
-        &callback,
-    ];
-    let by_flag = Proxy::start(&[&args[..], &["--idempotency-retention", "300ms"]].concat());
-    let by_variable = Proxy::start_with(
-        &args,
-        &[("ASYNC_REQUEST_PROXY_IDEMPOTENCY_RETENTION", "300ms")],
+    let [by_flag, by_variable, default] = three_ways(
+        &format!("http://{upstream}"),
+        &receiver.url(),
+        &["--idempotency-retention", "300ms"],
+        ("ASYNC_REQUEST_PROXY_IDEMPOTENCY_RETENTION", "300ms"),
     );
-    let default = Proxy::start(&args);
     let mut first = Vec::new();
     for proxy in [&by_flag, &by_variable, &default] {
-        let (status, _, receipt) = call(keyed(proxy, "same", "\"k1\"")).await;
-        assert_eq!(status, StatusCode::ACCEPTED);
+        let (_, receipt) = accepted(keyed(proxy, "same", "\"k1\"")).await;
         assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
         first.push(event_id(&receipt));
     }
     // Waiting out the retention is the promise itself: 300 ms from the first requests, and more.
     tokio::time::sleep(Duration::from_millis(400)).await;
     for (proxy, first) in [&by_flag, &by_variable].into_iter().zip(&first) {
-        let (status, headers, receipt) = call(keyed(proxy, "same", "\"k1\"")).await;
-        assert_eq!(status, StatusCode::ACCEPTED);
+        let (headers, receipt) = accepted(keyed(proxy, "same", "\"k1\"")).await;
         assert!(!headers.contains_key("idempotent-replayed"), "{headers:?}");
         assert_ne!(&event_id(&receipt), first, "a new event");
         assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
     }
     // The default retention (24 h) still holds the key.
-    let (status, headers, receipt) = call(keyed(&default, "same", "\"k1\"")).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (headers, receipt) = accepted(keyed(&default, "same", "\"k1\"")).await;
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(event_id(&receipt), first[2]);
     assert_eq!(calls.load(Ordering::SeqCst), 5);
@@ -1167,13 +1058,10 @@ fn secrets_are_never_taken_from_the_command_line() {
 async fn without_max_body_2_mib_is_accepted_and_one_byte_more_is_413() {
     let (upstream, calls) = counting_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--callback-url",
-        &receiver.url(),
-    ]);
+        &["--callback-url", &receiver.url()],
+    );
     // One byte over, announced: refused before a byte of the body is sent.
     let mut stream = TcpStream::connect(proxy.address).await.unwrap();
     stream
@@ -1183,16 +1071,10 @@ async fn without_max_body_2_mib_is_accepted_and_one_byte_more_is_413() {
         )
         .await
         .unwrap();
-    let answer = String::from_utf8(read_until(&mut stream, b"}").await).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
-    assert!(
-        answer.contains("\"code\":\"request_too_large\""),
-        "{answer}"
-    );
+    too_large(&mut stream).await;
     // Exactly 2 MiB: accepted.
     let at = async_post_of(proxy.url("/count"), vec![b'y'; 2 * 1024 * 1024], &[]);
-    let (status, _, receipt) = call(at).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, receipt) = accepted(at).await;
     assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
@@ -1208,14 +1090,8 @@ fn runtime_threads(proxy: &Proxy) -> usize {
 #[tokio::test(flavor = "multi_thread")]
 async fn worker_threads_default_to_one_per_cpu_core() {
     let upstream = format!("http://{}", closed_port());
-    let default = Proxy::start(&["--unsigned-callbacks", "--upstream", &upstream]);
-    let three = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &upstream,
-        "--worker-threads",
-        "3",
-    ]);
+    let default = Proxy::unsigned(&upstream, &[]);
+    let three = Proxy::unsigned(&upstream, &["--worker-threads", "3"]);
     assert_eq!(runtime_threads(&three), 3);
     let cores = std::thread::available_parallelism().unwrap().get();
     assert_eq!(runtime_threads(&default), cores);
@@ -1259,26 +1135,12 @@ async fn without_listen_it_serves_on_127_0_0_1_8080() {
         );
         return skip("was taken meanwhile");
     };
-    let (_, rest) = std::sync::mpsc::channel();
-    let (_, log) = std::sync::mpsc::channel();
-    let proxy = Proxy {
-        child,
-        address: "127.0.0.1:8080".parse().unwrap(),
-        admin: None,
-        rest,
-        log,
-    };
+    let proxy = Proxy::adopt(child, "127.0.0.1:8080".parse().unwrap());
     assert!(
         line.starts_with("async-request-proxy: listening on http://127.0.0.1:8080,"),
         "{line}"
     );
-    let (status, _, body) = call(
-        Request::get(proxy.url("/hello"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    get_ok(proxy.url("/hello"), b"hello").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1307,17 +1169,11 @@ async fn a_status_secret_from_the_environment_makes_tokens_that_read_after_a_res
         "ASYNC_REQUEST_PROXY_STATUS_SECRET",
         "a status secret from the environment",
     );
-    let stop = |proxy: Proxy| async move {
-        proxy.signal(libc::SIGTERM);
-        let (code, report) = exit_and_report(proxy).await;
-        assert_eq!(code, Some(0), "{report}");
-    };
     let first = Proxy::start_with(&args, &[secret]);
-    let (status, headers, receipt) = call(async_post(first.url("/report"))).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let (headers, receipt) = accepted(async_post(first.url("/report"))).await;
     let location = headers[header::LOCATION].to_str().unwrap().to_owned();
     assert_eq!(receiver.next().await.json()["eventId"], event_id(&receipt));
-    stop(first).await;
+    terminated(first, 0).await;
 
     // Another proxy on the store, with the same variable: the first one's token reads.
     let second = Proxy::start_with(&args, &[secret]);
@@ -1325,7 +1181,7 @@ async fn a_status_secret_from_the_environment_makes_tokens_that_read_after_a_res
     assert_eq!(status, StatusCode::OK, "{event}");
     assert_eq!(event["eventId"], event_id(&receipt));
     assert_eq!(event["eventStatus"], "completed", "{event}");
-    stop(second).await;
+    terminated(second, 0).await;
     // Without it (a random secret), or with another value, the token names nothing.
     for env in [
         vec![],
@@ -1341,7 +1197,7 @@ async fn a_status_secret_from_the_environment_makes_tokens_that_read_after_a_res
             (StatusCode::NOT_FOUND, &"not_found".into()),
             "{env:?}"
         );
-        stop(other).await;
+        terminated(other, 0).await;
     }
     let _ = std::fs::remove_file(file);
 }
@@ -1351,15 +1207,8 @@ async fn with_status_path_get_under_it_stays_at_the_proxy_and_no_callback_url_is
     let (upstream, calls) = counting_upstream().await;
     let upstream = format!("http://{upstream}");
     // Neither --callback-url nor a callback header: the client polls.
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &upstream,
-        "--status-path",
-        "/events",
-    ]);
-    let (status, headers, receipt) = call(async_post_of(proxy.url("/count"), "polled", &[])).await;
-    assert_eq!(status, StatusCode::ACCEPTED);
+    let proxy = Proxy::unsigned(&upstream, &["--status-path", "/events"]);
+    let (headers, receipt) = accepted(async_post_of(proxy.url("/count"), "polled", &[])).await;
     let location = headers[header::LOCATION].to_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(20);
     let done = loop {
@@ -1400,7 +1249,7 @@ async fn with_status_path_get_under_it_stays_at_the_proxy_and_no_callback_url_is
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 
     // Without --status-path, an async request needs somewhere to send its callback.
-    let plain = Proxy::start(&["--unsigned-callbacks", "--upstream", &upstream]);
+    let plain = Proxy::unsigned(&upstream, &[]);
     let request = async_post_of(plain.url("/count"), "nowhere", &[]);
     assert_eq!(
         refusal(call(request).await),
@@ -1493,12 +1342,7 @@ async fn upstream_http2_speaks_http2_to_an_https_upstream_as_alpn_agrees() {
         (&[][..], "None HTTP/1.1"),
     ] {
         let proxy = Proxy::start(&[&args[..], extra].concat());
-        let (status, _, body) = call(
-            Request::get(proxy.url("/protocol"))
-                .body(Full::default())
-                .unwrap(),
-        )
-        .await;
+        let (status, _, body) = fetch(proxy.url("/protocol")).await;
         assert_eq!(status, StatusCode::OK, "{extra:?}");
         assert_eq!(String::from_utf8_lossy(&body), heard, "{extra:?}");
     }

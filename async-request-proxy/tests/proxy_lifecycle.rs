@@ -19,17 +19,17 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use axum::routing::{get, post};
-use axum::Router;
+use axum::routing::get;
 use common::{
-    async_post, axum_upstream, call, closed_port, draining, ended, exit_and_report,
-    refused_exactly, serve, temp, Proxy, BIN,
+    accepted, async_post, axum_upstream, call, closed_port, draining, ended, exit_and_report,
+    exit_code, fetch, holding_router, refused_exactly, released, serve, silent_listener, temp,
+    tunnel_closes, Proxy, BIN,
 };
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use support::Receiver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 #[test]
 fn a_runtime_that_cannot_start_exits_1_with_one_line() {
@@ -92,45 +92,28 @@ async fn an_address_in_use_exits_2_naming_the_flag() {
     }
 }
 
-/// A callback receiver that takes every connection and never answers; each one is said on the
-/// channel as it comes.
-async fn silent_receiver() -> (String, tokio::sync::mpsc::UnboundedReceiver<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (came, comes) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut kept = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            kept.push(stream);
-            let _ = came.send(());
-        }
-    });
-    (format!("http://{address}/hook"), comes)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_undelivered_callback_exits_3_in_memory_and_0_when_redb_keeps_it() {
     let upstream = axum_upstream().await;
-    let (callback, mut attempts) = silent_receiver().await;
+    // A callback receiver that takes every connection and never answers.
+    let (receiver, mut attempts) = silent_listener().await;
+    let callback = format!("http://{receiver}/hook");
     let file = temp("undelivered.redb");
     let _ = std::fs::remove_file(&file);
     let redb = format!("redb:{}", file.display());
     for (store, code, persisted) in [("memory", 3, false), (redb.as_str(), 0, true)] {
-        let proxy = Proxy::start(&[
-            "--unsigned-callbacks",
-            "--upstream",
+        let proxy = Proxy::unsigned(
             &format!("http://{upstream}/api"),
-            "--callback-url",
-            &callback,
-            "--store",
-            store,
-            "--drain-timeout",
-            "300ms",
-        ]);
-        assert_eq!(
-            call(async_post(proxy.url("/report"))).await.0,
-            StatusCode::ACCEPTED
+            &[
+                "--callback-url",
+                &callback,
+                "--store",
+                store,
+                "--drain-timeout",
+                "300ms",
+            ],
         );
+        accepted(async_post(proxy.url("/report"))).await;
         // The job is done and its callback on its way, never to be answered (an attempt has
         // 15 s; the drain 300 ms).
         attempts.recv().await.expect("the callback is attempted");
@@ -158,12 +141,10 @@ fn signals_sent_as_soon_as_it_says_where_it_listens_are_handled() {
         .map(|_| {
             let upstream = upstream.clone();
             std::thread::spawn(move || {
-                let mut proxy = Proxy::start(&["--unsigned-callbacks", "--upstream", &upstream]);
+                let proxy = Proxy::unsigned(&upstream, &[]);
                 proxy.signal(libc::SIGHUP);
                 proxy.signal(libc::SIGTERM);
-                let code = proxy.wait();
-                let report: Vec<String> = proxy.rest.iter().collect();
-                (code, report.join("\n"))
+                proxy.finish()
             })
         })
         .collect();
@@ -178,28 +159,22 @@ fn signals_sent_as_soon_as_it_says_where_it_listens_are_handled() {
 async fn sigint_drains_as_sigterm_does() {
     let (upstream, mut begun, release) = common::holding_upstream().await;
     let mut receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
+    let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        "--callback-url",
-        &receiver.url(),
-        "--admin-listen",
-        "127.0.0.1:0",
-    ]);
-    assert_eq!(
-        call(async_post(proxy.url("/hold"))).await.0,
-        StatusCode::ACCEPTED
+        &[
+            "--callback-url",
+            &receiver.url(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
     );
+    accepted(async_post(proxy.url("/hold"))).await;
     begun.recv().await.expect("the job reaches the upstream");
     proxy.signal(libc::SIGINT);
     // Draining, the job held: the admin listener says so, and new connections are refused.
     draining(proxy.admin.unwrap()).await;
     assert!(TcpStream::connect(proxy.address).await.is_err());
-    release.add_permits(1);
-    assert_eq!(receiver.next().await.json()["response"], "held");
-    let (code, report) = exit_and_report(proxy).await;
-    assert_eq!(code, Some(0), "{report}");
+    let report = released(proxy, &release, &mut receiver).await;
     assert!(
         report.contains("shutdown report: drained=true jobs_finished=1 delivered=1"),
         "{report}"
@@ -218,30 +193,9 @@ async fn refusing(address: SocketAddr) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_closes_a_tunnel_only_once_the_requests_in_progress_have_finished() {
     // An upstream with both: a WebSocket-style echo, and a request it holds until told.
-    let (began, mut begun) = tokio::sync::mpsc::unbounded_channel();
-    let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let permits = release.clone();
-    let upstream = serve(
-        Router::new()
-            .route("/upgrade", get(support::upgrade::echo))
-            .route(
-                "/hold",
-                post(move || {
-                    let (began, permits) = (began.clone(), permits.clone());
-                    async move {
-                        let _ = began.send(());
-                        let _permit = permits.acquire().await.unwrap();
-                        "held"
-                    }
-                }),
-            ),
-    )
-    .await;
-    let proxy = Proxy::start(&[
-        "--unsigned-callbacks",
-        "--upstream",
-        &format!("http://{upstream}"),
-    ]);
+    let (holding, mut begun, release) = holding_router();
+    let upstream = serve(holding.route("/upgrade", get(support::upgrade::echo))).await;
+    let proxy = Proxy::unsigned(&format!("http://{upstream}"), &[]);
     let mut tunnel = support::upgrade::open_echo(proxy.address, "/upgrade").await;
     let held = tokio::spawn(call(
         Request::post(proxy.url("/hold"))
@@ -266,9 +220,7 @@ async fn sigterm_closes_a_tunnel_only_once_the_requests_in_progress_have_finishe
     release.add_permits(1);
     let (status, _, body) = held.await.unwrap();
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"held"[..]));
-    let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(20), tunnel.read_to_end(&mut rest)).await;
-    assert!(matches!(closed, Ok(Ok(0))), "{closed:?} {rest:?}");
+    tunnel_closes(&mut tunnel).await;
     let (code, report) = exit_and_report(proxy).await;
     assert_eq!(code, Some(0), "{report}");
 }
@@ -299,15 +251,7 @@ async fn with_no_reader_of_its_standard_output_it_serves_and_its_drain_exits_0()
         .unwrap();
     let errors = BufReader::new(child.stderr.take().unwrap());
     let log = std::thread::spawn(move || errors.lines().map_while(Result::ok).collect::<Vec<_>>());
-    let (_, rest) = std::sync::mpsc::channel();
-    let (_, unused) = std::sync::mpsc::channel();
-    let mut proxy = Proxy {
-        child,
-        address,
-        admin: None,
-        rest,
-        log: unused,
-    };
+    let mut proxy = Proxy::adopt(child, address);
     // It says nowhere where it listens: ask until it answers (or fail if it ended).
     let deadline = Instant::now() + Duration::from_secs(20);
     let answer = loop {
@@ -316,21 +260,14 @@ async fn with_no_reader_of_its_standard_output_it_serves_and_its_drain_exits_0()
         }
         if let Ok(stream) = TcpStream::connect(address).await {
             drop(stream);
-            break call(
-                Request::get(proxy.url("/hello"))
-                    .body(Full::default())
-                    .unwrap(),
-            )
-            .await;
+            break fetch(proxy.url("/hello")).await;
         }
         assert!(Instant::now() < deadline, "not serving within 20 s");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!((answer.0, &answer.2[..]), (StatusCode::OK, &b"hello"[..]));
     proxy.signal(libc::SIGTERM);
-    let code = tokio::task::spawn_blocking(move || proxy.wait())
-        .await
-        .unwrap();
+    let code = exit_code(proxy).await;
     let log = log.join().unwrap();
     assert_eq!(code, Some(0), "{log:?}");
     assert!(log.is_empty(), "{log:?}");

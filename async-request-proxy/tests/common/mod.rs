@@ -40,12 +40,24 @@ impl Proxy {
         Self::start_with(args, &[])
     }
 
+    /// Started with `--unsigned-callbacks --upstream upstream` and `args`.
+    pub(crate) fn unsigned(upstream: &str, args: &[&str]) -> Self {
+        Self::start(&[&["--unsigned-callbacks", "--upstream", upstream], args].concat())
+    }
+
     pub(crate) fn start_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn");
+        Self::spawn(command)
+    }
+
+    /// Runs `command` (the binary), its log lines passed on, until it says where it listens.
+    pub(crate) fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,6 +112,19 @@ impl Proxy {
         }
     }
 
+    /// The proxy `child`, started by the test, at `address`; its output is the test's to read.
+    pub(crate) fn adopt(child: Child, address: SocketAddr) -> Self {
+        let (_, rest) = std::sync::mpsc::channel();
+        let (_, log) = std::sync::mpsc::channel();
+        Self {
+            child,
+            address,
+            admin: None,
+            rest,
+            log,
+        }
+    }
+
     /// Waits (up to 20 s) for a log line that contains every one of `words`; the line.
     pub(crate) fn logged(&self, words: &[&str]) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -132,6 +157,13 @@ impl Proxy {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("the proxy did not stop within 20 s");
+    }
+
+    /// Waits for the process to end; its exit code and everything it printed after starting.
+    pub(crate) fn finish(mut self) -> (Option<i32>, String) {
+        let code = self.wait();
+        let report: Vec<String> = self.rest.iter().collect();
+        (code, report.join("\n"))
     }
 
     /// Peak resident memory so far, bytes.
@@ -227,6 +259,29 @@ pub(crate) async fn call(request: Request<Full<Bytes>>) -> (StatusCode, http::He
     )
 }
 
+/// `GET` of `url`, with no body: status, headers and body.
+pub(crate) async fn fetch(url: String) -> (StatusCode, http::HeaderMap, Bytes) {
+    call(Request::get(url).body(Full::default()).unwrap()).await
+}
+
+/// `GET` of `url`; checks it answers `200` with `expected`.
+pub(crate) async fn get_ok(url: String, expected: &[u8]) {
+    let (status, _, body) = fetch(url).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, expected));
+}
+
+/// Sends the async `request`, checking it is accepted: the receipt's headers and body.
+pub(crate) async fn accepted(request: Request<Full<Bytes>>) -> (http::HeaderMap, Bytes) {
+    let (status, headers, receipt) = call(request).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    (headers, receipt)
+}
+
+/// The `eventId` of a receipt.
+pub(crate) fn event_id(receipt: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(receipt).unwrap()["eventId"].clone()
+}
+
 pub(crate) fn async_post(url: String) -> Request<Full<Bytes>> {
     Request::post(url)
         .header("Elements-Async-Request", "true")
@@ -309,23 +364,23 @@ pub(crate) fn closed_port() -> SocketAddr {
 
 /// `GET` of `url`: status and JSON body.
 pub(crate) async fn get_json(url: String) -> (StatusCode, Value) {
-    let (status, _, body) = call(Request::get(url).body(Full::default()).unwrap()).await;
+    let (status, _, body) = fetch(url).await;
     let json = serde_json::from_slice(&body)
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&body)));
     (status, json)
 }
 
-/// An upstream whose `POST /hold` says it began, on the channel, then waits for a permit of the
+/// A router whose `POST /hold` says it began, on the channel, then waits for a permit of the
 /// semaphore before answering `held`.
-pub(crate) async fn holding_upstream() -> (
-    SocketAddr,
+pub(crate) fn holding_router() -> (
+    Router,
     tokio::sync::mpsc::UnboundedReceiver<()>,
     std::sync::Arc<tokio::sync::Semaphore>,
 ) {
     let (began, begun) = tokio::sync::mpsc::unbounded_channel();
     let release = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let permits = release.clone();
-    let address = serve(Router::new().route(
+    let router = Router::new().route(
         "/hold",
         post(move || {
             let (began, permits) = (began.clone(), permits.clone());
@@ -335,9 +390,45 @@ pub(crate) async fn holding_upstream() -> (
                 "held"
             }
         }),
-    ))
-    .await;
-    (address, begun, release)
+    );
+    (router, begun, release)
+}
+
+/// [`holding_router`] served: its address, the channel and the semaphore.
+pub(crate) async fn holding_upstream() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    std::sync::Arc<tokio::sync::Semaphore>,
+) {
+    let (router, begun, release) = holding_router();
+    (serve(router).await, begun, release)
+}
+
+/// A listener that takes every connection, never answers, and says each on the channel.
+pub(crate) async fn silent_listener() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (came, comes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            kept.push(stream);
+            let _ = came.send(());
+        }
+    });
+    (address, comes)
+}
+
+/// Reads the rest of `tunnel`; checks the proxy closes it within 20 s.
+pub(crate) async fn tunnel_closes(tunnel: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), tunnel.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "{closed:?} {:?}",
+        String::from_utf8_lossy(&rest)
+    );
 }
 
 /// Polls `/admin/health` until it answers `503`: the drain has begun.
@@ -352,25 +443,48 @@ pub(crate) async fn draining(admin: SocketAddr) {
 
 /// `GET /metrics` of the admin listener at `admin`: the scrape.
 pub(crate) async fn scrape(admin: SocketAddr) -> String {
-    let (status, _, body) = call(
-        Request::get(format!("http://{admin}/metrics"))
-            .body(Full::default())
-            .unwrap(),
-    )
-    .await;
+    let (status, _, body) = fetch(format!("http://{admin}/metrics")).await;
     assert_eq!(status, StatusCode::OK);
     String::from_utf8(body.to_vec()).unwrap()
 }
 
-/// Waits for the proxy to end; its exit code and everything it printed after starting.
-pub(crate) async fn exit_and_report(mut proxy: Proxy) -> (Option<i32>, String) {
-    tokio::task::spawn_blocking(move || {
-        let code = proxy.wait();
-        let report: Vec<String> = proxy.rest.iter().collect();
-        (code, report.join("\n"))
-    })
-    .await
-    .unwrap()
+/// [`Proxy::finish`] off the runtime: its exit code and everything it printed after starting.
+pub(crate) async fn exit_and_report(proxy: Proxy) -> (Option<i32>, String) {
+    tokio::task::spawn_blocking(move || proxy.finish())
+        .await
+        .unwrap()
+}
+
+/// Waits, off the runtime, for the proxy to end; its exit code.
+pub(crate) async fn exit_code(mut proxy: Proxy) -> Option<i32> {
+    tokio::task::spawn_blocking(move || proxy.wait())
+        .await
+        .unwrap()
+}
+
+/// Sends `SIGTERM` and checks the proxy exits with `code`; what it printed after starting.
+pub(crate) async fn terminated(proxy: Proxy, code: i32) -> String {
+    proxy.signal(libc::SIGTERM);
+    let (exit, report) = exit_and_report(proxy).await;
+    assert_eq!(exit, Some(code), "{report}");
+    report
+}
+
+/// Releases the held job; checks it is delivered and the drain exits 0; what the proxy printed.
+pub(crate) async fn released(
+    proxy: Proxy,
+    release: &tokio::sync::Semaphore,
+    receiver: &mut support::Receiver,
+) -> String {
+    release.add_permits(1);
+    assert_eq!(receiver.next().await.json()["response"], "held");
+    let (code, report) = exit_and_report(proxy).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("drained=true jobs_finished=1 delivered=1"),
+        "{report}"
+    );
+    report
 }
 
 /// Reads from `stream` until the peer closes it; what arrived. Fails after `limit`, which is
