@@ -368,6 +368,11 @@ async fn pages_are_stable_while_dead_letters_are_redelivered(
             let Some(id) = id else { continue };
             redelivered.push(id);
             receiver.then([Answer::status(answer)]);
+            // Counted before the redelivery starts: its end may be counted before the hit is here.
+            let ended = {
+                let metrics = served.handle.metrics();
+                metrics.delivered + metrics.dead
+            };
             let (status, body) = served.post(&format!("/dead-letters/{id}/redeliver")).await;
             assert_eq!(status, StatusCode::ACCEPTED, "{body}");
             assert_eq!(
@@ -376,13 +381,9 @@ async fn pages_are_stable_while_dead_letters_are_redelivered(
             );
             let hit = receiver.next().await;
             assert_eq!(hit.answered.as_u16(), answer);
-            let (delivered, dead) = {
-                let metrics = served.handle.metrics();
-                (metrics.delivered, metrics.dead)
-            };
             eventually("the redelivery recorded", || {
                 let metrics = served.handle.metrics();
-                metrics.delivered + metrics.dead > delivered + dead
+                metrics.delivered + metrics.dead > ended
             })
             .await;
             if answer == 200 && Some(id) == ahead {
