@@ -94,6 +94,7 @@ pub mod wire;
 
 // What a first program writes.
 pub use self::error::{BoxError, ConfigError};
+pub use self::event::jobs::Progress;
 pub use self::event::notification::Notification;
 pub use self::layer::{AsyncRequestHandle, AsyncRequestLayer, AsyncRequestLayerBuilder};
 pub use self::receive::verify::{ElementsVerifier, StandardWebhooksVerifier};

@@ -89,6 +89,7 @@ fn event(event_id: EventId, notification_id: NotificationId, target: &str) -> Ev
         instance_url: false,
         accepted_at_ms: 1,
         running: false,
+        progress: None,
     }
 }
 
@@ -108,6 +109,7 @@ fn pending(event: &EventRecord, body: impl Into<Bytes>) -> NotificationRecord {
         last_error: None,
         state: DeliveryState::Pending,
         retain_until_ms: 0,
+        progress: None,
     }
 }
 

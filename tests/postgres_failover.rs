@@ -186,7 +186,7 @@ async fn a_stalled_node_that_comes_back_does_not_deliver_the_outcomes_a_peer_too
     stalled.signal("CONT");
     stalled
         .log()
-        .until("taken over by another node; not delivering", 1);
+        .until("has another outcome already; not delivering", 1);
     // It is a node again: its heartbeat registers it, and new work on it is delivered.
     let (fresh, fresh_status) = accept_with_status(&stalled_addr, 0).await;
     let hit = receiver.next().await;

@@ -602,6 +602,7 @@ mod tests {
             last_error: None,
             state: DeliveryState::Pending,
             retain_until_ms: 0,
+            progress: None,
         };
         let instance = Instance::builder(30)
             .callback_url("https://hooks.example.com/in")

@@ -29,6 +29,7 @@ use crate::admission::in_flight::Permit;
 use crate::error::BoxError;
 use crate::event::idempotency::Recording;
 use crate::event::job;
+use crate::event::jobs::Progress;
 use crate::event::receipt::receipt;
 use crate::event::recovery::ensure_recovered;
 use crate::event::shared::Shared;
@@ -155,7 +156,7 @@ where
         },
         _ => None,
     };
-    let request = Request::from_parts(parts, RequestBody::buffered(data, trailers));
+    let mut request = Request::from_parts(parts, RequestBody::buffered(data, trailers));
 
     let recorded = record_dispatched(&config, &target, instance.id(), key.as_ref()).await;
     drop(recording);
@@ -204,6 +205,18 @@ where
         notification_id = event.notification_id.get(),
         instance_id = event.instance_id,
     );
+    // With a status endpoint, clients may cancel the job and watch its progress: the handler
+    // finds both in the request's extensions.
+    let cancel = config.jobs.as_ref().map(|jobs| {
+        let token = jobs.start(event_id);
+        if jobs.cancellation {
+            request.extensions_mut().insert(token.clone());
+        }
+        request
+            .extensions_mut()
+            .insert(Progress::new(event_id, config.clone()));
+        token
+    });
     // `call` itself may panic (a hand-written service); that is the job's panic too.
     // Boxed before the task captures it, so the work's state (which may hold the whole request)
     // is freed when the work ends instead of living as long as the task.
@@ -228,16 +241,31 @@ where
             // Boxed too: reading the answer takes far more state than waiting between delivery
             // attempts, and a notification may wait for hours in this same task.
             Ok(work) => {
-                Box::pin(job::run(
+                let run = Box::pin(job::run(
                     work,
                     shared.max_response_bytes,
                     shared.job_timeout,
-                ))
-                .await
+                ));
+                match &cancel {
+                    // A cancel drops the work, the tower way: its future is never polled again
+                    // (nor at all, if the cancel came first).
+                    Some(token) => tokio::select! {
+                        biased;
+                        _ = token.cancelled() => None,
+                        ended = run => Some(ended),
+                    },
+                    None => Some(run.await),
+                }
             }
-            Err(panic) => Err(job::panicked(panic)),
+            Err(panic) => Some(Err(job::panicked(panic))),
         };
         permit.sub(&shared.counters, Counter::Running);
+        // This node's view of the job ends here; its last report goes with the outcome.
+        event.progress = shared.jobs.as_ref().and_then(|jobs| jobs.end(event_id));
+        let Some(ended) = ended else {
+            tracing::info!("the job was dropped: a client cancelled the event");
+            return;
+        };
         let (outcome, parsed) = match (ended, answer_tx) {
             (Ok(completed), Some(answer)) => {
                 let outcome = completed.outcome();
@@ -332,6 +360,7 @@ async fn record_dispatched(
         instance_url: target.from_instance,
         accepted_at_ms: unix_ms(),
         running: false,
+        progress: None,
     };
     let Some(key) = key else {
         config.store.dispatched(&event).await?;

@@ -122,8 +122,17 @@ pub(crate) async fn conclude(
     let counter = match outcome {
         Outcome::Completed { .. } => Counter::Completed,
         Outcome::Failed { .. } => Counter::Failed,
+        Outcome::Cancelled => Counter::Cancelled,
     };
-    permit.add(&config.counters, counter);
+    // A report the job made last and the store has not had yet goes first: the status answer
+    // keeps showing it after the end.
+    let mut event = event;
+    let progress = event.progress.take();
+    if let Some(progress) = &progress {
+        if let Err(error) = config.store.progress(event.event_id, progress).await {
+            tracing::debug!(%error, "could not record a job's last progress");
+        }
+    }
     // No target: the client polls the status endpoint; there is nothing to deliver.
     let requested = !event.target.is_empty();
     let now = unix_ms();
@@ -145,6 +154,7 @@ pub(crate) async fn conclude(
             DeliveryState::NotRequested
         },
         retain_until_ms: now.saturating_add(config.delivery.retention.as_millis() as u64),
+        progress,
     };
     // The inner body may be a slice of a larger buffer (a request's, say): let it go now rather
     // than hold it through a retry schedule of hours.
@@ -157,8 +167,9 @@ pub(crate) async fn conclude(
         match config.store.finished(&notification).await {
             Ok(()) => break,
             Err(error) if error.is_superseded() => {
-                // Another node took the event over and ends it; a second outcome would contradict.
-                tracing::warn!(%error, "the event was taken over by another node; not delivering");
+                // A client cancelled the event, or another node took it over and ends it; a
+                // second outcome would contradict the first.
+                tracing::warn!(%error, "the event has another outcome already; not delivering");
                 return;
             }
             Err(error) => {
@@ -167,6 +178,10 @@ pub(crate) async fn conclude(
                 wait = (wait * 2).min(MAX_FINISHED_WAIT);
             }
         }
+    }
+    permit.add(&config.counters, counter);
+    if let Some(jobs) = &config.jobs {
+        jobs.ended(notification.event_id);
     }
     if requested {
         permit.add(&config.counters, Counter::Pending);

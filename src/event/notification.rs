@@ -9,7 +9,12 @@
 //! (`application/json` or `…+json`) and parses; a JSON string for other UTF-8 text; `null` for an
 //! empty body; base64 text with `"responseEncoding":"base64"` beside it for bytes that are not
 //! UTF-8. An inner `4xx`/`5xx` is still `completed`. When the work produced no response the event
-//! is `failed` with `"error":{"code","message"}` and no `response`.
+//! is `failed` with `"error":{"code","message"}` and no `response`. An event a client cancelled
+//! is `cancelled`, with neither:
+//!
+//! ```json
+//! {"eventId":1028,"instanceId":30,"eventStatus":"cancelled","notificationId":1084}
+//! ```
 //!
 //! The sender writes the JSON once, into one buffer sized for it; receivers read it with
 //! [`Notification`].
@@ -36,6 +41,9 @@ pub enum EventStatus {
     Completed,
     /// The work produced no response; see [`FailureCode`].
     Failed,
+    /// A client cancelled the event (`DELETE` on its status URL) before its work ended: the
+    /// work was dropped, or never started.
+    Cancelled,
 }
 
 /// Why an event failed, the `error.code` of a `failed` notification.
@@ -91,7 +99,7 @@ pub struct Notification {
     pub event_id: EventId,
     /// The configured instance id of the sender.
     pub instance_id: u64,
-    /// `completed` or `failed`.
+    /// `completed`, `failed` or `cancelled`.
     pub event_status: EventStatus,
     /// HTTP status of the inner response, when completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +167,8 @@ pub(crate) enum Outcome {
         code: FailureCode,
         message: String,
     },
+    /// A client cancelled the event.
+    Cancelled,
 }
 
 /// The inner body as it goes into `response`.
@@ -291,6 +301,15 @@ impl Outcome {
                 object.field("notificationId", &notification_id);
                 object.end();
             }
+            Self::Cancelled => {
+                out = Vec::with_capacity(128);
+                let mut object = JsonObject::begin(&mut out);
+                object.field("eventId", &event_id);
+                object.field("instanceId", &instance_id);
+                object.field("eventStatus", &EventStatus::Cancelled);
+                object.field("notificationId", &notification_id);
+                object.end();
+            }
         }
         // The notification may wait hours for delivery: keep exactly what it needs. (A `Vec`
         // with room to spare would make `Bytes::from` allocate its shared header at once, which
@@ -408,6 +427,18 @@ mod tests {
         };
         serde_json::from_slice(&outcome.to_json(EventId::new(1028), 30, NotificationId::new(1084)))
             .unwrap()
+    }
+
+    #[test]
+    fn a_cancelled_event_says_so_and_nothing_else() {
+        let json = Outcome::Cancelled.to_json(EventId::new(1028), 30, NotificationId::new(1084));
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"eventId":1028,"instanceId":30,"eventStatus":"cancelled","notificationId":1084}"#
+        );
+        let read: Notification = serde_json::from_slice(&json).unwrap();
+        assert_eq!(read.event_status, EventStatus::Cancelled);
+        assert_eq!((read.response, read.error), (None, None));
     }
 
     #[test]

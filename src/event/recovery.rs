@@ -10,6 +10,7 @@ use std::sync::{Arc, Weak};
 use crate::delivery::attempt::deliver;
 use crate::event::job::conclude;
 use crate::event::notification::{FailureCode, Outcome};
+use crate::event::operation::follow_ends;
 use crate::event::shared::Shared;
 use crate::metrics::Counter;
 use crate::store::{Recovery, StoreError};
@@ -30,6 +31,9 @@ pub(crate) async fn ensure_recovered(config: &Arc<Shared>) -> Result<(), StoreEr
             }
             if config.store.take_over().is_some() {
                 tokio::spawn(take_over(Arc::downgrade(config)));
+            }
+            if config.jobs.is_some() && config.store.ended_elsewhere().is_some() {
+                tokio::spawn(follow_ends(Arc::downgrade(config)));
             }
             Ok(())
         })

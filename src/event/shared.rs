@@ -12,6 +12,7 @@ use crate::admission::in_flight::{Permit, Runner};
 use crate::admission::share::Shares;
 use crate::delivery::attempt::{Deliverer, Delivery};
 use crate::event::idempotency::Keys;
+use crate::event::jobs::Jobs;
 use crate::instance::{Instance, Instances};
 use crate::metrics::Counters;
 use crate::request::classify::Classifier;
@@ -41,6 +42,9 @@ pub(crate) struct Shared {
     pub(crate) recovered: OnceCell<()>,
     /// Idempotency keys: the settings, and those this node is recording now.
     pub(crate) keys: Keys,
+    /// With a status endpoint: this node's jobs as clients see them (cancel, progress) and the
+    /// clients waiting for events to end.
+    pub(crate) jobs: Option<Arc<Jobs>>,
 }
 
 impl fmt::Debug for Shared {
@@ -64,6 +68,7 @@ impl fmt::Debug for Shared {
             .field("delivery", &self.delivery)
             .field("store", &self.store_type)
             .field("keys", &self.keys)
+            .field("jobs", &self.jobs)
             .finish_non_exhaustive()
     }
 }

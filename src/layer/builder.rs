@@ -14,6 +14,7 @@ use crate::delivery::retry::DeliveryPolicy;
 use crate::delivery::sink::{CallbackSink, DynSink, HttpSink, DEFAULT_ATTEMPT_TIMEOUT};
 use crate::error::ConfigError;
 use crate::event::idempotency::Keys;
+use crate::event::jobs::{Jobs, DEFAULT_MAX_STATUS_WAITERS};
 use crate::event::recovery::start_recovery;
 use crate::event::shared::Shared;
 use crate::instance::{Instance, Instances, Naming, ResolveInstance};
@@ -88,6 +89,8 @@ pub struct AsyncRequestLayerBuilder {
     status_endpoint: Option<String>,
     status_secret: Option<Vec<u8>>,
     status_retention: Option<Duration>,
+    cancellation: bool,
+    max_status_waiters: usize,
     prefer_respond_async: bool,
     async_header: HeaderName,
     callback_header: HeaderName,
@@ -130,6 +133,8 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
                 &self.status_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("status_retention", &self.status_retention)
+            .field("cancellation", &self.cancellation)
+            .field("max_status_waiters", &self.max_status_waiters)
             .field("prefer_respond_async", &self.prefer_respond_async)
             .field("idempotency_retention", &self.idempotency_retention)
             .field("require_idempotency_key", &self.require_idempotency_key)
@@ -159,6 +164,8 @@ impl Default for AsyncRequestLayerBuilder {
             status_endpoint: None,
             status_secret: None,
             status_retention: None,
+            cancellation: true,
+            max_status_waiters: DEFAULT_MAX_STATUS_WAITERS,
             prefer_respond_async: false,
             async_header: ELEMENTS_ASYNC_REQUEST,
             callback_header: ELEMENTS_ASYNC_CALLBACK_URL,
@@ -339,6 +346,22 @@ impl AsyncRequestLayerBuilder {
         self
     }
 
+    /// Whether clients may cancel an event with `DELETE` on its status URL (on by default with a
+    /// status endpoint; off, such a request gets `405` with `Allow: GET`). See the
+    /// [crate docs](crate#status-monitor).
+    pub fn cancellation(mut self, enabled: bool) -> Self {
+        self.cancellation = enabled;
+        self
+    }
+
+    /// Most status requests held waiting (`Prefer: wait=N`) at once (default
+    /// [`DEFAULT_MAX_STATUS_WAITERS`]); beyond it, a status request is answered at once, with
+    /// `Retry-After`.
+    pub fn max_status_waiters(mut self, max: usize) -> Self {
+        self.max_status_waiters = max;
+        self
+    }
+
     /// Lets RFC 7240 `Prefer: respond-async` ask for the async path (off by default: a server
     /// ignores preferences it has not opted into). The receipt then says
     /// `Preference-Applied: respond-async`. With `wait=N` as well, the layer waits up to N
@@ -514,6 +537,10 @@ impl AsyncRequestLayerBuilder {
             counters,
             recovered: OnceCell::new(),
             keys: Keys::new(self.require_idempotency_key, self.idempotency_retention),
+            jobs: self
+                .status_endpoint
+                .is_some()
+                .then(|| Arc::new(Jobs::new(self.cancellation, self.max_status_waiters))),
         });
         start_recovery(&config);
         Ok(AsyncRequestLayer::from_config(config))

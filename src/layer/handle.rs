@@ -285,6 +285,10 @@ impl AsyncRequestHandle {
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         let config = &self.config;
         config.runner.stop_admitting();
+        // Clients waiting for an event's end get its state now.
+        if let Some(jobs) = &config.jobs {
+            jobs.closing.cancel();
+        }
         let before = config.counters.snapshot();
         let drained = config.runner.drained(deadline).await;
         let after = config.counters.snapshot();

@@ -9,12 +9,12 @@ use tower_service::Service;
 
 use crate::error::BoxError;
 use crate::event::dispatch::{dispatch, Accepted};
+use crate::event::operation::serve;
 use crate::event::shared::Shared;
 use crate::layer::future::ResponseFuture;
 use crate::request::classify::{classify, is_plain, Classification};
 use crate::request::grpc::is_grpc;
 use crate::request::refusal::Refusal;
-use crate::status::endpoint::answer;
 use crate::wire::body::{OwnBody, RequestBody, ResponseBody};
 
 /// Middleware that runs requests asking for it as asynchronous requests.
@@ -129,10 +129,12 @@ impl<S> AsyncRequest<S> {
     {
         if let Some(status) = &self.config.status {
             if status.owns(request.method(), request.uri()) {
-                let (config, uri) = (self.config.clone(), request.uri().clone());
+                let config = self.config.clone();
+                let (parts, _body) = request.into_parts();
                 return ResponseFuture::dispatch(Box::pin(async move {
-                    let status = config.status.as_ref().expect("the status endpoint is on");
-                    answer(status, &*config.store, uri).await.map(OwnBody::from)
+                    serve(config, parts.method, parts.uri, parts.headers)
+                        .await
+                        .map(OwnBody::from)
                 }));
             }
         }

@@ -7,6 +7,8 @@ pub(crate) enum Counter {
     Running,
     Completed,
     Failed,
+    /// A client cancelled an event (recorded by this node).
+    Cancelled,
     Pending,
     Delivered,
     Dead,
@@ -14,6 +16,8 @@ pub(crate) enum Counter {
     /// An async request whose idempotency key an earlier one claimed was answered with the
     /// earlier receipt.
     Replayed,
+    /// Status requests holding a `Prefer: wait` now.
+    Waiting,
 }
 
 /// How a delivery attempt ended, as the facade labels it (`result`).

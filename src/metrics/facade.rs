@@ -26,6 +26,7 @@ pub(crate) const DEAD_LETTERS: &str = "async_request_dead_letters_total";
 pub(crate) const RECEIPT_SECONDS: &str = "async_request_receipt_seconds";
 pub(crate) const DELIVERY_SECONDS: &str = "async_request_delivery_seconds";
 pub(crate) const REPLAYS: &str = "async_request_idempotent_replays_total";
+pub(crate) const STATUS_WAITS: &str = "async_request_status_waits";
 
 /// One instance's handles.
 #[derive(Debug)]
@@ -33,7 +34,9 @@ pub(crate) struct Facade {
     accepted: Counter,
     completed: Counter,
     failed: Counter,
+    cancelled: Counter,
     running: Gauge,
+    waits: Gauge,
     pending: Gauge,
     in_flight: Gauge,
     delivered: Counter,
@@ -65,6 +68,8 @@ impl Facade {
             accepted: metrics::counter!(ACCEPTED, "instance" => instance.clone()),
             completed: metrics::counter!(JOBS, "instance" => instance.clone(), "outcome" => "completed"),
             failed: metrics::counter!(JOBS, "instance" => instance.clone(), "outcome" => "failed"),
+            cancelled: metrics::counter!(JOBS, "instance" => instance.clone(), "outcome" => "cancelled"),
+            waits: metrics::gauge!(STATUS_WAITS, "instance" => instance.clone()),
             running: metrics::gauge!(JOBS_RUNNING, "instance" => instance.clone()),
             pending: metrics::gauge!(PENDING, "instance" => instance.clone()),
             in_flight: metrics::gauge!(IN_FLIGHT, "instance" => instance.clone()),
@@ -85,6 +90,8 @@ impl Facade {
             Count::Accepted => self.accepted.increment(1),
             Count::Completed => self.completed.increment(1),
             Count::Failed => self.failed.increment(1),
+            Count::Cancelled => self.cancelled.increment(1),
+            Count::Waiting => self.waits.increment(1.0),
             Count::Delivered => self.delivered.increment(1),
             Count::Dead => self.dead.increment(1),
             Count::Replayed => self.replays.increment(1),
@@ -111,6 +118,7 @@ impl Facade {
                 self.pending.decrement(1.0);
                 self.in_flight.decrement(1.0);
             }
+            Count::Waiting => self.waits.decrement(1.0),
             _ => {}
         }
     }
@@ -175,9 +183,14 @@ fn describe() {
     describe_counter!(
         JOBS,
         Unit::Count,
-        "Jobs ended, by outcome (completed or failed)."
+        "Jobs ended, by outcome (completed, failed or cancelled)."
     );
     describe_gauge!(JOBS_RUNNING, Unit::Count, "Jobs running now.");
+    describe_gauge!(
+        STATUS_WAITS,
+        Unit::Count,
+        "Status requests waiting now for their event to end (Prefer: wait)."
+    );
     describe_gauge!(
         PENDING,
         Unit::Count,

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub completed: u64,
     /// Jobs that ended without one (`failed`, including `interrupted` ones found on recovery).
     pub failed: u64,
+    /// Events a client cancelled before their job ended (`cancelled`), counted by the node that
+    /// recorded the cancel.
+    pub cancelled: u64,
     /// Notifications waiting for delivery now (first attempt or retry).
     pub pending: u64,
     /// Notifications the receiver acknowledged with `2xx`.
@@ -42,6 +45,8 @@ pub struct Metrics {
     /// Async requests answered with the receipt of the earlier request that claimed their
     /// `Idempotency-Key` (no new event).
     pub idempotent_replays: u64,
+    /// Status requests waiting now for their event to end (`Prefer: wait`).
+    pub status_waits: u64,
 }
 
 #[derive(Debug, Default)]
@@ -54,11 +59,13 @@ pub(crate) struct Counters {
     pub(crate) running: AtomicU64,
     pub(crate) completed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
     pub(crate) pending: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) dead: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) replays: AtomicU64,
+    pub(crate) waiting: AtomicU64,
 }
 
 /// When the layer began answering an async request, for the receipt-latency histogram; nothing
@@ -98,11 +105,13 @@ impl Counters {
             Counter::Running => &self.running,
             Counter::Completed => &self.completed,
             Counter::Failed => &self.failed,
+            Counter::Cancelled => &self.cancelled,
             Counter::Pending => &self.pending,
             Counter::Delivered => &self.delivered,
             Counter::Dead => &self.dead,
             Counter::Retries => &self.retries,
             Counter::Replayed => &self.replays,
+            Counter::Waiting => &self.waiting,
         }
     }
 
@@ -161,11 +170,13 @@ impl Counters {
             running: self.running.load(Relaxed),
             completed: self.completed.load(Relaxed),
             failed: self.failed.load(Relaxed),
+            cancelled: self.cancelled.load(Relaxed),
             pending: self.pending.load(Relaxed),
             delivered: self.delivered.load(Relaxed),
             dead: self.dead.load(Relaxed),
             retries: self.retries.load(Relaxed),
             idempotent_replays: self.replays.load(Relaxed),
+            status_waits: self.waiting.load(Relaxed),
         }
     }
 }

@@ -33,7 +33,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::ConfigError;
 use crate::request::refusal::{json_error, json_response};
-use crate::store::{EventSnapshot, EventStore, NotificationRecord};
+use crate::store::{EventSnapshot, NotificationRecord, ProgressRecord, StoreError};
 use crate::wire::ids::EventId;
 use crate::wire::signature::{keyed, HmacSha256};
 
@@ -113,9 +113,10 @@ impl StatusEndpoint {
         HeaderValue::try_from(url).expect("a checked path, digits and base64url")
     }
 
-    /// Whether the layer answers this request itself.
+    /// Whether the layer answers this request itself: `GET` (the status) and `DELETE` (a
+    /// cancel) under the prefix.
     pub(crate) fn owns(&self, method: &Method, uri: &Uri) -> bool {
-        method == Method::GET
+        (method == Method::GET || method == Method::DELETE)
             && uri
                 .path()
                 .strip_prefix(self.prefix.as_str())
@@ -123,7 +124,7 @@ impl StatusEndpoint {
     }
 
     /// The event a status URL names, if its token is right.
-    fn event(&self, uri: &Uri) -> Option<EventId> {
+    pub(crate) fn event(&self, uri: &Uri) -> Option<EventId> {
         let id = uri
             .path()
             .strip_prefix(self.prefix.as_str())?
@@ -137,44 +138,63 @@ impl StatusEndpoint {
     }
 }
 
-/// Answers a status request from `store`.
-pub(crate) async fn answer(
-    status: &StatusEndpoint,
-    store: &dyn EventStore,
-    uri: Uri,
-) -> Response<Bytes> {
-    let Some(event_id) = status.event(&uri) else {
-        return not_found();
-    };
-    match store.status(event_id).await {
-        Ok(Some(snapshot)) => found(event_id, snapshot),
-        Ok(None) => not_found(),
-        Err(error) => {
-            tracing::error!(%error, "could not read an event's status");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "The event's status could not be read. Retry later.",
-            )
+/// The status answer's body for what the store (and this node, for a job running here: `live`)
+/// knows of an event, and whether the event has ended.
+pub(crate) fn body(
+    event_id: EventId,
+    snapshot: &EventSnapshot,
+    live: Option<ProgressRecord>,
+) -> (Map<String, Value>, bool) {
+    let (mut body, finished, stored) = match snapshot {
+        EventSnapshot::Unfinished(event) => {
+            let mut body = Map::new();
+            body.insert("eventId".into(), json!(event_id));
+            body.insert("instanceId".into(), json!(event.instance_id));
+            let status = if event.running || live.is_some() {
+                "running"
+            } else {
+                "dispatched"
+            };
+            body.insert("eventStatus".into(), json!(status));
+            body.insert("notificationId".into(), json!(event.notification_id));
+            body.insert(
+                "delivery".into(),
+                json!({"state": "none", "attempts": 0, "lastError": null}),
+            );
+            (body, false, event.progress.as_ref())
         }
+        EventSnapshot::Finished(notification) => (
+            finished_body(event_id, notification),
+            true,
+            notification.progress.as_ref(),
+        ),
+    };
+    // The newer of what this node holds and what the store has.
+    let progress = match (live.as_ref(), stored) {
+        (Some(live), Some(stored)) if stored.updated_at_ms > live.updated_at_ms => Some(stored),
+        (Some(live), _) => Some(live),
+        (None, stored) => stored,
+    };
+    if let Some(progress) = progress {
+        body.insert(
+            "progress".into(),
+            json!({
+                "percent": progress.percent,
+                "message": progress.message,
+                "updatedAt": rfc3339(progress.updated_at_ms),
+            }),
+        );
     }
+    (body, finished)
 }
 
-fn found(event_id: EventId, snapshot: EventSnapshot) -> Response<Bytes> {
-    let (body, finished) = match snapshot {
-        EventSnapshot::Unfinished(event) => (
-            json!({
-                "eventId": event_id,
-                "instanceId": event.instance_id,
-                "eventStatus": if event.running { "running" } else { "dispatched" },
-                "notificationId": event.notification_id,
-                "delivery": {"state": "none", "attempts": 0, "lastError": null},
-            }),
-            false,
-        ),
-        EventSnapshot::Finished(notification) => (finished_body(event_id, &notification), true),
-    };
-    let mut response = json_response(StatusCode::OK, body.to_string());
+/// A status answer: `status` with `body`; an event not yet ended says when to look again.
+pub(crate) fn respond(
+    status: StatusCode,
+    body: Map<String, Value>,
+    finished: bool,
+) -> Response<Bytes> {
+    let mut response = json_response(status, Value::Object(body).to_string());
     if !finished {
         response
             .headers_mut()
@@ -183,7 +203,39 @@ fn found(event_id: EventId, snapshot: EventSnapshot) -> Response<Bytes> {
     response
 }
 
-fn finished_body(event_id: EventId, notification: &NotificationRecord) -> Value {
+/// The status store could not be read.
+pub(crate) fn store_unavailable(error: &StoreError) -> Response<Bytes> {
+    tracing::error!(%error, "could not read an event's status");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "The event's status could not be read. Retry later.",
+    )
+}
+
+/// Unix milliseconds as RFC 3339 UTC with milliseconds (`2026-12-07T17:29:48.123Z`).
+fn rfc3339(unix_ms: u64) -> String {
+    let (days, ms) = (unix_ms / 86_400_000, unix_ms % 86_400_000);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    )
+}
+
+fn finished_body(event_id: EventId, notification: &NotificationRecord) -> Map<String, Value> {
     let sent: Map<String, Value> = serde_json::from_slice(&notification.body).unwrap_or_default();
     let mut body = Map::new();
     body.insert("eventId".into(), json!(event_id));
@@ -206,10 +258,11 @@ fn finished_body(event_id: EventId, notification: &NotificationRecord) -> Value 
             body.insert(field.into(), value.clone());
         }
     }
-    Value::Object(body)
+    body
 }
 
-fn not_found() -> Response<Bytes> {
+/// A missing, wrong or tampered token, or an unknown event: all alike.
+pub(crate) fn not_found() -> Response<Bytes> {
     json_error(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -248,6 +301,7 @@ mod tests {
         let location = status.location(id);
         let uri: Uri = location.to_str().unwrap().parse().unwrap();
         assert!(status.owns(&Method::GET, &uri));
+        assert!(status.owns(&Method::DELETE, &uri));
         assert!(!status.owns(&Method::POST, &uri));
         assert_eq!(status.event(&uri), Some(id));
         for bad in [
@@ -262,6 +316,13 @@ mod tests {
         }
         assert!(!status.owns(&Method::GET, &"/eventsX/1".parse().unwrap()));
         assert!(!status.owns(&Method::GET, &"/other".parse().unwrap()));
+    }
+
+    #[test]
+    fn progress_times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_001), "2000-02-29T00:00:00.001Z");
+        assert_eq!(rfc3339(1_796_664_588_123), "2026-12-07T17:29:48.123Z");
     }
 
     #[test]

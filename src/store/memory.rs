@@ -5,8 +5,9 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use super::{
-    unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    IdempotencyKey, KeyClaim, NotificationRecord, Recovery, StoreError, StoreFuture,
+    unix_ms, CancelClaim, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
+    IdempotencyKey, KeyClaim, NotificationRecord, ProgressRecord, Recovery, StoreError,
+    StoreFuture,
 };
 use crate::wire::ids::{EventId, IdGenerator, IdMap, NotificationId};
 
@@ -128,6 +129,24 @@ impl Records {
         }
     }
 
+    /// Ends an unfinished event with `notification`; false if it had an outcome already.
+    fn end(&mut self, notification: &NotificationRecord, max_retained: usize) -> bool {
+        let Some(event) = self.unfinished.remove(&notification.event_id) else {
+            return false;
+        };
+        let mut notification = notification.clone();
+        // The job's last report stays readable after it ends.
+        if notification.progress.is_none() {
+            notification.progress = event.progress;
+        }
+        if notification.state == DeliveryState::NotRequested {
+            self.retain(notification, max_retained);
+        } else {
+            self.put(notification);
+        }
+        true
+    }
+
     fn put(&mut self, record: NotificationRecord) {
         self.by_event
             .insert(record.event_id, record.notification_id);
@@ -214,12 +233,47 @@ impl EventStore for MemoryStore {
     }
 
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        if self.with(|r| r.end(notification, self.max_retained)) {
+            return Box::pin(Done);
+        }
+        Box::pin(async { Err(StoreError::superseded("the event has an outcome already")) })
+    }
+
+    fn cancel<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, CancelClaim> {
+        let claim = self.with(|r| {
+            if r.end(notification, self.max_retained) {
+                return CancelClaim::Cancelled;
+            }
+            let finished = r.by_event.get(&notification.event_id);
+            CancelClaim::Finished(finished.and_then(|id| r.notifications.get(id)).cloned())
+        });
+        Box::pin(async move { Ok(claim) })
+    }
+
+    fn progress<'a>(
+        &'a self,
+        event_id: EventId,
+        progress: &'a ProgressRecord,
+    ) -> StoreFuture<'a, ()> {
+        // Only a newer report replaces one (an older one may arrive late).
+        let newer = |kept: &Option<ProgressRecord>| {
+            kept.as_ref()
+                .is_none_or(|kept| kept.updated_at_ms <= progress.updated_at_ms)
+        };
         self.with(|r| {
-            r.unfinished.remove(&notification.event_id);
-            if notification.state == DeliveryState::NotRequested {
-                r.retain(notification.clone(), self.max_retained);
-            } else {
-                r.put(notification.clone());
+            if let Some(event) = r.unfinished.get_mut(&event_id) {
+                if newer(&event.progress) {
+                    event.progress = Some(progress.clone());
+                }
+            } else if let Some(record) = r
+                .by_event
+                .get(&event_id)
+                .copied()
+                .and_then(|id| r.notifications.get_mut(&id))
+            {
+                if newer(&record.progress) {
+                    record.progress = Some(progress.clone());
+                }
             }
         });
         Box::pin(Done)
@@ -334,6 +388,7 @@ mod tests {
             instance_url: false,
             accepted_at_ms: 1,
             running: false,
+            progress: None,
         };
         let key = IdempotencyKey {
             scope: KeyScope {
@@ -390,6 +445,7 @@ mod tests {
             last_error: Some("503".into()),
             state: DeliveryState::Pending,
             retain_until_ms: u64::MAX,
+            progress: None,
         }
     }
 
@@ -405,6 +461,7 @@ mod tests {
             target: "https://example.com/".into(),
             accepted_at_ms: 1,
             running: false,
+            progress: None,
         };
         store.dispatched(&event).await.unwrap();
         store.running(event_id).await.unwrap();
@@ -455,6 +512,7 @@ mod tests {
     async fn without_retention_a_delivered_notification_leaves_nothing_behind() {
         let store = MemoryStore::new();
         let pending = notification(50);
+        store.dispatched(&unfinished(50)).await.unwrap();
         store.finished(&pending).await.unwrap();
         let delivered = NotificationRecord {
             retain_until_ms: 0,
@@ -474,6 +532,7 @@ mod tests {
             record.instance_id = if id == 20 || id == 40 { 8 } else { 7 };
             store.dead(&record).await.unwrap();
         }
+        store.dispatched(&unfinished(60)).await.unwrap();
         store.finished(&notification(60)).await.unwrap(); // pending: never listed
         let page = |instance, after: Option<u64>, limit| {
             let query = DeadLetterQuery {
@@ -490,6 +549,80 @@ mod tests {
         assert_eq!(page(Some(7), None, 10), [10, 30, 50]);
         assert_eq!(page(Some(8), Some(21), 10), [40]);
         assert!(page(Some(9), None, 10).is_empty());
+    }
+
+    /// The event `notification(id)` ends.
+    fn unfinished(id: u64) -> EventRecord {
+        EventRecord {
+            event_id: EventId::new(id),
+            notification_id: NotificationId::new(id + 1),
+            instance_id: 7,
+            instance_url: false,
+            target: "https://example.com/".into(),
+            accepted_at_ms: 1,
+            running: true,
+            progress: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn of_a_cancel_and_a_finish_the_first_wins_and_the_second_changes_nothing() {
+        let store = MemoryStore::new();
+        let cancelled = NotificationRecord {
+            body: Bytes::from_static(br#"{"eventStatus":"cancelled"}"#),
+            ..notification(70)
+        };
+        // The cancel first: the job's own outcome is refused as superseded.
+        store.dispatched(&unfinished(70)).await.unwrap();
+        assert_eq!(store.cancel(&cancelled).await.unwrap(), CancelClaim::Cancelled);
+        let error = store.finished(&notification(70)).await.unwrap_err();
+        assert!(error.is_superseded(), "{error}");
+        assert_eq!(
+            store.cancel(&cancelled).await.unwrap(),
+            CancelClaim::Finished(Some(cancelled.clone())),
+            "a second cancel finds the first"
+        );
+        // The job first: the cancel finds its outcome and writes nothing.
+        store.dispatched(&unfinished(80)).await.unwrap();
+        store.finished(&notification(80)).await.unwrap();
+        let late = NotificationRecord {
+            body: Bytes::from_static(br#"{"eventStatus":"cancelled"}"#),
+            ..notification(80)
+        };
+        assert_eq!(
+            store.cancel(&late).await.unwrap(),
+            CancelClaim::Finished(Some(notification(80)))
+        );
+        match store.status(EventId::new(80)).await.unwrap() {
+            Some(EventSnapshot::Finished(record)) => assert_eq!(record.body, "{}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_progress_report_outlives_the_job_and_an_older_one_never_replaces_it() {
+        let store = MemoryStore::new();
+        let report = |percent, at| ProgressRecord {
+            percent,
+            message: format!("{percent}%"),
+            updated_at_ms: at,
+        };
+        store.dispatched(&unfinished(90)).await.unwrap();
+        store.progress(EventId::new(90), &report(40, 20)).await.unwrap();
+        store.progress(EventId::new(90), &report(30, 10)).await.unwrap();
+        match store.status(EventId::new(90)).await.unwrap() {
+            Some(EventSnapshot::Unfinished(event)) => {
+                assert_eq!(event.progress, Some(report(40, 20)))
+            }
+            other => panic!("{other:?}"),
+        }
+        store.finished(&notification(90)).await.unwrap();
+        match store.status(EventId::new(90)).await.unwrap() {
+            Some(EventSnapshot::Finished(record)) => {
+                assert_eq!(record.progress, Some(report(40, 20)))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A memory store's answer, which is ready at once.

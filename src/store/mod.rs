@@ -58,6 +58,7 @@
 
 pub(crate) mod history;
 mod keys;
+mod lifecycle;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -74,6 +75,9 @@ use crate::wire::ids::{EventId, NotificationId};
 
 pub use self::history::{AttemptRecord, MAX_ATTEMPT_HISTORY};
 pub use self::keys::{IdempotencyKey, KeyClaim, KeyScope};
+#[cfg(feature = "redb")]
+pub(crate) use self::lifecycle::ProgressTable;
+pub use self::lifecycle::{CancelClaim, ProgressRecord};
 pub use self::memory::{MemoryStore, DEFAULT_MAX_DEAD_LETTERS, DEFAULT_MAX_RETAINED};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -104,6 +108,9 @@ pub struct EventRecord {
     pub accepted_at_ms: u64,
     /// Whether the job has started.
     pub running: bool,
+    /// The job's last progress report, if it made one (kept as the store can: see
+    /// [`EventStore::progress`]).
+    pub progress: Option<ProgressRecord>,
 }
 
 /// Where a notification is in its delivery.
@@ -165,6 +172,8 @@ pub struct NotificationRecord {
     /// Until when a delivered or not-requested notification is kept for status queries, Unix
     /// milliseconds (the store may drop it after that).
     pub retain_until_ms: u64,
+    /// The job's last progress report, if it made one.
+    pub progress: Option<ProgressRecord>,
 }
 
 /// What a store knows about one event, for the status endpoint.
@@ -271,7 +280,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The job ended: the event is done and its notification pending (or, without a callback
     /// URL, not requested), atomically. **Durable**: it resolves only once on disk, before the
-    /// first delivery attempt.
+    /// first delivery attempt. Only an unfinished event ends so: one that has an outcome already
+    /// (a client cancelled it, another node took it over) is left as it is, and the answer is
+    /// [`StoreError::superseded`], so that no event ever has two outcomes.
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
 
     /// An attempt failed; the record carries the new count, next time and last error. Need not be
@@ -285,6 +296,37 @@ pub trait EventStore: Send + Sync + 'static {
     /// No attempt is left: keep the notification as a dead letter. Need not be durable (lost,
     /// the notification is attempted again).
     fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()>;
+
+    /// A client cancelled the event: if it is unfinished, ends it with `notification` (its
+    /// `cancelled` outcome) exactly as [`finished`](Self::finished) would, and answers
+    /// [`CancelClaim::Cancelled`]; if it has an outcome already, writes nothing and answers
+    /// [`CancelClaim::Finished`] with it. One of a cancel and the job's own `finished` wins,
+    /// atomically, on any number of nodes. **Durable**: a cancel answered `Cancelled` survives a
+    /// crash. The default: an error (such a store cannot cancel; clients are told to retry).
+    fn cancel<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, CancelClaim> {
+        let _ = notification;
+        Box::pin(async { Err(StoreError::new("this event store cannot cancel events")) })
+    }
+
+    /// The job's latest progress report. The layer coalesces reports to at most one write per
+    /// event per second and never waits for it on a request; it need not be durable (lost, the
+    /// status answer shows the one before). The default: not kept.
+    fn progress<'a>(
+        &'a self,
+        event_id: EventId,
+        progress: &'a ProgressRecord,
+    ) -> StoreFuture<'a, ()> {
+        let _ = (event_id, progress);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// For a store several nodes share: waits until events are ended (finished or cancelled)
+    /// by any node, and returns their ids, so that a node drops jobs cancelled elsewhere and
+    /// answers clients that wait for an end. The layer calls it in a loop. `None` (the
+    /// default): nothing ends but by this process.
+    fn ended_elsewhere(&self) -> Option<StoreFuture<'_, Vec<EventId>>> {
+        None
+    }
 
     /// What the store knows about an event, if anything (retention permitting).
     fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>>;
@@ -390,6 +432,22 @@ impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
     ) -> StoreFuture<'a, KeyClaim> {
         (**self).dispatched_with_key(event, key)
     }
+
+    fn cancel<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, CancelClaim> {
+        (**self).cancel(notification)
+    }
+
+    fn progress<'a>(
+        &'a self,
+        event_id: EventId,
+        progress: &'a ProgressRecord,
+    ) -> StoreFuture<'a, ()> {
+        (**self).progress(event_id, progress)
+    }
+
+    fn ended_elsewhere(&self) -> Option<StoreFuture<'_, Vec<EventId>>> {
+        (**self).ended_elsewhere()
+    }
 }
 
 /// What a durable store's writer says a write did, for the writes that say: a revived dead
@@ -399,6 +457,8 @@ impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
 pub(crate) enum Written {
     Record(Option<NotificationRecord>),
     Claim(KeyClaim),
+    /// Whether a `finished` or a cancel ended the event (false: it had an outcome already).
+    Ended(bool),
 }
 
 #[cfg_attr(not(any(feature = "redb", feature = "postgres")), allow(dead_code))]
@@ -407,7 +467,7 @@ impl Written {
     pub(crate) fn record(self) -> Option<NotificationRecord> {
         match self {
             Self::Record(record) => record,
-            Self::Claim(_) => unreachable!("a revive claims no key"),
+            Self::Claim(_) | Self::Ended(_) => unreachable!("a revive answers with its record"),
         }
     }
 
@@ -415,7 +475,17 @@ impl Written {
     pub(crate) fn claim(self) -> KeyClaim {
         match self {
             Self::Claim(claim) => claim,
-            Self::Record(_) => unreachable!("a keyed receipt answers with its claim"),
+            Self::Record(_) | Self::Ended(_) => {
+                unreachable!("a keyed receipt answers with its claim")
+            }
+        }
+    }
+
+    /// Whether a `finished` or a cancel ended the event.
+    pub(crate) fn ended(self) -> bool {
+        match self {
+            Self::Ended(ended) => ended,
+            Self::Record(_) | Self::Claim(_) => unreachable!("an outcome answers whether it won"),
         }
     }
 }
@@ -489,6 +559,12 @@ impl RunningJobs {
 
     pub(crate) fn contains(&self, event_id: EventId) -> bool {
         self.set().contains(&event_id)
+    }
+
+    /// Every job running here now.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn ids(&self) -> Vec<EventId> {
+        self.set().iter().copied().collect()
     }
 }
 

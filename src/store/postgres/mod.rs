@@ -26,9 +26,9 @@ use self::rows::{record_of, Stored, COLUMNS};
 use self::shared::{Shared, Statements};
 use self::writer::{Op, Write};
 use super::{
-    unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    IdempotencyKey, KeyClaim, NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture,
-    StoreStats, Written,
+    unix_ms, CancelClaim, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
+    IdempotencyKey, KeyClaim, NotificationRecord, ProgressRecord, Recovery, RunningJobs,
+    StoreError, StoreFuture, StoreStats, Written,
 };
 use crate::wire::ids::{EventId, NotificationId};
 
@@ -36,6 +36,9 @@ use crate::wire::ids::{EventId, NotificationId};
 pub const DEFAULT_LEASE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default schema the store's tables live in.
 pub const DEFAULT_SCHEMA: &str = "tower_async_request";
+
+/// Batches of ended events' ids the listener holds for the layer before it drops new ones.
+const ENDED_BACKLOG: usize = 1024;
 
 /// Ids taken from the sequence at once (its increment).
 const ID_BLOCK: i64 = 1024;
@@ -189,6 +192,10 @@ impl PostgresStoreBuilder {
             ids: tokio::sync::Mutex::new((0, 0)),
             running: RunningJobs::default(),
             wake: Arc::default(),
+            ended: {
+                let (tell, told) = mpsc::channel(ENDED_BACKLOG);
+                (tell, tokio::sync::Mutex::new(told))
+            },
             recovered_own: Default::default(),
             left: Default::default(),
             transactions: AtomicU64::new(0),
@@ -316,6 +323,94 @@ impl EventStore for PostgresStore {
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
         self.shared.running.end(notification.event_id);
         self.write_unit(Op::Finished(notification.clone()))
+    }
+
+    /// One transaction, committed synchronously: the event ends `cancelled` unless it has an
+    /// outcome already (the row's lock orders it against its job's own `finished`, on any node),
+    /// and every node hears of it (`NOTIFY`), so the one running the job drops it.
+    fn cancel<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, CancelClaim> {
+        Box::pin(async move {
+            let client = self.shared.pool.get().await.map_err(StoreError::new)?;
+            let cancel = client
+                .prepare_cached(&self.shared.sql.cancel)
+                .await
+                .map_err(StoreError::new)?;
+            let notify = client
+                .prepare_cached(writer::NOTIFY)
+                .await
+                .map_err(StoreError::new)?;
+            let id = notification.event_id.get() as i64;
+            let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+            let channel = nodes::ended_channel(&self.shared.schema);
+            let payload = id.to_string();
+            let state = writer::state_code(notification.state);
+            let body: &[u8] = &notification.body;
+            let (next, retain) = (
+                clamp(notification.next_attempt_at_ms),
+                clamp(notification.retain_until_ms),
+            );
+            let me = self.shared.node_id;
+            let begin = client.batch_execute("BEGIN");
+            let cancel_params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] =
+                [&id, &state, &body, &next, &retain, &me];
+            let notify_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+                [&channel, &payload];
+            let cancelled = client.query(&cancel, &cancel_params);
+            let told = client.execute(&notify, &notify_params);
+            let commit = client.batch_execute("COMMIT");
+            let (begun, cancelled, told, committed) = tokio::join!(begin, cancelled, told, commit);
+            begun.map_err(StoreError::new)?;
+            let cancelled = cancelled.map_err(StoreError::new)?;
+            told.map_err(StoreError::new)?;
+            committed.map_err(StoreError::new)?;
+            self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+            self.shared.durable_commits.fetch_add(1, Ordering::Relaxed);
+            if !cancelled.is_empty() {
+                self.shared.running.end(notification.event_id);
+                return Ok(CancelClaim::Cancelled);
+            }
+            Ok(CancelClaim::Finished(
+                match self.status(notification.event_id).await? {
+                    Some(EventSnapshot::Finished(record)) => Some(record),
+                    _ => None,
+                },
+            ))
+        })
+    }
+
+    /// Written on its own, without waiting for the WAL flush (a lost report shows the one
+    /// before).
+    fn progress<'a>(
+        &'a self,
+        event_id: EventId,
+        progress: &'a ProgressRecord,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let client = self.shared.pool.get().await.map_err(StoreError::new)?;
+            let update = client
+                .prepare_cached(&self.shared.sql.progress)
+                .await
+                .map_err(StoreError::new)?;
+            let id = event_id.get() as i64;
+            let percent = i16::from(progress.percent);
+            let at = progress.updated_at_ms.min(i64::MAX as u64) as i64;
+            let begin = client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off");
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&id, &percent, &progress.message, &at];
+            let updated = client.execute(&update, &params);
+            let commit = client.batch_execute("COMMIT");
+            let (begun, updated, committed) = tokio::join!(begin, updated, commit);
+            begun.map_err(StoreError::new)?;
+            updated.map_err(StoreError::new)?;
+            committed.map_err(StoreError::new)
+        })
+    }
+
+    fn ended_elsewhere(&self) -> Option<StoreFuture<'_, Vec<EventId>>> {
+        Some(Box::pin(async move {
+            let mut told = self.shared.ended.1.lock().await;
+            Ok(told.recv().await.unwrap_or_default())
+        }))
     }
 
     fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {

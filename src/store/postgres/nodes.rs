@@ -12,6 +12,7 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use super::rows::{record_of, Stored, COLUMNS};
 use super::shared::Shared;
 use crate::store::{unix_ms, Recovery, StoreError};
+use crate::wire::ids::EventId;
 
 /// How often finished events past their retention are deleted, and how many per statement.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -21,6 +22,18 @@ const PRUNE_BATCH: i64 = 1000;
 pub(super) fn channel(schema: &str) -> String {
     format!("tower_async_request_{schema}")
 }
+
+/// The channel every node `NOTIFY`s with the ids of the events it ended (finished or
+/// cancelled), comma-separated; at most 63 bytes, PostgreSQL's limit for a name.
+pub(super) fn ended_channel(schema: &str) -> String {
+    let mut name = format!("tower_async_request_ended_{schema}");
+    name.truncate(63);
+    name
+}
+
+/// Most ids in one `NOTIFY` of [`ended_channel`]: 17 bytes each at most, under the 8000-byte
+/// payload limit.
+pub(super) const IDS_PER_NOTIFY: usize = 400;
 
 /// Keeps this node's heartbeat and deletes expired events, until the store is dropped.
 pub(super) async fn heartbeat(shared: Weak<Shared>, every: Duration) {
@@ -35,6 +48,9 @@ pub(super) async fn heartbeat(shared: Weak<Shared>, every: Duration) {
         }
         if let Err(error) = beat(&shared).await {
             tracing::warn!(%error, "could not renew this node's lease in the event store");
+        }
+        if let Err(error) = find_ended_elsewhere(&shared).await {
+            tracing::debug!(%error, "could not look for jobs ended on other nodes");
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
@@ -52,6 +68,36 @@ async fn beat(shared: &Shared) -> Result<(), StoreError> {
         .execute(&shared.sql_register, &[&shared.node_id])
         .await
         .map_err(StoreError::new)?;
+    Ok(())
+}
+
+/// The fallback for a `NOTIFY` the listener missed (its connection was down): which of the jobs
+/// running here were ended by another node (a client's cancel, a takeover).
+async fn find_ended_elsewhere(shared: &Shared) -> Result<(), StoreError> {
+    let running: Vec<i64> = shared
+        .running
+        .ids()
+        .into_iter()
+        .map(|id| id.get() as i64)
+        .collect();
+    if running.is_empty() {
+        return Ok(());
+    }
+    let client = shared.pool.get().await.map_err(StoreError::new)?;
+    let query = client
+        .prepare_cached(&shared.sql.ended_elsewhere)
+        .await
+        .map_err(StoreError::new)?;
+    let ended: Vec<EventId> = client
+        .query(&query, &[&running, &shared.node_id])
+        .await
+        .map_err(StoreError::new)?
+        .iter()
+        .map(|row| EventId::new(row.get::<_, i64>(0) as u64))
+        .collect();
+    if !ended.is_empty() {
+        let _ = shared.ended.0.try_send(ended);
+    }
     Ok(())
 }
 
@@ -189,12 +235,17 @@ pub(super) async fn listen(shared: Weak<Shared>, config: tokio_postgres::Config)
             return;
         };
         let channel = channel(&strong.schema);
+        let ended = ended_channel(&strong.schema);
         let wake = Arc::clone(&strong.wake);
+        let tell = strong.ended.0.clone();
         drop(strong);
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
-                let listening =
-                    async { client.batch_execute(&format!("LISTEN \"{channel}\"")).await };
+                let listening = async {
+                    client
+                        .batch_execute(&format!("LISTEN \"{channel}\"; LISTEN \"{ended}\""))
+                        .await
+                };
                 // The connection must be polled for the LISTEN to go through.
                 let mut listening = std::pin::pin!(listening);
                 let mut listened = false;
@@ -219,6 +270,17 @@ pub(super) async fn listen(shared: Weak<Shared>, config: tokio_postgres::Config)
                         continue;
                     };
                     match message {
+                        Some(Ok(AsyncMessage::Notification(note))) if note.channel() == ended => {
+                            let ids = note
+                                .payload()
+                                .split(',')
+                                .filter_map(|id| id.parse().ok())
+                                .map(EventId::new)
+                                .collect();
+                            // Full: the layer is behind (or gone); a waiter wakes at its own
+                            // deadline and a cancelled job is found by the heartbeat.
+                            let _ = tell.try_send(ids);
+                        }
                         Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
                         Some(Ok(_)) => {}
                         Some(Err(error)) => {

@@ -3,13 +3,15 @@
 use bytes::Bytes;
 use tokio_postgres::Row;
 
-use crate::store::{history, DeliveryState, EventRecord, NotificationRecord, StoreError};
+use crate::store::{
+    history, DeliveryState, EventRecord, NotificationRecord, ProgressRecord, StoreError,
+};
 use crate::wire::ids::{EventId, NotificationId};
 
 /// The columns a record is read from, in [`record_of`]'s order.
 pub(super) const COLUMNS: &str = "event_id, notification_id, instance_id, target, instance_url, \
     accepted_at_ms, state, body, attempts, next_attempt_at_ms, last_error, retain_until_ms, \
-    history::text";
+    history::text, progress_percent, progress_message, progress_at_ms";
 
 /// A row read back: an event whose job has not finished, or its notification.
 pub(super) enum Stored {
@@ -39,6 +41,7 @@ pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
     let target: String = row.try_get(3).map_err(StoreError::new)?;
     let instance_url: bool = row.try_get(4).map_err(StoreError::new)?;
     let state: i16 = row.try_get(6).map_err(StoreError::new)?;
+    let progress = progress_of(row)?;
     let state = match state {
         0 => {
             return Ok(Stored::Unfinished(EventRecord {
@@ -49,6 +52,7 @@ pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
                 instance_url,
                 accepted_at_ms: get_u64(5)?,
                 running: false,
+                progress,
             }))
         }
         1 => DeliveryState::Pending,
@@ -77,6 +81,26 @@ pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
         last_error: row.try_get(10).map_err(StoreError::new)?,
         state,
         retain_until_ms: get_u64(11)?,
+        progress,
+    }))
+}
+
+/// The progress columns (13–15 of [`COLUMNS`]), if the job reported.
+fn progress_of(row: &Row) -> Result<Option<ProgressRecord>, StoreError> {
+    let percent: Option<i16> = row.try_get(13).map_err(StoreError::new)?;
+    let Some(percent) = percent else {
+        return Ok(None);
+    };
+    Ok(Some(ProgressRecord {
+        percent: percent.clamp(0, 100) as u8,
+        message: row
+            .try_get::<_, Option<String>>(14)
+            .map_err(StoreError::new)?
+            .unwrap_or_default(),
+        updated_at_ms: row
+            .try_get::<_, Option<i64>>(15)
+            .map_err(StoreError::new)?
+            .unwrap_or(0) as u64,
     }))
 }
 

@@ -24,6 +24,12 @@ pub(super) struct Shared {
     pub(super) running: RunningJobs,
     /// Woken when a peer leaves with work left.
     pub(super) wake: Arc<Notify>,
+    /// Ids of events ended by any node (`NOTIFY`, or this node's heartbeat finding its running
+    /// jobs ended elsewhere), for [`EventStore::ended_elsewhere`](crate::store::EventStore).
+    pub(super) ended: (
+        tokio::sync::mpsc::Sender<Vec<crate::wire::ids::EventId>>,
+        tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Vec<crate::wire::ids::EventId>>>,
+    ),
     /// Whether this node's own earlier life (a fixed node id) was taken back yet.
     pub(super) recovered_own: std::sync::atomic::AtomicBool,
     /// Set by `leave`: no more heartbeats.
@@ -45,6 +51,11 @@ pub(super) struct Statements {
     pub(super) update_notifications: String,
     pub(super) delete_notifications: String,
     pub(super) revive: String,
+    /// A client's cancel: ends the event if it is unfinished, on whichever node it runs.
+    pub(super) cancel: String,
+    pub(super) progress: String,
+    /// Which of this node's running jobs ended elsewhere (cancelled, or taken over).
+    pub(super) ended_elsewhere: String,
 }
 
 impl Statements {
@@ -112,6 +123,22 @@ impl Statements {
             ),
             delete_notifications: format!(
                 "DELETE FROM {schema}.events WHERE event_id = ANY($1::int8[])"
+            ),
+            cancel: format!(
+                "UPDATE {schema}.events
+                 SET state = $2, body = $3, next_attempt_at_ms = $4, retain_until_ms = $5,
+                     owner = $6
+                 WHERE event_id = $1 AND state = 0
+                 RETURNING event_id"
+            ),
+            progress: format!(
+                "UPDATE {schema}.events
+                 SET progress_percent = $2, progress_message = $3, progress_at_ms = $4
+                 WHERE event_id = $1 AND (progress_at_ms IS NULL OR progress_at_ms <= $4)"
+            ),
+            ended_elsewhere: format!(
+                "SELECT event_id FROM {schema}.events
+                 WHERE event_id = ANY($1::int8[]) AND NOT (state = 0 AND owner = $2)"
             ),
             revive: format!(
                 "UPDATE {schema}.events

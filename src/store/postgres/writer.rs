@@ -197,6 +197,7 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     let delete = client.prepare_cached(&sql.delete_notifications).await?;
     let update = client.prepare_cached(&sql.update_notifications).await?;
     let revive = client.prepare_cached(&sql.revive).await?;
+    let notify = client.prepare_cached(NOTIFY).await?;
 
     // Rows are found by their primary key, the event id.
     let ids = |n: &[&NotificationRecord]| -> Vec<i64> {
@@ -345,9 +346,32 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
             .map(|params| client.query_opt(&revive, params))
             .collect(),
     );
+    // Every node hears which events ended (clients wait for it); one taken over meanwhile is
+    // named too, which only makes a waiter read its status again.
+    let channel = super::nodes::ended_channel(&shared.schema);
+    let payloads: Vec<String> = finished
+        .chunks(super::nodes::IDS_PER_NOTIFY)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|n| n.event_id.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect();
+    let notify_params: Vec<[&(dyn ToSql + Sync); 2]> = payloads
+        .iter()
+        .map(|payload| [&channel as &(dyn ToSql + Sync), payload])
+        .collect();
+    let told = join_all(
+        notify_params
+            .iter()
+            .map(|params| client.execute(&notify, params))
+            .collect(),
+    );
     let end = client.batch_execute("COMMIT");
-    let (begun, inserted, kept, deleted, updated, revived, ended) =
-        tokio::join!(begin, inserted, kept, deleted, updated, revived, end);
+    let (begun, inserted, kept, deleted, updated, revived, told, ended) =
+        tokio::join!(begin, inserted, kept, deleted, updated, revived, told, end);
     checkout.ended = true;
     // The first failure is the cause; the later ones only say the transaction was aborted.
     begun?;
@@ -358,6 +382,9 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
         .collect();
     deleted?;
     updated?;
+    for told in told {
+        told?;
+    }
     ended?;
 
     // Keys held by earlier events: who holds them, read now that the commit has waited for
@@ -432,6 +459,9 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
     }
     Ok(answers)
 }
+
+/// Tells every node (`LISTEN`ing) something, inside the transaction: sent at its commit.
+pub(super) const NOTIFY: &str = "SELECT pg_notify($1, $2)";
 
 /// Who holds each of `keys`: the event and the fingerprint, by scope.
 async fn key_holders(

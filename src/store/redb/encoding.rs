@@ -132,6 +132,7 @@ pub(super) fn decode_notification(
         last_error: meta.last_error,
         state: state_from(meta.state)?,
         retain_until_ms: meta.retain_until_ms,
+        progress: None,
     })
 }
 

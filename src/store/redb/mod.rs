@@ -26,9 +26,9 @@ use self::queries::notifications_where;
 use self::tables::{EVENTS, EVENT_INDEX, META, NEXT_ID, NOTIFICATIONS};
 use self::writer::{write_loop, Commits, Op, Write};
 use super::{
-    unix_ms, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    IdempotencyKey, KeyClaim, NotificationRecord, Recovery, RunningJobs, StoreError, StoreFuture,
-    StoreStats, Written,
+    unix_ms, CancelClaim, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
+    IdempotencyKey, KeyClaim, NotificationRecord, ProgressRecord, ProgressTable, Recovery,
+    RunningJobs, StoreError, StoreFuture, StoreStats, Written,
 };
 use crate::wire::ids::{EventId, IdGenerator, NotificationId};
 
@@ -69,6 +69,8 @@ pub struct RedbStore {
     writes: Option<mpsc::Sender<Write>>,
     writer: Option<thread::JoinHandle<()>>,
     running: RunningJobs,
+    /// Progress reports: kept in memory only (a report is not worth a write to disk).
+    progress: ProgressTable,
     commits: Arc<Commits>,
 }
 
@@ -113,6 +115,7 @@ impl RedbStore {
             writes: Some(writes),
             writer: Some(writer),
             running: Default::default(),
+            progress: Default::default(),
             commits,
         })
     }
@@ -180,7 +183,36 @@ impl EventStore for RedbStore {
 
     fn finished<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
         self.running.end(notification.event_id);
-        self.write_unit(Op::Finished(notification.clone()))
+        let write = self.write(Op::Finished(notification.clone()));
+        Box::pin(async move {
+            if write.await?.ended() {
+                Ok(())
+            } else {
+                Err(StoreError::superseded("the event has an outcome already"))
+            }
+        })
+    }
+
+    fn cancel<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, CancelClaim> {
+        let write = self.write(Op::Cancel(notification.clone()));
+        Box::pin(async move {
+            Ok(match write.await? {
+                Written::Ended(true) => {
+                    self.running.end(notification.event_id);
+                    CancelClaim::Cancelled
+                }
+                other => CancelClaim::Finished(other.record()),
+            })
+        })
+    }
+
+    fn progress<'a>(
+        &'a self,
+        event_id: EventId,
+        progress: &'a ProgressRecord,
+    ) -> StoreFuture<'a, ()> {
+        self.progress.set(event_id, progress);
+        Box::pin(async { Ok(()) })
     }
 
     fn attempted<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
@@ -193,6 +225,7 @@ impl EventStore for RedbStore {
 
     fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>> {
         let running = self.running.contains(event_id);
+        let progress = self.progress.get(event_id);
         self.read(move |db| {
             let txn = db.begin_read()?;
             if let Some(bytes) = txn.open_table(EVENTS)?.get(event_id.get())? {
@@ -205,6 +238,7 @@ impl EventStore for RedbStore {
                     target: stored.target,
                     accepted_at_ms: stored.accepted_at_ms,
                     running,
+                    progress,
                 })));
             }
             let Some(notification_id) = txn
@@ -217,7 +251,8 @@ impl EventStore for RedbStore {
             let Some(bytes) = txn.open_table(NOTIFICATIONS)?.get(notification_id)? else {
                 return Ok(None);
             };
-            let record = decode_notification(notification_id, bytes.value())?;
+            let mut record = decode_notification(notification_id, bytes.value())?;
+            record.progress = progress;
             let expired = matches!(
                 record.state,
                 DeliveryState::Delivered | DeliveryState::NotRequested
@@ -246,6 +281,7 @@ impl EventStore for RedbStore {
                     target: stored.target,
                     accepted_at_ms: stored.accepted_at_ms,
                     running: stored.running,
+                    progress: None,
                 });
             }
             let pending = notifications_where(db, 0, usize::MAX, |record| {
@@ -314,6 +350,7 @@ mod tests {
             target: target.to_owned(),
             accepted_at_ms: 1,
             running: false,
+            progress: None,
         }
     }
 
@@ -332,6 +369,7 @@ mod tests {
             last_error: None,
             state: DeliveryState::Pending,
             retain_until_ms: u64::MAX,
+            progress: None,
         }
     }
 
@@ -350,6 +388,7 @@ mod tests {
                 target: "https://example.com/a".into(),
                 accepted_at_ms: 1,
                 running: false,
+                progress: None,
             };
             store.dispatched(&event).await.unwrap();
             store.running(event.event_id).await.unwrap();
@@ -362,6 +401,7 @@ mod tests {
                 target: "https://example.com/b".into(),
                 accepted_at_ms: 2,
                 running: false,
+                progress: None,
             };
             store.dispatched(&second).await.unwrap();
             pending = NotificationRecord {
@@ -421,6 +461,7 @@ mod tests {
             target: "https://example.com/".into(),
             accepted_at_ms: 1,
             running: true,
+            progress: None,
         };
         store.dispatched(&event).await.unwrap();
         let record = notification(&event);
@@ -609,6 +650,7 @@ mod tests {
             target: String::new(),
             accepted_at_ms: 1,
             running: false,
+            progress: None,
         };
         store.dispatched(&event).await.unwrap();
         store.running(event_id).await.unwrap();
@@ -696,6 +738,7 @@ mod tests {
                     target: "https://example.com/".into(),
                     accepted_at_ms: 1,
                     running: false,
+                    progress: None,
                 };
                 store.dispatched(&event).await.unwrap();
             }));

@@ -53,7 +53,10 @@ pub(super) enum Op {
     Dispatched(EventRecord),
     /// Accepted under an idempotency key: the event and the key, or nothing if the key is held.
     DispatchedWithKey(EventRecord, IdempotencyKey),
+    /// The job's outcome, only if the event is unfinished.
     Finished(NotificationRecord),
+    /// A client's cancel: its outcome, only if the event is unfinished; else the outcome it has.
+    Cancel(NotificationRecord),
     Attempted(NotificationRecord),
     Delivered(NotificationRecord),
     Dead(NotificationRecord),
@@ -67,6 +70,7 @@ impl Op {
             Self::Dispatched(_)
             | Self::DispatchedWithKey(..)
             | Self::Finished(_)
+            | Self::Cancel(_)
             | Self::Revive(_) => true,
             Self::Attempted(_) | Self::Delivered(_) | Self::Dead(_) => false,
         }
@@ -253,7 +257,7 @@ fn apply(
             None
         };
         for write in batch {
-            let (mut result, mut claim) = (None, None);
+            let (mut result, mut claim, mut outcome) = (None, None, None);
             match &write.op {
                 Op::Dispatched(event) => {
                     events.insert(event.event_id.get(), encode_event(event).as_slice())?;
@@ -283,16 +287,33 @@ fn apply(
                         }
                     });
                 }
-                Op::Finished(notification) => {
-                    events.remove(notification.event_id.get())?;
-                    index.insert(
-                        notification.event_id.get(),
-                        notification.notification_id.get(),
-                    )?;
-                    notifications.insert(
-                        notification.notification_id.get(),
-                        encode_notification(notification).as_slice(),
-                    )?;
+                Op::Finished(notification) | Op::Cancel(notification) => {
+                    // Only an unfinished event ends: one event never has two outcomes.
+                    let ended = events.remove(notification.event_id.get())?.is_some();
+                    if ended {
+                        index.insert(
+                            notification.event_id.get(),
+                            notification.notification_id.get(),
+                        )?;
+                        notifications.insert(
+                            notification.notification_id.get(),
+                            encode_notification(notification).as_slice(),
+                        )?;
+                    }
+                    outcome = Some(match (&write.op, ended) {
+                        (Op::Cancel(_), false) => {
+                            let id = index.get(notification.event_id.get())?.map(|v| v.value());
+                            let stored = match id {
+                                Some(id) => notifications
+                                    .get(id)?
+                                    .map(|bytes| decode_notification(id, bytes.value()))
+                                    .transpose()?,
+                                None => None,
+                            };
+                            Written::Record(stored)
+                        }
+                        _ => Written::Ended(ended),
+                    });
                 }
                 Op::Attempted(notification) | Op::Dead(notification) => {
                     let mut notification = notification.clone();
@@ -336,9 +357,10 @@ fn apply(
                     }
                 }
             }
-            results.push(match claim {
-                Some(claim) => Written::Claim(claim),
-                None => Written::Record(result),
+            results.push(match (claim, outcome) {
+                (Some(claim), _) => Written::Claim(claim),
+                (None, Some(outcome)) => outcome,
+                (None, None) => Written::Record(result),
             });
         }
         // Every id handed out so far is below the persisted floor, so a restart continues above

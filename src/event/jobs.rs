@@ -1,0 +1,386 @@
+//! This node's running jobs as clients see them through the status endpoint: each job's
+//! cancellation token and last progress report, and the clients waiting for events to end.
+//!
+//! Kept only with a status endpoint (there is no one to cancel, watch or wait otherwise), so a
+//! layer without one pays nothing here.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::shared::Shared;
+use crate::metrics::Counter;
+use crate::store::{unix_ms, ProgressRecord};
+use crate::wire::ids::EventId;
+
+/// Longest message a progress report keeps, in bytes (a longer one is cut at a character).
+pub const MAX_PROGRESS_MESSAGE: usize = 256;
+
+/// Least time between two store writes of one event's progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// The default bound on status requests held waiting (`Prefer: wait`) at once.
+pub const DEFAULT_MAX_STATUS_WAITERS: usize = 10_000;
+
+#[derive(Debug)]
+pub(crate) struct Jobs {
+    /// Whether clients may cancel (`DELETE` on a status URL).
+    pub(crate) cancellation: bool,
+    pub(crate) max_waiters: usize,
+    running: Mutex<HashMap<EventId, Running>>,
+    waiters: Mutex<Waiting>,
+    /// Cancelled when the layer shuts down: every held wait is answered at once.
+    pub(crate) closing: CancellationToken,
+}
+
+/// Who waits for which event (its wake-up and how many wait), and how many waits are held.
+#[derive(Debug, Default)]
+struct Waiting {
+    by_event: HashMap<EventId, (Arc<Notify>, usize)>,
+    held: usize,
+}
+
+#[derive(Debug)]
+struct Running {
+    cancel: CancellationToken,
+    progress: Option<Report>,
+}
+
+/// A job's last progress report and where its write to the store is.
+#[derive(Debug)]
+struct Report {
+    latest: ProgressRecord,
+    /// Whether `latest` is not in the store yet.
+    dirty: bool,
+    /// Whether a task is writing this event's reports (one at a time, at most one a second).
+    flushing: bool,
+    written_at: Option<Instant>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Each change is a few map operations that cannot panic half-way.
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Jobs {
+    pub(crate) fn new(cancellation: bool, max_waiters: usize) -> Self {
+        Self {
+            cancellation,
+            max_waiters,
+            running: Mutex::default(),
+            waiters: Mutex::default(),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// A job of this node starts: the token that drops it when a client cancels.
+    pub(crate) fn start(&self, event_id: EventId) -> CancellationToken {
+        let cancel = CancellationToken::new();
+        lock(&self.running).insert(
+            event_id,
+            Running {
+                cancel: cancel.clone(),
+                progress: None,
+            },
+        );
+        cancel
+    }
+
+    /// The job's work ended (or was dropped): its last report, if the store does not have it yet.
+    pub(crate) fn end(&self, event_id: EventId) -> Option<ProgressRecord> {
+        let running = lock(&self.running).remove(&event_id)?;
+        running
+            .progress
+            .filter(|report| report.dirty)
+            .map(|report| report.latest)
+    }
+
+    /// The event ended elsewhere (a client's cancel on any node, a takeover): its job, if it
+    /// runs here, is dropped.
+    pub(crate) fn drop_job(&self, event_id: EventId) -> bool {
+        match lock(&self.running).remove(&event_id) {
+            Some(running) => {
+                running.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The freshest progress this node knows of a job running here.
+    pub(crate) fn progress(&self, event_id: EventId) -> Option<ProgressRecord> {
+        lock(&self.running)
+            .get(&event_id)?
+            .progress
+            .as_ref()
+            .map(|report| report.latest.clone())
+    }
+
+    /// Records a report; true if a task must be started to write it.
+    fn report(&self, event_id: EventId, latest: ProgressRecord) -> bool {
+        let mut running = lock(&self.running);
+        let Some(job) = running.get_mut(&event_id) else {
+            return false;
+        };
+        match &mut job.progress {
+            Some(report) => {
+                report.latest = latest;
+                report.dirty = true;
+                !std::mem::replace(&mut report.flushing, true)
+            }
+            None => {
+                job.progress = Some(Report {
+                    latest,
+                    dirty: true,
+                    flushing: true,
+                    written_at: None,
+                });
+                true
+            }
+        }
+    }
+
+    /// The report to write now, or how long to wait for it; `None` when there is nothing left to
+    /// write (the flushing task ends).
+    fn next_write(&self, event_id: EventId) -> Option<Result<ProgressRecord, Duration>> {
+        let mut running = lock(&self.running);
+        let report = running.get_mut(&event_id)?.progress.as_mut()?;
+        if !report.dirty {
+            report.flushing = false;
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(due) = report.written_at.map(|at| at + PROGRESS_EVERY) {
+            if due > now {
+                return Some(Err(due - now));
+            }
+        }
+        report.dirty = false;
+        report.written_at = Some(now);
+        Some(Ok(report.latest.clone()))
+    }
+
+    /// A client waits for `event_id` to end: the wait's registration, or `None` when
+    /// `max_waiters` are held already.
+    pub(crate) fn wait_for(self: &Arc<Self>, event_id: EventId) -> Option<Waiter> {
+        let mut waiting = lock(&self.waiters);
+        if waiting.held >= self.max_waiters {
+            return None;
+        }
+        waiting.held += 1;
+        let entry = waiting
+            .by_event
+            .entry(event_id)
+            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+        entry.1 += 1;
+        Some(Waiter {
+            jobs: Arc::clone(self),
+            event_id,
+            notify: Arc::clone(&entry.0),
+        })
+    }
+
+    /// `event_id` ended: every client waiting for it is answered.
+    pub(crate) fn ended(&self, event_id: EventId) {
+        if let Some((notify, _)) = lock(&self.waiters).by_event.get(&event_id) {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// A held wait, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    jobs: Arc<Jobs>,
+    event_id: EventId,
+    pub(crate) notify: Arc<Notify>,
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut waiting = lock(&self.jobs.waiters);
+        waiting.held -= 1;
+        if let Some(entry) = waiting.by_event.get_mut(&self.event_id) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                waiting.by_event.remove(&self.event_id);
+            }
+        }
+    }
+}
+
+/// A job's progress, for the status answer: found in the request's extensions of an async
+/// request when the layer has a status endpoint.
+///
+/// ```
+/// use http::Request;
+/// use tower_async_request::Progress;
+///
+/// async fn copy(request: Request<String>) -> Result<String, std::convert::Infallible> {
+///     let progress = request.extensions().get::<Progress>().cloned();
+///     for done in 1..=10u8 {
+///         // … copy a tenth of the files …
+///         if let Some(progress) = &progress {
+///             progress.set(done * 10, format!("copied {} of 1000 files", done as u32 * 100));
+///         }
+///     }
+///     Ok("done".into())
+/// }
+/// # drop(copy(Request::new(String::new())));
+/// ```
+///
+/// `set` never waits and never fails: the report shows in the status answer of this node at
+/// once, and is written to the store at most once a second per event (not durably), so with
+/// PostgreSQL any node's answer shows it within about a second. The last report stays in the
+/// status answer after the job ends. A handler that never reports costs nothing.
+#[derive(Clone)]
+pub struct Progress {
+    event_id: EventId,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Progress")
+            .field("event_id", &self.event_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Progress {
+    pub(crate) fn new(event_id: EventId, shared: Arc<Shared>) -> Self {
+        Self { event_id, shared }
+    }
+
+    /// The event this handle reports for.
+    pub fn event_id(&self) -> EventId {
+        self.event_id
+    }
+
+    /// Reports how far the job is: `percent` 0–100 (more counts as 100) and a message (cut to
+    /// [`MAX_PROGRESS_MESSAGE`] bytes). After the job ended, does nothing.
+    pub fn set(&self, percent: u8, message: impl AsRef<str>) {
+        let Some(jobs) = &self.shared.jobs else {
+            return;
+        };
+        let message = message.as_ref();
+        let mut end = message.len().min(MAX_PROGRESS_MESSAGE);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        let report = ProgressRecord {
+            percent: percent.min(100),
+            message: message[..end].to_owned(),
+            updated_at_ms: unix_ms(),
+        };
+        if jobs.report(self.event_id, report) {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(flush(self.shared.clone(), self.event_id));
+            }
+        }
+    }
+}
+
+/// Writes an event's reports to the store, at most one a second, until none is left.
+async fn flush(shared: Arc<Shared>, event_id: EventId) {
+    let Some(jobs) = &shared.jobs else {
+        return;
+    };
+    while let Some(next) = jobs.next_write(event_id) {
+        match next {
+            Err(wait) => tokio::time::sleep(wait).await,
+            Ok(report) => {
+                if let Err(error) = shared.store.progress(event_id, &report).await {
+                    tracing::debug!(%error, "could not record a job's progress");
+                }
+            }
+        }
+    }
+}
+
+/// Counts a held wait while it lives.
+#[derive(Debug)]
+pub(crate) struct Counted<'a>(&'a Shared);
+
+impl<'a> Counted<'a> {
+    pub(crate) fn new(shared: &'a Shared) -> Self {
+        shared.counters.add(Counter::Waiting);
+        Self(shared)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.counters.sub(Counter::Waiting);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(percent: u8) -> ProgressRecord {
+        ProgressRecord {
+            percent,
+            message: String::new(),
+            updated_at_ms: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_are_written_at_most_once_a_second_and_the_last_is_kept() {
+        let jobs = Jobs::new(true, 10);
+        let id = EventId::new(7);
+        jobs.start(id);
+        assert!(
+            jobs.report(id, report(10)),
+            "the first report starts a writer"
+        );
+        assert_eq!(jobs.next_write(id), Some(Ok(report(10))));
+        assert!(!jobs.report(id, report(20)), "one writer at a time");
+        assert!(!jobs.report(id, report(30)));
+        match jobs.next_write(id) {
+            Some(Err(wait)) => assert_eq!(wait, PROGRESS_EVERY),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::advance(PROGRESS_EVERY).await;
+        assert_eq!(jobs.next_write(id), Some(Ok(report(30))), "only the latest");
+        assert_eq!(jobs.next_write(id), None, "nothing left: the writer ends");
+        assert!(
+            jobs.report(id, report(40)),
+            "a later report starts one again"
+        );
+        assert_eq!(jobs.progress(id), Some(report(40)));
+        assert_eq!(jobs.end(id), Some(report(40)), "unwritten at the end");
+        assert!(!jobs.report(id, report(50)), "after the end, nothing");
+    }
+
+    #[test]
+    fn waits_are_bounded_and_counted_until_dropped() {
+        let jobs = Arc::new(Jobs::new(true, 2));
+        let (a, b) = (EventId::new(1), EventId::new(2));
+        let first = jobs.wait_for(a).unwrap();
+        let second = jobs.wait_for(b).unwrap();
+        assert!(jobs.wait_for(a).is_none(), "the third is over the bound");
+        drop(first);
+        let third = jobs.wait_for(a).unwrap();
+        drop((second, third));
+        let waiting = lock(&jobs.waiters);
+        assert!(waiting.by_event.is_empty());
+        assert_eq!(waiting.held, 0);
+    }
+
+    #[test]
+    fn a_job_dropped_elsewhere_has_its_token_cancelled() {
+        let jobs = Jobs::new(true, 1);
+        let token = jobs.start(EventId::new(3));
+        assert!(!jobs.drop_job(EventId::new(4)));
+        assert!(jobs.drop_job(EventId::new(3)));
+        assert!(token.is_cancelled());
+        assert_eq!(jobs.end(EventId::new(3)), None);
+    }
+}
