@@ -246,16 +246,7 @@ where
                     shared.max_response_bytes,
                     shared.job_timeout,
                 ));
-                match &cancel {
-                    // A cancel drops the work, the tower way: its future is never polled again
-                    // (nor at all, if the cancel came first).
-                    Some(token) => tokio::select! {
-                        biased;
-                        _ = token.cancelled() => None,
-                        ended = run => Some(ended),
-                    },
-                    None => Some(run.await),
-                }
+                job::unless_cancelled(cancel.as_ref(), run).await
             }
             Err(panic) => Some(Err(job::panicked(panic))),
         };

@@ -147,7 +147,13 @@ impl Records {
         true
     }
 
-    fn put(&mut self, record: NotificationRecord) {
+    fn put(&mut self, mut record: NotificationRecord) {
+        // Delivery's copy of a notification carries no progress report: keep the stored one.
+        if record.progress.is_none() {
+            if let Some(kept) = self.notifications.get_mut(&record.notification_id) {
+                record.progress = kept.progress.take();
+            }
+        }
         self.by_event
             .insert(record.event_id, record.notification_id);
         self.notifications.insert(record.notification_id, record);
