@@ -83,7 +83,8 @@ fn app(layer: AsyncRequestLayer, work: Arc<Work>) -> Router {
                         gate.as_mut().enable();
                         work.starts.fetch_add(1, SeqCst);
                         work.started.notify_waiters();
-                        if let (Some(Extension(progress)), Some(percent)) = (progress, params.percent)
+                        if let (Some(Extension(progress)), Some(percent)) =
+                            (progress, params.percent)
                         {
                             progress.set(percent, params.message.unwrap_or_default());
                         }
@@ -225,7 +226,10 @@ async fn cancel_a_running_job(store: Arc<dyn EventStore>) {
     assert_eq!(again.json["code"], "already_finished");
     assert_eq!(again.json["eventStatus"], "cancelled");
     assert_eq!(handle.metrics().cancelled, 1);
-    assert_eq!((handle.metrics().completed, handle.metrics().failed), (0, 0));
+    assert_eq!(
+        (handle.metrics().completed, handle.metrics().failed),
+        (0, 0)
+    );
 }
 
 #[tokio::test]
@@ -271,7 +275,9 @@ async fn race(
 ) {
     let mut answers = std::collections::HashMap::new();
     for round in 0..rounds {
-        let status = accept(accept_at, "").await.replacen(accept_at, cancel_at, 1);
+        let status = accept(accept_at, "")
+            .await
+            .replacen(accept_at, cancel_at, 1);
         started(work, round + 1).await;
         // The cancel is sent up to `spread` before or after the job is released: early cancels
         // win, late ones find the outcome, and in between the two meet in the store.
@@ -324,7 +330,11 @@ async fn race(
         sum(|m| m.pending) == 0 && sum(|m| m.running) == 0
     })
     .await;
-    assert_eq!(sum(|m| m.delivered), rounds as u64, "exactly one notification each");
+    assert_eq!(
+        sum(|m| m.delivered),
+        rounds as u64,
+        "exactly one notification each"
+    );
     assert_eq!(
         sum(|m| m.completed) + sum(|m| m.cancelled),
         rounds as u64,
@@ -366,7 +376,11 @@ async fn progress_shows_while_the_job_runs_and_stays_after_it_ends() {
     let work = Arc::new(Work::default());
     let layer = layer(Arc::new(MemoryStore::new()), &receiver);
     let base = serve(app(layer, work.clone())).await;
-    let status = accept(&base, "?percent=40&message=copied%20400%20of%201000%20files").await;
+    let status = accept(
+        &base,
+        "?percent=40&message=copied%20400%20of%201000%20files",
+    )
+    .await;
     started(&work, 1).await;
     let read = send(Method::GET, &status, &[]).await;
     assert_eq!(read.json["eventStatus"], "running");
@@ -460,8 +474,10 @@ impl EventStore for CountingStore {
     fn status(
         &self,
         id: tower_async_request::event::EventId,
-    ) -> tower_async_request::store::StoreFuture<'_, Option<tower_async_request::store::EventSnapshot>>
-    {
+    ) -> tower_async_request::store::StoreFuture<
+        '_,
+        Option<tower_async_request::store::EventSnapshot>,
+    > {
         self.inner.status(id)
     }
     fn recover(
@@ -472,15 +488,19 @@ impl EventStore for CountingStore {
     fn dead_letters(
         &self,
         q: tower_async_request::store::DeadLetterQuery,
-    ) -> tower_async_request::store::StoreFuture<'_, Vec<tower_async_request::store::NotificationRecord>>
-    {
+    ) -> tower_async_request::store::StoreFuture<
+        '_,
+        Vec<tower_async_request::store::NotificationRecord>,
+    > {
         self.inner.dead_letters(q)
     }
     fn revive(
         &self,
         id: tower_async_request::event::NotificationId,
-    ) -> tower_async_request::store::StoreFuture<'_, Option<tower_async_request::store::NotificationRecord>>
-    {
+    ) -> tower_async_request::store::StoreFuture<
+        '_,
+        Option<tower_async_request::store::NotificationRecord>,
+    > {
         self.inner.revive(id)
     }
     fn cancel<'a>(
@@ -588,7 +608,10 @@ async fn a_wait_answers_when_the_event_ends_and_says_the_preference_was_applied(
     });
     // The wait is held (the gauge says so) before the job ends.
     support::eventually("the wait is held", || handle.metrics().status_waits == 1).await;
-    assert!(!waiting.is_finished(), "the wait is held while the job runs");
+    assert!(
+        !waiting.is_finished(),
+        "the wait is held while the job runs"
+    );
     let finished_at = Instant::now();
     work.gate.notify_one();
     let answered = waiting.await.unwrap();
@@ -613,7 +636,11 @@ async fn a_short_wait_on_a_long_job_answers_running_after_its_seconds() {
     started(&work, 1).await;
     let sent = Instant::now();
     let answered = send(Method::GET, &status, &[("Prefer", "wait=1")]).await;
-    assert!(sent.elapsed() >= Duration::from_millis(990), "{:?}", sent.elapsed());
+    assert!(
+        sent.elapsed() >= Duration::from_millis(990),
+        "{:?}",
+        sent.elapsed()
+    );
     assert_eq!(answered.json["eventStatus"], "running");
     assert_eq!(answered.headers["preference-applied"], "wait=1");
     assert_eq!(answered.headers["retry-after"], "1");
@@ -640,7 +667,10 @@ async fn waits_beyond_the_bound_are_answered_at_once_and_shutdown_answers_the_he
     });
     support::eventually("one wait held", || handle.metrics().status_waits == 1).await;
     let extra = send(Method::GET, &status, &[("Prefer", "wait=60")]).await;
-    assert!(!held.is_finished(), "the extra one was answered while the first is held");
+    assert!(
+        !held.is_finished(),
+        "the extra one was answered while the first is held"
+    );
     assert_eq!(extra.status, StatusCode::OK);
     assert_eq!(extra.json["eventStatus"], "running");
     assert!(!extra.headers.contains_key("preference-applied"));
@@ -748,7 +778,10 @@ mod postgres {
         until_dropped(&on_a).await;
         let took = sent.elapsed();
         eprintln!("node A dropped the job {took:?} after B's cancel");
-        assert!(took < Duration::from_secs(15), "heard through NOTIFY, not the heartbeat");
+        assert!(
+            took < Duration::from_secs(15),
+            "heard through NOTIFY, not the heartbeat"
+        );
         assert_eq!(receiver.next().await.json()["eventStatus"], "cancelled");
         assert_eq!(
             send(Method::GET, &status, &[]).await.json["eventStatus"],
@@ -758,9 +791,10 @@ mod postgres {
         let status = accept(&a, "").await;
         started(&on_a, 2).await;
         let on_b_status = status.replacen(&a, &b, 1);
-        let waiting = tokio::spawn(async move {
-            send(Method::GET, &on_b_status, &[("Prefer", "wait=30")]).await
-        });
+        let waiting =
+            tokio::spawn(
+                async move { send(Method::GET, &on_b_status, &[("Prefer", "wait=30")]).await },
+            );
         support::eventually("B holds the wait", || b_handle.metrics().status_waits == 1).await;
         let finished_at = Instant::now();
         on_a.gate.notify_one();
@@ -787,6 +821,15 @@ mod postgres {
         let (a, a_handle) = node(&schema.0, &receiver, on_a.clone()).await;
         let (b, b_handle) = node(&schema.0, &receiver, on_b).await;
         let spread = Duration::from_millis(30);
-        race(60, spread, &on_a, &a, &b, &mut receiver, &[a_handle, b_handle]).await;
+        race(
+            60,
+            spread,
+            &on_a,
+            &a,
+            &b,
+            &mut receiver,
+            &[a_handle, b_handle],
+        )
+        .await;
     }
 }

@@ -1347,3 +1347,50 @@ async fn upstream_http2_speaks_http2_to_an_https_upstream_as_alpn_agrees() {
         assert_eq!(String::from_utf8_lossy(&body), heard, "{extra:?}");
     }
 }
+
+/// The status URL through the proxy: `Prefer: wait=1` on a held job answers `running` with the
+/// preference applied, and `DELETE` cancels it: `202`, a `cancelled` notification, then `409`.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_the_proxy_a_status_url_waits_and_cancels() {
+    let (upstream, mut begun, _release) = holding_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let proxy = Proxy::unsigned(
+        &format!("http://{upstream}"),
+        &[
+            "--callback-url",
+            &receiver.url(),
+            "--status-path",
+            "/events",
+        ],
+    );
+    let (headers, receipt) = accepted(async_post(proxy.url("/hold"))).await;
+    let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    begun.recv().await.expect("the job runs");
+
+    let waited = common::client()
+        .request(
+            Request::get(proxy.url(&location))
+                .header("prefer", "wait=1")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(waited.status(), StatusCode::OK);
+    assert_eq!(waited.headers()["preference-applied"], "wait=1");
+
+    let delete = || {
+        common::client().request(
+            Request::delete(proxy.url(&location))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    };
+    let cancelled = delete().await.unwrap();
+    assert_eq!(cancelled.status(), StatusCode::ACCEPTED);
+    let notification = receiver.next().await.json();
+    assert_eq!(notification["eventStatus"], "cancelled");
+    assert_eq!(notification["eventId"], event_id(&receipt));
+    assert_eq!(delete().await.unwrap().status(), StatusCode::CONFLICT);
+    terminated(proxy, 0).await;
+}

@@ -340,14 +340,20 @@ mod tests {
 
     impl Drop for Work {
         fn drop(&mut self) {
-            self.dropped.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
     #[tokio::test]
     async fn a_cancel_drops_the_work_and_work_cancelled_before_it_started_never_starts() {
         use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-        let flags = || (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let flags = || {
+            (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            )
+        };
         // Cancelled before it started: never polled, dropped.
         let (polled, dropped) = flags();
         let token = CancellationToken::new();
@@ -357,7 +363,10 @@ mod tests {
             dropped: dropped.clone(),
         };
         assert_eq!(unless_cancelled(Some(&token), work).await, None);
-        assert!(!polled.load(SeqCst), "a job cancelled before it started never starts");
+        assert!(
+            !polled.load(SeqCst),
+            "a job cancelled before it started never starts"
+        );
         assert!(dropped.load(SeqCst));
         // Cancelled while it runs: dropped, never polled again.
         let (polled, dropped) = flags();

@@ -580,7 +580,10 @@ mod tests {
         };
         // The cancel first: the job's own outcome is refused as superseded.
         store.dispatched(&unfinished(70)).await.unwrap();
-        assert_eq!(store.cancel(&cancelled).await.unwrap(), CancelClaim::Cancelled);
+        assert_eq!(
+            store.cancel(&cancelled).await.unwrap(),
+            CancelClaim::Cancelled
+        );
         let error = store.finished(&notification(70)).await.unwrap_err();
         assert!(error.is_superseded(), "{error}");
         assert_eq!(
@@ -614,8 +617,14 @@ mod tests {
             updated_at_ms: at,
         };
         store.dispatched(&unfinished(90)).await.unwrap();
-        store.progress(EventId::new(90), &report(40, 20)).await.unwrap();
-        store.progress(EventId::new(90), &report(30, 10)).await.unwrap();
+        store
+            .progress(EventId::new(90), &report(40, 20))
+            .await
+            .unwrap();
+        store
+            .progress(EventId::new(90), &report(30, 10))
+            .await
+            .unwrap();
         match store.status(EventId::new(90)).await.unwrap() {
             Some(EventSnapshot::Unfinished(event)) => {
                 assert_eq!(event.progress, Some(report(40, 20)))
