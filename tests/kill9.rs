@@ -12,7 +12,8 @@ use std::path::Path;
 use bytes::Bytes;
 use support::{Answer, Receiver};
 use worker::{
-    accept, accept_keyed, accept_with_status, status_of, until_recorded_delivered, Outcomes, Worker,
+    accept, accept_keyed, accept_with_status, cancel, status_of, until_recorded_delivered,
+    Outcomes, Worker,
 };
 
 fn start_worker(db: &Path, callback: &str) -> (Worker, String) {
@@ -248,6 +249,40 @@ async fn after_kill_9_a_keyed_request_sent_again_gets_its_first_receipt() {
     // And still the same receipt once it has ended.
     let (after, _, replayed) = accept_keyed(&addr, 600_000, key).await;
     assert_eq!((after, replayed), (id, true));
+    worker.kill();
+    let _ = std::fs::remove_file(&db);
+}
+
+/// Killed right after the `202` of a cancel (its first delivery attempt held by the receiver):
+/// after the restart the event is `cancelled`, never `interrupted`, and its one notification
+/// says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_right_after_a_cancel_is_answered_leaves_the_event_cancelled() {
+    use std::time::Duration;
+
+    let db = std::env::temp_dir().join(format!("tar-kill9-cancel-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    // The first attempt hangs until the process is gone: the notification is still pending.
+    let mut receiver =
+        Receiver::start(vec![Answer::status(200).after(Duration::from_secs(60))]).await;
+    let (worker, addr) = start_worker(&db, &receiver.url());
+    let (id, location) = accept_with_status(&addr, 600_000).await;
+    let (code, answer) = cancel(&addr, &location).await;
+    assert_eq!(code, 202, "{answer}");
+    assert_eq!(answer["eventStatus"], "cancelled");
+    worker.kill(); // SIGKILL, right after the answer
+
+    let (worker, addr) = start_worker(&db, &receiver.url());
+    let (code, status) = status_of(&addr, &location).await;
+    assert_eq!(code, 200);
+    assert_eq!(status["eventStatus"], "cancelled", "{status}");
+    let mut outcomes = Outcomes::default();
+    let all = HashSet::from([id]);
+    outcomes.until_terminal(&mut receiver, &all).await;
+    until_recorded_delivered(&addr, &location).await;
+    let notifications = outcomes.one_each(&mut receiver, &all);
+    assert_eq!(notifications[&id]["eventStatus"], "cancelled");
+    assert_eq!(cancel(&addr, &location).await.0, 409);
     worker.kill();
     let _ = std::fs::remove_file(&db);
 }

@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use support::{Answer, Receiver};
-use worker::{accept, accept_with_status, until_recorded_delivered, Outcomes, Worker};
+use worker::{accept, accept_with_status, cancel, until_recorded_delivered, Outcomes, Worker};
 
 const LEASE: Duration = Duration::from_secs(2);
 /// The workers' first retry delay (see `Worker::start`).
@@ -234,4 +234,36 @@ async fn a_node_restarted_under_its_fixed_id_takes_its_own_work_back_at_once() {
     let notifications = outcomes.one_each(&mut receiver, &both);
     assert_eq!(notifications[&quick]["eventStatus"], "completed");
     assert_eq!(notifications[&slow]["error"]["code"], "interrupted");
+}
+
+/// A cancel sent to a survivor for a job of a node that was killed: the survivor records it, so
+/// when the dead node's work is taken over the event is already `cancelled`, and its one
+/// notification says so (never `interrupted`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_of_a_dead_nodes_job_ends_it_cancelled_not_interrupted() {
+    if !pg::available("tests/postgres_failover.rs").await {
+        return;
+    }
+    let schema = pg::Schema::new();
+    let args = on_postgres(&schema, LEASE, &[]);
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let (doomed, doomed_addr) = start(&receiver, &args);
+    let (survivor, survivor_addr) = start(&receiver, &args);
+    let (cancelled, cancelled_status) = accept_with_status(&doomed_addr, 600_000).await;
+    let (interrupted, interrupted_status) = accept_with_status(&doomed_addr, 600_000).await;
+    doomed.kill();
+
+    let (code, answer) = cancel(&survivor_addr, &cancelled_status).await;
+    assert_eq!(code, 202, "{answer}");
+    // The other job is taken over and ends interrupted: the takeover has run.
+    let mut outcomes = Outcomes::default();
+    let all = HashSet::from([cancelled, interrupted]);
+    outcomes.until_terminal(&mut receiver, &all).await;
+    for status in [&cancelled_status, &interrupted_status] {
+        until_recorded_delivered(&survivor_addr, status).await;
+    }
+    let notifications = outcomes.one_each(&mut receiver, &all);
+    assert_eq!(notifications[&cancelled]["eventStatus"], "cancelled");
+    assert_eq!(notifications[&interrupted]["error"]["code"], "interrupted");
+    drop(survivor);
 }

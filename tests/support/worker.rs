@@ -191,6 +191,18 @@ pub async fn status_of(addr: &str, location: &str) -> (http::StatusCode, serde_j
     (code, serde_json::from_slice(&body).unwrap())
 }
 
+/// The worker's answer to `DELETE location` (a cancel): its code and JSON body.
+pub async fn cancel(addr: &str, location: &str) -> (http::StatusCode, serde_json::Value) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = http::Request::delete(format!("http://{addr}{location}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let code = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (code, serde_json::from_slice(&body).unwrap())
+}
+
 /// Waits until the worker's status for `location` says the notification was delivered, that is
 /// until the worker has seen its receiver's `2xx` and recorded it.
 pub async fn until_recorded_delivered(addr: &str, location: &str) {

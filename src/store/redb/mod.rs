@@ -373,6 +373,64 @@ mod tests {
         }
     }
 
+    /// A cancel and a job's outcome: the first wins, durably; the second writes nothing; the
+    /// cancelled outcome and the job's last progress report are read back.
+    #[tokio::test]
+    async fn of_a_cancel_and_an_outcome_the_first_wins_on_disk() {
+        let path = temp_path("cancel");
+        let store = RedbStore::open(&path).unwrap();
+        let (first, first_n) = store.allocate_ids().await.unwrap();
+        let (second, second_n) = store.allocate_ids().await.unwrap();
+        let cancelled_event = event(first, first_n, "https://example.com/");
+        let finished_event = event(second, second_n, "https://example.com/");
+        let cancel = |event: &EventRecord| NotificationRecord {
+            body: Bytes::from_static(br#"{"eventStatus":"cancelled"}"#),
+            ..notification(event)
+        };
+        store.dispatched(&cancelled_event).await.unwrap();
+        store.dispatched(&finished_event).await.unwrap();
+        let report = ProgressRecord {
+            percent: 40,
+            message: "half".into(),
+            updated_at_ms: 9,
+        };
+        store.progress(first, &report).await.unwrap();
+        let durable = store.stats().durable_commits;
+        assert_eq!(
+            store.cancel(&cancel(&cancelled_event)).await.unwrap(),
+            CancelClaim::Cancelled
+        );
+        assert_eq!(store.stats().durable_commits, durable + 1, "on disk before the answer");
+        let error = store.finished(&notification(&cancelled_event)).await.unwrap_err();
+        assert!(error.is_superseded(), "{error}");
+
+        store.finished(&notification(&finished_event)).await.unwrap();
+        assert_eq!(
+            store.cancel(&cancel(&finished_event)).await.unwrap(),
+            CancelClaim::Finished(Some(notification(&finished_event)))
+        );
+        match store.status(first).await.unwrap() {
+            Some(EventSnapshot::Finished(record)) => {
+                assert_eq!(record.body, cancel(&cancelled_event).body);
+                assert_eq!(record.progress, Some(report));
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        let recovered = store.recover().await.unwrap();
+        assert!(recovered.unfinished.is_empty(), "neither is interrupted");
+        assert_eq!(recovered.pending.len(), 2);
+        match store.status(first).await.unwrap() {
+            Some(EventSnapshot::Finished(record)) => {
+                assert_eq!(record.body, cancel(&cancelled_event).body)
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(store);
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[tokio::test]
     async fn records_survive_reopening_and_ids_continue_above() {
         let path = temp_path("reopen");
