@@ -506,3 +506,63 @@ async fn replays_and_key_mismatches_are_counted() {
         1.0
     );
 }
+
+/// A cancel is counted as a job of outcome `cancelled`, and a held `Prefer: wait` in the gauge
+/// `async_request_status_waits` while it is held.
+#[tokio::test]
+async fn cancels_and_held_waits_are_counted() {
+    let prometheus = prometheus();
+    let receiver = Receiver::start(Vec::new()).await;
+    let layer = AsyncRequestLayer::builder()
+        .instance_id(34)
+        .status_endpoint("/events")
+        .default_callback_url(receiver.url())
+        .allow_private_callbacks(true)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route("/work", post(|| std::future::pending::<&'static str>()))
+        .layer(layer);
+    let addr = serve(app).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let accepted = client
+        .request(
+            Request::post(format!("http://{addr}/work"))
+                .header("Elements-Async-Request", "true")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let location = accepted.headers()["location"].to_str().unwrap().to_owned();
+    let waiting = tokio::spawn({
+        let (client, url) = (client.clone(), format!("http://{addr}{location}"));
+        async move {
+            let request = Request::get(url)
+                .header("Prefer", "wait=60")
+                .body(Full::default())
+                .unwrap();
+            client.request(request).await.unwrap().status()
+        }
+    });
+    support::eventually("the wait is held", || handle.metrics().status_waits == 1).await;
+    let gauge =
+        |samples: &[Sample]| value(samples, "async_request_status_waits", &[("instance", "34")]);
+    assert_eq!(gauge(&parse(&prometheus.render())), 1.0);
+    let cancel = Request::delete(format!("http://{addr}{location}"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(client.request(cancel).await.unwrap().status(), 202);
+    assert_eq!(waiting.await.unwrap(), 200, "the cancel ends the wait");
+    let samples = parse(&prometheus.render());
+    assert_eq!(
+        value(
+            &samples,
+            "async_request_jobs_total",
+            &[("instance", "34"), ("outcome", "cancelled")]
+        ),
+        1.0
+    );
+    assert_eq!(gauge(&samples), 0.0);
+}

@@ -12,7 +12,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use http::{header, HeaderValue, Method, Response, StatusCode, Uri};
 use serde_json::json;
 
 use crate::delivery::attempt::deliver;
@@ -20,7 +20,6 @@ use crate::event::jobs::Counted;
 use crate::event::notification::Outcome;
 use crate::event::shared::Shared;
 use crate::metrics::Counter;
-use crate::request::prefer;
 use crate::request::refusal::json_error;
 use crate::status::endpoint::{body, not_found, respond, store_unavailable};
 use crate::store::{unix_ms, CancelClaim, DeliveryState, EventSnapshot, NotificationRecord};
@@ -28,12 +27,12 @@ use crate::wire::ids::EventId;
 
 const PREFERENCE_APPLIED: http::HeaderName = http::HeaderName::from_static("preference-applied");
 
-/// Answers a request the status endpoint owns.
+/// Answers a request the status endpoint owns; `wait` is its `Prefer: wait`, if any.
 pub(crate) async fn serve(
     config: Arc<Shared>,
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    wait: Option<Duration>,
 ) -> Response<Bytes> {
     let status = config.status.as_ref().expect("the status endpoint is on");
     let cancellation = config.jobs.as_ref().is_some_and(|jobs| jobs.cancellation);
@@ -52,9 +51,10 @@ pub(crate) async fn serve(
         return not_found();
     };
     if method == Method::DELETE {
-        return cancel(&config, event_id).await;
+        // Boxed: its state is larger than a wait's, which may be held by the thousand.
+        return Box::pin(cancel(&config, event_id)).await;
     }
-    match prefer::parse(&headers).wait {
+    match wait {
         Some(wait) => wait_for(&config, event_id, wait).await,
         None => read(&config, event_id).await,
     }
@@ -95,6 +95,8 @@ async fn wait_for(config: &Arc<Shared>, event_id: EventId, wait: Duration) -> Re
         && first.headers().contains_key(header::RETRY_AFTER)
         && !jobs.closing.is_cancelled();
     let mut answer = if unfinished {
+        // Not held while waiting: a wait may last a minute.
+        drop(first);
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep(wait) => {}

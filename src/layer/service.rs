@@ -14,6 +14,7 @@ use crate::event::shared::Shared;
 use crate::layer::future::ResponseFuture;
 use crate::request::classify::{classify, is_plain, Classification};
 use crate::request::grpc::is_grpc;
+use crate::request::prefer;
 use crate::request::refusal::Refusal;
 use crate::wire::body::{OwnBody, RequestBody, ResponseBody};
 
@@ -130,9 +131,11 @@ impl<S> AsyncRequest<S> {
         if let Some(status) = &self.config.status {
             if status.owns(request.method(), request.uri()) {
                 let config = self.config.clone();
+                // Only what the answer needs is kept: a wait may be held for a minute.
+                let wait = prefer::parse(request.headers()).wait;
                 let (parts, _body) = request.into_parts();
                 return ResponseFuture::dispatch(Box::pin(async move {
-                    serve(config, parts.method, parts.uri, parts.headers)
+                    serve(config, parts.method, parts.uri, wait)
                         .await
                         .map(OwnBody::from)
                 }));

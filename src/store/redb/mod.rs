@@ -400,11 +400,21 @@ mod tests {
             store.cancel(&cancel(&cancelled_event)).await.unwrap(),
             CancelClaim::Cancelled
         );
-        assert_eq!(store.stats().durable_commits, durable + 1, "on disk before the answer");
-        let error = store.finished(&notification(&cancelled_event)).await.unwrap_err();
+        assert_eq!(
+            store.stats().durable_commits,
+            durable + 1,
+            "on disk before the answer"
+        );
+        let error = store
+            .finished(&notification(&cancelled_event))
+            .await
+            .unwrap_err();
         assert!(error.is_superseded(), "{error}");
 
-        store.finished(&notification(&finished_event)).await.unwrap();
+        store
+            .finished(&notification(&finished_event))
+            .await
+            .unwrap();
         assert_eq!(
             store.cancel(&cancel(&finished_event)).await.unwrap(),
             CancelClaim::Finished(Some(notification(&finished_event)))
