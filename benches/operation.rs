@@ -196,7 +196,7 @@ fn waits(count: usize) {
         let mut held = Vec::with_capacity(count);
         let live_before = LIVE.load(Relaxed);
         for _ in 0..count {
-            held.push(tokio::spawn(bare.clone().oneshot(status(true))));
+            held.push(tokio::spawn(bare.oneshot(status(true))));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let live = LIVE.load(Relaxed) - live_before;

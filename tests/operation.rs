@@ -722,6 +722,24 @@ async fn without_cancellation_a_delete_is_405_and_a_wrong_token_is_404() {
     assert!(!work.dropped.load(SeqCst));
 }
 
+/// A store that cannot record a cancel (one written before cancels: the trait's default):
+/// `503 store_unavailable`, and the event goes on to its own outcome.
+#[tokio::test]
+async fn a_cancel_the_store_cannot_record_is_503_and_the_event_goes_on() {
+    let mut receiver = Receiver::start(vec![]).await;
+    let work = Arc::new(Work::default());
+    let store = Arc::new(support::store::FaultyStore::default());
+    let base = serve(app(layer(store, &receiver), work.clone())).await;
+    let status = accept(&base, "").await;
+    started(&work, 1).await;
+    let refused = send(Method::DELETE, &status, &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.json["code"], "store_unavailable");
+    assert!(!work.dropped.load(SeqCst), "the job goes on");
+    work.gate.notify_one();
+    assert_eq!(receiver.next().await.json()["eventStatus"], "completed");
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;

@@ -212,9 +212,11 @@ where
         if jobs.cancellation {
             request.extensions_mut().insert(token.clone());
         }
-        request
-            .extensions_mut()
-            .insert(Progress::new(event_id, config.clone()));
+        request.extensions_mut().insert(Progress::new(
+            event_id,
+            jobs.clone(),
+            config.store.clone(),
+        ));
         token
     });
     // `call` itself may panic (a hand-written service); that is the job's panic too.

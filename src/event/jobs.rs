@@ -12,9 +12,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::shared::Shared;
-use crate::metrics::Counter;
-use crate::store::{unix_ms, ProgressRecord};
+use crate::metrics::{Counter, Counters};
+use crate::store::{unix_ms, EventStore, ProgressRecord};
 use crate::wire::ids::EventId;
 
 /// Longest message a progress report keeps, in bytes (a longer one is cut at a character).
@@ -240,7 +239,8 @@ impl Drop for Waiter {
 #[derive(Clone)]
 pub struct Progress {
     event_id: EventId,
-    shared: Arc<Shared>,
+    jobs: Arc<Jobs>,
+    store: Arc<dyn EventStore>,
 }
 
 impl std::fmt::Debug for Progress {
@@ -252,8 +252,12 @@ impl std::fmt::Debug for Progress {
 }
 
 impl Progress {
-    pub(crate) fn new(event_id: EventId, shared: Arc<Shared>) -> Self {
-        Self { event_id, shared }
+    pub(crate) fn new(event_id: EventId, jobs: Arc<Jobs>, store: Arc<dyn EventStore>) -> Self {
+        Self {
+            event_id,
+            jobs,
+            store,
+        }
     }
 
     /// The event this handle reports for.
@@ -264,9 +268,6 @@ impl Progress {
     /// Reports how far the job is: `percent` 0–100 (more counts as 100) and a message (cut to
     /// [`MAX_PROGRESS_MESSAGE`] bytes). After the job ended, does nothing.
     pub fn set(&self, percent: u8, message: impl AsRef<str>) {
-        let Some(jobs) = &self.shared.jobs else {
-            return;
-        };
         let message = message.as_ref();
         let mut end = message.len().min(MAX_PROGRESS_MESSAGE);
         while !message.is_char_boundary(end) {
@@ -277,24 +278,22 @@ impl Progress {
             message: message[..end].to_owned(),
             updated_at_ms: unix_ms(),
         };
-        if jobs.report(self.event_id, report) {
+        if self.jobs.report(self.event_id, report) {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(flush(self.shared.clone(), self.event_id));
+                let (jobs, store) = (self.jobs.clone(), self.store.clone());
+                runtime.spawn(flush(jobs, store, self.event_id));
             }
         }
     }
 }
 
 /// Writes an event's reports to the store, at most one a second, until none is left.
-async fn flush(shared: Arc<Shared>, event_id: EventId) {
-    let Some(jobs) = &shared.jobs else {
-        return;
-    };
+async fn flush(jobs: Arc<Jobs>, store: Arc<dyn EventStore>, event_id: EventId) {
     while let Some(next) = jobs.next_write(event_id) {
         match next {
             Err(wait) => tokio::time::sleep(wait).await,
             Ok(report) => {
-                if let Err(error) = shared.store.progress(event_id, &report).await {
+                if let Err(error) = store.progress(event_id, &report).await {
                     tracing::debug!(%error, "could not record a job's progress");
                 }
             }
@@ -304,18 +303,18 @@ async fn flush(shared: Arc<Shared>, event_id: EventId) {
 
 /// Counts a held wait while it lives.
 #[derive(Debug)]
-pub(crate) struct Counted<'a>(&'a Shared);
+pub(crate) struct Counted<'a>(&'a Counters);
 
 impl<'a> Counted<'a> {
-    pub(crate) fn new(shared: &'a Shared) -> Self {
-        shared.counters.add(Counter::Waiting);
-        Self(shared)
+    pub(crate) fn new(counters: &'a Counters) -> Self {
+        counters.add(Counter::Waiting);
+        Self(counters)
     }
 }
 
 impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.counters.sub(Counter::Waiting);
+        self.0.sub(Counter::Waiting);
     }
 }
 

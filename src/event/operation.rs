@@ -84,7 +84,7 @@ async fn wait_for(config: &Arc<Shared>, event_id: EventId, wait: Duration) -> Re
     let Some(waiter) = jobs.wait_for(event_id) else {
         return read(config, event_id).await;
     };
-    let _counted = Counted::new(config);
+    let _counted = Counted::new(&config.counters);
     // Registered before the first read: an end between the read and the wait still wakes it.
     let notify = Arc::clone(&waiter.notify);
     let notified = notify.notified();

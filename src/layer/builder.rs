@@ -348,7 +348,7 @@ impl AsyncRequestLayerBuilder {
 
     /// Whether clients may cancel an event with `DELETE` on its status URL (on by default with a
     /// status endpoint; off, such a request gets `405` with `Allow: GET`). See the
-    /// [crate docs](crate#status-monitor).
+    /// [crate docs](crate#the-status-endpoint).
     pub fn cancellation(mut self, enabled: bool) -> Self {
         self.cancellation = enabled;
         self

@@ -16,10 +16,12 @@
 //!  "statusCode":200,"response":{"…":"…"}}
 //! ```
 //!
-//! `eventStatus` is `dispatched`, `running`, `completed` or `failed`; `delivery.state` is `none`
-//! (nothing to deliver yet, or no callback URL), `pending`, `delivered` or `dead`. A finished
-//! event carries `statusCode` and `response` (or `error`) exactly as its notification does.
-//! Unfinished events answer with `Retry-After`. Finished events are kept for the status
+//! `eventStatus` is `dispatched`, `running`, `completed`, `failed` or `cancelled`;
+//! `delivery.state` is `none` (nothing to deliver yet, or no callback URL), `pending`,
+//! `delivered` or `dead`. A finished event carries `statusCode` and `response` (or `error`)
+//! exactly as its notification does; a job that reported progress, `progress`. Unfinished events
+//! answer with `Retry-After`. This file reads status URLs and writes the answers; waiting
+//! (`Prefer: wait`) and cancelling (`DELETE`) are the event stage's (`event/operation.rs`). Finished events are kept for the status
 //! retention (default 24 h; `.status_retention(..)`), within the store's own bounds.
 
 use std::fmt;
