@@ -522,7 +522,7 @@ async fn cancels_and_held_waits_are_counted() {
         .unwrap();
     let handle = layer.handle();
     let app = Router::new()
-        .route("/work", post(|| std::future::pending::<&'static str>()))
+        .route("/work", post(std::future::pending::<&'static str>))
         .layer(layer);
     let addr = serve(app).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
