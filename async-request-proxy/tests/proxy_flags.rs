@@ -1394,3 +1394,49 @@ async fn through_the_proxy_a_status_url_waits_and_cancels() {
     assert_eq!(delete().await.unwrap().status(), StatusCode::CONFLICT);
     terminated(proxy, 0).await;
 }
+
+/// A cancel drops the proxy's forwarded request: the API behind it sees its connection closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_through_the_proxy_closes_the_forwarded_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (began, begun) = tokio::sync::oneshot::channel();
+    let (was_closed, closed) = tokio::sync::oneshot::channel();
+    // An API that reads the request and never answers, and says when its connection closes.
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        let mut began = Some(began);
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buffer[..n]),
+            }
+            if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                if let Some(began) = began.take() {
+                    let _ = began.send(());
+                }
+            }
+        }
+        let _ = was_closed.send(());
+    });
+    let receiver = Receiver::start(Vec::new()).await;
+    let proxy = Proxy::unsigned(
+        &format!("http://{upstream}"),
+        &["--callback-url", &receiver.url(), "--status-path", "/events"],
+    );
+    let (headers, _) = accepted(async_post(proxy.url("/hold"))).await;
+    let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    begun.await.expect("the API got the request");
+    let cancel = Request::delete(proxy.url(&location))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let cancelled = common::client().request(cancel).await.unwrap();
+    assert_eq!(cancelled.status(), StatusCode::ACCEPTED);
+    tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .expect("the forwarded request's connection was closed")
+        .unwrap();
+    terminated(proxy, 0).await;
+}
