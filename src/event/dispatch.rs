@@ -256,7 +256,8 @@ where
         // This node's view of the job ends here; its last report goes with the outcome.
         event.progress = shared.jobs.as_ref().and_then(|jobs| jobs.end(event_id));
         let Some(ended) = ended else {
-            tracing::info!("the job was dropped: a client cancelled the event");
+            // A client cancelled the event, or another node ended it (a takeover).
+            tracing::info!("the event has another outcome already; its job was dropped");
             return;
         };
         let (outcome, parsed) = match (ended, answer_tx) {
