@@ -29,7 +29,7 @@ use crate::admission::in_flight::Permit;
 use crate::error::BoxError;
 use crate::event::idempotency::Recording;
 use crate::event::job;
-use crate::event::jobs::Progress;
+use crate::event::jobs::{Progress, Stoppable};
 use crate::event::receipt::receipt;
 use crate::event::recovery::ensure_recovered;
 use crate::event::shared::Shared;
@@ -207,17 +207,17 @@ where
     );
     // With a status endpoint, clients may cancel the job and watch its progress: the handler
     // finds both in the request's extensions.
-    let cancel = config.jobs.as_ref().map(|jobs| {
-        let token = jobs.start(event_id);
-        if jobs.cancellation {
-            request.extensions_mut().insert(token.clone());
+    let stop = config.jobs.as_ref().map(|jobs| {
+        let (stop, token) = jobs.start(event_id);
+        if let Some(token) = token {
+            request.extensions_mut().insert(token);
         }
         request.extensions_mut().insert(Progress::new(
             event_id,
             jobs.clone(),
             config.store.clone(),
         ));
-        token
+        stop
     });
     // `call` itself may panic (a hand-written service); that is the job's panic too.
     // Boxed before the task captures it, so the work's state (which may hold the whole request)
@@ -248,7 +248,9 @@ where
                     shared.max_response_bytes,
                     shared.job_timeout,
                 ));
-                job::unless_cancelled(cancel.as_ref(), run).await
+                // A cancel drops the work, the tower way: its future is never polled again
+                // (nor at all, if the cancel came first).
+                Stoppable::new(stop, run).await
             }
             Err(panic) => Some(Err(job::panicked(panic))),
         };

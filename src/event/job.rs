@@ -18,7 +18,6 @@ use http::{header, HeaderValue, Response, Uri};
 use http_body::Body;
 use http_body_util::LengthLimitError;
 use pin_project_lite::pin_project;
-use tokio_util::sync::CancellationToken;
 
 use crate::admission::in_flight::Permit;
 use crate::delivery::attempt::deliver;
@@ -105,22 +104,6 @@ where
                 format!("the job did not finish within {limit:?}"),
             ))
         })
-}
-
-/// Runs `work` unless `cancel` fires first: a cancel drops the work, the tower way (its future is
-/// never polled again, nor at all if the cancel came first); `None` then.
-pub(crate) async fn unless_cancelled<F: Future>(
-    cancel: Option<&CancellationToken>,
-    work: F,
-) -> Option<F::Output> {
-    match cancel {
-        Some(token) => tokio::select! {
-            biased;
-            _ = token.cancelled() => None,
-            ended = work => Some(ended),
-        },
-        None => Some(work.await),
-    }
 }
 
 /// Longest wait between two tries to record an outcome the store refused.
@@ -322,70 +305,6 @@ mod tests {
             .header("content-type", "text/plain")
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .unwrap())
-    }
-
-    /// Flips `polled` when polled, then never ends; flips `dropped` when dropped.
-    struct Work {
-        polled: Arc<std::sync::atomic::AtomicBool>,
-        dropped: Arc<std::sync::atomic::AtomicBool>,
-    }
-
-    impl Future for Work {
-        type Output = ();
-        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-            self.polled.store(true, std::sync::atomic::Ordering::SeqCst);
-            Poll::Pending
-        }
-    }
-
-    impl Drop for Work {
-        fn drop(&mut self) {
-            self.dropped
-                .store(true, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    #[tokio::test]
-    async fn a_cancel_drops_the_work_and_work_cancelled_before_it_started_never_starts() {
-        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
-        let flags = || {
-            (
-                Arc::new(AtomicBool::new(false)),
-                Arc::new(AtomicBool::new(false)),
-            )
-        };
-        // Cancelled before it started: never polled, dropped.
-        let (polled, dropped) = flags();
-        let token = CancellationToken::new();
-        token.cancel();
-        let work = Work {
-            polled: polled.clone(),
-            dropped: dropped.clone(),
-        };
-        assert_eq!(unless_cancelled(Some(&token), work).await, None);
-        assert!(
-            !polled.load(SeqCst),
-            "a job cancelled before it started never starts"
-        );
-        assert!(dropped.load(SeqCst));
-        // Cancelled while it runs: dropped, never polled again.
-        let (polled, dropped) = flags();
-        let token = CancellationToken::new();
-        let work = Work {
-            polled: polled.clone(),
-            dropped: dropped.clone(),
-        };
-        let running = tokio::spawn({
-            let token = token.clone();
-            async move { unless_cancelled(Some(&token), work).await }
-        });
-        while !polled.load(SeqCst) {
-            tokio::task::yield_now().await;
-        }
-        assert!(!dropped.load(SeqCst));
-        token.cancel();
-        assert_eq!(running.await.unwrap(), None);
-        assert!(dropped.load(SeqCst));
     }
 
     #[tokio::test]

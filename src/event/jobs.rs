@@ -4,9 +4,14 @@
 //! Kept only with a status endpoint (there is no one to cancel, watch or wait otherwise), so a
 //! layer without one pays nothing here.
 
-use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+
+use pin_project_lite::pin_project;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -14,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Counter, Counters};
 use crate::store::{unix_ms, EventStore, ProgressRecord};
-use crate::wire::ids::EventId;
+use crate::wire::ids::{EventId, IdMap};
 
 /// Longest message a progress report keeps, in bytes (a longer one is cut at a character).
 pub const MAX_PROGRESS_MESSAGE: usize = 256;
@@ -30,8 +35,11 @@ pub(crate) struct Jobs {
     /// Whether clients may cancel (`DELETE` on a status URL).
     pub(crate) cancellation: bool,
     pub(crate) max_waiters: usize,
-    running: Mutex<HashMap<EventId, Running>>,
+    running: Mutex<IdMap<EventId, Running>>,
     waiters: Mutex<Waiting>,
+    /// Waits held now (also counted under `waiters`' lock), so an end with no one waiting does
+    /// not take the lock.
+    held: AtomicUsize,
     /// Cancelled when the layer shuts down: every held wait is answered at once.
     pub(crate) closing: CancellationToken,
 }
@@ -39,14 +47,80 @@ pub(crate) struct Jobs {
 /// Who waits for which event (its wake-up and how many wait), and how many waits are held.
 #[derive(Debug, Default)]
 struct Waiting {
-    by_event: HashMap<EventId, (Arc<Notify>, usize)>,
+    by_event: IdMap<EventId, (Arc<Notify>, usize)>,
     held: usize,
 }
 
 #[derive(Debug)]
 struct Running {
-    cancel: CancellationToken,
+    stop: Arc<Stop>,
+    /// The token in the request's extensions (with cancellation on).
+    token: Option<CancellationToken>,
     progress: Option<Report>,
+}
+
+/// A job's stop signal: set by a cancel, seen by the job's future when it is next polled (it is
+/// woken for that). Lighter than polling a `CancellationToken` (a lock per poll, and a waiter
+/// registered with its `Notify`) on every event.
+#[derive(Debug, Default)]
+pub(crate) struct Stop {
+    stopped: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Stop {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        if let Some(waker) = lock(&self.waker).take() {
+            waker.wake();
+        }
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+}
+
+pin_project! {
+    /// Runs a job's work unless its [`Stop`] is set first: then the work is dropped, never polled
+    /// again (nor at all, if the stop came first), and the output is `None`.
+    #[derive(Debug)]
+    pub(crate) struct Stoppable<F> {
+        stop: Option<Arc<Stop>>,
+        #[pin]
+        work: F,
+    }
+}
+
+impl<F> Stoppable<F> {
+    pub(crate) fn new(stop: Option<Arc<Stop>>, work: F) -> Self {
+        Self { stop, work }
+    }
+}
+
+impl<F: Future> Future for Stoppable<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(stop) = this.stop.as_deref() {
+            if stop.is_stopped() {
+                return Poll::Ready(None);
+            }
+            {
+                let mut waker = lock(&stop.waker);
+                match &*waker {
+                    Some(kept) if kept.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+            }
+            // A stop between the first look and the waker's registration is seen here.
+            if stop.is_stopped() {
+                return Poll::Ready(None);
+            }
+        }
+        this.work.poll(cx).map(Some)
+    }
 }
 
 /// A job's last progress report and where its write to the store is.
@@ -72,21 +146,25 @@ impl Jobs {
             max_waiters,
             running: Mutex::default(),
             waiters: Mutex::default(),
+            held: AtomicUsize::new(0),
             closing: CancellationToken::new(),
         }
     }
 
-    /// A job of this node starts: the token that drops it when a client cancels.
-    pub(crate) fn start(&self, event_id: EventId) -> CancellationToken {
-        let cancel = CancellationToken::new();
+    /// A job of this node starts: the signal that drops it when a client cancels, and (with
+    /// cancellation on) the token its handler finds in the request's extensions.
+    pub(crate) fn start(&self, event_id: EventId) -> (Arc<Stop>, Option<CancellationToken>) {
+        let stop = Arc::new(Stop::default());
+        let token = self.cancellation.then(CancellationToken::new);
         lock(&self.running).insert(
             event_id,
             Running {
-                cancel: cancel.clone(),
+                stop: Arc::clone(&stop),
+                token: token.clone(),
                 progress: None,
             },
         );
-        cancel
+        (stop, token)
     }
 
     /// The job's work ended (or was dropped): its last report, if the store does not have it yet.
@@ -101,13 +179,15 @@ impl Jobs {
     /// The event ended elsewhere (a client's cancel on any node, a takeover): its job, if it
     /// runs here, is dropped.
     pub(crate) fn drop_job(&self, event_id: EventId) -> bool {
-        match lock(&self.running).remove(&event_id) {
-            Some(running) => {
-                running.cancel.cancel();
-                true
-            }
-            None => false,
+        let Some(running) = lock(&self.running).remove(&event_id) else {
+            return false;
+        };
+        // The token first: a handler's own tasks are told before its future is dropped.
+        if let Some(token) = running.token {
+            token.cancel();
         }
+        running.stop.stop();
+        true
     }
 
     /// The freshest progress this node knows of a job running here.
@@ -171,6 +251,7 @@ impl Jobs {
             return None;
         }
         waiting.held += 1;
+        self.held.fetch_add(1, Ordering::SeqCst);
         let entry = waiting
             .by_event
             .entry(event_id)
@@ -185,6 +266,13 @@ impl Jobs {
 
     /// `event_id` ended: every client waiting for it is answered.
     pub(crate) fn ended(&self, event_id: EventId) {
+        // A wait is counted before it reads the status, and the end was written before this
+        // look: one of the two sees the other (the fence and the count's read-modify-write keep
+        // the two orders), so a wait counted after this look finds the end in the store.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.held.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         if let Some((notify, _)) = lock(&self.waiters).by_event.get(&event_id) {
             notify.notify_waiters();
         }
@@ -203,6 +291,7 @@ impl Drop for Waiter {
     fn drop(&mut self) {
         let mut waiting = lock(&self.jobs.waiters);
         waiting.held -= 1;
+        self.jobs.held.fetch_sub(1, Ordering::AcqRel);
         if let Some(entry) = waiting.by_event.get_mut(&self.event_id) {
             entry.1 -= 1;
             if entry.1 == 0 {
@@ -334,7 +423,7 @@ mod tests {
     async fn reports_are_written_at_most_once_a_second_and_the_last_is_kept() {
         let jobs = Jobs::new(true, 10);
         let id = EventId::new(7);
-        jobs.start(id);
+        let _started = jobs.start(id);
         assert!(
             jobs.report(id, report(10)),
             "the first report starts a writer"
@@ -374,12 +463,63 @@ mod tests {
     }
 
     #[test]
-    fn a_job_dropped_elsewhere_has_its_token_cancelled() {
+    fn a_job_dropped_elsewhere_has_its_stop_set_and_its_token_cancelled() {
         let jobs = Jobs::new(true, 1);
-        let token = jobs.start(EventId::new(3));
+        let (stop, token) = jobs.start(EventId::new(3));
         assert!(!jobs.drop_job(EventId::new(4)));
         assert!(jobs.drop_job(EventId::new(3)));
-        assert!(token.is_cancelled());
+        assert!(stop.is_stopped());
+        assert!(token.unwrap().is_cancelled());
         assert_eq!(jobs.end(EventId::new(3)), None);
+        let without = Jobs::new(false, 1);
+        assert!(without.start(EventId::new(5)).1.is_none(), "no token without cancellation");
+    }
+
+    /// Flips `polled` when polled, then never ends; flips `dropped` when dropped.
+    struct Work {
+        polled: Arc<AtomicBool>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Future for Work {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            self.polled.store(true, Ordering::SeqCst);
+            Poll::Pending
+        }
+    }
+
+    impl Drop for Work {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_drops_the_work_and_work_stopped_before_it_started_never_starts() {
+        let flags = || (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let work = |(polled, dropped): &(Arc<AtomicBool>, Arc<AtomicBool>)| Work {
+            polled: polled.clone(),
+            dropped: dropped.clone(),
+        };
+        // Stopped before it started: never polled, dropped.
+        let jobs = Jobs::new(false, 1);
+        let first = flags();
+        let (stop, _) = jobs.start(EventId::new(1));
+        jobs.drop_job(EventId::new(1));
+        assert_eq!(Stoppable::new(Some(stop), work(&first)).await, None);
+        assert!(!first.0.load(Ordering::SeqCst), "a job stopped before it started never starts");
+        assert!(first.1.load(Ordering::SeqCst));
+        // Stopped while it runs: woken, dropped, never polled again.
+        let second = flags();
+        let (stop, _) = jobs.start(EventId::new(2));
+        let running = tokio::spawn(Stoppable::new(Some(stop), work(&second)));
+        while !second.0.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await;
+        }
+        assert!(!second.1.load(Ordering::SeqCst));
+        jobs.drop_job(EventId::new(2));
+        assert_eq!(running.await.unwrap(), None);
+        assert!(second.1.load(Ordering::SeqCst));
     }
 }

@@ -8,6 +8,7 @@
 //! delivered like any other. The answer says which outcome won: `202` with the status answer, or
 //! `409 already_finished`.
 
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -97,11 +98,20 @@ async fn wait_for(config: &Arc<Shared>, event_id: EventId, wait: Duration) -> Re
     let mut answer = if unfinished {
         // Not held while waiting: a wait may last a minute.
         drop(first);
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep(wait) => {}
-            _ = jobs.closing.cancelled() => {}
-        }
+        // Whichever comes first: the end, the deadline, the layer's shutdown.
+        let deadline = tokio::time::sleep(wait);
+        let closing = jobs.closing.cancelled();
+        let (mut deadline, mut closing) = (std::pin::pin!(deadline), std::pin::pin!(closing));
+        std::future::poll_fn(|cx| {
+            if notified.as_mut().poll(cx).is_ready()
+                || deadline.as_mut().poll(cx).is_ready()
+                || closing.as_mut().poll(cx).is_ready()
+            {
+                return std::task::Poll::Ready(());
+            }
+            std::task::Poll::Pending
+        })
+        .await;
         read(config, event_id).await
     } else {
         first

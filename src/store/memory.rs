@@ -1,3 +1,4 @@
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
@@ -148,15 +149,21 @@ impl Records {
     }
 
     fn put(&mut self, mut record: NotificationRecord) {
-        // Delivery's copy of a notification carries no progress report: keep the stored one.
-        if record.progress.is_none() {
-            if let Some(kept) = self.notifications.get_mut(&record.notification_id) {
-                record.progress = kept.progress.take();
-            }
-        }
         self.by_event
             .insert(record.event_id, record.notification_id);
-        self.notifications.insert(record.notification_id, record);
+        match self.notifications.entry(record.notification_id) {
+            Entry::Occupied(mut kept) => {
+                // Delivery's copy of a notification carries no progress report: keep the stored
+                // one.
+                if record.progress.is_none() {
+                    record.progress = kept.get_mut().progress.take();
+                }
+                kept.insert(record);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(record);
+            }
+        }
     }
 }
 
