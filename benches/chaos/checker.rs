@@ -205,6 +205,31 @@ pub(crate) fn check(history: &History) -> bool {
         }
     }
 
+    // A delivery written with asynchronous commit (the store contract) and taken by the receiver
+    // just before an immediate stop of PostgreSQL may be lost with the server's unflushed WAL:
+    // the row then says pending. Documented; counted apart, not a broken guarantee.
+    let immediate_stops: Vec<u64> = history
+        .faults
+        .iter()
+        .filter(|f| f.kind == Kind::Restart(crate::schedule::StopMode::Immediate))
+        .map(|f| f.start_ms)
+        .collect();
+    let unflushed: HashSet<u64> = per_event
+        .iter()
+        .filter_map(|(&event_id, hits)| {
+            let taken = hits
+                .iter()
+                .filter(|h| h.answered == Answered::Accepted)
+                .map(|h| h.at_ms)
+                .min()?;
+            immediate_stops
+                .iter()
+                .any(|&stop| stop + 200 >= taken && stop <= taken + 1_500)
+                .then_some(event_id)
+        })
+        .collect();
+    let mut lost_delivery_writes = 0u64;
+
     // The database at the end.
     let mut stored = Guarantee::new("the store holds nothing unfinished, dead or unreceipted");
     let mut state_counts = [0u64; 5];
@@ -212,6 +237,10 @@ pub(crate) fn check(history: &History) -> bool {
         for &(event_id, _, state) in &database.events {
             if let Some(count) = state_counts.get_mut(state as usize) {
                 *count += 1;
+            }
+            if state == 1 && unflushed.contains(&event_id) {
+                lost_delivery_writes += 1;
+                continue;
             }
             let name = match state {
                 0 => Some("accepted, its job never ended"),
@@ -258,7 +287,8 @@ pub(crate) fn check(history: &History) -> bool {
             ),
         };
         let state = read.body["delivery"]["state"].as_str().unwrap_or("?");
-        if read.status != 200 || Some(&outcome) != expected || state != "delivered" {
+        let state_ok = state == "delivered" || unflushed.contains(&read.event_id);
+        if read.status != 200 || Some(&outcome) != expected || !state_ok {
             readable.broken.push((
                 read.event_id,
                 format!(
@@ -411,6 +441,11 @@ pub(crate) fn check(history: &History) -> bool {
             out,
             "store at the end: accepted {}, pending {}, delivered {}, dead {}, not requested {}",
             state_counts[0], state_counts[1], state_counts[2], state_counts[3], state_counts[4]
+        );
+        let _ = writeln!(
+            out,
+            "deliveries taken just before an immediate stop, their asynchronous write lost \
+             (still pending in the store): {lost_delivery_writes}"
         );
     }
     let _ = writeln!(
