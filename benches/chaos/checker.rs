@@ -328,7 +328,7 @@ pub(crate) fn check(history: &History) -> bool {
                 entry.0 += 1;
                 entry.1 += during_fault(sent) as u64;
             }
-            Answer::NoAnswer(_) => {
+            Answer::Silent(_) => {
                 no_answer.0 += 1;
                 no_answer.1 += during_fault(sent) as u64;
             }
@@ -402,7 +402,7 @@ pub(crate) fn check(history: &History) -> bool {
             _ => 0,
         };
         let first_answer = match &first.answer {
-            Answer::NoAnswer(why) => format!("no answer ({why})"),
+            Answer::Silent(why) => format!("no answer ({why})"),
             Answer::Refused { status, code } => format!("{status} {code}"),
             Answer::Receipt { .. } => "a receipt".into(),
         };

@@ -26,8 +26,8 @@ pub(crate) enum Answer {
     },
     /// Another status, with the refusal's code.
     Refused { status: u16, code: String },
-    /// No answer: the connection failed, or the timeout.
-    NoAnswer(String),
+    /// No answer: the connection failed, or none came within the timeout.
+    Silent(String),
 }
 
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ impl LoadClient {
 
     /// Sends `rate` requests per second until `until_ms`; returns when every answer is in.
     pub(crate) async fn run(&self, rate: u64, until_ms: u64, seed: u64) {
-        let mut rng = Rng::new(seed ^ 0xC11E_47);
+        let mut rng = Rng::new(seed ^ 0x00C1_1E47);
         let started = now_ms();
         let mut seq = 0u64;
         let mut tasks = tokio::task::JoinSet::new();
@@ -111,7 +111,7 @@ impl LoadClient {
             .expect("a request");
         let answer = match tokio::time::timeout(ANSWER_TIMEOUT, self.exchange(request)).await {
             Ok(answer) => answer,
-            Err(_) => Answer::NoAnswer("timeout".into()),
+            Err(_) => Answer::Silent("timeout".into()),
         };
         Sent {
             seq,
@@ -126,7 +126,7 @@ impl LoadClient {
     async fn exchange(&self, request: http::Request<Full<Bytes>>) -> Answer {
         let response = match self.http.request(request).await {
             Ok(response) => response,
-            Err(error) => return Answer::NoAnswer(error_chain(&error)),
+            Err(error) => return Answer::Silent(error_chain(&error)),
         };
         let status = response.status().as_u16();
         let location = response
@@ -138,7 +138,7 @@ impl LoadClient {
         let replayed = response.headers().contains_key("idempotent-replayed");
         let body = match response.into_body().collect().await {
             Ok(body) => body.to_bytes(),
-            Err(error) => return Answer::NoAnswer(format!("body: {error}")),
+            Err(error) => return Answer::Silent(format!("body: {error}")),
         };
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         match (status, json["eventId"].as_u64()) {

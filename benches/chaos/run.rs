@@ -433,7 +433,7 @@ async fn resend(client: &LoadClient, sent: &[Sent], nodes: usize) -> Vec<Sent> {
                 let definite = match &last.answer {
                     Answer::Receipt { .. } => true,
                     Answer::Refused { status, .. } => *status != 503 && *status != 409,
-                    Answer::NoAnswer(_) => false,
+                    Answer::Silent(_) => false,
                 };
                 if definite {
                     break;
