@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 
 use crate::client::{Answer, Sent, StatusRead};
-use crate::receiver::{Answered, Hit};
+use crate::receiver::Hit;
 use crate::run::Done;
 use crate::schedule::{Kind, LEASE};
 
@@ -183,10 +183,7 @@ pub(crate) fn check(history: &History) -> bool {
                 }
             }
         }
-        let accepted = hits
-            .iter()
-            .filter(|hit| hit.answered == Answered::Accepted)
-            .count() as u64;
+        let accepted = hits.iter().filter(|hit| hit.answered.taken()).count() as u64;
         resends += accepted.saturating_sub(1);
     }
 
@@ -195,7 +192,7 @@ pub(crate) fn check(history: &History) -> bool {
     for (&event_id, &seq) in &event_seq {
         let taken = per_event
             .get(&event_id)
-            .is_some_and(|hits| hits.iter().any(|hit| hit.answered == Answered::Accepted));
+            .is_some_and(|hits| hits.iter().any(|hit| hit.answered.taken()));
         if !taken {
             let seen = per_event.get(&event_id).map_or(0, Vec::len);
             delivered.broken.push((
@@ -219,7 +216,7 @@ pub(crate) fn check(history: &History) -> bool {
         .filter_map(|(&event_id, hits)| {
             let taken = hits
                 .iter()
-                .filter(|h| h.answered == Answered::Accepted)
+                .filter(|h| h.answered.taken())
                 .map(|h| h.at_ms)
                 .min()?;
             immediate_stops
@@ -421,7 +418,7 @@ pub(crate) fn check(history: &History) -> bool {
     }
     let accepted_events = per_event
         .values()
-        .filter(|hits| hits.iter().any(|h| h.answered == Answered::Accepted))
+        .filter(|hits| hits.iter().any(|h| h.answered.taken()))
         .count() as u64;
     let _ = writeln!(
         out,
@@ -471,7 +468,13 @@ pub(crate) fn check(history: &History) -> bool {
         history
             .takeovers
             .iter()
-            .filter(|(at, nodes)| *at >= fault.start_ms && nodes.contains(&id))
+            // A takeover this fault caused: before the node was back for long (a node that
+            // came back in time may be taken over by a later fault instead).
+            .filter(|(at, nodes)| {
+                *at >= fault.start_ms
+                    && *at <= fault.end_ms + 2 * LEASE.as_millis() as u64
+                    && nodes.contains(&id)
+            })
             .map(|(at, _)| at - fault.start_ms)
             .min()
     };

@@ -18,7 +18,9 @@ pub(crate) enum Answered {
     /// `200` at once: the notification is taken.
     Accepted,
     Unavailable,
-    /// `200`, after the nodes' attempt timeout: not counted as taken.
+    /// `200`, after the nodes' attempt timeout. Taken all the same: the receiver said yes, and a
+    /// node stopped (SIGSTOP) while waiting reads that `200` before its timeout when it
+    /// continues; a node that timed out sends it again (a re-send).
     Late,
     Reset,
 }
@@ -45,6 +47,13 @@ fn code(spell: Option<Spell>) -> u8 {
         Some(Spell::Unavailable) => 1,
         Some(Spell::Slow) => 2,
         Some(Spell::Reset) => 3,
+    }
+}
+
+impl Answered {
+    /// Whether the receiver answered `200`: it has the notification.
+    pub(crate) fn taken(self) -> bool {
+        matches!(self, Answered::Accepted | Answered::Late)
     }
 }
 

@@ -13,7 +13,7 @@ use crate::nodes::{worker_binary, Logs, Node, SharedLogs};
 use crate::now_ms;
 use crate::options::Options;
 use crate::proxy::DbProxy;
-use crate::receiver::{Answered, Receiver};
+use crate::receiver::Receiver;
 use crate::schedule::{Fault, Kind, Schedule, LEASE};
 
 /// Each delivery attempt's bound on the nodes; the receiver's slow answers take longer.
@@ -180,7 +180,7 @@ pub(crate) async fn run(options: Options) -> Result<bool, String> {
             .lock()
             .unwrap()
             .iter()
-            .filter(|hit| hit.answered == Answered::Accepted)
+            .filter(|hit| hit.answered.taken())
             .filter_map(|hit| checker::event_id_of(&hit.body))
             .collect();
         let waiting = receipts.iter().filter(|id| !taken.contains(id)).count();
