@@ -15,10 +15,14 @@
 //! restart with another key shows that what was pending is signed with the instance's current key.
 //!
 //! `POST /work?ms=N` sleeps N milliseconds and answers `{"slept":N}`; send it with
-//! `Elements-Async-Request: true`. The receipt's `Location` is the event's status
+//! `Elements-Async-Request: true`. A JSON body with a `seq` field (`{"seq":7}`) is echoed in the
+//! answer, `{"slept":N,"seq":7}`, so a load client can tell its requests' notifications apart
+//! (the chaos harness, `benches/chaos/`). The receipt's `Location` is the event's status
 //! (`GET /events/{eventId}?token=…`, tokens made with `--status-secret S` or a fixed example
-//! secret), which the crash tests read to tell when a notification was recorded as delivered. The first line printed is `listening on <addr>`; the crate's log
-//! (`tracing`, debug and up) goes to stderr, one line per record, for the tests to read.
+//! secret), which the crash tests read to tell when a notification was recorded as delivered.
+//! The first line printed is `listening on <addr>`; the crate's log (`tracing`, debug and up, or
+//! `--log info`) goes to stderr, one line per record, for the tests to read, after a line
+//! `node <id>` on PostgreSQL. `--attempt-timeout-ms N` bounds each delivery attempt.
 
 use std::io::Write;
 use std::time::Duration;
@@ -36,9 +40,15 @@ struct Work {
     ms: u64,
 }
 
-async fn work(Query(work): Query<Work>) -> Json<Value> {
+async fn work(Query(work): Query<Work>, body: axum::body::Bytes) -> Json<Value> {
     tokio::time::sleep(Duration::from_millis(work.ms)).await;
-    Json(json!({ "slept": work.ms }))
+    let seq = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|body| body.get("seq").cloned());
+    match seq {
+        Some(seq) => Json(json!({ "slept": work.ms, "seq": seq })),
+        None => Json(json!({ "slept": work.ms })),
+    }
 }
 
 fn arg(name: &str) -> Option<String> {
@@ -63,16 +73,18 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use tracing_subscriber::prelude::*;
+    let level = match arg("--log").as_deref() {
+        None | Some("debug") => tracing::Level::DEBUG,
+        Some("info") => tracing::Level::INFO,
+        Some(other) => return Err(format!("--log debug|info, not {other:?}").into()),
+    };
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(false),
         )
-        .with(
-            tracing_subscriber::filter::Targets::new()
-                .with_target("tower_async_request", tracing::Level::DEBUG),
-        )
+        .with(tracing_subscriber::filter::Targets::new().with_target("tower_async_request", level))
         .init();
     let callback = arg("--callback").ok_or("--callback URL is required")?;
     let schedule = arg("--retry-ms")
@@ -107,6 +119,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 store = store.node_id(id.parse()?);
             }
             let store = std::sync::Arc::new(store.connect().await?);
+            eprintln!("node {}", store.node_id());
             postgres = Some(store.clone());
             builder = builder.store(store);
         }
@@ -127,6 +140,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     if let Some(schedule) = schedule {
         builder = builder.retry_schedule(schedule);
+    }
+    if let Some(ms) = arg("--attempt-timeout-ms") {
+        builder = builder.attempt_timeout(Duration::from_millis(ms.parse()?));
     }
     let layer = builder.build()?;
     let handle = layer.handle();

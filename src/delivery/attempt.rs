@@ -32,6 +32,8 @@ use crate::store::{
 };
 use crate::wire::header::{HeaderText, ELEMENTS_EVENT_ID};
 
+/// The longest wait between two tries to record a delivery the store could not take.
+const MAX_DELIVERED_WAIT: Duration = Duration::from_secs(5);
 const USER_AGENT: &str = concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION"));
 
 /// Called with every notification that becomes a dead letter.
@@ -304,9 +306,7 @@ impl Delivery {
                 let now = unix_ms();
                 notification.retain_until_ms =
                     now.saturating_add(self.retention.as_millis() as u64);
-                if let Err(error) = self.store.delivered(notification).await {
-                    tracing::error!(%error, "could not record a delivery; it may be repeated after a restart");
-                }
+                self.record_delivered(notification).await;
                 counters.delivered_after(Duration::from_millis(
                     now.saturating_sub(notification.accepted_at_ms),
                 ));
@@ -343,6 +343,24 @@ impl Delivery {
         }
         permit.add(&self.counters, Counter::Retries);
         Next::Later
+    }
+
+    /// Records a delivery, trying again while the store cannot take it (100 ms, doubling up to
+    /// 5 s): left unrecorded while this node lives, the event would read `pending` on every node
+    /// for good, and a peer taking the node's work over would send it again.
+    async fn record_delivered(&self, notification: &NotificationRecord) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.store.delivered(notification).await {
+                Ok(()) => return,
+                Err(error) if error.is_superseded() => return,
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?wait, "could not record a delivery; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_DELIVERED_WAIT);
+                }
+            }
+        }
     }
 
     /// Records a notification as a dead letter.

@@ -1,5 +1,5 @@
 //! A store that fails on demand, over a `MemoryStore`: new events it cannot record, the next
-//! outcomes it cannot record, reads that fail, and a health check that never answers. It keeps
+//! outcomes or deliveries it cannot record, reads that fail, and a health check that never answers. It keeps
 //! no idempotency keys (`EventStore::dispatched_with_key`'s default), as a store written before
 //! them would.
 
@@ -18,6 +18,8 @@ pub struct FaultyStore {
     pub failing_dispatched: AtomicBool,
     /// How many of the next outcomes (`finished`) fail.
     pub failing_outcomes: AtomicUsize,
+    /// How many of the next deliveries (`delivered`) fail to be recorded.
+    pub failing_deliveries: AtomicUsize,
     /// Whether status and dead-letter reads fail.
     pub failing_reads: AtomicBool,
     /// Whether the health check never answers.
@@ -71,6 +73,13 @@ impl EventStore for FaultyStore {
         self.inner.attempted(notification)
     }
     fn delivered<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
+        let failing = self
+            .failing_deliveries
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if failing {
+            return Box::pin(async { Err(StoreError::new("the database is out of reach")) });
+        }
         self.inner.delivered(notification)
     }
     fn dead<'a>(&'a self, notification: &'a NotificationRecord) -> StoreFuture<'a, ()> {
