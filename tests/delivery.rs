@@ -608,3 +608,34 @@ async fn a_delivery_the_store_cannot_record_is_recorded_once_it_can() {
         other => panic!("not recorded as delivered: {other:?}"),
     }
 }
+
+/// Found by the chaos harness (an immediate PostgreSQL stop): the write of a new event was
+/// committed but its answer lost, so the client was refused with `503`, and the event stayed
+/// unfinished for as long as the node lived (its job never started; no peer took it over; a
+/// request sent again under its key was answered with its receipt). Now the node checks such an
+/// event once the store answers: recorded, it ends `interrupted`, notified once.
+#[tokio::test]
+async fn an_event_refused_as_unrecorded_but_recorded_after_all_ends_interrupted() {
+    let mut receiver = Receiver::start(vec![]).await;
+    let store = Arc::new(support::store::FaultyStore::default());
+    store.lost_dispatch_acks.store(1, Ordering::SeqCst);
+    let layer = builder(&receiver).store(store.clone()).build().unwrap();
+    let handle = layer.handle();
+    let (status, refusal) = send(&app(layer), async_request()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refusal["code"], "store_unavailable");
+    let notification = receiver.next().await.json();
+    assert_eq!(notification["eventStatus"], "failed");
+    assert_eq!(notification["error"]["code"], "interrupted");
+    let event_id = EventId::new(notification["eventId"].as_u64().unwrap());
+    eventually("recorded as delivered", || handle.metrics().delivered == 1).await;
+    assert!(
+        !matches!(
+            store.status(event_id).await.unwrap(),
+            Some(EventSnapshot::Unfinished(_))
+        ),
+        "no longer unfinished"
+    );
+    let metrics = handle.metrics();
+    assert_eq!((metrics.accepted, metrics.completed, metrics.failed), (0, 0, 1));
+}

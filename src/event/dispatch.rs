@@ -39,7 +39,10 @@ use crate::request::callback_url;
 use crate::request::grpc;
 use crate::request::idempotency::{fingerprint, key_of};
 use crate::request::refusal::{Refusal, RefusalCode};
-use crate::store::{unix_ms, EventRecord, IdempotencyKey, KeyClaim, KeyScope, StoreError};
+use crate::event::notification::{FailureCode, Outcome};
+use crate::store::{
+    unix_ms, EventRecord, EventSnapshot, IdempotencyKey, KeyClaim, KeyScope, StoreError,
+};
 use crate::wire::body::{read_to_end, OwnBody, RequestBody};
 use crate::wire::header::IDEMPOTENT_REPLAYED;
 use crate::wire::ids::EventId;
@@ -182,8 +185,12 @@ where
                 .insert(IDEMPOTENT_REPLAYED, http::HeaderValue::from_static("true"));
             return replay;
         }
-        Err(error) => {
+        Err((error, written)) => {
             tracing::error!(%error, "could not record an async request; refusing it");
+            // The write may have been committed all the same: checked once the store answers.
+            if let Some(event) = written {
+                confirm_later(&config, event);
+            }
             return Refusal::new(
                 RefusalCode::StoreUnavailable,
                 "The service could not record the request; nothing was started. Retry later.",
@@ -322,6 +329,51 @@ fn receipt_for(
     receipt
 }
 
+/// Checks `event`, whose record's write failed, once the store answers again: if it was recorded
+/// after all, it ends `interrupted` (its job never started) and is notified; if not, nothing.
+fn confirm_later(config: &Arc<Shared>, event: EventRecord) {
+    if !config.unconfirmed.add(event) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let config = config.clone();
+    runtime.spawn(async move {
+        let mut wait = Duration::from_millis(100);
+        while let Some(events) = config.unconfirmed.take() {
+            tokio::time::sleep(wait).await;
+            let mut later = Vec::new();
+            for event in events {
+                match config.store.status(event.event_id).await {
+                    Ok(Some(EventSnapshot::Unfinished(recorded))) => {
+                        tracing::warn!(
+                            event_id = event.event_id.get(),
+                            "an event refused as unrecorded was recorded after all; it ends \
+                             interrupted, unstarted"
+                        );
+                        let permit = config.permit_for(recorded.instance_id).await;
+                        let outcome = Outcome::failed(
+                            FailureCode::Interrupted,
+                            "the service could not confirm the request was recorded and \
+                             refused it; the work was never started",
+                        );
+                        job::conclude(&config, recorded, None, outcome, permit).await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => later.push(event),
+                }
+            }
+            if later.is_empty() {
+                wait = Duration::from_millis(100);
+            } else {
+                config.unconfirmed.put_back(later);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    });
+}
+
 /// What [`record_dispatched`] did.
 enum Recorded {
     /// The event is recorded (with its key, if it had one).
@@ -334,15 +386,22 @@ enum Recorded {
 }
 
 /// Takes ids and commits the event (claiming `key` with it); the receipt may be sent once this
-/// returns.
+/// returns. An error names the event whose write failed, if it came to that write (its commit may
+/// have happened all the same).
 async fn record_dispatched(
     config: &Arc<Shared>,
     target: &Target,
     instance_id: u64,
     key: Option<&IdempotencyKey>,
-) -> Result<Recorded, StoreError> {
-    ensure_recovered(config).await?;
-    let (event_id, notification_id) = config.store.allocate_ids().await?;
+) -> Result<Recorded, (StoreError, Option<EventRecord>)> {
+    ensure_recovered(config)
+        .await
+        .map_err(|error| (error, None))?;
+    let (event_id, notification_id) = config
+        .store
+        .allocate_ids()
+        .await
+        .map_err(|error| (error, None))?;
     let event = EventRecord {
         event_id,
         notification_id,
@@ -359,10 +418,16 @@ async fn record_dispatched(
         progress: None,
     };
     let Some(key) = key else {
-        config.store.dispatched(&event).await?;
-        return Ok(Recorded::New(event));
+        return match config.store.dispatched(&event).await {
+            Ok(()) => Ok(Recorded::New(event)),
+            Err(error) => Err((error, Some(event))),
+        };
     };
-    Ok(match config.store.dispatched_with_key(&event, key).await? {
+    let claim = match config.store.dispatched_with_key(&event, key).await {
+        Ok(claim) => claim,
+        Err(error) => return Err((error, Some(event))),
+    };
+    Ok(match claim {
         KeyClaim::Claimed => Recorded::New(event),
         KeyClaim::Held {
             event_id,

@@ -13,6 +13,7 @@ use crate::admission::share::Shares;
 use crate::delivery::attempt::{Deliverer, Delivery};
 use crate::event::idempotency::Keys;
 use crate::event::jobs::Jobs;
+use crate::event::unconfirmed::Unconfirmed;
 use crate::instance::{Instance, Instances};
 use crate::metrics::Counters;
 use crate::request::classify::Classifier;
@@ -45,6 +46,8 @@ pub(crate) struct Shared {
     /// With a status endpoint: this node's jobs as clients see them (cancel, progress) and the
     /// clients waiting for events to end.
     pub(crate) jobs: Option<Arc<Jobs>>,
+    /// Events whose record's write failed, to check once the store answers again.
+    pub(crate) unconfirmed: Unconfirmed,
 }
 
 impl fmt::Debug for Shared {

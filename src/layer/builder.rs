@@ -541,6 +541,7 @@ impl AsyncRequestLayerBuilder {
                 .status_endpoint
                 .is_some()
                 .then(|| Arc::new(Jobs::new(self.cancellation, self.max_status_waiters))),
+            unconfirmed: Default::default(),
         });
         start_recovery(&config);
         Ok(AsyncRequestLayer::from_config(config))

@@ -16,6 +16,9 @@ pub struct FaultyStore {
     inner: MemoryStore,
     /// Whether recording a new event (`dispatched`) fails.
     pub failing_dispatched: AtomicBool,
+    /// How many of the next new events are recorded but answered with an error (a commit whose
+    /// answer was lost).
+    pub lost_dispatch_acks: AtomicUsize,
     /// How many of the next outcomes (`finished`) fail.
     pub failing_outcomes: AtomicUsize,
     /// How many of the next deliveries (`delivered`) fail to be recorded.
@@ -53,6 +56,17 @@ impl EventStore for FaultyStore {
     fn dispatched<'a>(&'a self, event: &'a EventRecord) -> StoreFuture<'a, ()> {
         if self.failing_dispatched.load(Ordering::SeqCst) {
             return Box::pin(async { Err(StoreError::new("the database is out of reach")) });
+        }
+        let lost = self
+            .lost_dispatch_acks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lost {
+            let written = self.inner.dispatched(event);
+            return Box::pin(async move {
+                written.await?;
+                Err(StoreError::new("the connection broke before the commit was answered"))
+            });
         }
         self.inner.dispatched(event)
     }
