@@ -4,7 +4,7 @@
 //! `cargo bench --bench operation` prints two parts:
 //!
 //! - `receipt`: receipts per second of an async request to a layer **with a status endpoint**
-//!   (whose jobs get a cancellation token and a `Progress` handle), in-process on a
+//!   (whose jobs get a cancellation token and a `Progress` handle; `-- --plain`: without one), in-process on a
 //!   current-thread runtime, 7 rounds of 20 000 receipts each, the median printed. The figure is
 //!   meant to be compared between two builds taking turns: build this file in both and run the
 //!   two binaries alternately (docs/performance.md says how).
@@ -53,14 +53,17 @@ unsafe impl GlobalAlloc for Live {
 #[global_allocator]
 static ALLOCATOR: Live = Live;
 
-fn layer(sink: ChannelSink) -> AsyncRequestLayer {
-    AsyncRequestLayer::builder()
-        .status_endpoint("/events")
+fn layer(sink: ChannelSink, status: bool) -> AsyncRequestLayer {
+    let builder = AsyncRequestLayer::builder()
         .default_callback_url("https://hooks.example.com/in")
         .sink(sink)
-        .max_in_flight(1_000_000)
-        .build()
-        .unwrap()
+        .max_in_flight(1_000_000);
+    match status {
+        true => builder.status_endpoint("/events"),
+        false => builder,
+    }
+    .build()
+    .unwrap()
 }
 
 fn async_request() -> Request<Full<Bytes>> {
@@ -74,14 +77,14 @@ async fn quick(_: Request<impl Send>) -> Result<Response<Full<Bytes>>, Infallibl
     Ok(Response::new(Full::new(Bytes::from_static(b"done"))))
 }
 
-fn receipts() {
+fn receipts(status: bool) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
         let (sink, mut callbacks) = ChannelSink::new(1 << 20);
-        let service = layer(sink).layer(tower::service_fn(quick));
+        let service = layer(sink, status).layer(tower::service_fn(quick));
         tokio::spawn(async move { while callbacks.recv().await.is_some() {} });
         let mut rates = Vec::new();
         for _ in 0..7 {
@@ -96,8 +99,15 @@ fn receipts() {
         }
         rates.sort_by(f64::total_cmp);
         println!(
-            "receipt with a status endpoint: {:.0} receipts/s (median of 7 rounds; {:.0}–{:.0})",
-            rates[3], rates[0], rates[6]
+            "receipt {}: {:.0} receipts/s (median of 7 rounds; {:.0}–{:.0})",
+            if status {
+                "with a status endpoint"
+            } else {
+                "without a status endpoint"
+            },
+            rates[3],
+            rates[0],
+            rates[6]
         );
     });
 }
@@ -218,7 +228,8 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .map_or(10_000, |n| n.parse().unwrap());
     if !args.iter().any(|a| a == "--waits-only") {
-        receipts();
+        // `--plain`: the layer without a status endpoint (no cancellation token, no progress).
+        receipts(!args.iter().any(|a| a == "--plain"));
     }
     if !args.iter().any(|a| a == "--receipt-only") {
         waits(count);

@@ -637,5 +637,8 @@ async fn an_event_refused_as_unrecorded_but_recorded_after_all_ends_interrupted(
         "no longer unfinished"
     );
     let metrics = handle.metrics();
-    assert_eq!((metrics.accepted, metrics.completed, metrics.failed), (0, 0, 1));
+    assert_eq!(
+        (metrics.accepted, metrics.completed, metrics.failed),
+        (0, 0, 1)
+    );
 }

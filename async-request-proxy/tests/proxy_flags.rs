@@ -1424,7 +1424,12 @@ async fn a_cancel_through_the_proxy_closes_the_forwarded_request() {
     let receiver = Receiver::start(Vec::new()).await;
     let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
-        &["--callback-url", &receiver.url(), "--status-path", "/events"],
+        &[
+            "--callback-url",
+            &receiver.url(),
+            "--status-path",
+            "/events",
+        ],
     );
     let (headers, _) = accepted(async_post(proxy.url("/hold"))).await;
     let location = headers[header::LOCATION].to_str().unwrap().to_owned();

@@ -28,7 +28,7 @@ use crate::delivery::sink::{DynSink, SinkError, SinkErrorKind, TrustedTarget};
 use crate::instance::{Instance, Instances};
 use crate::metrics::{AttemptResult, Counter, Counters};
 use crate::store::{
-    history, unix_ms, AttemptRecord, DeliveryState, EventStore, NotificationRecord,
+    history, unix_ms, AttemptRecord, DeliveryState, EventStore, NotificationRecord, StoreError,
 };
 use crate::wire::header::{HeaderText, ELEMENTS_EVENT_ID};
 
@@ -349,7 +349,19 @@ impl Delivery {
     /// 5 s): left unrecorded while this node lives, the event would read `pending` on every node
     /// for good, and a peer taking the node's work over would send it again.
     async fn record_delivered(&self, notification: &NotificationRecord) {
+        match self.store.delivered(notification).await {
+            Ok(()) => {}
+            Err(error) if error.is_superseded() => {}
+            // Boxed: the rare retries' state (a timer) stays out of every delivery's future.
+            Err(error) => Box::pin(self.record_delivered_again(notification, error)).await,
+        }
+    }
+
+    async fn record_delivered_again(&self, notification: &NotificationRecord, error: StoreError) {
         let mut wait = Duration::from_millis(100);
+        tracing::warn!(%error, retry_in = ?wait, "could not record a delivery; trying again");
+        tokio::time::sleep(wait).await;
+        wait *= 2;
         loop {
             match self.store.delivered(notification).await {
                 Ok(()) => return,

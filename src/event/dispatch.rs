@@ -30,6 +30,7 @@ use crate::error::BoxError;
 use crate::event::idempotency::Recording;
 use crate::event::job;
 use crate::event::jobs::{Progress, Stoppable};
+use crate::event::notification::{FailureCode, Outcome};
 use crate::event::receipt::receipt;
 use crate::event::recovery::ensure_recovered;
 use crate::event::shared::Shared;
@@ -39,7 +40,6 @@ use crate::request::callback_url;
 use crate::request::grpc;
 use crate::request::idempotency::{fingerprint, key_of};
 use crate::request::refusal::{Refusal, RefusalCode};
-use crate::event::notification::{FailureCode, Outcome};
 use crate::store::{
     unix_ms, EventRecord, EventSnapshot, IdempotencyKey, KeyClaim, KeyScope, StoreError,
 };
@@ -189,7 +189,7 @@ where
             tracing::error!(%error, "could not record an async request; refusing it");
             // The write may have been committed all the same: checked once the store answers.
             if let Some(event) = written {
-                confirm_later(&config, event);
+                confirm_later(&config, *event);
             }
             return Refusal::new(
                 RefusalCode::StoreUnavailable,
@@ -263,7 +263,11 @@ where
         };
         permit.sub(&shared.counters, Counter::Running);
         // This node's view of the job ends here; its last report goes with the outcome.
-        event.progress = shared.jobs.as_ref().and_then(|jobs| jobs.end(event_id));
+        event.progress = shared
+            .jobs
+            .as_ref()
+            .and_then(|jobs| jobs.end(event_id))
+            .map(Box::new);
         let Some(ended) = ended else {
             // A client cancelled the event, or another node ended it (a takeover).
             tracing::info!("the event has another outcome already; its job was dropped");
@@ -285,7 +289,7 @@ where
             (Ok(completed), None) => (completed.into_outcome(), callback),
             (Err(failed), _) => (failed, callback),
         };
-        job::conclude(&shared, event, parsed, outcome, permit).await;
+        Box::pin(job::conclude(&shared, event, parsed, outcome, permit)).await;
     };
     tokio::spawn(job.instrument(span));
 
@@ -393,7 +397,7 @@ async fn record_dispatched(
     target: &Target,
     instance_id: u64,
     key: Option<&IdempotencyKey>,
-) -> Result<Recorded, (StoreError, Option<EventRecord>)> {
+) -> Result<Recorded, (StoreError, Option<Box<EventRecord>>)> {
     ensure_recovered(config)
         .await
         .map_err(|error| (error, None))?;
@@ -420,12 +424,12 @@ async fn record_dispatched(
     let Some(key) = key else {
         return match config.store.dispatched(&event).await {
             Ok(()) => Ok(Recorded::New(event)),
-            Err(error) => Err((error, Some(event))),
+            Err(error) => Err((error, Some(Box::new(event)))),
         };
     };
     let claim = match config.store.dispatched_with_key(&event, key).await {
         Ok(claim) => claim,
-        Err(error) => return Err((error, Some(event))),
+        Err(error) => return Err((error, Some(Box::new(event)))),
     };
     Ok(match claim {
         KeyClaim::Claimed => Recorded::New(event),

@@ -124,15 +124,6 @@ pub(crate) async fn conclude(
         Outcome::Failed { .. } => Counter::Failed,
         Outcome::Cancelled => Counter::Cancelled,
     };
-    // A report the job made last and the store has not had yet goes first: the status answer
-    // keeps showing it after the end.
-    let mut event = event;
-    let progress = event.progress.take();
-    if let Some(progress) = &progress {
-        if let Err(error) = config.store.progress(event.event_id, progress).await {
-            tracing::debug!(%error, "could not record a job's last progress");
-        }
-    }
     // No target: the client polls the status endpoint; there is nothing to deliver.
     let requested = !event.target.is_empty();
     let now = unix_ms();
@@ -154,11 +145,18 @@ pub(crate) async fn conclude(
             DeliveryState::NotRequested
         },
         retain_until_ms: now.saturating_add(config.delivery.retention.as_millis() as u64),
-        progress,
+        progress: event.progress,
     };
     // The inner body may be a slice of a larger buffer (a request's, say): let it go now rather
     // than hold it through a retry schedule of hours.
     drop(outcome);
+    // A report the job made last and the store has not had yet goes first: the status answer
+    // keeps showing it after the end. (Written only now, so that nothing else is held across it.)
+    if let Some(progress) = &notification.progress {
+        if let Err(error) = config.store.progress(notification.event_id, progress).await {
+            tracing::debug!(%error, "could not record a job's last progress");
+        }
+    }
     // The outcome must be in the store before the first attempt (the store contract): were a
     // delivered `completed` unknown to the store, a crash could recover it into a contradicting
     // `interrupted`. While the store cannot take it, the notification waits.

@@ -472,7 +472,10 @@ mod tests {
         assert!(token.unwrap().is_cancelled());
         assert_eq!(jobs.end(EventId::new(3)), None);
         let without = Jobs::new(false, 1);
-        assert!(without.start(EventId::new(5)).1.is_none(), "no token without cancellation");
+        assert!(
+            without.start(EventId::new(5)).1.is_none(),
+            "no token without cancellation"
+        );
     }
 
     /// Flips `polled` when polled, then never ends; flips `dropped` when dropped.
@@ -497,7 +500,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_drops_the_work_and_work_stopped_before_it_started_never_starts() {
-        let flags = || (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let flags = || {
+            (
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            )
+        };
         let work = |(polled, dropped): &(Arc<AtomicBool>, Arc<AtomicBool>)| Work {
             polled: polled.clone(),
             dropped: dropped.clone(),
@@ -508,7 +516,10 @@ mod tests {
         let (stop, _) = jobs.start(EventId::new(1));
         jobs.drop_job(EventId::new(1));
         assert_eq!(Stoppable::new(Some(stop), work(&first)).await, None);
-        assert!(!first.0.load(Ordering::SeqCst), "a job stopped before it started never starts");
+        assert!(
+            !first.0.load(Ordering::SeqCst),
+            "a job stopped before it started never starts"
+        );
         assert!(first.1.load(Ordering::SeqCst));
         // Stopped while it runs: woken, dropped, never polled again.
         let second = flags();

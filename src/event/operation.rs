@@ -157,7 +157,9 @@ async fn cancel(config: &Arc<Shared>, event_id: EventId) -> Response<Bytes> {
             DeliveryState::NotRequested
         },
         retain_until_ms: now.saturating_add(config.delivery.retention.as_millis() as u64),
-        progress: live(config, event_id).or(event.progress.clone()),
+        progress: live(config, event_id)
+            .map(Box::new)
+            .or(event.progress.clone()),
     };
     match config.store.cancel(&notification).await {
         Ok(CancelClaim::Cancelled) => {}

@@ -163,12 +163,12 @@ pub(crate) fn body(
                 "delivery".into(),
                 json!({"state": "none", "attempts": 0, "lastError": null}),
             );
-            (body, false, event.progress.as_ref())
+            (body, false, event.progress.as_deref())
         }
         EventSnapshot::Finished(notification) => (
             finished_body(event_id, notification),
             true,
-            notification.progress.as_ref(),
+            notification.progress.as_deref(),
         ),
     };
     // The newer of what this node holds and what the store has.

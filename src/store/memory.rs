@@ -269,14 +269,14 @@ impl EventStore for MemoryStore {
         progress: &'a ProgressRecord,
     ) -> StoreFuture<'a, ()> {
         // Only a newer report replaces one (an older one may arrive late).
-        let newer = |kept: &Option<ProgressRecord>| {
+        let newer = |kept: &Option<Box<ProgressRecord>>| {
             kept.as_ref()
                 .is_none_or(|kept| kept.updated_at_ms <= progress.updated_at_ms)
         };
         self.with(|r| {
             if let Some(event) = r.unfinished.get_mut(&event_id) {
                 if newer(&event.progress) {
-                    event.progress = Some(progress.clone());
+                    event.progress = Some(Box::new(progress.clone()));
                 }
             } else if let Some(record) = r
                 .by_event
@@ -285,7 +285,7 @@ impl EventStore for MemoryStore {
                 .and_then(|id| r.notifications.get_mut(&id))
             {
                 if newer(&record.progress) {
-                    record.progress = Some(progress.clone());
+                    record.progress = Some(Box::new(progress.clone()));
                 }
             }
         });
@@ -634,14 +634,14 @@ mod tests {
             .unwrap();
         match store.status(EventId::new(90)).await.unwrap() {
             Some(EventSnapshot::Unfinished(event)) => {
-                assert_eq!(event.progress, Some(report(40, 20)))
+                assert_eq!(event.progress, Some(Box::new(report(40, 20))))
             }
             other => panic!("{other:?}"),
         }
         store.finished(&notification(90)).await.unwrap();
         match store.status(EventId::new(90)).await.unwrap() {
             Some(EventSnapshot::Finished(record)) => {
-                assert_eq!(record.progress, Some(report(40, 20)))
+                assert_eq!(record.progress, Some(Box::new(report(40, 20))))
             }
             other => panic!("{other:?}"),
         }

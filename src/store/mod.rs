@@ -109,8 +109,8 @@ pub struct EventRecord {
     /// Whether the job has started.
     pub running: bool,
     /// The job's last progress report, if it made one (kept as the store can: see
-    /// [`EventStore::progress`]).
-    pub progress: Option<ProgressRecord>,
+    /// [`EventStore::progress`]); boxed, as most jobs never report.
+    pub progress: Option<Box<ProgressRecord>>,
 }
 
 /// Where a notification is in its delivery.
@@ -172,8 +172,8 @@ pub struct NotificationRecord {
     /// Until when a delivered or not-requested notification is kept for status queries, Unix
     /// milliseconds (the store may drop it after that).
     pub retain_until_ms: u64,
-    /// The job's last progress report, if it made one.
-    pub progress: Option<ProgressRecord>,
+    /// The job's last progress report, if it made one; boxed, as most jobs never report.
+    pub progress: Option<Box<ProgressRecord>>,
 }
 
 /// What a store knows about one event, for the status endpoint.

@@ -65,7 +65,9 @@ impl EventStore for FaultyStore {
             let written = self.inner.dispatched(event);
             return Box::pin(async move {
                 written.await?;
-                Err(StoreError::new("the connection broke before the commit was answered"))
+                Err(StoreError::new(
+                    "the connection broke before the commit was answered",
+                ))
             });
         }
         self.inner.dispatched(event)

@@ -86,12 +86,12 @@ pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
 }
 
 /// The progress columns (13–15 of [`COLUMNS`]), if the job reported.
-fn progress_of(row: &Row) -> Result<Option<ProgressRecord>, StoreError> {
+fn progress_of(row: &Row) -> Result<Option<Box<ProgressRecord>>, StoreError> {
     let percent: Option<i16> = row.try_get(13).map_err(StoreError::new)?;
     let Some(percent) = percent else {
         return Ok(None);
     };
-    Ok(Some(ProgressRecord {
+    Ok(Some(Box::new(ProgressRecord {
         percent: percent.clamp(0, 100) as u8,
         message: row
             .try_get::<_, Option<String>>(14)
@@ -101,7 +101,7 @@ fn progress_of(row: &Row) -> Result<Option<ProgressRecord>, StoreError> {
             .try_get::<_, Option<i64>>(15)
             .map_err(StoreError::new)?
             .unwrap_or(0) as u64,
-    }))
+    })))
 }
 
 /// A body as stored: the exact bytes.

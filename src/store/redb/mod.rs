@@ -225,7 +225,7 @@ impl EventStore for RedbStore {
 
     fn status(&self, event_id: EventId) -> StoreFuture<'_, Option<EventSnapshot>> {
         let running = self.running.contains(event_id);
-        let progress = self.progress.get(event_id);
+        let progress = self.progress.get(event_id).map(Box::new);
         self.read(move |db| {
             let txn = db.begin_read()?;
             if let Some(bytes) = txn.open_table(EVENTS)?.get(event_id.get())? {
@@ -422,7 +422,7 @@ mod tests {
         match store.status(first).await.unwrap() {
             Some(EventSnapshot::Finished(record)) => {
                 assert_eq!(record.body, cancel(&cancelled_event).body);
-                assert_eq!(record.progress, Some(report));
+                assert_eq!(record.progress, Some(Box::new(report)));
             }
             other => panic!("{other:?}"),
         }
