@@ -44,7 +44,7 @@ use crate::store::{
     unix_ms, EventRecord, EventSnapshot, IdempotencyKey, KeyClaim, KeyScope, StoreError,
 };
 use crate::wire::body::{read_to_end, OwnBody, RequestBody};
-use crate::wire::header::IDEMPOTENT_REPLAYED;
+use crate::wire::header::{IDEMPOTENT_REPLAYED, PREFERENCE_APPLIED};
 use crate::wire::ids::EventId;
 
 /// What classification decided about an accepted async request.
@@ -56,8 +56,6 @@ pub(crate) struct Accepted {
     /// A gRPC call: receipts and refusals are gRPC answers.
     pub(crate) grpc: bool,
 }
-
-const PREFERENCE_APPLIED: http::HeaderName = http::HeaderName::from_static("preference-applied");
 
 pub(crate) async fn dispatch<S, ReqBody, ResBody>(
     mut ready: S,

@@ -24,9 +24,8 @@ use crate::metrics::Counter;
 use crate::request::refusal::json_error;
 use crate::status::endpoint::{body, not_found, respond, store_unavailable};
 use crate::store::{unix_ms, CancelClaim, DeliveryState, EventSnapshot, NotificationRecord};
+use crate::wire::header::PREFERENCE_APPLIED;
 use crate::wire::ids::EventId;
-
-const PREFERENCE_APPLIED: http::HeaderName = http::HeaderName::from_static("preference-applied");
 
 /// Answers a request the status endpoint owns; `wait` is its `Prefer: wait`, if any.
 pub(crate) async fn serve(

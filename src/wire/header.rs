@@ -29,6 +29,9 @@ pub const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signa
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// On the answer to a request whose idempotency key an earlier request claimed: `true`.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// `Preference-Applied` (RFC 7240): which of a request's `Prefer` preferences the answer honours
+/// (`respond-async` on a receipt, `wait=N` on a status answer).
+pub const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
 /// Most values one [`HeaderText`] holds.
 const MAX_VALUES: usize = 6;
