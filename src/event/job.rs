@@ -106,6 +106,37 @@ where
         })
 }
 
+/// The notification that ends `event` with `outcome`: pending, or not requested when the event
+/// has no callback URL (the client polls the status endpoint).
+pub(crate) fn notification(
+    config: &Shared,
+    event: EventRecord,
+    outcome: &Outcome,
+) -> NotificationRecord {
+    let requested = !event.target.is_empty();
+    let now = unix_ms();
+    NotificationRecord {
+        event_id: event.event_id,
+        notification_id: event.notification_id,
+        instance_id: event.instance_id,
+        body: outcome.to_json(event.event_id, event.instance_id, event.notification_id),
+        target: event.target,
+        instance_url: event.instance_url,
+        accepted_at_ms: event.accepted_at_ms,
+        attempts: 0,
+        history: Vec::new(),
+        next_attempt_at_ms: now,
+        last_error: None,
+        state: if requested {
+            DeliveryState::Pending
+        } else {
+            DeliveryState::NotRequested
+        },
+        retain_until_ms: now.saturating_add(config.delivery.retention.as_millis() as u64),
+        progress: event.progress,
+    }
+}
+
 /// Longest wait between two tries to record an outcome the store refused.
 const MAX_FINISHED_WAIT: Duration = Duration::from_secs(5);
 
@@ -124,29 +155,8 @@ pub(crate) async fn conclude(
         Outcome::Failed { .. } => Counter::Failed,
         Outcome::Cancelled => Counter::Cancelled,
     };
-    // No target: the client polls the status endpoint; there is nothing to deliver.
-    let requested = !event.target.is_empty();
-    let now = unix_ms();
-    let notification = NotificationRecord {
-        event_id: event.event_id,
-        notification_id: event.notification_id,
-        instance_id: event.instance_id,
-        target: event.target,
-        instance_url: event.instance_url,
-        body: outcome.to_json(event.event_id, event.instance_id, event.notification_id),
-        accepted_at_ms: event.accepted_at_ms,
-        attempts: 0,
-        history: Vec::new(),
-        next_attempt_at_ms: now,
-        last_error: None,
-        state: if requested {
-            DeliveryState::Pending
-        } else {
-            DeliveryState::NotRequested
-        },
-        retain_until_ms: now.saturating_add(config.delivery.retention.as_millis() as u64),
-        progress: event.progress,
-    };
+    let notification = notification(config, event, &outcome);
+    let requested = notification.state == DeliveryState::Pending;
     // The inner body may be a slice of a larger buffer (a request's, say): let it go now rather
     // than hold it through a retry schedule of hours.
     drop(outcome);

@@ -17,13 +17,14 @@ use http::{header, HeaderValue, Method, Response, StatusCode, Uri};
 use serde_json::json;
 
 use crate::delivery::attempt::deliver;
+use crate::event::job;
 use crate::event::jobs::Counted;
 use crate::event::notification::Outcome;
 use crate::event::shared::Shared;
 use crate::metrics::Counter;
 use crate::request::refusal::json_error;
 use crate::status::endpoint::{body, not_found, respond, store_unavailable};
-use crate::store::{unix_ms, CancelClaim, DeliveryState, EventSnapshot, NotificationRecord};
+use crate::store::{CancelClaim, DeliveryState, EventSnapshot};
 use crate::wire::header::PREFERENCE_APPLIED;
 use crate::wire::ids::EventId;
 
@@ -136,30 +137,12 @@ async fn cancel(config: &Arc<Shared>, event_id: EventId) -> Response<Bytes> {
         Ok(None) => return not_found(),
         Err(error) => return store_unavailable(&error),
     };
-    let requested = !event.target.is_empty();
-    let now = unix_ms();
-    let notification = NotificationRecord {
-        event_id,
-        notification_id: event.notification_id,
-        instance_id: event.instance_id,
-        target: event.target.clone(),
-        instance_url: event.instance_url,
-        body: Outcome::Cancelled.to_json(event_id, event.instance_id, event.notification_id),
-        accepted_at_ms: event.accepted_at_ms,
-        attempts: 0,
-        history: Vec::new(),
-        next_attempt_at_ms: now,
-        last_error: None,
-        state: if requested {
-            DeliveryState::Pending
-        } else {
-            DeliveryState::NotRequested
-        },
-        retain_until_ms: now.saturating_add(config.delivery.retention.as_millis() as u64),
-        progress: live(config, event_id)
-            .map(Box::new)
-            .or(event.progress.clone()),
-    };
+    let live = live(config, event_id).map(Box::new);
+    let mut notification = job::notification(config, event, &Outcome::Cancelled);
+    if live.is_some() {
+        notification.progress = live;
+    }
+    let requested = notification.state == DeliveryState::Pending;
     match config.store.cancel(&notification).await {
         Ok(CancelClaim::Cancelled) => {}
         Ok(CancelClaim::Finished(Some(record))) => {
