@@ -751,9 +751,18 @@ mod postgres {
         receiver: &Receiver,
         work: Arc<Work>,
     ) -> (String, AsyncRequestHandle) {
+        node_with_lease(schema, receiver, work, Duration::from_secs(60)).await
+    }
+
+    async fn node_with_lease(
+        schema: &str,
+        receiver: &Receiver,
+        work: Arc<Work>,
+        lease: Duration,
+    ) -> (String, AsyncRequestHandle) {
         let store = PostgresStore::builder(pg::url())
             .schema(schema)
-            .lease_timeout(Duration::from_secs(60))
+            .lease_timeout(lease)
             .connect()
             .await
             .unwrap();
@@ -849,5 +858,67 @@ mod postgres {
             &[a_handle, b_handle],
         )
         .await;
+    }
+
+    /// A node that did not hear a cancel (its listening connection was cut when the cancel's
+    /// `NOTIFY` went out) finds it with its heartbeat and drops the job.
+    #[tokio::test]
+    async fn a_cancel_a_node_did_not_hear_is_found_by_its_heartbeat() {
+        if !pg::available("tests/operation.rs").await {
+            return;
+        }
+        let (seen, _guard) = support::capture::capture();
+        let schema = pg::Schema::new();
+        let mut receiver = Receiver::start(vec![]).await;
+        let (on_a, on_b) = (Arc::new(Work::default()), Arc::new(Work::default()));
+        // A's heartbeat every second; B's lease long.
+        let (a, _) =
+            node_with_lease(&schema.0, &receiver, on_a.clone(), Duration::from_secs(3)).await;
+        let (b, _) = node(&schema.0, &receiver, on_b).await;
+        let status = accept(&a, "").await;
+        started(&on_a, 1).await;
+
+        // Every listening connection of this schema's nodes is cut, and gone, before the cancel.
+        let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let listening = format!("%tower_async_request_ended_{}%", schema.0);
+        client
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1 \
+                 AND pid <> pg_backend_pid()",
+                &[&listening],
+            )
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 \
+                     AND pid <> pg_backend_pid() AND state IS NOT NULL",
+                    &[&listening],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if left == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the listeners were not cut");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let cancelled = send(Method::DELETE, &status.replacen(&a, &b, 1), &[]).await;
+        assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{}", cancelled.json);
+        until_dropped(&on_a).await;
+        assert_eq!(receiver.next().await.json()["eventStatus"], "cancelled");
+        let seen = support::capture::take(&seen);
+        assert_eq!(
+            seen.events("the heartbeat found jobs here that other nodes ended")
+                .len(),
+            1,
+            "found by the heartbeat, not by a NOTIFY"
+        );
     }
 }

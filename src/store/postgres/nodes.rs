@@ -96,6 +96,14 @@ async fn find_ended_elsewhere(shared: &Shared) -> Result<(), StoreError> {
         .map(|row| EventId::new(row.get::<_, i64>(0) as u64))
         .collect();
     if !ended.is_empty() {
+        tracing::debug!(
+            count = ended.len(),
+            "the heartbeat found jobs here that other nodes ended"
+        );
+        // Not running here any more: the layer drops them.
+        for &event_id in &ended {
+            shared.running.end(event_id);
+        }
         let _ = shared.ended.0.try_send(ended);
     }
     Ok(())
@@ -237,7 +245,6 @@ pub(super) async fn listen(shared: Weak<Shared>, config: tokio_postgres::Config)
         let channel = channel(&strong.schema);
         let ended = ended_channel(&strong.schema);
         let wake = Arc::clone(&strong.wake);
-        let tell = strong.ended.0.clone();
         drop(strong);
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
@@ -271,15 +278,23 @@ pub(super) async fn listen(shared: Weak<Shared>, config: tokio_postgres::Config)
                     };
                     match message {
                         Some(Ok(AsyncMessage::Notification(note))) if note.channel() == ended => {
-                            let ids = note
+                            let Some(strong) = shared.upgrade() else {
+                                return;
+                            };
+                            let ids: Vec<EventId> = note
                                 .payload()
                                 .split(',')
                                 .filter_map(|id| id.parse().ok())
                                 .map(EventId::new)
                                 .collect();
+                            // Ended: not running here any more (if it ran here, the layer
+                            // drops it).
+                            for &event_id in &ids {
+                                strong.running.end(event_id);
+                            }
                             // Full: the layer is behind (or gone); a waiter wakes at its own
-                            // deadline and a cancelled job is found by the heartbeat.
-                            let _ = tell.try_send(ids);
+                            // deadline, and the job, if it ran here, is dropped when it ends.
+                            let _ = strong.ended.0.try_send(ids);
                         }
                         Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
                         Some(Ok(_)) => {}
