@@ -318,10 +318,9 @@ async fn race(
         let notification = receiver.next().await.json();
         let id = notification["eventId"].as_u64().unwrap();
         let outcome = notification["eventStatus"].as_str().unwrap().to_owned();
-        assert!(
-            outcomes.insert(id, outcome).is_none(),
-            "two notifications for {id}"
-        );
+        if let Some(first) = outcomes.insert(id, outcome.clone()) {
+            panic!("two notifications for {id}: {first}, then {outcome}");
+        }
     }
     let sum = |f: fn(&tower_async_request::metrics::Metrics) -> u64| {
         handles.iter().map(|h| f(&h.metrics())).sum::<u64>()
@@ -534,11 +533,13 @@ async fn progress_writes_are_coalesced_to_one_a_second_and_a_silent_job_writes_n
         .unwrap();
     let reported = Arc::new(Notify::new());
     let done = reported.clone();
+    let took = Arc::new(Mutex::new(Duration::ZERO));
+    let reporting = took.clone();
     let router = Router::new()
         .route(
             "/report",
             post(move |Extension(progress): Extension<Progress>| {
-                let done = done.clone();
+                let (done, reporting) = (done.clone(), reporting.clone());
                 async move {
                     let start = Instant::now();
                     let mut percent = 0u8;
@@ -549,6 +550,7 @@ async fn progress_writes_are_coalesced_to_one_a_second_and_a_silent_job_writes_n
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                    *reporting.lock().unwrap() = start.elapsed();
                     done.notify_one();
                     "done"
                 }
@@ -577,10 +579,12 @@ async fn progress_writes_are_coalesced_to_one_a_second_and_a_silent_job_writes_n
     assert_eq!(read.json["eventStatus"], "completed");
     assert!(read.json.get("progress").is_none());
     let writes = store.writes.lock().unwrap().clone();
-    // ~5 000 reports over 2.5 s: 3 timed writes and one at the end at most.
+    // ~5 000 reports over 2.5 s (longer on a loaded machine): one write at the first report, one
+    // a second at most after it, and the last report at the end.
+    let seconds = took.lock().unwrap().as_secs() as usize;
     assert!(
-        (2..=4).contains(&writes.len()),
-        "{} writes for 5 000 reports",
+        (2..=seconds + 2).contains(&writes.len()),
+        "{} writes for 5 000 reports over {seconds} s",
         writes.len()
     );
     for pair in writes.windows(2).take(writes.len().saturating_sub(2)) {
@@ -860,8 +864,9 @@ mod postgres {
         .await;
     }
 
-    /// A node that did not hear a cancel (its listening connection was cut when the cancel's
-    /// `NOTIFY` went out) finds it with its heartbeat and drops the job.
+    /// A node that did not hear of a cancel (the `NOTIFY` lost: here, another node's cancel is
+    /// played by writing its row directly, with no `NOTIFY` at all) finds it with its heartbeat,
+    /// once, and drops the job.
     #[tokio::test]
     async fn a_cancel_a_node_did_not_hear_is_found_by_its_heartbeat() {
         if !pg::available("tests/operation.rs").await {
@@ -869,56 +874,48 @@ mod postgres {
         }
         let (seen, _guard) = support::capture::capture();
         let schema = pg::Schema::new();
-        let mut receiver = Receiver::start(vec![]).await;
-        let (on_a, on_b) = (Arc::new(Work::default()), Arc::new(Work::default()));
-        // A's heartbeat every second; B's lease long.
+        let receiver = Receiver::start(vec![]).await;
+        let on_a = Arc::new(Work::default());
+        // A's heartbeat every second.
         let (a, _) =
             node_with_lease(&schema.0, &receiver, on_a.clone(), Duration::from_secs(3)).await;
-        let (b, _) = node(&schema.0, &receiver, on_b).await;
         let status = accept(&a, "").await;
         started(&on_a, 1).await;
+        let event_id: i64 = send(Method::GET, &status, &[]).await.json["eventId"]
+            .as_i64()
+            .unwrap();
 
-        // Every listening connection of this schema's nodes is cut, and gone, before the cancel.
+        // Another node's cancel, as its transaction leaves the row (not requested: nothing to
+        // deliver), without the NOTIFY.
         let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(connection);
-        let listening = format!("%tower_async_request_ended_{}%", schema.0);
-        client
+        let ended = client
             .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE $1 \
-                 AND pid <> pg_backend_pid()",
-                &[&listening],
+                &format!(
+                    "UPDATE \"{}\".events SET state = 4, owner = 999999, \
+                     retain_until_ms = 9007199254740991, \
+                     body = '{{\"eventStatus\":\"cancelled\"}}' \
+                     WHERE event_id = $1 AND state = 0",
+                    schema.0
+                ),
+                &[&event_id],
             )
             .await
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left: i64 = client
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE $1 \
-                     AND pid <> pg_backend_pid() AND state IS NOT NULL",
-                    &[&listening],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if left == 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the listeners were not cut");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let cancelled = send(Method::DELETE, &status.replacen(&a, &b, 1), &[]).await;
-        assert_eq!(cancelled.status, StatusCode::ACCEPTED, "{}", cancelled.json);
+        assert_eq!(ended, 1);
         until_dropped(&on_a).await;
-        assert_eq!(receiver.next().await.json()["eventStatus"], "cancelled");
         let seen = support::capture::take(&seen);
         assert_eq!(
             seen.events("the heartbeat found jobs here that other nodes ended")
                 .len(),
             1,
-            "found by the heartbeat, not by a NOTIFY"
+            "found by the heartbeat, once"
+        );
+        assert_eq!(
+            send(Method::GET, &status, &[]).await.json["eventStatus"],
+            "cancelled"
         );
     }
 }

@@ -9,7 +9,7 @@
 //! `409 already_finished`.
 
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use crate::delivery::attempt::deliver;
 use crate::event::job;
 use crate::event::jobs::Counted;
 use crate::event::notification::Outcome;
+use crate::event::recovery::ensure_recovered;
 use crate::event::shared::Shared;
 use crate::metrics::Counter;
 use crate::request::refusal::json_error;
@@ -129,6 +130,11 @@ async fn wait_for(config: &Arc<Shared>, event_id: EventId, wait: Duration) -> Re
 
 /// `DELETE`: ends the event `cancelled` if it has not ended.
 async fn cancel(config: &Arc<Shared>, event_id: EventId) -> Response<Bytes> {
+    // What an earlier process left is read before this node writes a notification of its own:
+    // else recovery would find this one pending and send it a second time.
+    if let Err(error) = ensure_recovered(config).await {
+        return store_unavailable(&error);
+    }
     let event = match config.store.status(event_id).await {
         Ok(Some(EventSnapshot::Unfinished(event))) => event,
         Ok(Some(snapshot @ EventSnapshot::Finished(_))) => {
@@ -186,40 +192,4 @@ fn already_finished(event_id: EventId, snapshot: &EventSnapshot) -> Response<Byt
         json!("The event has already ended; there is nothing to cancel."),
     );
     respond(StatusCode::CONFLICT, body, finished)
-}
-
-/// With a store several nodes share: drops jobs running here that another node ended (a
-/// client's cancel there) and answers waits for events that ended anywhere, for as long as the
-/// layer lives.
-pub(crate) async fn follow_ends(config: Weak<Shared>) {
-    loop {
-        let Some(strong) = config.upgrade() else {
-            return;
-        };
-        let Some(next) = strong.store.ended_elsewhere() else {
-            return;
-        };
-        // Looks now and then whether the layer is still there.
-        match tokio::time::timeout(Duration::from_secs(1), next).await {
-            Err(_) => {}
-            Ok(Ok(ended)) => {
-                if let Some(jobs) = &strong.jobs {
-                    for event_id in ended {
-                        if jobs.drop_job(event_id) {
-                            tracing::info!(
-                                event_id = event_id.get(),
-                                "the event was ended by another node; its job here is dropped"
-                            );
-                        }
-                        jobs.ended(event_id);
-                    }
-                }
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "could not hear of events ended on other nodes");
-                drop(strong);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
 }

@@ -3,14 +3,16 @@
 //! Events that were dispatched or running when that process died get a `failed` notification with
 //! code `interrupted` (under the notification id they were given at dispatch); pending
 //! notifications resume their schedule where it stopped. The store is read once, before this
-//! process records its first event, so new events are never mistaken for old ones.
+//! process records its first event (or its first cancel), so new events are never mistaken for
+//! old ones. With a store several nodes share, [`follow_ends`] drops the jobs here that other
+//! nodes ended and answers waits for events that ended anywhere.
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use crate::delivery::attempt::deliver;
 use crate::event::job::conclude;
 use crate::event::notification::{FailureCode, Outcome};
-use crate::event::operation::follow_ends;
 use crate::event::shared::Shared;
 use crate::metrics::Counter;
 use crate::store::{Recovery, StoreError};
@@ -96,5 +98,41 @@ async fn resume(config: Arc<Shared>, recovery: Recovery) {
         let permit = config.permit_for(notification.instance_id).await;
         permit.add(&config.counters, Counter::Pending);
         tokio::spawn(deliver(config.clone(), notification, permit, None));
+    }
+}
+
+/// With a store several nodes share: drops jobs running here that another node ended (a
+/// client's cancel there) and answers waits for events that ended anywhere, for as long as the
+/// layer lives.
+pub(crate) async fn follow_ends(config: Weak<Shared>) {
+    loop {
+        let Some(strong) = config.upgrade() else {
+            return;
+        };
+        let Some(next) = strong.store.ended_elsewhere() else {
+            return;
+        };
+        // Looks now and then whether the layer is still there.
+        match tokio::time::timeout(Duration::from_secs(1), next).await {
+            Err(_) => {}
+            Ok(Ok(ended)) => {
+                if let Some(jobs) = &strong.jobs {
+                    for event_id in ended {
+                        if jobs.drop_job(event_id) {
+                            tracing::info!(
+                                event_id = event_id.get(),
+                                "the event was ended by another node; its job here is dropped"
+                            );
+                        }
+                        jobs.ended(event_id);
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not hear of events ended on other nodes");
+                drop(strong);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 }
