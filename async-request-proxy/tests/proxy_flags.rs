@@ -1348,12 +1348,12 @@ async fn upstream_http2_speaks_http2_to_an_https_upstream_as_alpn_agrees() {
     }
 }
 
-/// The status URL through the proxy: `Prefer: wait=1` on a held job answers `running` with the
-/// preference applied, and `DELETE` cancels it: `202`, a `cancelled` notification, then `409`.
-#[tokio::test(flavor = "multi_thread")]
-async fn through_the_proxy_a_status_url_waits_and_cancels() {
-    let (upstream, mut begun, _release) = holding_upstream().await;
-    let mut receiver = Receiver::start(Vec::new()).await;
+/// A proxy serving the status endpoint at `/events` in front of `upstream`, with one async
+/// request to `/hold` accepted: the proxy, the receipt's status URL, and the receipt.
+async fn polling_proxy_holding_a_job(
+    upstream: SocketAddr,
+    receiver: &Receiver,
+) -> (Proxy, String, Bytes) {
     let proxy = Proxy::unsigned(
         &format!("http://{upstream}"),
         &[
@@ -1365,6 +1365,24 @@ async fn through_the_proxy_a_status_url_waits_and_cancels() {
     );
     let (headers, receipt) = accepted(async_post(proxy.url("/hold"))).await;
     let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    (proxy, location, receipt)
+}
+
+/// `DELETE` on a status URL through `proxy`.
+async fn cancel(proxy: &Proxy, location: &str) -> http::Response<hyper::body::Incoming> {
+    let request = Request::delete(proxy.url(location))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    common::client().request(request).await.unwrap()
+}
+
+/// The status URL through the proxy: `Prefer: wait=1` on a held job answers `running` with the
+/// preference applied, and `DELETE` cancels it: `202`, a `cancelled` notification, then `409`.
+#[tokio::test(flavor = "multi_thread")]
+async fn through_the_proxy_a_status_url_waits_and_cancels() {
+    let (upstream, mut begun, _release) = holding_upstream().await;
+    let mut receiver = Receiver::start(Vec::new()).await;
+    let (proxy, location, receipt) = polling_proxy_holding_a_job(upstream, &receiver).await;
     begun.recv().await.expect("the job runs");
 
     let waited = common::client()
@@ -1379,19 +1397,15 @@ async fn through_the_proxy_a_status_url_waits_and_cancels() {
     assert_eq!(waited.status(), StatusCode::OK);
     assert_eq!(waited.headers()["preference-applied"], "wait=1");
 
-    let delete = || {
-        common::client().request(
-            Request::delete(proxy.url(&location))
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-    };
-    let cancelled = delete().await.unwrap();
+    let cancelled = cancel(&proxy, &location).await;
     assert_eq!(cancelled.status(), StatusCode::ACCEPTED);
     let notification = receiver.next().await.json();
     assert_eq!(notification["eventStatus"], "cancelled");
     assert_eq!(notification["eventId"], event_id(&receipt));
-    assert_eq!(delete().await.unwrap().status(), StatusCode::CONFLICT);
+    assert_eq!(
+        cancel(&proxy, &location).await.status(),
+        StatusCode::CONFLICT
+    );
     terminated(proxy, 0).await;
 }
 
@@ -1422,22 +1436,9 @@ async fn a_cancel_through_the_proxy_closes_the_forwarded_request() {
         let _ = was_closed.send(());
     });
     let receiver = Receiver::start(Vec::new()).await;
-    let proxy = Proxy::unsigned(
-        &format!("http://{upstream}"),
-        &[
-            "--callback-url",
-            &receiver.url(),
-            "--status-path",
-            "/events",
-        ],
-    );
-    let (headers, _) = accepted(async_post(proxy.url("/hold"))).await;
-    let location = headers[header::LOCATION].to_str().unwrap().to_owned();
+    let (proxy, location, _) = polling_proxy_holding_a_job(upstream, &receiver).await;
     begun.await.expect("the API got the request");
-    let cancel = Request::delete(proxy.url(&location))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let cancelled = common::client().request(cancel).await.unwrap();
+    let cancelled = cancel(&proxy, &location).await;
     assert_eq!(cancelled.status(), StatusCode::ACCEPTED);
     tokio::time::timeout(Duration::from_secs(20), closed)
         .await
