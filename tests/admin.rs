@@ -142,6 +142,8 @@ fn builder(receiver: &Receiver) -> AsyncRequestLayerBuilder {
         .default_callback_url(receiver.url())
         .signing_key("event-signature-key")
         .retry_schedule([MS(20), MS(20)])
+        // The breaker off: an outage's notifications die on their schedule, not held.
+        .circuit_breaker(0, MS(1))
         // Delivered events stay readable, with their attempts.
         .status_retention(Duration::from_secs(3600))
 }

@@ -95,6 +95,8 @@ async fn a_receiver_that_is_down_then_up_loses_nothing() {
     let layer = AsyncRequestLayer::builder()
         .default_callback_url(format!("http://{addr}/hook"))
         .retry_schedule(vec![MS(100); 50])
+        // Its circuit opens after five failures: a short cool-down, so the test need not wait.
+        .circuit_breaker(5, MS(200))
         .build()
         .unwrap();
     let handle = layer.handle();

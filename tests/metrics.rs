@@ -98,6 +98,8 @@ async fn a_prometheus_scrape_after_real_traffic_shows_the_counts() {
         .default_callback_url(receiver.url())
         .allow_private_callbacks(true) // one notification goes to a loopback port that fails
         .retry_schedule([Duration::from_millis(20), Duration::from_millis(20)])
+        // The breaker off: five 503s in a row would open it (its series are counted below).
+        .circuit_breaker(0, Duration::from_secs(30))
         .build()
         .unwrap();
     let handle = layer.handle();
@@ -565,4 +567,75 @@ async fn cancels_and_held_waits_are_counted() {
         1.0
     );
     assert_eq!(gauge(&samples), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receivers_circuits_held_notifications_and_throttled_waits_are_reported() {
+    let prometheus = prometheus();
+    let mut receiver = Receiver::start(vec![Answer::status(503); 2]).await;
+    // The callback URL from the request: attempts to it carry no host label (another test's).
+    let layer = AsyncRequestLayer::builder()
+        .instance_id(35)
+        .allow_private_callbacks(true)
+        .circuit_breaker(2, Duration::from_millis(300))
+        .max_connections_per_receiver(1)
+        .retry_schedule([Duration::from_millis(20); 20])
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let app = Router::new()
+        .route("/work", post(|| async { "done" }))
+        .layer(layer);
+    let addr = serve(app).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let accept = || {
+        client.request(
+            Request::post(format!("http://{addr}/work"))
+                .header("Elements-Async-Request", "true")
+                .header("Elements-Async-Callback-Url", receiver.url())
+                .body(Full::default())
+                .unwrap(),
+        )
+    };
+    accept().await.unwrap();
+    eventually("the circuit is open", || {
+        handle.metrics().receivers_open == 1
+    })
+    .await;
+    accept().await.unwrap();
+    accept().await.unwrap();
+    eventually("three are held", || handle.metrics().held == 3).await;
+    let samples = parse(&prometheus.render());
+    let series = |samples: &[Sample], name, labels: &[(&str, &str)]| value(samples, name, labels);
+    let open = [("instance", "35"), ("state", "open")];
+    assert_eq!(
+        series(&samples, "async_request_receiver_circuit", &open),
+        1.0
+    );
+    let instance = [("instance", "35")];
+    assert_eq!(
+        series(&samples, "async_request_notifications_held", &instance),
+        3.0
+    );
+    // The probe closes it; the three go one at a time (one connection), the others waiting.
+    for _ in 0..5 {
+        receiver.next().await;
+    }
+    eventually("all delivered", || handle.metrics().delivered == 3).await;
+    let samples = parse(&prometheus.render());
+    assert_eq!(
+        series(&samples, "async_request_receiver_circuit", &open),
+        0.0
+    );
+    assert_eq!(
+        series(&samples, "async_request_notifications_held", &instance),
+        0.0
+    );
+    let throttled = series(
+        &samples,
+        "async_request_delivery_throttled_total",
+        &instance,
+    );
+    assert!(throttled >= 1.0, "{throttled}");
+    assert_eq!(throttled, handle.metrics().throttled as f64);
 }

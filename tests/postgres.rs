@@ -20,7 +20,8 @@ use support::{eventually, Answer, Receiver};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tower_async_request::store::{
-    DeadLetterQuery, DeliveryState, EventRecord, EventStore, NotificationRecord, PostgresStore,
+    DeadLetterQuery, DeliveryState, DisabledReceiver, EventRecord, EventStore, NotificationRecord,
+    PostgresStore,
 };
 use tower_async_request::{event::EventId, event::NotificationId, AsyncRequestLayer};
 
@@ -373,7 +374,7 @@ async fn nodes_starting_together_create_the_schema_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 4, "each version applied once");
+    assert_eq!(versions, 5, "each version applied once");
     assert!(PostgresStore::builder(pg::url())
         .schema("Not-Valid")
         .connect()
@@ -384,9 +385,11 @@ async fn nodes_starting_together_create_the_schema_once() {
 /// `schema` as version `version` of the store left it (its migrations applied by hand), with one
 /// dead letter in it (event 5, notification 6, 8 attempts); a client and the quoted name.
 async fn schema_at_version(schema: &Schema, version: usize) -> (tokio_postgres::Client, String) {
-    const VERSIONS: [&str; 2] = [
+    const VERSIONS: [&str; 4] = [
         include_str!("../src/store/postgres/schema_v1.sql"),
         include_str!("../src/store/postgres/schema_v2.sql"),
+        include_str!("../src/store/postgres/schema_v3.sql"),
+        include_str!("../src/store/postgres/schema_v4.sql"),
     ];
     let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
         .await
@@ -447,7 +450,7 @@ async fn a_version_1_schema_is_migrated_with_its_dead_letters_readable() {
         .unwrap()
         .get::<_, i32>(0)
         .into();
-    assert_eq!(versions, 4);
+    assert_eq!(versions, 5);
 }
 
 /// Runs the futures concurrently, in order of their answers' positions.
@@ -951,7 +954,8 @@ async fn fifty_copies_of_a_keyed_request_split_over_two_nodes_make_one_event() {
 }
 
 /// A version 2 schema with an event in it is migrated to the newest version (3: idempotency keys;
-/// 4: progress): the event is still there, and a keyed request is claimed and replayed.
+/// 4: progress; 5: disabled receivers): the event is still there, and a keyed request is claimed
+/// and replayed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_2_schema_with_events_is_migrated_to_keep_idempotency_keys() {
     if !pg::available(FILE).await {
@@ -970,7 +974,7 @@ async fn a_version_2_schema_with_events_is_migrated_to_keep_idempotency_keys() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
 
     let receiver = Receiver::start(vec![]).await;
     let (app, handle) = app(store, &receiver);
@@ -1069,5 +1073,109 @@ async fn expired_idempotency_keys_are_swept_and_free_again() {
         count(client.query_one(&keys, &[]).await.unwrap()),
         1,
         "the expired key is swept, the held one kept"
+    );
+}
+
+/// A receiver disabled for test `tag`: ids `a…`/`b…` sort before `c…`.
+fn disabled(id: &str, tag: u64) -> DisabledReceiver {
+    DisabledReceiver {
+        id: id.into(),
+        instance_id: 30 + tag,
+        origin: format!("https://{id}.example.com:{}", 8000 + tag),
+        failing_since_ms: 100 + tag,
+        disabled_at_ms: 200 + tag,
+    }
+}
+
+/// A disabling is an upsert, an enabling a delete that says whether there was a row; the list is
+/// by id, every field kept; and another node on the same schema sees both at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn disabled_receivers_are_replaced_enabled_and_shared_by_every_node() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let (node_a, node_b) = (store(&schema).await, store(&schema).await);
+    // Past i64::MAX: kept bit for bit all the same.
+    let big = DisabledReceiver {
+        failing_since_ms: u64::MAX,
+        ..disabled("a1", 2)
+    };
+    let before = node_a.stats().durable_commits;
+    node_a.disable_receiver(&disabled("c3", 1)).await.unwrap();
+    node_a.disable_receiver(&big).await.unwrap();
+    assert_eq!(node_a.stats().durable_commits, before + 2, "synchronous");
+    assert_eq!(
+        node_a.disabled_receivers().await.unwrap(),
+        [big.clone(), disabled("c3", 1)],
+        "by id, every field kept"
+    );
+    node_a.disable_receiver(&disabled("c3", 3)).await.unwrap();
+    let both = [big.clone(), disabled("c3", 3)];
+    assert_eq!(node_a.disabled_receivers().await.unwrap(), both, "replaced");
+    assert_eq!(
+        node_b.disabled_receivers().await.unwrap(),
+        both,
+        "node B sees it"
+    );
+    assert!(node_b.enable_receiver("a1").await.unwrap());
+    assert!(
+        !node_b.enable_receiver("a1").await.unwrap(),
+        "enabled already"
+    );
+    assert!(
+        !node_a.enable_receiver("a1").await.unwrap(),
+        "on node A too"
+    );
+    assert_eq!(
+        node_a.disabled_receivers().await.unwrap(),
+        [disabled("c3", 3)]
+    );
+    assert_eq!(
+        node_b.disabled_receivers().await.unwrap(),
+        [disabled("c3", 3)]
+    );
+}
+
+/// A version 4 schema is migrated to version 5: it gains the disabled receivers' table, and its
+/// events are still there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_4_schema_is_migrated_to_keep_disabled_receivers() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let (client, quoted) = schema_at_version(&schema, 4).await;
+    let table = format!("SELECT to_regclass('{quoted}.disabled_receivers') IS NOT NULL");
+    let exists = |row: tokio_postgres::Row| row.get::<_, bool>(0);
+    assert!(
+        !exists(client.query_one(&table, &[]).await.unwrap()),
+        "version 4 has none"
+    );
+    let store = store(&schema).await;
+    assert!(exists(client.query_one(&table, &[]).await.unwrap()));
+    let version: i32 = client
+        .query_one(
+            &format!("SELECT max(version) FROM {quoted}.migrations"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 5);
+    assert_eq!(
+        store
+            .dead_letters(DeadLetterQuery::all())
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the version 4 data is there"
+    );
+    assert!(store.disabled_receivers().await.unwrap().is_empty());
+    store.disable_receiver(&disabled("b2", 1)).await.unwrap();
+    assert_eq!(
+        store.disabled_receivers().await.unwrap(),
+        [disabled("b2", 1)]
     );
 }

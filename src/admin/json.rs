@@ -4,6 +4,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::delivery::receivers::ReceiverStatus;
 use crate::layer::handle::{Health, Redelivered};
 use crate::store::{AttemptRecord, EventSnapshot, NotificationRecord};
 use crate::wire::ids::{EventId, NotificationId};
@@ -188,4 +189,54 @@ impl<'a> From<&'a Health> for HealthReport<'a> {
             idempotent_replays: health.metrics.idempotent_replays,
         }
     }
+}
+
+/// A page of receivers; `next` is the `after` of the next page, `null` on the last.
+#[derive(Serialize)]
+pub(super) struct ReceiverPage<'a> {
+    pub(super) receivers: Vec<Receiver<'a>>,
+    pub(super) next: Option<&'a str>,
+}
+
+/// A receiver as the admin service shows it.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Receiver<'a> {
+    id: &'a str,
+    instance_id: u64,
+    origin: &'a str,
+    /// `closed`, `open`, `half-open` or `disabled`.
+    state: &'a str,
+    consecutive_failures: u32,
+    failing_since: Option<u64>,
+    held: usize,
+    in_flight: usize,
+    max_connections: usize,
+}
+
+impl<'a> From<&'a ReceiverStatus> for Receiver<'a> {
+    fn from(receiver: &'a ReceiverStatus) -> Self {
+        Self {
+            id: &receiver.id,
+            instance_id: receiver.instance_id,
+            origin: &receiver.origin,
+            state: receiver.state.as_str(),
+            consecutive_failures: receiver.consecutive_failures,
+            failing_since: receiver.failing_since_ms,
+            held: receiver.held,
+            in_flight: receiver.in_flight,
+            max_connections: receiver.max_connections,
+        }
+    }
+}
+
+/// What enabling a receiver did.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ReceiverEnabled<'a> {
+    pub(super) id: &'a str,
+    pub(super) state: &'a str,
+    /// The dead letters sent again (`?redeliver=since`), lowest id first.
+    pub(super) redelivered: &'a [NotificationId],
+    pub(super) more: bool,
 }

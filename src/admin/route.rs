@@ -18,7 +18,18 @@ pub(super) enum Route {
     DeadLetters(DeadLetterQuery),
     Redeliver(NotificationId),
     RedeliverAll { instance: Option<u64>, limit: usize },
+    Receivers(ReceiverQuery),
+    EnableReceiver { id: String, redeliver: bool },
     Health,
+}
+
+/// Which receivers a page lists: of one instance or all, those with an id above `after`, at
+/// most `limit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ReceiverQuery {
+    pub(super) instance: Option<u64>,
+    pub(super) after: Option<String>,
+    pub(super) limit: usize,
 }
 
 /// A request the admin service will not serve: status, stable code, message.
@@ -82,6 +93,34 @@ pub(super) fn route(method: &Method, uri: &Uri) -> Result<Route, Refused> {
         ["dead-letters", id, "redeliver"] => {
             ("POST", Route::Redeliver(NotificationId::new(id_from(id)?)))
         }
+        ["receivers"] => {
+            let query = Query::parse(uri.query(), &["instance", "after", "limit"])?;
+            let route = Route::Receivers(ReceiverQuery {
+                instance: query.number("instance")?,
+                after: query
+                    .value("after")
+                    .map(|after| receiver_id_from(after, "after="))
+                    .transpose()?,
+                limit: query.limit()?,
+            });
+            ("GET", route)
+        }
+        ["receivers", id, "enable"] => {
+            let query = Query::parse(uri.query(), &["redeliver"])?;
+            let redeliver = match query.value("redeliver") {
+                None => false,
+                Some("since") => true,
+                Some(other) => {
+                    return Err(Refused::invalid_query(format!(
+                        "redeliver={:?}: the one value is \"since\" (the dead letters its \
+                         disabling made).",
+                        clip(other)
+                    )))
+                }
+            };
+            let id = receiver_id_from(id, "")?;
+            ("POST", Route::EnableReceiver { id, redeliver })
+        }
         ["health"] => ("GET", Route::Health),
         _ => {
             return Err(Refused::new(
@@ -96,7 +135,13 @@ pub(super) fn route(method: &Method, uri: &Uri) -> Result<Route, Refused> {
         return Err(Refused::method_not_allowed(allow));
     }
     // Routes without parameters take no query either: a typo must not pass silently.
-    if !matches!(route, Route::DeadLetters(_) | Route::RedeliverAll { .. }) {
+    if !matches!(
+        route,
+        Route::DeadLetters(_)
+            | Route::RedeliverAll { .. }
+            | Route::Receivers(_)
+            | Route::EnableReceiver { .. }
+    ) {
         Query::parse(uri.query(), &[])?;
     }
     Ok(route)
@@ -114,6 +159,25 @@ fn id_from(text: &str) -> Result<u64, Refused> {
             ),
         )
     })
+}
+
+/// A receiver id: 16 lowercase hex digits.
+fn receiver_id_from(text: &str, what: &str) -> Result<String, Refused> {
+    if text.len() == 16
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Ok(text.to_owned());
+    }
+    Err(Refused::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_id",
+        format!(
+            "{what}{:?} is not a receiver id (16 lowercase hex digits).",
+            clip(text)
+        ),
+    ))
 }
 
 fn parse_number(text: &str) -> Option<u64> {

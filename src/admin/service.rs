@@ -11,8 +11,8 @@ use serde::Serialize;
 use tower_service::Service;
 
 use super::json;
-use super::route::{route, Refused, Route};
-use crate::layer::handle::{AsyncRequestHandle, RedeliverError};
+use super::route::{route, Refused, Route, MAX_PAGE};
+use crate::layer::handle::{AsyncRequestHandle, RedeliverError, Redelivered};
 use crate::request::refusal::{json_error, json_response};
 use crate::store::StoreError;
 
@@ -124,6 +124,66 @@ async fn answer(handle: &AsyncRequestHandle, route: Route) -> Response<Full<Byte
                 Ok(done) => respond(StatusCode::ACCEPTED, &json::BulkRedelivery::from(&done)),
                 Err(error) => redeliver_failed(error),
             }
+        }
+        Route::Receivers(query) => match handle.receivers(query.instance).await {
+            Ok(all) => {
+                let page: Vec<_> = all
+                    .iter()
+                    .filter(|receiver| {
+                        query
+                            .after
+                            .as_ref()
+                            .is_none_or(|after| receiver.id > *after)
+                    })
+                    .take(query.limit)
+                    .collect();
+                let next = (page.len() >= query.limit)
+                    .then(|| page.last().map(|last| last.id.as_str()))
+                    .flatten();
+                let body = json::ReceiverPage {
+                    receivers: page
+                        .iter()
+                        .map(|receiver| json::Receiver::from(*receiver))
+                        .collect(),
+                    next,
+                };
+                respond(StatusCode::OK, &body)
+            }
+            Err(error) => store_unavailable(&error),
+        },
+        Route::EnableReceiver { id, redeliver } => {
+            let known = match handle.receivers(None).await {
+                Ok(all) => all.iter().any(|receiver| receiver.id == id),
+                Err(error) => return store_unavailable(&error),
+            };
+            let was_disabled = match handle.enable_receiver(&id).await {
+                Ok(was) => was,
+                Err(error) => return store_unavailable(&error),
+            };
+            if !known && !was_disabled {
+                return refusal(&Refused::new(
+                    StatusCode::NOT_FOUND,
+                    "receiver_not_found",
+                    format!("No receiver {id} is known here, nor disabled."),
+                ));
+            }
+            let redelivered = if redeliver {
+                match handle.redeliver_receiver(&id, MAX_PAGE).await {
+                    Ok(done) => done,
+                    Err(error) => return redeliver_failed(error),
+                }
+            } else {
+                Redelivered::default()
+            };
+            respond(
+                StatusCode::OK,
+                &json::ReceiverEnabled {
+                    id: &id,
+                    state: "closed",
+                    redelivered: &redelivered.notification_ids,
+                    more: redelivered.more,
+                },
+            )
         }
         Route::Health => {
             let health = handle.health().await;

@@ -82,6 +82,11 @@ impl Permit {
         self.share.as_ref().map_or(layer, |share| &share.counters)
     }
 
+    /// The event's instance's share, when the layer serves many.
+    pub(crate) fn share(&self) -> Option<&Arc<Share>> {
+        self.share.as_ref()
+    }
+
     /// Takes one from a counter of the layer's and of the event's instance.
     pub(crate) fn sub(&self, counters: &Counters, counter: Counter) {
         counters.sub(counter);

@@ -23,12 +23,17 @@ use tokio_util::time::DelayQueue;
 use tracing::Instrument;
 
 use crate::admission::in_flight::Permit;
+use crate::admission::share::Share;
+use crate::delivery::circuit::{Change, Verdict};
+use crate::delivery::operational::Operational;
+use crate::delivery::receivers::{Entry, Finished, Receiver, Receivers};
 use crate::delivery::retry::{parse_retry_after, DeliveryPolicy};
 use crate::delivery::sink::{DynSink, SinkError, SinkErrorKind, TrustedTarget};
 use crate::instance::{Instance, Instances};
 use crate::metrics::{AttemptResult, Counter, Counters};
 use crate::store::{
-    history, unix_ms, AttemptRecord, DeliveryState, EventStore, NotificationRecord, StoreError,
+    history, unix_ms, AttemptRecord, DeliveryState, DisabledReceiver, EventStore,
+    NotificationRecord, StoreError,
 };
 use crate::wire::header::{HeaderText, ELEMENTS_EVENT_ID};
 
@@ -111,6 +116,21 @@ impl AttemptOutcome {
         })
     }
 
+    /// What the answer says about the receiver, for its circuit.
+    fn verdict(&self) -> Verdict {
+        match self {
+            Self::Delivered(_) | Self::Gone => Verdict::Answered,
+            Self::Rejected { status, .. }
+                if status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                Verdict::Failed
+            }
+            Self::Rejected { .. } => Verdict::Answered,
+            Self::Unreachable(_) => Verdict::Failed,
+            Self::Unsent(_) | Self::Final(_) => Verdict::Unknown,
+        }
+    }
+
     /// The attempt's `result` label.
     fn result(&self) -> AttemptResult {
         match self {
@@ -139,6 +159,8 @@ pub(crate) struct Delivery {
     /// How long a delivered notification stays readable through the status endpoint.
     pub(crate) retention: Duration,
     pub(crate) outbox: Outbox,
+    /// Each receiver's bound on connections and circuit, each instance's pace.
+    pub(crate) receivers: Receivers<Waiting>,
 }
 
 impl fmt::Debug for Delivery {
@@ -166,7 +188,10 @@ impl Delivery {
         *request.headers_mut() = HeaderMap::with_capacity(8);
         *request.method_mut() = Method::POST;
         *request.uri_mut() = target.clone();
-        if self.allow_private || instance.callback_url() == Some(target) {
+        if self.allow_private
+            || instance.callback_url() == Some(target)
+            || instance.operations_url() == Some(target)
+        {
             request.extensions_mut().insert(TrustedTarget);
         }
         let headers = request.headers_mut();
@@ -255,15 +280,32 @@ impl Delivery {
     /// The target is `parsed`, or else the record's, parsed here.
     async fn attempt_once(
         &self,
-        instances: &Instances,
+        config: &Arc<dyn Deliverer>,
         notification: &mut NotificationRecord,
         parsed: Option<Uri>,
         permit: &Permit,
     ) -> Next {
         let counters = permit.instance_counters(&self.counters);
+        let resolved = Self::instance_and_target(config.instances(), notification, parsed).await;
+        // Its turn first (pace, connection slot, circuit): waiting uses none of its budget.
+        let ticket = match &resolved {
+            Ok((instance, target)) => {
+                match self.receivers.enter(instance, target, permit.share()).await {
+                    Entry::Go(ticket) => Some(ticket),
+                    Entry::Hold(receiver) => return Next::Hold(receiver),
+                    Entry::Disabled(receiver) => {
+                        notification.last_error = Some(disabled_reason(&receiver));
+                        self.bury(config, Some(instance), notification.clone(), permit)
+                            .await;
+                        return Next::Done;
+                    }
+                }
+            }
+            Err(_) => None,
+        };
         let started = Instant::now();
         let at_ms = unix_ms();
-        let outcome = match Self::instance_and_target(instances, notification, parsed).await {
+        let (instance, outcome) = match resolved {
             Ok((instance, target)) => {
                 notification.attempts += 1;
                 let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
@@ -274,21 +316,26 @@ impl Delivery {
                 // Labelled by host only when the operator configured it: bounded.
                 let host = target.host().filter(|_| notification.instance_url);
                 counters.attempt(outcome.result(), host);
-                outcome
+                (Some(instance), outcome)
             }
             // Counted, so the retry schedule bounds how long a resolver may fail.
             Err(unsent @ AttemptOutcome::Unsent(_)) => {
                 notification.attempts += 1;
                 counters.attempt(unsent.result(), None);
-                unsent
+                (None, unsent)
             }
             // Never attempted: no history entry, only the reason.
             Err(never) => {
                 notification.last_error = never.error();
-                self.bury(notification.clone(), permit).await;
+                self.bury(config, None, notification.clone(), permit).await;
                 return Next::Done;
             }
         };
+        let instance = instance.as_ref();
+        if let (Some(ticket), Some(instance)) = (ticket, instance) {
+            let finished = ticket.finish(outcome.verdict(), unix_ms(), &self.receivers.circuit);
+            self.circuit_changed(config, instance, finished);
+        }
         let error = outcome.error();
         history::push(
             &mut notification.history,
@@ -316,7 +363,8 @@ impl Delivery {
             }
             AttemptOutcome::Gone | AttemptOutcome::Final(_) => {
                 notification.last_error = error;
-                self.bury(notification.clone(), permit).await;
+                self.bury(config, instance, notification.clone(), permit)
+                    .await;
                 return Next::Done;
             }
             AttemptOutcome::Rejected { retry_after, .. } => retry_after,
@@ -327,7 +375,8 @@ impl Delivery {
             .delay_before(notification.attempts, retry_after, random_unit());
         notification.last_error = error;
         let Some(delay) = delay else {
-            self.bury(notification.clone(), permit).await;
+            self.bury(config, instance, notification.clone(), permit)
+                .await;
             return Next::Done;
         };
         notification.next_attempt_at_ms = unix_ms() + delay.as_millis() as u64;
@@ -375,8 +424,107 @@ impl Delivery {
         }
     }
 
-    /// Records a notification as a dead letter.
-    async fn bury(&self, mut notification: NotificationRecord, permit: &Permit) {
+    /// Acts on what an attempt's verdict did to its receiver's circuit: counts the move, starts
+    /// the probe timer of an opened circuit, releases what a closed one held, buries what a
+    /// disabled one held.
+    fn circuit_changed(
+        &self,
+        config: &Arc<dyn Deliverer>,
+        instance: &Instance,
+        finished: Finished<Waiting>,
+    ) {
+        let Finished {
+            change,
+            released,
+            receiver,
+        } = finished;
+        let status = receiver.view();
+        match change {
+            Change::None => {}
+            Change::Opened { until } | Change::Reopened { until } => {
+                if matches!(change, Change::Opened { .. }) {
+                    tracing::warn!(
+                        receiver = %receiver.origin,
+                        instance_id = receiver.instance_id,
+                        "the receiver keeps failing; its circuit is open, its notifications held",
+                    );
+                    config.clone().tell_operators(
+                        receiver.instance_id,
+                        Some(instance),
+                        Operational::ReceiverFailing {
+                            receiver_id: status.id,
+                            origin: status.origin,
+                            consecutive_failures: status.consecutive_failures,
+                            failing_since_ms: status.failing_since_ms.unwrap_or_default(),
+                        },
+                    );
+                }
+                tokio::spawn(probe_at(receiver, until));
+            }
+            Change::ProbeAgain => release(released),
+            Change::Closed => {
+                tracing::info!(
+                    receiver = %receiver.origin,
+                    instance_id = receiver.instance_id,
+                    held = released.len(),
+                    "the receiver answers again; its circuit is closed",
+                );
+                config.clone().tell_operators(
+                    receiver.instance_id,
+                    Some(instance),
+                    Operational::ReceiverRecovered {
+                        receiver_id: status.id,
+                        origin: status.origin,
+                    },
+                );
+                release(released);
+            }
+            Change::Disabled => {
+                tracing::error!(
+                    receiver = %receiver.origin,
+                    instance_id = receiver.instance_id,
+                    "the receiver has failed for too long; it is disabled",
+                );
+                let record = DisabledReceiver {
+                    id: status.id,
+                    instance_id: status.instance_id,
+                    origin: status.origin,
+                    failing_since_ms: status.failing_since_ms.unwrap_or_default(),
+                    disabled_at_ms: unix_ms(),
+                };
+                config.clone().tell_operators(
+                    record.instance_id,
+                    Some(instance),
+                    Operational::ReceiverDisabled {
+                        receiver_id: record.id.clone(),
+                        origin: record.origin.clone(),
+                        failing_since_ms: record.failing_since_ms,
+                        disabled_at_ms: record.disabled_at_ms,
+                    },
+                );
+                let store = self.store.clone();
+                tokio::spawn(async move {
+                    // Stored first: a crash while burying must not forget the disabling.
+                    match store.disable_receiver(&record).await {
+                        Ok(()) => receiver.disabling_stored(),
+                        Err(error) => {
+                            tracing::error!(%error, "could not record a disabled receiver")
+                        }
+                    }
+                    bury_all(&receiver, released).await;
+                });
+            }
+        }
+    }
+
+    /// Records a notification as a dead letter, and tells the instance's operators.
+    async fn bury(
+        &self,
+        config: &Arc<dyn Deliverer>,
+        instance: Option<&Instance>,
+        mut notification: NotificationRecord,
+        permit: &Permit,
+    ) {
         notification.state = DeliveryState::Dead;
         tracing::error!(
             error = notification.last_error.as_deref().unwrap_or_default(),
@@ -392,6 +540,17 @@ impl Delivery {
         if let Some(hook) = &self.on_dead_letter {
             hook(&notification);
         }
+        config.clone().tell_operators(
+            notification.instance_id,
+            instance,
+            Operational::NotificationDead {
+                event_id: notification.event_id,
+                notification_id: notification.notification_id,
+                attempts: notification.attempts,
+                reason: notification.last_error,
+                target: notification.target,
+            },
+        );
     }
 }
 
@@ -402,6 +561,15 @@ pub(crate) trait Deliverer: fmt::Debug + Send + Sync + 'static {
     fn delivery(&self) -> &Delivery;
     /// Each notification's instance as it is now.
     fn instances(&self) -> &Instances;
+    /// Sends `what` to the instance's operations URL, if it has one, as a notification of its
+    /// own; returns at once. `instance` is its settings when the caller has them at hand (else
+    /// they are read).
+    fn tell_operators(
+        self: Arc<Self>,
+        instance_id: u64,
+        instance: Option<&Instance>,
+        what: Operational,
+    );
 }
 
 /// What follows an attempt.
@@ -410,24 +578,105 @@ enum Next {
     Done,
     /// Try again at `next_attempt_at_ms`.
     Later,
+    /// Not attempted: its receiver's circuit is open.
+    Hold(Arc<Receiver<Waiting>>),
+}
+
+/// How the reason of a dead letter its receiver's disabling made begins.
+pub(crate) const RECEIVER_DISABLED: &str = "receiver_disabled";
+
+/// The dead letter's reason when its receiver is disabled.
+fn disabled_reason(receiver: &Receiver<Waiting>) -> String {
+    format!(
+        "{RECEIVER_DISABLED}: {} is disabled after failing for too long (receiver {})",
+        receiver.origin, receiver.id
+    )
+}
+
+/// Sends what a circuit held, through its receiver's connection bound.
+fn release(released: Vec<Waiting>) {
+    for waiting in released {
+        tokio::spawn(deliver(
+            waiting.config,
+            waiting.notification,
+            waiting.permit,
+            None,
+        ));
+    }
+}
+
+/// After the cool-down, tries the first held notification as the probe.
+async fn probe_at(receiver: Arc<Receiver<Waiting>>, until: Instant) {
+    tokio::time::sleep_until(until.into()).await;
+    if let Some(probe) = receiver.take_probe(Instant::now()) {
+        release(vec![probe]);
+    }
+}
+
+/// Buries what a disabled receiver held.
+pub(crate) async fn bury_all(receiver: &Receiver<Waiting>, held: Vec<Waiting>) {
+    let reason = disabled_reason(receiver);
+    for Waiting {
+        config,
+        mut notification,
+        permit,
+    } in held
+    {
+        notification.last_error = Some(reason.clone());
+        config
+            .delivery()
+            .bury(&config, None, notification, &permit)
+            .await;
+    }
+}
+
+/// Makes this node's receivers agree with the store's disabled ones, burying what a receiver
+/// disabled elsewhere held here. `share_of` gives an instance's counters.
+pub(crate) async fn follow_disabled(
+    delivery: &Delivery,
+    share_of: impl Fn(u64) -> Option<Arc<Share>>,
+) -> Result<(), StoreError> {
+    if !delivery.store.keeps_disabled_receivers() {
+        return Ok(());
+    }
+    let disabled = delivery.store.disabled_receivers().await?;
+    for (receiver, held) in delivery.receivers.follow(&disabled, share_of) {
+        bury_all(&receiver, held).await;
+    }
+    Ok(())
 }
 
 /// Delivers a pending notification: an attempt now if it is due, and each later one from the
 /// outbox, until it is delivered or dead. `permit` is the event's place under `max_in_flight`,
 /// held until then. `parsed` is the notification's target already parsed, if the caller has it.
 pub(crate) async fn deliver(
-    config: Arc<dyn Deliverer>,
+    mut config: Arc<dyn Deliverer>,
     mut notification: NotificationRecord,
-    permit: Permit,
-    parsed: Option<Uri>,
+    mut permit: Permit,
+    mut parsed: Option<Uri>,
 ) {
     if notification.next_attempt_at_ms <= unix_ms() {
-        if let Next::Done = config
-            .delivery()
-            .attempt_once(config.instances(), &mut notification, parsed, &permit)
-            .await
-        {
-            return;
+        loop {
+            let next = config
+                .delivery()
+                .attempt_once(&config, &mut notification, parsed, &permit)
+                .await;
+            match next {
+                Next::Done => return,
+                Next::Later => break,
+                Next::Hold(receiver) => {
+                    let waiting = Waiting {
+                        config,
+                        notification,
+                        permit,
+                    };
+                    let Some(back) = receiver.hold(waiting) else {
+                        return;
+                    };
+                    (config, notification, permit, parsed) =
+                        (back.config, back.notification, back.permit, None);
+                }
+            }
         }
     }
     config
@@ -446,7 +695,7 @@ pub(crate) struct Outbox {
 }
 
 #[derive(Debug)]
-struct Waiting {
+pub(crate) struct Waiting {
     // Each waiting notification keeps the layer's configuration alive, so dropping the layer
     // (the last router using it, say) does not silently drop its pending deliveries.
     config: Arc<dyn Deliverer>,
@@ -617,6 +866,7 @@ mod tests {
             allow_private: false,
             retention: Duration::from_secs(60),
             outbox: Outbox::default(),
+            receivers: Receivers::new(1, Default::default(), Arc::default()),
         };
         let notification = NotificationRecord {
             event_id: EventId::new(1028),

@@ -15,6 +15,7 @@ pub(crate) mod job;
 pub(crate) mod jobs;
 pub mod notification;
 pub(crate) mod operation;
+pub(crate) mod operational;
 pub(crate) mod receipt;
 pub(crate) mod recovery;
 pub(crate) mod shared;

@@ -5,12 +5,13 @@
 //! notifications resume their schedule where it stopped. The store is read once, before this
 //! process records its first event (or its first cancel), so new events are never mistaken for
 //! old ones. With a store several nodes share, [`follow_ends`] drops the jobs here that other
-//! nodes ended and answers waits for events that ended anywhere.
+//! nodes ended and answers waits for events that ended anywhere, and [`follow_receivers`] honours
+//! the receivers other nodes disabled or enabled.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::delivery::attempt::deliver;
+use crate::delivery::attempt::{deliver, follow_disabled};
 use crate::event::job::conclude;
 use crate::event::notification::{FailureCode, Outcome};
 use crate::event::shared::Shared;
@@ -22,6 +23,8 @@ pub(crate) async fn ensure_recovered(config: &Arc<Shared>) -> Result<(), StoreEr
     config
         .recovered
         .get_or_try_init(|| async {
+            // Receivers disabled earlier first: what was pending for them is buried, not sent.
+            follow_disabled(&config.delivery, |id| config.share_of(id)).await?;
             let recovery = config.store.recover().await?;
             if !recovery.unfinished.is_empty() || !recovery.pending.is_empty() {
                 tracing::info!(
@@ -33,6 +36,9 @@ pub(crate) async fn ensure_recovered(config: &Arc<Shared>) -> Result<(), StoreEr
             }
             if config.store.take_over().is_some() {
                 tokio::spawn(take_over(Arc::downgrade(config)));
+                if config.store.keeps_disabled_receivers() {
+                    tokio::spawn(follow_receivers(Arc::downgrade(config)));
+                }
             }
             if config.jobs.is_some() && config.store.ended_elsewhere().is_some() {
                 tokio::spawn(follow_ends(Arc::downgrade(config)));
@@ -78,6 +84,24 @@ async fn take_over(config: Weak<Shared>) {
                 tracing::warn!(%error, "could not look for work of stopped nodes");
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
+        }
+    }
+}
+
+/// How often a node sharing its store reads which receivers are disabled.
+pub(crate) const RECEIVER_SYNC: Duration = Duration::from_secs(5);
+
+/// With a store several nodes share: every [`RECEIVER_SYNC`], disables here the receivers other
+/// nodes disabled and enables those an operator enabled elsewhere, for as long as the layer
+/// lives.
+async fn follow_receivers(config: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(RECEIVER_SYNC).await;
+        let Some(strong) = config.upgrade() else {
+            return;
+        };
+        if let Err(error) = follow_disabled(&strong.delivery, |id| strong.share_of(id)).await {
+            tracing::warn!(%error, "could not read which receivers are disabled");
         }
     }
 }

@@ -9,10 +9,12 @@ use http::StatusCode;
 use tokio::sync::OnceCell;
 
 use crate::admission::in_flight::{Permit, Runner};
-use crate::admission::share::Shares;
+use crate::admission::share::{Share, Shares};
 use crate::delivery::attempt::{Deliverer, Delivery};
+use crate::delivery::operational::Operational;
 use crate::event::idempotency::Keys;
 use crate::event::jobs::Jobs;
+use crate::event::operational;
 use crate::event::unconfirmed::Unconfirmed;
 use crate::instance::{Instance, Instances};
 use crate::metrics::Counters;
@@ -98,6 +100,14 @@ impl Shared {
     }
 
     /// Counts an event accepted earlier in its instance's share (many instances only).
+    /// The counters of instance `instance_id` beside the layer's (many instances only).
+    pub(crate) fn share_of(&self, instance_id: u64) -> Option<Arc<Share>> {
+        self.instances
+            .single()
+            .is_none()
+            .then(|| self.shares.of(instance_id))
+    }
+
     pub(crate) fn count_in_share(&self, permit: &mut Permit, instance_id: u64) {
         if self.instances.single().is_none() {
             permit.join_anyway(self.shares.of(instance_id));
@@ -112,5 +122,21 @@ impl Deliverer for Shared {
 
     fn instances(&self) -> &Instances {
         &self.instances
+    }
+
+    fn tell_operators(
+        self: Arc<Self>,
+        instance_id: u64,
+        instance: Option<&Instance>,
+        what: Operational,
+    ) {
+        // Most instances have no operations URL: nothing to spawn for them.
+        if instance.is_some_and(|instance| instance.operations_url().is_none()) {
+            return;
+        }
+        let config = self.clone();
+        let permit = async move { config.permit_for(instance_id).await };
+        let instance = instance.cloned();
+        tokio::spawn(operational::send(self, instance_id, instance, what, permit));
     }
 }

@@ -87,4 +87,4 @@ pub use self::resolve::{ResolveError, ResolveFuture, ResolveInstance};
 pub use self::settings::{Instance, InstanceBuilder};
 
 pub(crate) use self::instances::Instances;
-pub(crate) use self::settings::Naming;
+pub(crate) use self::settings::{Naming, MAX_CONNECTIONS};

@@ -28,7 +28,16 @@ struct Settings {
     signer: Signer,
     max_in_flight: Option<u32>,
     credentials: Vec<CredentialDigest>,
+    max_connections: Option<usize>,
+    max_delivery_rate: Option<f64>,
+    operations_url: Option<Uri>,
 }
+
+/// The largest per-receiver bound on connections (a semaphore's permits).
+pub(crate) const MAX_CONNECTIONS: usize = 1 << 20;
+/// The slowest and fastest paces an instance may set (attempts per second).
+const MIN_DELIVERY_RATE: f64 = 0.001;
+const MAX_DELIVERY_RATE: f64 = 1_000_000.0;
 
 /// A credential as an [`InstanceMap`](super::InstanceMap) keeps it: its SHA-256.
 pub(crate) type CredentialDigest = [u8; 32];
@@ -52,6 +61,9 @@ impl Instance {
             standard_secrets: Vec::new(),
             max_in_flight: None,
             credentials: Vec::new(),
+            max_connections: None,
+            max_delivery_rate: None,
+            operations_url: None,
         }
     }
 
@@ -68,6 +80,23 @@ impl Instance {
     /// The most events of this instance that may be unfinished at once, if bounded.
     pub fn max_in_flight(&self) -> Option<usize> {
         self.inner.max_in_flight.map(|max| max as usize)
+    }
+
+    /// The most attempts in flight to one of its receivers, when it overrides the layer's
+    /// `max_connections_per_receiver`.
+    pub fn max_connections(&self) -> Option<usize> {
+        self.inner.max_connections
+    }
+
+    /// The most delivery attempts per second it starts, if paced.
+    pub fn max_delivery_rate(&self) -> Option<f64> {
+        self.inner.max_delivery_rate
+    }
+
+    /// Where its operational webhooks go (`receiver.failing`, `receiver.recovered`,
+    /// `receiver.disabled`, `notification.dead`), if anywhere.
+    pub fn operations_url(&self) -> Option<&Uri> {
+        self.inner.operations_url.as_ref()
     }
 
     pub(crate) fn signer(&self) -> &Signer {
@@ -91,6 +120,9 @@ impl fmt::Debug for Instance {
             .field("signer", &self.inner.signer)
             .field("max_in_flight", &self.inner.max_in_flight)
             .field("credentials", &self.inner.credentials.len())
+            .field("max_connections", &self.inner.max_connections)
+            .field("max_delivery_rate", &self.inner.max_delivery_rate)
+            .field("operations_url", &self.inner.operations_url)
             .finish()
     }
 }
@@ -104,6 +136,9 @@ pub struct InstanceBuilder {
     standard_secrets: Vec<String>,
     max_in_flight: Option<usize>,
     credentials: Vec<String>,
+    max_connections: Option<usize>,
+    max_delivery_rate: Option<f64>,
+    operations_url: Option<String>,
 }
 
 impl fmt::Debug for InstanceBuilder {
@@ -118,6 +153,9 @@ impl fmt::Debug for InstanceBuilder {
             .field("standard_webhooks_secrets", &self.standard_secrets.len())
             .field("max_in_flight", &self.max_in_flight)
             .field("credentials", &self.credentials.len())
+            .field("max_connections", &self.max_connections)
+            .field("max_delivery_rate", &self.max_delivery_rate)
+            .field("operations_url", &self.operations_url)
             .finish()
     }
 }
@@ -169,6 +207,31 @@ impl InstanceBuilder {
         self
     }
 
+    /// The most delivery attempts in flight at once to one of its receivers (a callback origin:
+    /// scheme, host, port); further due notifications wait their turn without using their
+    /// attempt budget. Overrides the layer's
+    /// [`max_connections_per_receiver`](crate::AsyncRequestLayerBuilder::max_connections_per_receiver).
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = Some(max);
+        self
+    }
+
+    /// Paces its delivery attempts to at most `per_second` (evenly spaced): due notifications
+    /// wait their turn, none is dropped. Unpaced by default.
+    pub fn max_delivery_rate(mut self, per_second: f64) -> Self {
+        self.max_delivery_rate = Some(per_second);
+        self
+    }
+
+    /// Where its operational webhooks go: `receiver.failing` (a receiver's circuit opened),
+    /// `receiver.recovered`, `receiver.disabled` and `notification.dead`, signed with its keys
+    /// and retried like any notification. Trusted operator configuration, as
+    /// [`callback_url`](Self::callback_url).
+    pub fn operations_url(mut self, url: impl Into<String>) -> Self {
+        self.operations_url = Some(url.into());
+        self
+    }
+
     /// Checks the settings and builds the instance.
     pub fn build(self) -> Result<Instance, ConfigError> {
         self.build_named(Naming::Instance)
@@ -215,6 +278,34 @@ impl InstanceBuilder {
                 ))
             }
         };
+        if self
+            .max_connections
+            .is_some_and(|max| max == 0 || max > MAX_CONNECTIONS)
+        {
+            return Err(error(
+                "max_connections",
+                &format_args!("must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        if self
+            .max_delivery_rate
+            .is_some_and(|rate| !(MIN_DELIVERY_RATE..=MAX_DELIVERY_RATE).contains(&rate))
+        {
+            return Err(error(
+                "max_delivery_rate",
+                &format_args!(
+                    "must be between {MIN_DELIVERY_RATE} and {MAX_DELIVERY_RATE} per second"
+                ),
+            ));
+        }
+        let operations_url = self
+            .operations_url
+            .as_deref()
+            .map(|url| {
+                callback_url::validate(url.as_bytes(), Origin::Operator, &UrlPolicy::default())
+                    .map_err(|refusal| error("operations_url", &refusal.message))
+            })
+            .transpose()?;
         if self.credentials.iter().any(String::is_empty) {
             return Err(error("credential", &"must not be empty"));
         }
@@ -232,6 +323,9 @@ impl InstanceBuilder {
                 signer: Signer::new(self.signing_key.as_deref(), &standard_keys),
                 max_in_flight,
                 credentials,
+                max_connections: self.max_connections,
+                max_delivery_rate: self.max_delivery_rate,
+                operations_url,
             }),
         })
     }
@@ -274,6 +368,14 @@ mod tests {
         assert!(!message.contains("***"), "{message}");
         let message = error(Instance::builder(7).max_in_flight(0));
         assert!(message.contains("max_in_flight"), "{message}");
+        let message = error(Instance::builder(7).max_connections(0));
+        assert!(message.contains("instance 7: max_connections"), "{message}");
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let message = error(Instance::builder(7).max_delivery_rate(rate));
+            assert!(message.contains("max_delivery_rate"), "{message}");
+        }
+        let message = error(Instance::builder(7).operations_url("ftp://example.com/"));
+        assert!(message.contains("instance 7: operations_url"), "{message}");
         let message = error(Instance::builder(7).credential(""));
         assert!(message.contains("credential"), "{message}");
     }
@@ -286,8 +388,17 @@ mod tests {
             .standard_webhooks_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
             .max_in_flight(3)
             .credential("acme-element-token")
+            .max_connections(8)
+            .max_delivery_rate(100.0)
+            .operations_url("https://ops.example.com/hooks")
             .build()
             .unwrap();
+        assert_eq!(instance.max_connections(), Some(8));
+        assert_eq!(instance.max_delivery_rate(), Some(100.0));
+        assert_eq!(
+            instance.operations_url().unwrap(),
+            "https://ops.example.com/hooks"
+        );
         assert_eq!(instance.id(), 30);
         assert_eq!(instance.credential_digests().len(), 1);
         assert_eq!(instance.callback_url().unwrap(), "http://10.0.0.5/hooks");

@@ -10,6 +10,8 @@ use tokio::sync::OnceCell;
 use crate::admission::in_flight::{Runner, DEFAULT_MAX_IN_FLIGHT};
 use crate::admission::share::Shares;
 use crate::delivery::attempt::{DeadLetterHook, Delivery};
+use crate::delivery::circuit::CircuitSettings;
+use crate::delivery::receivers::{Receivers, DEFAULT_MAX_CONNECTIONS_PER_RECEIVER};
 use crate::delivery::retry::DeliveryPolicy;
 use crate::delivery::sink::{CallbackSink, DynSink, HttpSink, DEFAULT_ATTEMPT_TIMEOUT};
 use crate::error::ConfigError;
@@ -64,6 +66,9 @@ pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 
 /// | [`retry_schedule`](Self::retry_schedule) | [`DEFAULT_RETRY_SCHEDULE`](crate::retry::DEFAULT_RETRY_SCHEDULE): 0, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, ±20 % |
 /// | [`attempt_timeout`](Self::attempt_timeout) | [`DEFAULT_ATTEMPT_TIMEOUT`] (15 s) |
 /// | [`max_in_flight`](Self::max_in_flight) | [`DEFAULT_MAX_IN_FLIGHT`] (10 000) |
+/// | [`max_connections_per_receiver`](Self::max_connections_per_receiver) | [`DEFAULT_MAX_CONNECTIONS_PER_RECEIVER`] (32) |
+/// | [`circuit_breaker`](Self::circuit_breaker) | 5 failures, 30 s cool-down doubling to 10 min |
+/// | [`disable_receiver_after`](Self::disable_receiver_after) | [`DEFAULT_DISABLE_RECEIVER_AFTER`](crate::delivery::circuit::DEFAULT_DISABLE_RECEIVER_AFTER) (5 days) |
 /// | [`job_timeout`](Self::job_timeout) | [`DEFAULT_JOB_TIMEOUT`] (15 min) |
 /// | [`store`](Self::store) | [`MemoryStore::new()`] |
 /// | [`idempotency_retention`](Self::idempotency_retention) | [`DEFAULT_IDEMPOTENCY_RETENTION`] (24 h) |
@@ -84,6 +89,8 @@ pub struct AsyncRequestLayerBuilder {
     attempt_timeout: Duration,
     request_body_timeout: Duration,
     max_in_flight: usize,
+    max_connections_per_receiver: usize,
+    circuit: CircuitSettings,
     job_timeout: Option<Duration>,
     on_dead_letter: Option<DeadLetterHook>,
     status_endpoint: Option<String>,
@@ -126,6 +133,11 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("request_body_timeout", &self.request_body_timeout)
             .field("max_in_flight", &self.max_in_flight)
+            .field(
+                "max_connections_per_receiver",
+                &self.max_connections_per_receiver,
+            )
+            .field("circuit", &self.circuit)
             .field("job_timeout", &self.job_timeout)
             .field("status_endpoint", &self.status_endpoint)
             .field(
@@ -159,6 +171,8 @@ impl Default for AsyncRequestLayerBuilder {
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             request_body_timeout: DEFAULT_REQUEST_BODY_TIMEOUT,
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_connections_per_receiver: DEFAULT_MAX_CONNECTIONS_PER_RECEIVER,
+            circuit: CircuitSettings::default(),
             job_timeout: Some(DEFAULT_JOB_TIMEOUT),
             on_dead_letter: None,
             status_endpoint: None,
@@ -298,6 +312,38 @@ impl AsyncRequestLayerBuilder {
         self
     }
 
+    /// The most delivery attempts in flight at once to one receiver (an instance's callback
+    /// origin: scheme, host, port); further due notifications wait their turn without using
+    /// their attempt budget, so a receiver that hangs holds at most this many connections.
+    /// An instance may set its own ([`InstanceBuilder::max_connections`](crate::instance::InstanceBuilder::max_connections)).
+    pub fn max_connections_per_receiver(mut self, max: usize) -> Self {
+        self.max_connections_per_receiver = max;
+        self
+    }
+
+    /// Each receiver's circuit breaker: after `failures` consecutive failed attempts
+    /// (connection refused, timeout, `5xx`, `429`) its circuit opens and its notifications are
+    /// held, no attempt made and none counted against their schedule, for `cool_down` (doubling
+    /// on each failed probe, up to 10 minutes or `cool_down` if longer); then one is tried, and
+    /// a `2xx` closes the circuit and releases the rest. `failures` `0` turns it off. Default:
+    /// 5 failures, 30 s.
+    pub fn circuit_breaker(mut self, failures: u32, cool_down: Duration) -> Self {
+        self.circuit.failures = failures;
+        self.circuit.cool_down = cool_down;
+        self
+    }
+
+    /// Disables a receiver that has failed without a single success for this long (default
+    /// [`DEFAULT_DISABLE_RECEIVER_AFTER`](crate::delivery::circuit::DEFAULT_DISABLE_RECEIVER_AFTER), 5 days; `None`: never): its held and new
+    /// notifications become dead letters (reason `receiver_disabled`), kept and redeliverable,
+    /// until an operator enables it again
+    /// ([`AsyncRequestHandle::enable_receiver`](crate::AsyncRequestHandle::enable_receiver)
+    /// or the admin route).
+    pub fn disable_receiver_after(mut self, after: Option<Duration>) -> Self {
+        self.circuit.disable_after = after;
+        self
+    }
+
     /// How long an `Idempotency-Key` stays claimed by the async request that first used it
     /// (default [`DEFAULT_IDEMPOTENCY_RETENTION`], 24 hours): within it, the same request sent
     /// again gets the first receipt (with `Idempotent-Replayed: true`) and starts nothing; after
@@ -430,6 +476,29 @@ impl AsyncRequestLayerBuilder {
                 self.max_in_flight
             )));
         }
+        if self.max_connections_per_receiver == 0
+            || self.max_connections_per_receiver > crate::instance::MAX_CONNECTIONS
+        {
+            return Err(ConfigError::new(format!(
+                "max_connections_per_receiver must be between 1 and {}, not {}",
+                crate::instance::MAX_CONNECTIONS,
+                self.max_connections_per_receiver
+            )));
+        }
+        if self.circuit.failures > 0 && self.circuit.cool_down.is_zero() {
+            return Err(ConfigError::new(
+                "circuit_breaker: the cool-down must be longer than zero",
+            ));
+        }
+        if self
+            .circuit
+            .disable_after
+            .is_some_and(|after| after.is_zero())
+        {
+            return Err(ConfigError::new(
+                "disable_receiver_after must be longer than zero (None: never)",
+            ));
+        }
         if self.attempt_timeout.is_zero()
             || self.request_body_timeout.is_zero()
             || self.job_timeout.is_some_and(|t| t.is_zero())
@@ -509,6 +578,11 @@ impl AsyncRequestLayerBuilder {
                 (None, None) => Duration::ZERO,
             },
             outbox: Default::default(),
+            receivers: Receivers::new(
+                self.max_connections_per_receiver,
+                self.circuit,
+                Arc::clone(&counters),
+            ),
         };
         let status = self
             .status_endpoint

@@ -33,7 +33,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admission::in_flight::Permit;
-use crate::delivery::attempt::deliver;
+use crate::delivery::attempt::{deliver, follow_disabled, RECEIVER_DISABLED};
+use crate::delivery::receivers::{origin_of, receiver_id, ReceiverStatus};
 use crate::event::recovery::ensure_recovered;
 use crate::event::shared::Shared;
 use crate::metrics::{Counter, Metrics};
@@ -95,7 +96,7 @@ impl std::fmt::Display for RedeliverError {
 }
 
 /// What a [bulk redelivery](AsyncRequestHandle::redeliver_dead_letters) started.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Redelivered {
     /// The dead letters now pending again, lowest id first.
@@ -225,6 +226,92 @@ impl AsyncRequestHandle {
             notification_ids,
             more: !left.is_empty(),
         })
+    }
+
+    /// Every receiver this node has sent to (of `instance`, if given) and every disabled one,
+    /// by id: its circuit, failures, held notifications and attempts in flight. Circuits are
+    /// each node's own; disabling is stored, so read here fresh from the store.
+    pub async fn receivers(
+        &self,
+        instance: Option<u64>,
+    ) -> Result<Vec<ReceiverStatus>, StoreError> {
+        ensure_recovered(&self.config).await?;
+        follow_disabled(&self.config.delivery, |id| self.config.share_of(id)).await?;
+        Ok(self.config.delivery.receivers.views(instance))
+    }
+
+    /// Enables a disabled receiver again (on every node: the store forgets the disabling, and
+    /// peers follow within seconds): its circuit closes and new notifications go to it. Its dead
+    /// letters stay dead; [`redeliver_receiver`](Self::redeliver_receiver) sends them again.
+    /// Returns whether it was disabled.
+    pub async fn enable_receiver(&self, id: &str) -> Result<bool, StoreError> {
+        ensure_recovered(&self.config).await?;
+        let stored = self.config.store.enable_receiver(id).await?;
+        let here = self
+            .config
+            .delivery
+            .receivers
+            .by_id(id)
+            .is_some_and(|receiver| receiver.enable());
+        if stored || here {
+            tracing::info!(receiver = id, "a disabled receiver was enabled");
+        }
+        Ok(stored || here)
+    }
+
+    /// Delivers again, as [`redeliver_dead_letters`](Self::redeliver_dead_letters) does, up to
+    /// `limit` of the dead letters receiver `id`'s disabling made (reason `receiver_disabled`),
+    /// lowest id first; enable it first, or they die again.
+    pub async fn redeliver_receiver(
+        &self,
+        id: &str,
+        limit: usize,
+    ) -> Result<Redelivered, RedeliverError> {
+        self.ready_to_redeliver().await?;
+        let buried_by_disabling = |dead: &NotificationRecord| {
+            dead.last_error
+                .as_deref()
+                .is_some_and(|reason| reason.starts_with(RECEIVER_DISABLED))
+                && dead
+                    .target
+                    .parse()
+                    .is_ok_and(|target| receiver_id(dead.instance_id, &origin_of(&target)) == id)
+        };
+        let mut query = DeadLetterQuery {
+            instance: None,
+            after: None,
+            limit: 1000,
+        };
+        let mut notification_ids = Vec::new();
+        loop {
+            let page = self
+                .config
+                .store
+                .dead_letters(query)
+                .await
+                .map_err(RedeliverError::Store)?;
+            let Some(last) = page.last() else {
+                return Ok(Redelivered {
+                    notification_ids,
+                    more: false,
+                });
+            };
+            query.after = Some(last.notification_id);
+            for dead in page.iter().filter(|dead| buried_by_disabling(dead)) {
+                let permit = match self.config.runner.admit() {
+                    Ok(permit) if notification_ids.len() < limit => permit,
+                    _ => {
+                        return Ok(Redelivered {
+                            notification_ids,
+                            more: true,
+                        })
+                    }
+                };
+                if self.revive(dead.notification_id, permit).await? {
+                    notification_ids.push(dead.notification_id);
+                }
+            }
+        }
     }
 
     async fn ready_to_redeliver(&self) -> Result<(), RedeliverError> {

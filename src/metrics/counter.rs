@@ -18,6 +18,16 @@ pub(crate) enum Counter {
     Replayed,
     /// Status requests holding a `Prefer: wait` now.
     Waiting,
+    /// Notifications held now by their receiver's open circuit.
+    Held,
+    /// Attempts that waited for their turn (the instance's pace or a connection slot).
+    Throttled,
+    /// Receivers whose circuit is open now.
+    ReceiversOpen,
+    /// Receivers whose circuit is half-open now (a probe in flight).
+    ReceiversHalfOpen,
+    /// Receivers disabled now.
+    ReceiversDisabled,
 }
 
 /// How a delivery attempt ended, as the facade labels it (`result`).

@@ -27,6 +27,9 @@ pub(crate) const RECEIPT_SECONDS: &str = "async_request_receipt_seconds";
 pub(crate) const DELIVERY_SECONDS: &str = "async_request_delivery_seconds";
 pub(crate) const REPLAYS: &str = "async_request_idempotent_replays_total";
 pub(crate) const STATUS_WAITS: &str = "async_request_status_waits";
+pub(crate) const HELD: &str = "async_request_notifications_held";
+pub(crate) const THROTTLED: &str = "async_request_delivery_throttled_total";
+pub(crate) const CIRCUIT: &str = "async_request_receiver_circuit";
 
 /// One instance's handles.
 #[derive(Debug)]
@@ -42,6 +45,10 @@ pub(crate) struct Facade {
     delivered: Counter,
     dead: Counter,
     replays: Counter,
+    held: Gauge,
+    throttled: Counter,
+    /// Receivers by circuit state: open, half-open, disabled.
+    circuits: [Gauge; 3],
     attempts: [Counter; AttemptResult::ALL.len()],
     receipt_seconds: Histogram,
     delivery_seconds: Histogram,
@@ -76,6 +83,11 @@ impl Facade {
             delivered: metrics::counter!(DELIVERED, "instance" => instance.clone()),
             dead: metrics::counter!(DEAD_LETTERS, "instance" => instance.clone()),
             replays: metrics::counter!(REPLAYS, "instance" => instance.clone()),
+            held: metrics::gauge!(HELD, "instance" => instance.clone()),
+            throttled: metrics::counter!(THROTTLED, "instance" => instance.clone()),
+            circuits: ["open", "half-open", "disabled"].map(|state| {
+                metrics::gauge!(CIRCUIT, "instance" => instance.clone(), "state" => state)
+            }),
             attempts: AttemptResult::ALL.map(|result| {
                 metrics::counter!(ATTEMPTS, "instance" => instance.clone(), "result" => result.as_str())
             }),
@@ -95,6 +107,11 @@ impl Facade {
             Count::Delivered => self.delivered.increment(1),
             Count::Dead => self.dead.increment(1),
             Count::Replayed => self.replays.increment(1),
+            Count::Held => self.held.increment(1.0),
+            Count::Throttled => self.throttled.increment(1),
+            Count::ReceiversOpen => self.circuits[0].increment(1.0),
+            Count::ReceiversHalfOpen => self.circuits[1].increment(1.0),
+            Count::ReceiversDisabled => self.circuits[2].increment(1.0),
             Count::Running => {
                 self.running.increment(1.0);
                 self.in_flight.increment(1.0);
@@ -119,6 +136,10 @@ impl Facade {
                 self.in_flight.decrement(1.0);
             }
             Count::Waiting => self.waits.decrement(1.0),
+            Count::Held => self.held.decrement(1.0),
+            Count::ReceiversOpen => self.circuits[0].decrement(1.0),
+            Count::ReceiversHalfOpen => self.circuits[1].decrement(1.0),
+            Count::ReceiversDisabled => self.circuits[2].decrement(1.0),
             _ => {}
         }
     }
@@ -202,6 +223,21 @@ fn describe() {
         "Events unfinished now: jobs running and notifications pending."
     );
     describe_counter!(ATTEMPTS, Unit::Count, "Delivery attempts, by result.");
+    describe_gauge!(
+        HELD,
+        Unit::Count,
+        "Notifications held now by their receiver's open circuit."
+    );
+    describe_counter!(
+        THROTTLED,
+        Unit::Count,
+        "Delivery attempts that waited for their turn (max_delivery_rate or a connection slot)."
+    );
+    describe_gauge!(
+        CIRCUIT,
+        Unit::Count,
+        "Receivers by circuit state (open, half-open, disabled), as this node sees them."
+    );
     describe_counter!(
         REPLAYS,
         Unit::Count,

@@ -47,6 +47,17 @@ pub struct Metrics {
     pub idempotent_replays: u64,
     /// Status requests waiting now for their event to end (`Prefer: wait`).
     pub status_waits: u64,
+    /// Notifications held now by their receiver's open circuit (no attempt is made).
+    pub held: u64,
+    /// Attempts that waited for their turn: the instance's `max_delivery_rate` or a free
+    /// connection to their receiver.
+    pub throttled: u64,
+    /// Receivers whose circuit is open now (as this node sees them).
+    pub receivers_open: u64,
+    /// Receivers whose circuit is half-open now: a probe in flight.
+    pub receivers_half_open: u64,
+    /// Receivers disabled now (known to this node).
+    pub receivers_disabled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -66,6 +77,11 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) replays: AtomicU64,
     pub(crate) waiting: AtomicU64,
+    pub(crate) held: AtomicU64,
+    pub(crate) throttled: AtomicU64,
+    pub(crate) receivers_open: AtomicU64,
+    pub(crate) receivers_half_open: AtomicU64,
+    pub(crate) receivers_disabled: AtomicU64,
 }
 
 /// When the layer began answering an async request, for the receipt-latency histogram; nothing
@@ -112,6 +128,11 @@ impl Counters {
             Counter::Retries => &self.retries,
             Counter::Replayed => &self.replays,
             Counter::Waiting => &self.waiting,
+            Counter::Held => &self.held,
+            Counter::Throttled => &self.throttled,
+            Counter::ReceiversOpen => &self.receivers_open,
+            Counter::ReceiversHalfOpen => &self.receivers_half_open,
+            Counter::ReceiversDisabled => &self.receivers_disabled,
         }
     }
 
@@ -177,6 +198,11 @@ impl Counters {
             retries: self.retries.load(Relaxed),
             idempotent_replays: self.replays.load(Relaxed),
             status_waits: self.waiting.load(Relaxed),
+            held: self.held.load(Relaxed),
+            throttled: self.throttled.load(Relaxed),
+            receivers_open: self.receivers_open.load(Relaxed),
+            receivers_half_open: self.receivers_half_open.load(Relaxed),
+            receivers_disabled: self.receivers_disabled.load(Relaxed),
         }
     }
 }

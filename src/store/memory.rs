@@ -1,14 +1,14 @@
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use super::{
-    unix_ms, CancelClaim, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    IdempotencyKey, KeyClaim, NotificationRecord, ProgressRecord, Recovery, StoreError,
-    StoreFuture,
+    unix_ms, CancelClaim, DeadLetterQuery, DeliveryState, DisabledReceiver, EventRecord,
+    EventSnapshot, EventStore, IdempotencyKey, KeyClaim, NotificationRecord, ProgressRecord,
+    Recovery, StoreError, StoreFuture,
 };
 use crate::wire::ids::{EventId, IdGenerator, IdMap, NotificationId};
 
@@ -57,6 +57,8 @@ struct Records {
     keys: HashMap<[u8; 32], (EventId, [u8; 32], u64)>,
     /// The keys in the order they were claimed (with one retention, the order they expire in).
     claimed: VecDeque<(u64, [u8; 32])>,
+    /// Disabled receivers by id (ordered, as they are listed).
+    disabled: BTreeMap<String, DisabledReceiver>,
 }
 
 impl Records {
@@ -384,6 +386,25 @@ impl EventStore for MemoryStore {
         });
         Box::pin(async move { Ok(revived) })
     }
+
+    fn disable_receiver<'a>(&'a self, receiver: &'a DisabledReceiver) -> StoreFuture<'a, ()> {
+        self.with(|r| r.disabled.insert(receiver.id.clone(), receiver.clone()));
+        Box::pin(Done)
+    }
+
+    fn enable_receiver<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        let was = self.with(|r| r.disabled.remove(id).is_some());
+        Box::pin(async move { Ok(was) })
+    }
+
+    fn keeps_disabled_receivers(&self) -> bool {
+        true
+    }
+
+    fn disabled_receivers(&self) -> StoreFuture<'_, Vec<DisabledReceiver>> {
+        let disabled = self.with(|r| r.disabled.values().cloned().collect());
+        Box::pin(async move { Ok(disabled) })
+    }
 }
 
 #[cfg(test)]
@@ -654,6 +675,45 @@ mod tests {
             Poll::Ready(answer) => answer.unwrap(),
             Poll::Pending => panic!("a memory store answers at once"),
         }
+    }
+
+    /// A receiver disabled for test `tag`: ids `a`/`b` sort before `c`.
+    fn disabled(id: &str, tag: u64) -> DisabledReceiver {
+        DisabledReceiver {
+            id: id.into(),
+            instance_id: 7 + tag,
+            origin: format!("https://{id}.example.com:{}", 8000 + tag),
+            failing_since_ms: 100 + tag,
+            disabled_at_ms: 200 + tag,
+        }
+    }
+
+    #[tokio::test]
+    async fn disabled_receivers_are_kept_by_id_replaced_and_enabled() {
+        let store = MemoryStore::new();
+        assert!(store.disabled_receivers().await.unwrap().is_empty());
+        store.disable_receiver(&disabled("c", 1)).await.unwrap();
+        store.disable_receiver(&disabled("a", 2)).await.unwrap();
+        assert_eq!(
+            store.disabled_receivers().await.unwrap(),
+            [disabled("a", 2), disabled("c", 1)],
+            "by id, every field kept"
+        );
+        store.disable_receiver(&disabled("c", 3)).await.unwrap();
+        assert_eq!(
+            store.disabled_receivers().await.unwrap(),
+            [disabled("a", 2), disabled("c", 3)],
+            "replaced, not added"
+        );
+        assert!(store.enable_receiver("a").await.unwrap());
+        assert!(
+            !store.enable_receiver("a").await.unwrap(),
+            "enabled already"
+        );
+        assert_eq!(
+            store.disabled_receivers().await.unwrap(),
+            [disabled("c", 3)]
+        );
     }
 
     #[tokio::test]

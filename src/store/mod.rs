@@ -62,6 +62,7 @@ mod lifecycle;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod receivers;
 #[cfg(feature = "redb")]
 mod redb;
 
@@ -84,6 +85,7 @@ pub use self::memory::{MemoryStore, DEFAULT_MAX_DEAD_LETTERS, DEFAULT_MAX_RETAIN
 pub use self::postgres::{
     PostgresStore, PostgresStoreBuilder, DEFAULT_LEASE_TIMEOUT, DEFAULT_SCHEMA,
 };
+pub use self::receivers::DisabledReceiver;
 #[cfg(feature = "redb")]
 pub use self::redb::RedbStore;
 
@@ -358,6 +360,33 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         notification_id: NotificationId,
     ) -> StoreFuture<'_, Option<NotificationRecord>>;
+
+    /// Whether the store keeps disabled receivers (the three methods below). The layer then
+    /// reads the list at start and, with nodes, every few seconds; otherwise it keeps them in
+    /// memory alone. The default: no.
+    fn keeps_disabled_receivers(&self) -> bool {
+        false
+    }
+
+    /// Records a receiver as disabled, replacing an earlier record of the same id. **Durable**.
+    /// The default keeps nothing: the receiver stays disabled on this node until it restarts.
+    fn disable_receiver<'a>(&'a self, receiver: &'a DisabledReceiver) -> StoreFuture<'a, ()> {
+        let _ = receiver;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Forgets that the receiver `id` is disabled; whether it was. **Durable**. The default
+    /// keeps nothing, so it never was.
+    fn enable_receiver<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        let _ = id;
+        Box::pin(async { Ok(false) })
+    }
+
+    /// Every receiver disabled now, by id. The layer reads it at start and every few seconds,
+    /// to honour what other nodes disabled and enabled. The default: none.
+    fn disabled_receivers(&self) -> StoreFuture<'_, Vec<DisabledReceiver>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// A store shared with other owners (an operator's handle, another layer) is a store too.
@@ -448,10 +477,26 @@ impl<T: EventStore + ?Sized> EventStore for std::sync::Arc<T> {
     fn ended_elsewhere(&self) -> Option<StoreFuture<'_, Vec<EventId>>> {
         (**self).ended_elsewhere()
     }
+
+    fn keeps_disabled_receivers(&self) -> bool {
+        (**self).keeps_disabled_receivers()
+    }
+
+    fn disable_receiver<'a>(&'a self, receiver: &'a DisabledReceiver) -> StoreFuture<'a, ()> {
+        (**self).disable_receiver(receiver)
+    }
+
+    fn enable_receiver<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        (**self).enable_receiver(id)
+    }
+
+    fn disabled_receivers(&self) -> StoreFuture<'_, Vec<DisabledReceiver>> {
+        (**self).disabled_receivers()
+    }
 }
 
 /// What a durable store's writer says a write did, for the writes that say: a revived dead
-/// letter, an idempotency key's claim.
+/// letter, an idempotency key's claim, an outcome, a receiver enabled.
 #[cfg_attr(not(any(feature = "redb", feature = "postgres")), allow(dead_code))]
 #[derive(Debug)]
 pub(crate) enum Written {
@@ -459,6 +504,9 @@ pub(crate) enum Written {
     Claim(KeyClaim),
     /// Whether a `finished` or a cancel ended the event (false: it had an outcome already).
     Ended(bool),
+    /// Whether an enabled receiver was disabled.
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
+    Enabled(bool),
 }
 
 #[cfg_attr(not(any(feature = "redb", feature = "postgres")), allow(dead_code))]
@@ -467,7 +515,9 @@ impl Written {
     pub(crate) fn record(self) -> Option<NotificationRecord> {
         match self {
             Self::Record(record) => record,
-            Self::Claim(_) | Self::Ended(_) => unreachable!("a revive answers with its record"),
+            Self::Claim(_) | Self::Ended(_) | Self::Enabled(_) => {
+                unreachable!("a revive answers with its record")
+            }
         }
     }
 
@@ -475,7 +525,7 @@ impl Written {
     pub(crate) fn claim(self) -> KeyClaim {
         match self {
             Self::Claim(claim) => claim,
-            Self::Record(_) | Self::Ended(_) => {
+            Self::Record(_) | Self::Ended(_) | Self::Enabled(_) => {
                 unreachable!("a keyed receipt answers with its claim")
             }
         }
@@ -485,7 +535,20 @@ impl Written {
     pub(crate) fn ended(self) -> bool {
         match self {
             Self::Ended(ended) => ended,
-            Self::Record(_) | Self::Claim(_) => unreachable!("an outcome answers whether it won"),
+            Self::Record(_) | Self::Claim(_) | Self::Enabled(_) => {
+                unreachable!("an outcome answers whether it won")
+            }
+        }
+    }
+
+    /// Whether an enabled receiver was disabled.
+    #[cfg_attr(not(feature = "redb"), allow(dead_code))]
+    pub(crate) fn enabled(self) -> bool {
+        match self {
+            Self::Enabled(was) => was,
+            Self::Record(_) | Self::Claim(_) | Self::Ended(_) => {
+                unreachable!("an enabling answers whether the receiver was disabled")
+            }
         }
     }
 }

@@ -105,6 +105,11 @@ impl Receiver {
         format!("http://{}/hook", self.addr)
     }
 
+    /// Forgets the scripted answers left: `200` from now on.
+    pub fn answers_clear(&self) {
+        self.answers.lock().unwrap().clear();
+    }
+
     /// Queues more scripted answers.
     pub fn then(&self, answers: impl IntoIterator<Item = Answer>) {
         self.answers.lock().unwrap().extend(answers);

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tower_async_request::event::{EventId, NotificationId};
 use tower_async_request::store::{
-    DeadLetterQuery, EventRecord, EventSnapshot, EventStore, MemoryStore, NotificationRecord,
-    Recovery, StoreError, StoreFuture,
+    DeadLetterQuery, DisabledReceiver, EventRecord, EventSnapshot, EventStore, MemoryStore,
+    NotificationRecord, Recovery, StoreError, StoreFuture,
 };
 
 #[derive(Debug, Default)]
@@ -123,5 +123,17 @@ impl EventStore for FaultyStore {
         notification_id: NotificationId,
     ) -> StoreFuture<'_, Option<NotificationRecord>> {
         self.inner.revive(notification_id)
+    }
+    fn keeps_disabled_receivers(&self) -> bool {
+        self.inner.keeps_disabled_receivers()
+    }
+    fn disable_receiver<'a>(&'a self, receiver: &'a DisabledReceiver) -> StoreFuture<'a, ()> {
+        self.inner.disable_receiver(receiver)
+    }
+    fn enable_receiver<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        self.inner.enable_receiver(id)
+    }
+    fn disabled_receivers(&self) -> StoreFuture<'_, Vec<DisabledReceiver>> {
+        self.inner.disabled_receivers()
     }
 }

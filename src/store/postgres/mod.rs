@@ -26,9 +26,9 @@ use self::rows::{record_of, Stored, COLUMNS};
 use self::shared::{Shared, Statements};
 use self::writer::{Op, Write};
 use super::{
-    unix_ms, CancelClaim, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    IdempotencyKey, KeyClaim, NotificationRecord, ProgressRecord, Recovery, RunningJobs,
-    StoreError, StoreFuture, StoreStats, Written,
+    unix_ms, CancelClaim, DeadLetterQuery, DeliveryState, DisabledReceiver, EventRecord,
+    EventSnapshot, EventStore, IdempotencyKey, KeyClaim, NotificationRecord, ProgressRecord,
+    Recovery, RunningJobs, StoreError, StoreFuture, StoreStats, Written,
 };
 use crate::wire::ids::{EventId, NotificationId};
 
@@ -277,6 +277,23 @@ impl PostgresStore {
             .await
             .map_err(StoreError::new)
     }
+
+    /// One statement in a transaction of its own, committed synchronously; the rows it changed.
+    async fn execute_durably(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let client = self.shared.pool.get().await.map_err(StoreError::new)?;
+        let statement = client.prepare_cached(sql).await.map_err(StoreError::new)?;
+        let changed = client
+            .execute(&statement, params)
+            .await
+            .map_err(StoreError::new)?;
+        self.shared.transactions.fetch_add(1, Ordering::Relaxed);
+        self.shared.durable_commits.fetch_add(1, Ordering::Relaxed);
+        Ok(changed)
+    }
 }
 
 impl EventStore for PostgresStore {
@@ -523,6 +540,79 @@ impl EventStore for PostgresStore {
     ) -> StoreFuture<'a, KeyClaim> {
         let write = self.write(Op::DispatchedWithKey(event.clone(), key.clone()));
         Box::pin(async move { Ok(write.await?.claim()) })
+    }
+
+    /// An upsert, committed synchronously. Numbers are kept as `bigint` bit for bit (`as i64`),
+    /// so every `u64` reads back as it was written.
+    fn disable_receiver<'a>(&'a self, receiver: &'a DisabledReceiver) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let sql = format!(
+                "INSERT INTO {}.disabled_receivers
+                     (id, instance_id, origin, failing_since_ms, disabled_at_ms)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET instance_id = EXCLUDED.instance_id,
+                     origin = EXCLUDED.origin, failing_since_ms = EXCLUDED.failing_since_ms,
+                     disabled_at_ms = EXCLUDED.disabled_at_ms",
+                self.shared.quoted
+            );
+            let (instance, since, at) = (
+                receiver.instance_id as i64,
+                receiver.failing_since_ms as i64,
+                receiver.disabled_at_ms as i64,
+            );
+            self.execute_durably(
+                &sql,
+                &[&receiver.id, &instance, &receiver.origin, &since, &at],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    /// A delete, committed synchronously.
+    fn enable_receiver<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        Box::pin(async move {
+            let sql = format!(
+                "DELETE FROM {}.disabled_receivers WHERE id = $1",
+                self.shared.quoted
+            );
+            Ok(self.execute_durably(&sql, &[&id]).await? > 0)
+        })
+    }
+
+    /// By id byte for byte (`COLLATE "C"`), as the other stores order them, whatever the
+    /// database's collation.
+    fn keeps_disabled_receivers(&self) -> bool {
+        true
+    }
+
+    fn disabled_receivers(&self) -> StoreFuture<'_, Vec<DisabledReceiver>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT id, instance_id, origin, failing_since_ms, disabled_at_ms
+                 FROM {}.disabled_receivers ORDER BY id COLLATE \"C\"",
+                self.shared.quoted
+            );
+            let client = self.shared.pool.get().await.map_err(StoreError::new)?;
+            let statement = client.prepare_cached(&sql).await.map_err(StoreError::new)?;
+            let rows = client
+                .query(&statement, &[])
+                .await
+                .map_err(StoreError::new)?;
+            rows.iter()
+                .map(|row| {
+                    let number = |index| row.try_get::<_, i64>(index).map(|n| n as u64);
+                    Ok(DisabledReceiver {
+                        id: row.try_get(0)?,
+                        instance_id: number(1)?,
+                        origin: row.try_get(2)?,
+                        failing_since_ms: number(3)?,
+                        disabled_at_ms: number(4)?,
+                    })
+                })
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(StoreError::new)
+        })
     }
 }
 

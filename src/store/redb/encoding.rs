@@ -4,7 +4,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{AttemptRecord, DeliveryState, EventRecord, NotificationRecord};
+use crate::store::{
+    AttemptRecord, DeliveryState, DisabledReceiver, EventRecord, NotificationRecord,
+};
 use crate::wire::ids::{EventId, NotificationId};
 
 // Fields added later have defaults, so records written before them still read.
@@ -38,6 +40,15 @@ struct StoredNotification {
     last_error: Option<String>,
     state: u8,
     retain_until_ms: u64,
+}
+
+/// A disabled receiver but for its id, which is the key it is kept under.
+#[derive(Serialize, Deserialize)]
+struct StoredReceiver {
+    instance_id: u64,
+    origin: String,
+    failing_since_ms: u64,
+    disabled_at_ms: u64,
 }
 
 fn state_code(state: DeliveryState) -> u8 {
@@ -133,6 +144,26 @@ pub(super) fn decode_notification(
         state: state_from(meta.state)?,
         retain_until_ms: meta.retain_until_ms,
         progress: None,
+    })
+}
+
+pub(super) fn encode_receiver(receiver: &DisabledReceiver) -> Vec<u8> {
+    json(&StoredReceiver {
+        instance_id: receiver.instance_id,
+        origin: receiver.origin.clone(),
+        failing_since_ms: receiver.failing_since_ms,
+        disabled_at_ms: receiver.disabled_at_ms,
+    })
+}
+
+pub(super) fn decode_receiver(id: &str, bytes: &[u8]) -> Result<DisabledReceiver, redb::Error> {
+    let stored: StoredReceiver = decode_json(bytes)?;
+    Ok(DisabledReceiver {
+        id: id.to_owned(),
+        instance_id: stored.instance_id,
+        origin: stored.origin,
+        failing_since_ms: stored.failing_since_ms,
+        disabled_at_ms: stored.disabled_at_ms,
     })
 }
 

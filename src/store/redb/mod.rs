@@ -5,7 +5,7 @@
 //! - `writer.rs`: the writer thread: group commit, and the store contract (what waits for the
 //!   fsync).
 //! - `prune.rs`: retention: delivered and not-requested notifications are dropped once it is over.
-//! - `queries.rs`: reading notifications in id order, a page at a time.
+//! - `queries.rs`: reading notifications in id order, a page at a time; disabled receivers.
 
 mod encoding;
 mod prune;
@@ -22,13 +22,13 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
 use self::encoding::{decode_json, decode_notification, StoredEvent};
-use self::queries::notifications_where;
+use self::queries::{disabled_receivers, notifications_where};
 use self::tables::{EVENTS, EVENT_INDEX, META, NEXT_ID, NOTIFICATIONS};
 use self::writer::{write_loop, Commits, Op, Write};
 use super::{
-    unix_ms, CancelClaim, DeadLetterQuery, DeliveryState, EventRecord, EventSnapshot, EventStore,
-    IdempotencyKey, KeyClaim, NotificationRecord, ProgressRecord, ProgressTable, Recovery,
-    RunningJobs, StoreError, StoreFuture, StoreStats, Written,
+    unix_ms, CancelClaim, DeadLetterQuery, DeliveryState, DisabledReceiver, EventRecord,
+    EventSnapshot, EventStore, IdempotencyKey, KeyClaim, NotificationRecord, ProgressRecord,
+    ProgressTable, Recovery, RunningJobs, StoreError, StoreFuture, StoreStats, Written,
 };
 use crate::wire::ids::{EventId, IdGenerator, NotificationId};
 
@@ -322,6 +322,23 @@ impl EventStore for RedbStore {
     ) -> StoreFuture<'a, KeyClaim> {
         let write = self.write(Op::DispatchedWithKey(event.clone(), key.clone()));
         Box::pin(async move { Ok(write.await?.claim()) })
+    }
+
+    fn disable_receiver<'a>(&'a self, receiver: &'a DisabledReceiver) -> StoreFuture<'a, ()> {
+        self.write_unit(Op::DisableReceiver(receiver.clone()))
+    }
+
+    fn enable_receiver<'a>(&'a self, id: &'a str) -> StoreFuture<'a, bool> {
+        let write = self.write(Op::EnableReceiver(id.to_owned()));
+        Box::pin(async move { Ok(write.await?.enabled()) })
+    }
+
+    fn keeps_disabled_receivers(&self) -> bool {
+        true
+    }
+
+    fn disabled_receivers(&self) -> StoreFuture<'_, Vec<DisabledReceiver>> {
+        self.read(disabled_receivers)
     }
 }
 
@@ -785,6 +802,97 @@ mod tests {
             1,
             "the expired key is swept, the held one kept"
         );
+        drop(store);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A receiver disabled for test `tag`: ids `a`/`b` sort before `c`.
+    fn disabled(id: &str, tag: u64) -> DisabledReceiver {
+        DisabledReceiver {
+            id: id.into(),
+            instance_id: 7 + tag,
+            origin: format!("https://{id}.example.com:{}", 8000 + tag),
+            failing_since_ms: 100 + tag,
+            disabled_at_ms: 200 + tag,
+        }
+    }
+
+    /// Disabling and enabling wait for the disk; the list is by id, a second disabling replaces
+    /// the first, and what is left survives reopening the file.
+    #[tokio::test]
+    async fn disabled_receivers_are_replaced_enabled_and_survive_reopening() {
+        let path = temp_path("receivers");
+        {
+            let store = RedbStore::open(&path).unwrap();
+            let durable = |store: &RedbStore| store.stats().durable_commits;
+            let before = durable(&store);
+            store.disable_receiver(&disabled("c", 1)).await.unwrap();
+            assert_eq!(durable(&store), before + 1, "on disk before the answer");
+            store.disable_receiver(&disabled("a", 2)).await.unwrap();
+            assert_eq!(
+                store.disabled_receivers().await.unwrap(),
+                [disabled("a", 2), disabled("c", 1)],
+                "by id, every field kept"
+            );
+            store.disable_receiver(&disabled("c", 3)).await.unwrap();
+            assert_eq!(
+                store.disabled_receivers().await.unwrap(),
+                [disabled("a", 2), disabled("c", 3)],
+                "replaced, not added"
+            );
+            let before = durable(&store);
+            assert!(store.enable_receiver("a").await.unwrap());
+            assert_eq!(durable(&store), before + 1, "on disk before the answer");
+            assert!(
+                !store.enable_receiver("a").await.unwrap(),
+                "enabled already"
+            );
+            assert_eq!(
+                store.disabled_receivers().await.unwrap(),
+                [disabled("c", 3)]
+            );
+        }
+        let store = RedbStore::open(&path).unwrap();
+        assert_eq!(
+            store.disabled_receivers().await.unwrap(),
+            [disabled("c", 3)],
+            "kept across reopening"
+        );
+        drop(store);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A file no receiver was disabled in has no table for them: it opens, lists none, and
+    /// takes a disabling.
+    #[tokio::test]
+    async fn a_file_from_before_disabled_receivers_lists_none_and_takes_one() {
+        let path = temp_path("receivers-before");
+        let accepted = {
+            let store = RedbStore::open(&path).unwrap();
+            let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+            let accepted = event(event_id, notification_id, "https://example.com/");
+            store.dispatched(&accepted).await.unwrap();
+            accepted
+        };
+        let missing = Database::open(&path)
+            .unwrap()
+            .begin_read()
+            .unwrap()
+            .open_table(super::tables::DISABLED_RECEIVERS)
+            .map(drop);
+        assert!(
+            matches!(missing, Err(redb::TableError::TableDoesNotExist(_))),
+            "the file is as one written before disabled receivers: {missing:?}"
+        );
+        let store = RedbStore::open(&path).unwrap();
+        assert!(store.disabled_receivers().await.unwrap().is_empty());
+        assert!(!store.enable_receiver("a").await.unwrap());
+        store.disable_receiver(&disabled("a", 1)).await.unwrap();
+        assert_eq!(
+            store.disabled_receivers().await.unwrap(),
+            [disabled("a", 1)]
+        );
+        assert_eq!(store.recover().await.unwrap().unfinished, [accepted]);
         drop(store);
         let _ = std::fs::remove_file(&path);
     }

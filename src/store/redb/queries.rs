@@ -1,10 +1,10 @@
-//! Reading notifications in id order, a page at a time.
+//! Reading notifications in id order, a page at a time; and the disabled receivers.
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadableDatabase, TableError};
 
-use super::encoding::decode_notification;
-use super::tables::NOTIFICATIONS;
-use crate::store::NotificationRecord;
+use super::encoding::{decode_notification, decode_receiver};
+use super::tables::{DISABLED_RECEIVERS, NOTIFICATIONS};
+use crate::store::{DisabledReceiver, NotificationRecord};
 
 /// The notifications `wanted` from the one after `after` on, at most `limit` of them.
 pub(super) fn notifications_where(
@@ -25,6 +25,23 @@ pub(super) fn notifications_where(
         if wanted(&record) {
             out.push(record);
         }
+    }
+    Ok(out)
+}
+
+/// Every disabled receiver, by id; none in a file no receiver was ever disabled in (it has no
+/// table for them).
+pub(super) fn disabled_receivers(db: &Database) -> Result<Vec<DisabledReceiver>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(DISABLED_RECEIVERS) {
+        Ok(table) => table,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(error) => return Err(error.into()),
+    };
+    let mut out = Vec::new();
+    for entry in table.range::<&str>(..)? {
+        let (id, bytes) = entry?;
+        out.push(decode_receiver(id.value(), bytes.value())?);
     }
     Ok(out)
 }

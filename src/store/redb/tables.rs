@@ -12,4 +12,8 @@ pub(super) const EVENT_INDEX: TableDefinition<'_, u64, u64> = TableDefinition::n
 /// request's fingerprint and its expiry (`encoding::encode_key_holder`).
 pub(super) const IDEMPOTENCY_KEYS: TableDefinition<'_, &[u8], &[u8]> =
     TableDefinition::new("idempotency_keys");
+/// Disabled receiver's id → the rest of its record (`encoding::encode_receiver`). Created by the
+/// first disabling: a file written before it has none, and reads as no receiver disabled.
+pub(super) const DISABLED_RECEIVERS: TableDefinition<'_, &str, &[u8]> =
+    TableDefinition::new("disabled_receivers");
 pub(super) const NEXT_ID: &str = "next_id";

@@ -9,11 +9,15 @@ use tokio::sync::oneshot;
 
 use super::encoding::{
     decode_key_holder, decode_notification, encode_event, encode_key_holder, encode_notification,
+    encode_receiver,
 };
 use super::prune::prune;
-use super::tables::{EVENTS, EVENT_INDEX, IDEMPOTENCY_KEYS, META, NEXT_ID, NOTIFICATIONS};
+use super::tables::{
+    DISABLED_RECEIVERS, EVENTS, EVENT_INDEX, IDEMPOTENCY_KEYS, META, NEXT_ID, NOTIFICATIONS,
+};
 use crate::store::{
-    unix_ms, DeliveryState, EventRecord, IdempotencyKey, KeyClaim, NotificationRecord, Written,
+    unix_ms, DeliveryState, DisabledReceiver, EventRecord, IdempotencyKey, KeyClaim,
+    NotificationRecord, Written,
 };
 use crate::wire::ids::{EventId, IdGenerator, NotificationId};
 
@@ -61,6 +65,10 @@ pub(super) enum Op {
     Delivered(NotificationRecord),
     Dead(NotificationRecord),
     Revive(NotificationId),
+    /// A receiver disabled, replacing an earlier record of its id.
+    DisableReceiver(DisabledReceiver),
+    /// A receiver enabled again (by id): answers whether it was disabled.
+    EnableReceiver(String),
 }
 
 impl Op {
@@ -71,7 +79,9 @@ impl Op {
             | Self::DispatchedWithKey(..)
             | Self::Finished(_)
             | Self::Cancel(_)
-            | Self::Revive(_) => true,
+            | Self::Revive(_)
+            | Self::DisableReceiver(_)
+            | Self::EnableReceiver(_) => true,
             Self::Attempted(_) | Self::Delivered(_) | Self::Dead(_) => false,
         }
     }
@@ -256,6 +266,15 @@ fn apply(
         } else {
             None
         };
+        // Likewise the disabled receivers' table (created by the first disabling).
+        let receiving = batch
+            .iter()
+            .any(|w| matches!(w.op, Op::DisableReceiver(_) | Op::EnableReceiver(_)));
+        let mut receivers = if receiving {
+            Some(txn.open_table(DISABLED_RECEIVERS)?)
+        } else {
+            None
+        };
         for write in batch {
             let (mut result, mut claim, mut outcome) = (None, None, None);
             match &write.op {
@@ -355,6 +374,14 @@ fn apply(
                             result = Some(record);
                         }
                     }
+                }
+                Op::DisableReceiver(receiver) => {
+                    let receivers = receivers.as_mut().expect("opened for a batch with one");
+                    receivers.insert(receiver.id.as_str(), encode_receiver(receiver).as_slice())?;
+                }
+                Op::EnableReceiver(id) => {
+                    let receivers = receivers.as_mut().expect("opened for a batch with one");
+                    outcome = Some(Written::Enabled(receivers.remove(id.as_str())?.is_some()));
                 }
             }
             results.push(match (claim, outcome) {
