@@ -5,7 +5,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Parser, ValueEnum};
+use tower_async_request::delivery::circuit::DEFAULT_CIRCUIT_FAILURES;
+use tower_async_request::delivery::receivers::DEFAULT_MAX_CONNECTIONS_PER_RECEIVER;
+
+/// The library's bound on `max_connections_per_receiver`: refused here already, naming the flag.
+const MAX_CONNECTIONS_PER_RECEIVER: u64 = 1 << 20;
 
 /// Asynchronous requests in front of any HTTP API.
 #[derive(Debug, Parser)]
@@ -129,6 +135,24 @@ pub(crate) struct Args {
     /// code 3.
     #[arg(long, env = "ASYNC_REQUEST_PROXY_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub(crate) drain_timeout: Duration,
+    /// Most delivery attempts in flight at once to one receiver (an instance's callback origin:
+    /// scheme, host and port); the others wait their turn, without using up their retries. An
+    /// instance's `max_connections` in --instances overrides it.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_MAX_CONNECTIONS_PER_RECEIVER", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_RECEIVER, value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CONNECTIONS_PER_RECEIVER))]
+    pub(crate) max_connections_per_receiver: usize,
+    /// Consecutive failed attempts after which a receiver's circuit opens: its notifications are
+    /// held, none attempted, for --circuit-breaker-cool-down; 0 turns the breaker off.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_CIRCUIT_BREAKER_FAILURES", value_name = "N", default_value_t = DEFAULT_CIRCUIT_FAILURES)]
+    pub(crate) circuit_breaker_failures: u32,
+    /// How long an open circuit holds a receiver's notifications before one is tried again;
+    /// doubled after each failed try, up to 10m (or this, if longer).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_CIRCUIT_BREAKER_COOL_DOWN", value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    pub(crate) circuit_breaker_cool_down: Duration,
+    /// Disable a receiver failing without a single success for this long (e.g. 12h, 5d), or
+    /// `never`: its notifications become dead letters until an operator enables it again
+    /// (`POST /admin/receivers/{id}/enable`).
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_DISABLE_RECEIVER_AFTER", value_name = "DURATION|never", default_value = "5d", value_parser = parse_disable_after)]
+    pub(crate) disable_receiver_after: DisableAfter,
     /// Let request-supplied callback URLs reach private and loopback addresses (development).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_ALLOW_PRIVATE_CALLBACKS")]
     pub(crate) allow_private_callbacks: bool,
@@ -143,6 +167,10 @@ pub(crate) enum StoreArg {
     Redb(PathBuf),
     Postgres(String),
 }
+
+/// `--disable-receiver-after`: a duration, or `None` for `never`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DisableAfter(pub(crate) Option<Duration>);
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum LogFormat {
@@ -164,7 +192,7 @@ fn parse_store(text: &str) -> Result<StoreArg, String> {
     }
 }
 
-const DURATION: &str = "a number with a unit: 500ms, 30s, 2m, 24h";
+const DURATION: &str = "a number with a unit: 500ms, 30s, 2m, 24h, 5d";
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or(DURATION)?;
@@ -176,6 +204,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => Some(Duration::from_secs(number)),
         "m" => seconds(60),
         "h" => seconds(60 * 60),
+        "d" => seconds(24 * 60 * 60),
         _ => return Err(DURATION.to_owned()),
     }
     .ok_or_else(|| format!("{text} is too long"))
@@ -184,8 +213,18 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// A duration longer than zero.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
-        Duration::ZERO => Err("longer than zero: 500ms, 30s, 2m, 24h".to_owned()),
+        Duration::ZERO => Err("longer than zero: 500ms, 30s, 2m, 24h, 5d".to_owned()),
         duration => Ok(duration),
+    }
+}
+
+/// A duration longer than zero, or `never`.
+fn parse_disable_after(text: &str) -> Result<DisableAfter, String> {
+    match text {
+        "never" => Ok(DisableAfter(None)),
+        _ => parse_timeout(text)
+            .map(|after| DisableAfter(Some(after)))
+            .map_err(|error| format!("{error}; or never")),
     }
 }
 
@@ -208,17 +247,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_take_ms_s_m_and_h() {
+    fn durations_take_ms_s_m_h_and_d() {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(24 * 60 * 60)));
+        assert_eq!(
+            parse_duration("5d"),
+            Ok(Duration::from_secs(5 * 24 * 60 * 60))
+        );
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        for bad in ["", "h", "24", "1d", "1.5h", "-1s", "24 h"] {
+        for bad in ["", "h", "d", "24", "1w", "1.5h", "-1s", "24 h", "1D"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        let error = parse_duration(&format!("{}h", u64::MAX)).unwrap_err();
-        assert!(error.contains("too long"), "{error}");
+        for unit in ["m", "h", "d"] {
+            let error = parse_duration(&format!("{}{unit}", u64::MAX)).unwrap_err();
+            assert!(error.contains("too long"), "{error}");
+        }
         assert!(parse_timeout("0ms").is_err());
         assert_eq!(parse_timeout("1h"), Ok(Duration::from_secs(3600)));
     }
@@ -238,6 +283,63 @@ mod tests {
             &"a".repeat(64),
         ] {
             assert!(parse_schema(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn parsed(args: &[&str]) -> Result<Args, clap::Error> {
+        let upstream = ["async-request-proxy", "--upstream", "http://127.0.0.1:9"];
+        Args::try_parse_from(upstream.iter().chain(args))
+    }
+
+    #[test]
+    fn receivers_health_flags_default_to_the_layers_defaults() {
+        let args = parsed(&[]).unwrap();
+        assert_eq!(args.max_connections_per_receiver, 32);
+        assert_eq!(args.circuit_breaker_failures, 5);
+        assert_eq!(args.circuit_breaker_cool_down, Duration::from_secs(30));
+        assert_eq!(
+            args.disable_receiver_after,
+            DisableAfter(Some(Duration::from_secs(5 * 24 * 60 * 60)))
+        );
+    }
+
+    #[test]
+    fn receivers_health_flags_take_never_off_and_refuse_bad_values() {
+        let args = parsed(&[
+            "--max-connections-per-receiver",
+            "2",
+            "--circuit-breaker-failures",
+            "0",
+            "--circuit-breaker-cool-down",
+            "500ms",
+            "--disable-receiver-after",
+            "never",
+        ])
+        .unwrap();
+        assert_eq!(args.max_connections_per_receiver, 2);
+        assert_eq!(args.circuit_breaker_failures, 0);
+        assert_eq!(args.circuit_breaker_cool_down, Duration::from_millis(500));
+        assert_eq!(args.disable_receiver_after, DisableAfter(None));
+        let args = parsed(&["--disable-receiver-after", "12h"]).unwrap();
+        assert_eq!(
+            args.disable_receiver_after,
+            DisableAfter(Some(Duration::from_secs(12 * 60 * 60)))
+        );
+        for (flag, bad, says) in [
+            ("--max-connections-per-receiver", "0", "1..=1048576"),
+            ("--max-connections-per-receiver", "1048577", "1..=1048576"),
+            ("--max-connections-per-receiver", "many", "invalid digit"),
+            ("--circuit-breaker-failures", "five", "invalid digit"),
+            ("--circuit-breaker-failures", "4294967296", "0..=4294967295"),
+            ("--circuit-breaker-cool-down", "0s", "longer than zero"),
+            ("--circuit-breaker-cool-down", "30", "a number with a unit"),
+            ("--disable-receiver-after", "0d", "or never"),
+            ("--disable-receiver-after", "Never", "or never"),
+            ("--disable-receiver-after", "", "or never"),
+        ] {
+            let error = parsed(&[flag, bad]).unwrap_err().to_string();
+            assert!(error.contains(flag), "{flag} {bad}: {error}");
+            assert!(error.contains(says), "{flag} {bad}: {error}");
         }
     }
 }

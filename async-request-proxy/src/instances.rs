@@ -15,6 +15,9 @@
 //! signing_key_file = "/etc/async-request-proxy/acme.key"   # or signing_key = "…"
 //! standard_webhooks_secrets = ["whsec_…"]
 //! max_in_flight = 1000
+//! max_connections = 8          # attempts in flight to one of its receivers at once
+//! max_delivery_rate = 50.0     # attempts started per second, at most
+//! operations_url = "https://acme.example/ops"   # receiver.failing, .recovered, .disabled, …
 //! ```
 
 use std::collections::HashSet;
@@ -59,6 +62,9 @@ struct Entry {
     #[serde(default)]
     standard_webhooks_secrets: Vec<String>,
     max_in_flight: Option<usize>,
+    max_connections: Option<usize>,
+    max_delivery_rate: Option<f64>,
+    operations_url: Option<String>,
 }
 
 /// The instances of one reading of the file.
@@ -147,7 +153,18 @@ pub(crate) fn read(path: &Path) -> Result<Loaded, String> {
         if let Some(max) = entry.max_in_flight {
             builder = builder.max_in_flight(max);
         }
-        instances.push(builder.build().map_err(|error| format!("{at}: {error}"))?);
+        if let Some(max) = entry.max_connections {
+            builder = builder.max_connections(max);
+        }
+        if let Some(rate) = entry.max_delivery_rate {
+            builder = builder.max_delivery_rate(rate);
+        }
+        if let Some(url) = entry.operations_url {
+            builder = builder.operations_url(url);
+        }
+        // The builder's error names the instance itself.
+        let built = builder.build();
+        instances.push(built.map_err(|error| format!("--instances {}: {error}", path.display()))?);
     }
     Ok(Loaded {
         matching: file.matching,
@@ -260,6 +277,9 @@ mod tests {
         signing_key = "k"
         standard_webhooks_secrets = ["whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"]
         max_in_flight = 10
+        max_connections = 4
+        max_delivery_rate = 2.5
+        operations_url = "https://acme.example/ops"
     "#;
 
     #[test]
@@ -270,6 +290,12 @@ mod tests {
         assert_eq!(loaded.instances.len(), 1);
         assert_eq!(loaded.instances[0].id(), 30);
         assert_eq!(loaded.instances[0].max_in_flight(), Some(10));
+        assert_eq!(loaded.instances[0].max_connections(), Some(4));
+        assert_eq!(loaded.instances[0].max_delivery_rate(), Some(2.5));
+        assert_eq!(
+            loaded.instances[0].operations_url().unwrap(),
+            "https://acme.example/ops"
+        );
         let header = file(
             "header",
             &format!("match = {{ header = \"x-tenant\" }}\n{ONE}"),
@@ -342,10 +368,27 @@ mod tests {
                 "[[instance]]\nid = 1\ncredentials = [\"a\"]\nstandard_webhooks_secrets = [\"nope\"]\n",
                 "instance 1",
             ),
+            (
+                "norate",
+                "[[instance]]\nid = 1\ncredentials = [\"a\"]\nmax_delivery_rate = 0\n",
+                "instance 1: max_delivery_rate",
+            ),
+            (
+                "noconnections",
+                "[[instance]]\nid = 1\ncredentials = [\"a\"]\nmax_connections = 0\n",
+                "instance 1: max_connections",
+            ),
+            (
+                "badops",
+                "[[instance]]\nid = 1\ncredentials = [\"a\"]\noperations_url = \"ftp://ops.example/\"\n",
+                "instance 1: operations_url",
+            ),
         ] {
             let path = file(name, text);
             let error = read(&path).err().unwrap_or_else(|| panic!("{name} was accepted"));
             assert!(error.contains(says), "{name}: {error}");
+            // Not twice: the builder's error names the instance itself.
+            assert!(error.matches("instance ").count() <= 1, "{name}: {error}");
             let _ = std::fs::remove_file(path);
         }
     }

@@ -69,7 +69,13 @@ pub(crate) async fn configure(args: &Args) -> Result<Setup, String> {
         .request_body_timeout(args.request_body_timeout)
         .idempotency_retention(args.idempotency_retention)
         .require_idempotency_key(args.require_idempotency_key)
-        .allow_private_callbacks(args.allow_private_callbacks);
+        .allow_private_callbacks(args.allow_private_callbacks)
+        .max_connections_per_receiver(args.max_connections_per_receiver)
+        .circuit_breaker(
+            args.circuit_breaker_failures,
+            args.circuit_breaker_cool_down,
+        )
+        .disable_receiver_after(args.disable_receiver_after.0);
     if args.admin_listen.is_some() {
         // Operators look delivered events up too, with their attempts.
         builder = builder.status_retention(tower_async_request::layer::DEFAULT_STATUS_RETENTION);

@@ -983,6 +983,10 @@ fn help_names_the_documented_default_and_the_variable_of_every_flag() {
         ("--request-body-timeout", "60s"),
         ("--max-connections", "1024"),
         ("--tunnel-idle-timeout", "5m"),
+        ("--max-connections-per-receiver", "32"),
+        ("--circuit-breaker-failures", "5"),
+        ("--circuit-breaker-cool-down", "30s"),
+        ("--disable-receiver-after", "5d"),
         ("--drain-timeout", "30s"),
         ("--log-format", "pretty"),
     ] {
