@@ -22,7 +22,9 @@
 //! secret), which the crash tests read to tell when a notification was recorded as delivered.
 //! The first line printed is `listening on <addr>`; the crate's log (`tracing`, debug and up, or
 //! `--log info`) goes to stderr, one line per record, for the tests to read, after a line
-//! `node <id>` on PostgreSQL. `--attempt-timeout-ms N` bounds each delivery attempt.
+//! `node <id>` on PostgreSQL. `--attempt-timeout-ms N` bounds each delivery attempt;
+//! `--circuit-breaker FAILURES,COOL_DOWN_MS` and `--disable-receiver-after-ms N` set the
+//! receivers' circuit breaker and when a failing receiver is disabled.
 
 use std::io::Write;
 use std::time::Duration;
@@ -143,6 +145,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(ms) = arg("--attempt-timeout-ms") {
         builder = builder.attempt_timeout(Duration::from_millis(ms.parse()?));
+    }
+    if let Some(breaker) = arg("--circuit-breaker") {
+        let (failures, ms) = breaker
+            .split_once(',')
+            .ok_or("--circuit-breaker FAILURES,COOL_DOWN_MS")?;
+        builder = builder.circuit_breaker(failures.parse()?, Duration::from_millis(ms.parse()?));
+    }
+    if let Some(ms) = arg("--disable-receiver-after-ms") {
+        builder = builder.disable_receiver_after(Some(Duration::from_millis(ms.parse()?)));
     }
     let layer = builder.build()?;
     let handle = layer.handle();

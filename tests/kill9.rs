@@ -286,3 +286,35 @@ async fn kill_9_right_after_a_cancel_is_answered_leaves_the_event_cancelled() {
     worker.kill();
     let _ = std::fs::remove_file(&db);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disabled_receiver_stays_disabled_across_kill_9() {
+    let db = std::env::temp_dir().join(format!("tar-kill9-disabled-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let mut receiver = Receiver::start(vec![Answer::status(503); 1_000]).await;
+    let settings = [
+        "--circuit-breaker",
+        "1,50",
+        "--disable-receiver-after-ms",
+        "300",
+    ];
+    // Open after one failure, probed at 50, 150 and 350 ms: disabled at the third probe.
+    let (worker, addr) = start_worker_with(&db, &receiver.url(), &settings);
+    accept(&addr, 0).await;
+    // Its notification buried by the disabling: written after the disabling itself.
+    worker.log().until("it is disabled", 1);
+    worker.log().until("kept as a dead letter", 1);
+    worker.kill(); // SIGKILL
+    while receiver.hits.try_recv().is_ok() {}
+
+    let (worker, addr) = start_worker_with(&db, &receiver.url(), &settings);
+    accept(&addr, 0).await;
+    let buried = worker.log().until("kept as a dead letter", 1);
+    assert!(buried[0].contains("receiver_disabled"), "{buried:?}");
+    assert!(
+        receiver.hits.try_recv().is_err(),
+        "nothing is sent to a receiver disabled before the crash"
+    );
+    worker.kill();
+    let _ = std::fs::remove_file(&db);
+}
