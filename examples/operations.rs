@@ -58,6 +58,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .signing_key("event-signature-key")
         // Three attempts, 100 ms apart (the default schedule spans a day).
         .retry_schedule([Duration::from_millis(100), Duration::from_millis(100)])
+        // This walk-through shows dead letters and their replay, so the circuit breaker is off:
+        // on (the default), a receiver that keeps failing has its notifications held until it
+        // answers again, rather than spending their attempts (docs/receivers.md).
+        .circuit_breaker(0, Duration::from_secs(30))
         // Delivered events stay readable by operators, with their attempts.
         .status_retention(Duration::from_secs(3600))
         .build()?;

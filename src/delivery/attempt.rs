@@ -438,6 +438,9 @@ impl Delivery {
             released,
             receiver,
         } = finished;
+        if change == Change::None {
+            return;
+        }
         let status = receiver.view();
         match change {
             Change::None => {}

@@ -142,7 +142,6 @@ impl Circuit {
     }
 
     /// Closed, with no failure since the last success.
-    #[cfg(test)]
     pub(crate) fn is_pristine(&self) -> bool {
         self.state == CircuitState::Closed && self.consecutive_failures == 0
     }

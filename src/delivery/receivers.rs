@@ -10,7 +10,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ pub(crate) struct Receivers<W> {
     keys: RandomState,
     /// The layer's counters, where receivers count their states and what they hold.
     counters: Arc<Counters>,
-    known: Mutex<HashMap<u64, Arc<Receiver<W>>>>,
+    known: Mutex<HashMap<u64, Arc<Receiver<W>>, BuildHasherDefault<Prehashed>>>,
     /// Per instance with a `max_delivery_rate`: when its next attempt may start.
     paces: Mutex<HashMap<u64, Instant>>,
 }
@@ -66,6 +66,10 @@ pub(crate) struct Receiver<W> {
     limit: AtomicUsize,
     state: Mutex<State<W>>,
     gauges: Gauges,
+    /// Whether its circuit is closed with no failure since its last success, as of its last
+    /// change (kept under `state`'s lock): attempts to a healthy receiver go, and their
+    /// successes are taken, without the lock.
+    healthy: AtomicBool,
     /// Whether the store holds its disabling (written here, or read from it): only then may
     /// the store's list, no longer naming it, enable it again.
     disabling_stored: AtomicBool,
@@ -218,16 +222,29 @@ impl<W> Receivers<W> {
         }
     }
 
-    /// The key of `target`'s receiver for `instance_id`, hashed without allocating.
+    /// The key of `target`'s receiver for `instance_id`: the process's randomly keyed SipHash
+    /// of the authority in lower case (callback URLs carry no user information; the scheme's
+    /// default port is left out), mixed with the instance and the scheme, so clients choosing
+    /// callback URLs cannot choose collisions. Nothing is parsed or allocated: it runs for every
+    /// attempt.
     fn key(&self, instance_id: u64, target: &Uri) -> u64 {
+        let https = target.scheme_str() == Some("https");
+        let authority = target
+            .authority()
+            .map_or("", |authority| authority.as_str());
+        let default = if https { ":443" } else { ":80" };
+        let authority = authority.strip_suffix(default).unwrap_or(authority);
         let mut hasher = self.keys.build_hasher();
-        hasher.write_u64(instance_id);
-        hasher.write(target.scheme_str().unwrap_or("http").as_bytes());
-        for byte in target.host().unwrap_or_default().bytes() {
-            hasher.write_u8(byte.to_ascii_lowercase());
+        if authority.bytes().any(|byte| byte.is_ascii_uppercase()) {
+            for byte in authority.bytes() {
+                hasher.write_u8(byte.to_ascii_lowercase());
+            }
+        } else {
+            hasher.write(authority.as_bytes());
         }
-        hasher.write_u16(port_of(target));
-        hasher.finish()
+        // A bijection of the instance id (an odd multiplier), so that one authority's keys for
+        // two instances differ.
+        hasher.finish() ^ instance_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(https)
     }
 
     /// `target`'s receiver for `instance`, made on first use with the instance's bound; it
@@ -292,6 +309,7 @@ impl<W> Receivers<W> {
                 instance: share.cloned(),
             },
             disabling_stored: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
         });
         known.insert(key, receiver.clone());
         receiver
@@ -360,11 +378,13 @@ impl<W> Receivers<W> {
         share: Option<&Arc<Share>>,
     ) -> Entry<W> {
         let receiver = self.receiver(instance, target, share);
-        let peek = lock(&receiver.state).circuit.peek(Instant::now());
-        match peek {
-            Some(Admit::Hold) => return Entry::Hold(receiver),
-            Some(Admit::Disabled) => return Entry::Disabled(receiver),
-            _ => {}
+        if !receiver.healthy.load(Ordering::Acquire) {
+            let peek = lock(&receiver.state).circuit.peek(Instant::now());
+            match peek {
+                Some(Admit::Hold) => return Entry::Hold(receiver),
+                Some(Admit::Disabled) => return Entry::Disabled(receiver),
+                _ => {}
+            }
         }
         let mut waited = false;
         if let Some(rate) = instance.max_delivery_rate() {
@@ -372,7 +392,8 @@ impl<W> Receivers<W> {
             if !wait.is_zero() {
                 waited = true;
                 receiver.gauges.add(Counter::Throttled, 1);
-                tokio::time::sleep(wait).await;
+                // Boxed, as the wait below: the timer stays out of every attempt's future.
+                Box::pin(tokio::time::sleep(wait)).await;
             }
         }
         let slot = match receiver.connections.clone().try_acquire_owned() {
@@ -381,15 +402,15 @@ impl<W> Receivers<W> {
                 if !waited {
                     receiver.gauges.add(Counter::Throttled, 1);
                 }
-                receiver
-                    .connections
-                    .clone()
-                    .acquire_owned()
+                Box::pin(receiver.connections.clone().acquire_owned())
                     .await
                     .expect("a receiver's semaphore is never closed")
             }
         };
-        let admit = {
+        // A closed circuit admits without a change: no lock for a healthy receiver.
+        let admit = if receiver.healthy.load(Ordering::Acquire) {
+            Admit::Go
+        } else {
             let mut state = lock(&receiver.state);
             let admit = state.circuit.admit(Instant::now());
             if admit == Admit::Probe {
@@ -397,6 +418,7 @@ impl<W> Receivers<W> {
                     .gauges
                     .moved(CircuitState::Open, CircuitState::HalfOpen);
             }
+            receiver.settle(&state);
             admit
         };
         match admit {
@@ -433,7 +455,16 @@ impl<W> State<W> {
 }
 
 impl<W> Receiver<W> {
+    /// Mirrors the circuit's health after a change, under the state's lock.
+    fn settle(&self, state: &State<W>) {
+        self.healthy
+            .store(state.circuit.is_pristine(), Ordering::Release);
+    }
+
     fn set_limit(&self, limit: usize) {
+        if self.limit.load(Ordering::Acquire) == limit {
+            return;
+        }
         let before = self.limit.swap(limit, Ordering::AcqRel);
         if limit > before {
             self.connections.add_permits(limit - before);
@@ -499,6 +530,7 @@ impl<W> Receiver<W> {
         let mut state = lock(&self.state);
         let from = state.circuit.state();
         state.circuit.disable();
+        self.settle(&state);
         self.gauges.moved(from, CircuitState::Disabled);
         let held: Vec<W> = state.held.drain(..).collect();
         self.gauges.sub(Counter::Held, held.len());
@@ -516,6 +548,7 @@ impl<W> Receiver<W> {
         self.disabling_stored.store(false, Ordering::Release);
         let from = state.circuit.state();
         state.circuit.enable();
+        self.settle(&state);
         self.gauges.moved(from, CircuitState::Closed);
         from == CircuitState::Disabled
     }
@@ -535,11 +568,20 @@ impl<W> Ticket<W> {
     ) -> Finished<W> {
         self.finished = true;
         let receiver = self.receiver.clone();
+        // An answer from a healthy receiver changes nothing: no lock.
+        if verdict == Verdict::Answered && !self.probe && receiver.healthy.load(Ordering::Acquire) {
+            return Finished {
+                change: Change::None,
+                released: Vec::new(),
+                receiver,
+            };
+        }
         let mut state = lock(&receiver.state);
         let from = state.circuit.state();
         let change = state
             .circuit
             .record(verdict, self.probe, Instant::now(), now_ms, settings);
+        receiver.settle(&state);
         let released: Vec<W> = match change {
             Change::Closed | Change::Disabled => state.held.drain(..).collect(),
             Change::ProbeAgain => state.held.pop_front().into_iter().collect(),
@@ -562,6 +604,7 @@ impl<W> Drop for Ticket<W> {
             let mut state = lock(&self.receiver.state);
             let from = state.circuit.state();
             state.circuit.probe_abandoned(Instant::now());
+            self.receiver.settle(&state);
             self.receiver.gauges.moved(from, state.circuit.state());
         }
     }
@@ -781,5 +824,26 @@ mod tests {
             &busy,
             &receivers.receiver(&instance, &target(0), None)
         ));
+    }
+}
+
+/// The hasher of a map whose keys are hashes already (of a randomly keyed SipHash).
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Keys are `u64`s; anything else is folded in, never trusted as uniform.
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
