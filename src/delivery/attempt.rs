@@ -290,7 +290,11 @@ impl Delivery {
         // Its turn first (pace, connection slot, circuit): waiting uses none of its budget.
         let ticket = match &resolved {
             Ok((instance, target)) => {
-                match self.receivers.enter(instance, target, permit.share()).await {
+                match self
+                    .receivers
+                    .enter(instance, target, notification.instance_url, permit.share())
+                    .await
+                {
                     Entry::Go(ticket) => Some(ticket),
                     Entry::Hold(receiver) => return Next::Hold(receiver),
                     Entry::Disabled(receiver) => {

@@ -206,7 +206,7 @@ pub(crate) fn receiver_id(instance_id: u64, origin: &str) -> String {
         .collect()
 }
 
-impl<W> Receivers<W> {
+impl<W: Send + 'static> Receivers<W> {
     pub(crate) fn new(
         max_connections: usize,
         circuit: CircuitSettings,
@@ -248,8 +248,28 @@ impl<W> Receivers<W> {
     }
 
     /// `target`'s receiver for `instance`, made on first use with the instance's bound; it
-    /// counts in `share`, the instance's counters, as well as the layer's.
+    /// counts in `share`, the instance's counters, as well as the layer's. The receiver of the
+    /// instance's own callback URL (`own`: `target` is it) is kept with the instance: found
+    /// without a lookup.
     pub(crate) fn receiver(
+        &self,
+        instance: &Instance,
+        target: &Uri,
+        own: bool,
+        share: Option<&Arc<Share>>,
+    ) -> Arc<Receiver<W>> {
+        if own {
+            debug_assert_eq!(instance.callback_url(), Some(target));
+            let owner = self as *const Self as usize;
+            let kept = instance.delivery_slot(owner, || self.looked_up(instance, target, share));
+            if let Some(receiver) = kept {
+                return receiver.clone();
+            }
+        }
+        self.looked_up(instance, target, share)
+    }
+
+    fn looked_up(
         &self,
         instance: &Instance,
         target: &Uri,
@@ -375,9 +395,10 @@ impl<W> Receivers<W> {
         &self,
         instance: &Instance,
         target: &Uri,
+        own: bool,
         share: Option<&Arc<Share>>,
     ) -> Entry<W> {
-        let receiver = self.receiver(instance, target, share);
+        let receiver = self.receiver(instance, target, own, share);
         if !receiver.healthy.load(Ordering::Acquire) {
             let peek = lock(&receiver.state).circuit.peek(Instant::now());
             match peek {
@@ -624,18 +645,18 @@ mod tests {
         let a = "https://Hooks.example.com/in".parse().unwrap();
         let b = "https://hooks.example.com:443/other?x=1".parse().unwrap();
         let c = "http://hooks.example.com/in".parse().unwrap();
-        let first = receivers.receiver(&instance(1), &a, None);
+        let first = receivers.receiver(&instance(1), &a, false, None);
         assert!(Arc::ptr_eq(
             &first,
-            &receivers.receiver(&instance(1), &b, None)
+            &receivers.receiver(&instance(1), &b, false, None)
         ));
         assert!(!Arc::ptr_eq(
             &first,
-            &receivers.receiver(&instance(1), &c, None)
+            &receivers.receiver(&instance(1), &c, false, None)
         ));
         assert!(!Arc::ptr_eq(
             &first,
-            &receivers.receiver(&instance(2), &a, None)
+            &receivers.receiver(&instance(2), &a, false, None)
         ));
         assert_eq!(first.origin, "https://hooks.example.com:443");
         assert_eq!(first.id, receiver_id(1, "https://hooks.example.com:443"));
@@ -643,13 +664,27 @@ mod tests {
         assert_eq!(receivers.views(Some(1)).len(), 2);
         assert_eq!(receivers.views(None).len(), 3);
         assert!(receivers.by_id(&first.id).is_some());
+        // The instance's own URL: kept with the instance, the same receiver as looked up.
+        let own = Instance::builder(3)
+            .callback_url("https://hooks.example.com/in")
+            .build()
+            .unwrap();
+        let url = own.callback_url().unwrap().clone();
+        let kept = receivers.receiver(&own, &url, true, None);
+        assert!(Arc::ptr_eq(&kept, &receivers.receiver(&own, &url, true, None)));
+        assert!(Arc::ptr_eq(&kept, &receivers.receiver(&own, &url, false, None)));
+        // Another layer's receivers do not take it from the instance.
+        let other = Receivers::<()>::new(4, CircuitSettings::default(), Arc::default());
+        let theirs = other.receiver(&own, &url, true, None);
+        assert!(!Arc::ptr_eq(&kept, &theirs));
+        assert!(Arc::ptr_eq(&theirs, &other.receiver(&own, &url, false, None)));
     }
 
     #[test]
     fn the_store_enables_only_what_it_held_disabled() {
         let receivers = Receivers::<()>::new(4, CircuitSettings::default(), Arc::default());
         let target: Uri = "https://hooks.example.com/in".parse().unwrap();
-        let fresh = receivers.receiver(&instance(1), &target, None);
+        let fresh = receivers.receiver(&instance(1), &target, false, None);
         // Disabled here, its record not written yet: the store's list does not enable it.
         let _ = fresh.disable();
         assert!(receivers.follow(&[], |_| None).is_empty());
@@ -707,16 +742,16 @@ mod tests {
         let receivers = Receivers::<()>::new(2, CircuitSettings::default(), Arc::default());
         let target: Uri = "http://127.0.0.1:9/".parse().unwrap();
         let instance = instance(1);
-        let Entry::Go(first) = receivers.enter(&instance, &target, None).await else {
+        let Entry::Go(first) = receivers.enter(&instance, &target, false, None).await else {
             panic!()
         };
-        let Entry::Go(second) = receivers.enter(&instance, &target, None).await else {
+        let Entry::Go(second) = receivers.enter(&instance, &target, false, None).await else {
             panic!()
         };
         assert_eq!(receivers.counters.snapshot().throttled, 0);
-        let receiver = receivers.receiver(&instance, &target, None);
+        let receiver = receivers.receiver(&instance, &target, false, None);
         assert_eq!(receiver.view().in_flight, 2);
-        let third = receivers.enter(&instance, &target, None);
+        let third = receivers.enter(&instance, &target, false, None);
         tokio::pin!(third);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(std::future::Future::poll(third.as_mut(), &mut cx).is_pending());
@@ -727,7 +762,7 @@ mod tests {
         assert_eq!(receivers.counters.snapshot().throttled, 1);
         // An instance's own bound, lowered, applies as slots come back.
         let narrow = Instance::builder(1).max_connections(1).build().unwrap();
-        receivers.receiver(&narrow, &target, None);
+        receivers.receiver(&narrow, &target, false, None);
         drop((second, third));
         tokio::task::yield_now().await;
         assert_eq!(receiver.view().max_connections, 1);
@@ -744,7 +779,7 @@ mod tests {
         let receivers = Receivers::<u32>::new(8, settings, Arc::default());
         let target: Uri = "http://127.0.0.1:9/".parse().unwrap();
         let instance = instance(1);
-        let Entry::Go(ticket) = receivers.enter(&instance, &target, None).await else {
+        let Entry::Go(ticket) = receivers.enter(&instance, &target, false, None).await else {
             panic!()
         };
         let finished = ticket.finish(Verdict::Failed, 0, &settings);
@@ -762,7 +797,7 @@ mod tests {
         assert_eq!(receivers.counters.snapshot().held, 2);
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(receiver.take_probe(Instant::now()), Some(1));
-        let Entry::Go(probe) = receivers.enter(&instance, &target, None).await else {
+        let Entry::Go(probe) = receivers.enter(&instance, &target, false, None).await else {
             panic!()
         };
         assert!(probe.probe);
@@ -773,7 +808,7 @@ mod tests {
         );
         assert_eq!(counted.held, 1);
         assert!(matches!(
-            receivers.enter(&instance, &target, None).await,
+            receivers.enter(&instance, &target, false, None).await,
             Entry::Hold(_)
         ));
         let finished = probe.finish(Verdict::Answered, 1, &settings);
@@ -797,8 +832,8 @@ mod tests {
                 .parse::<Uri>()
                 .unwrap()
         };
-        let busy = receivers.receiver(&instance, &target(0), None);
-        let held = receivers.receiver(&instance, &target(1), None);
+        let busy = receivers.receiver(&instance, &target(0), false, None);
+        let held = receivers.receiver(&instance, &target(1), false, None);
         // Open, holding one notification.
         lock(&held.state)
             .circuit
@@ -806,10 +841,10 @@ mod tests {
         assert_eq!(held.hold(7), None);
         drop(held);
         for n in 2..PRUNE_ABOVE {
-            receivers.receiver(&instance, &target(n), None);
+            receivers.receiver(&instance, &target(n), false, None);
         }
         assert_eq!(lock(&receivers.known).len(), PRUNE_ABOVE);
-        receivers.receiver(&instance, &target(PRUNE_ABOVE), None);
+        receivers.receiver(&instance, &target(PRUNE_ABOVE), false, None);
         let left = lock(&receivers.known).len();
         assert_eq!(left, 3, "the busy one, the holding one and the new one");
         assert_eq!(
@@ -822,7 +857,7 @@ mod tests {
         );
         assert!(Arc::ptr_eq(
             &busy,
-            &receivers.receiver(&instance, &target(0), None)
+            &receivers.receiver(&instance, &target(0), false, None)
         ));
     }
 }

@@ -1,7 +1,8 @@
 //! One instance's settings: [`Instance`] and its builder.
 
+use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Uri;
 use sha2::{Digest, Sha256};
@@ -31,6 +32,10 @@ struct Settings {
     max_connections: Option<usize>,
     max_delivery_rate: Option<f64>,
     operations_url: Option<Uri>,
+    /// Where delivery keeps what it found for this instance's own callback URL (its receiver),
+    /// so the attempts of a healthy instance look nothing up: the layer that set it, by address,
+    /// and its entry, opaque here.
+    delivery_slot: OnceLock<(usize, Box<dyn Any + Send + Sync>)>,
 }
 
 /// The largest per-receiver bound on connections (a semaphore's permits).
@@ -109,6 +114,24 @@ impl Instance {
 
     pub(crate) fn credential_digests(&self) -> &[CredentialDigest] {
         &self.inner.credentials
+    }
+
+    /// What `owner` (a layer's delivery, by address) keeps for this instance's callback URL,
+    /// made by `make` the first time; `None` when another layer got there first.
+    pub(crate) fn delivery_slot<T: Any + Send + Sync>(
+        &self,
+        owner: usize,
+        make: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        let (set_by, entry) = self
+            .inner
+            .delivery_slot
+            .get_or_init(|| (owner, Box::new(make())));
+        if *set_by == owner {
+            entry.downcast_ref()
+        } else {
+            None
+        }
     }
 }
 
@@ -326,6 +349,7 @@ impl InstanceBuilder {
                 max_connections: self.max_connections,
                 max_delivery_rate: self.max_delivery_rate,
                 operations_url,
+                delivery_slot: OnceLock::new(),
             }),
         })
     }
