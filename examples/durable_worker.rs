@@ -25,6 +25,8 @@
 //! `node <id>` on PostgreSQL. `--attempt-timeout-ms N` bounds each delivery attempt;
 //! `--circuit-breaker FAILURES,COOL_DOWN_MS` and `--disable-receiver-after-ms N` set the
 //! receivers' circuit breaker and when a failing receiver is disabled.
+//! `--trace` (feature `opentelemetry`) records spans with W3C trace context, so each callback
+//! carries its attempt's `traceparent` in the trace of the request's.
 
 use std::io::Write;
 use std::time::Duration;
@@ -80,7 +82,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some("info") => tracing::Level::INFO,
         Some(other) => return Err(format!("--log debug|info, not {other:?}").into()),
     };
+    // With `--trace` (feature `opentelemetry`): W3C trace context and spans recorded (exported
+    // nowhere), so callbacks carry `traceparent`.
+    #[cfg(feature = "opentelemetry")]
+    let traced = std::env::args().any(|arg| arg == "--trace").then(|| {
+        use opentelemetry::trace::TracerProvider as _;
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("durable_worker"))
+    });
+    #[cfg(not(feature = "opentelemetry"))]
+    let traced: Option<tracing_subscriber::layer::Identity> = None;
     tracing_subscriber::registry()
+        .with(traced)
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)

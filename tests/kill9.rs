@@ -318,3 +318,40 @@ async fn a_disabled_receiver_stays_disabled_across_kill_9() {
     worker.kill();
     let _ = std::fs::remove_file(&db);
 }
+
+#[cfg(feature = "opentelemetry")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_kill_9_is_in_the_callers_trace() {
+    let db = std::env::temp_dir().join(format!("tar-kill9-trace-{}.redb", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let mut receiver = Receiver::start(vec![Answer::status(503)]).await;
+    let (worker, addr) = start_worker_with(&db, &receiver.url(), &["--trace"]);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<Bytes>>();
+    let request = http::Request::post(format!("http://{addr}/work"))
+        .header("Elements-Async-Request", "true")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(client.request(request).await.unwrap().status(), 202);
+    let first = receiver.next().await;
+    assert_eq!(first.answered, 503);
+    let traced = |hit: &support::Hit| {
+        let value = hit.headers["traceparent"].to_str().unwrap().to_owned();
+        value.split('-').nth(1).unwrap().to_owned()
+    };
+    assert_eq!(traced(&first), trace);
+    // Killed between the failed attempt and its retry (3 s later).
+    worker.kill();
+    let (worker, _) = start_worker_with(&db, &receiver.url(), &["--trace"]);
+    let retry = receiver.next().await;
+    assert_eq!(retry.answered, 200);
+    assert_eq!(
+        traced(&retry),
+        trace,
+        "the retry after the crash is in the caller's trace"
+    );
+    worker.kill();
+    let _ = std::fs::remove_file(&db);
+}

@@ -20,8 +20,8 @@ use support::{eventually, Answer, Receiver};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 use tower_async_request::store::{
-    DeadLetterQuery, DeliveryState, DisabledReceiver, EventRecord, EventStore, NotificationRecord,
-    PostgresStore,
+    DeadLetterQuery, DeliveryState, DisabledReceiver, EventRecord, EventSnapshot, EventStore,
+    NotificationRecord, PostgresStore, TraceContext,
 };
 use tower_async_request::{event::EventId, event::NotificationId, AsyncRequestLayer};
 
@@ -91,6 +91,7 @@ fn event(event_id: EventId, notification_id: NotificationId, target: &str) -> Ev
         accepted_at_ms: 1,
         running: false,
         progress: None,
+        trace: None,
     }
 }
 
@@ -111,6 +112,20 @@ fn pending(event: &EventRecord, body: impl Into<Bytes>) -> NotificationRecord {
         state: DeliveryState::Pending,
         retain_until_ms: 0,
         progress: None,
+        trace: event.trace.clone(),
+    }
+}
+
+/// A trace as the W3C propagator writes it.
+fn trace_context() -> TraceContext {
+    TraceContext {
+        fields: vec![
+            (
+                "traceparent".into(),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+            ),
+            ("tracestate".into(), "congo=t61rcWkgMzE".into()),
+        ],
     }
 }
 
@@ -374,7 +389,7 @@ async fn nodes_starting_together_create_the_schema_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(versions, 5, "each version applied once");
+    assert_eq!(versions, 6, "each version applied once");
     assert!(PostgresStore::builder(pg::url())
         .schema("Not-Valid")
         .connect()
@@ -385,11 +400,12 @@ async fn nodes_starting_together_create_the_schema_once() {
 /// `schema` as version `version` of the store left it (its migrations applied by hand), with one
 /// dead letter in it (event 5, notification 6, 8 attempts); a client and the quoted name.
 async fn schema_at_version(schema: &Schema, version: usize) -> (tokio_postgres::Client, String) {
-    const VERSIONS: [&str; 4] = [
+    const VERSIONS: [&str; 5] = [
         include_str!("../src/store/postgres/schema_v1.sql"),
         include_str!("../src/store/postgres/schema_v2.sql"),
         include_str!("../src/store/postgres/schema_v3.sql"),
         include_str!("../src/store/postgres/schema_v4.sql"),
+        include_str!("../src/store/postgres/schema_v5.sql"),
     ];
     let (client, connection) = tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls)
         .await
@@ -450,7 +466,7 @@ async fn a_version_1_schema_is_migrated_with_its_dead_letters_readable() {
         .unwrap()
         .get::<_, i32>(0)
         .into();
-    assert_eq!(versions, 5);
+    assert_eq!(versions, 6);
 }
 
 /// Runs the futures concurrently, in order of their answers' positions.
@@ -954,7 +970,7 @@ async fn fifty_copies_of_a_keyed_request_split_over_two_nodes_make_one_event() {
 }
 
 /// A version 2 schema with an event in it is migrated to the newest version (3: idempotency keys;
-/// 4: progress; 5: disabled receivers): the event is still there, and a keyed request is claimed
+/// 4: progress; 5: disabled receivers; 6: traces): the event is still there, and a keyed request is claimed
 /// and replayed.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_2_schema_with_events_is_migrated_to_keep_idempotency_keys() {
@@ -974,7 +990,7 @@ async fn a_version_2_schema_with_events_is_migrated_to_keep_idempotency_keys() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
 
     let receiver = Receiver::start(vec![]).await;
     let (app, handle) = app(store, &receiver);
@@ -1137,7 +1153,7 @@ async fn disabled_receivers_are_replaced_enabled_and_shared_by_every_node() {
     );
 }
 
-/// A version 4 schema is migrated to version 5: it gains the disabled receivers' table, and its
+/// A version 4 schema is migrated: it gains the disabled receivers' table (version 5), and its
 /// events are still there.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_4_schema_is_migrated_to_keep_disabled_receivers() {
@@ -1162,7 +1178,7 @@ async fn a_version_4_schema_is_migrated_to_keep_disabled_receivers() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     assert_eq!(
         store
             .dead_letters(DeadLetterQuery::all())
@@ -1178,4 +1194,122 @@ async fn a_version_4_schema_is_migrated_to_keep_disabled_receivers() {
         store.disabled_receivers().await.unwrap(),
         [disabled("b2", 1)]
     );
+}
+
+/// A version 5 schema is migrated to version 6: its dead letter reads without a trace, and a new
+/// event keeps one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_5_schema_is_migrated_to_keep_traces() {
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let (client, quoted) = schema_at_version(&schema, 5).await;
+    let store = store(&schema).await;
+    let version: i32 = client
+        .query_one(
+            &format!("SELECT max(version) FROM {quoted}.migrations"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 6);
+    let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
+    assert_eq!(dead.len(), 1, "the version 5 data is there");
+    assert_eq!(dead[0].trace, None);
+    let (event_id, notification_id) = store.allocate_ids().await.unwrap();
+    let traced = EventRecord {
+        trace: Some(Box::new(trace_context())),
+        ..event(event_id, notification_id, "https://hooks.example.com/in")
+    };
+    store.dispatched(&traced).await.unwrap();
+    match store.status(event_id).await.unwrap() {
+        Some(EventSnapshot::Unfinished(event)) => assert_eq!(event, traced),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An event's trace is kept in its row, whichever way it was accepted: another node finds it in
+/// a status answer, takes it over with the unfinished event and with the pending notification,
+/// and dead letters and a redelivery keep it. A trace too large to keep is not kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_trace_stays_with_the_event_and_its_notification_on_every_node() {
+    use tower_async_request::store::{IdempotencyKey, KeyClaim, KeyScope};
+    if !pg::available(FILE).await {
+        return;
+    }
+    let schema = Schema::new();
+    let (a, b) = (store(&schema).await, store(&schema).await);
+    let trace = Some(Box::new(trace_context()));
+    let traced = |(event_id, notification_id), target: &str| EventRecord {
+        trace: trace.clone(),
+        ..event(event_id, notification_id, target)
+    };
+    let unfinished = traced(
+        a.allocate_ids().await.unwrap(),
+        "https://hooks.example.com/a",
+    );
+    a.dispatched(&unfinished).await.unwrap();
+    // Accepted under an idempotency key (the other statement that writes events).
+    let keyed = traced(
+        a.allocate_ids().await.unwrap(),
+        "https://hooks.example.com/k",
+    );
+    let key = IdempotencyKey {
+        scope: KeyScope {
+            instance_id: 30,
+            method: "POST".into(),
+            path: "/work".into(),
+            key: "traced".into(),
+        },
+        fingerprint: [7; 32],
+        expires_at_ms: u64::MAX,
+    };
+    let claim = a.dispatched_with_key(&keyed, &key).await.unwrap();
+    assert_eq!(claim, KeyClaim::Claimed);
+    let (event_id, notification_id) = a.allocate_ids().await.unwrap();
+    let large = EventRecord {
+        trace: Some(Box::new(TraceContext {
+            fields: vec![("tracestate".into(), "x".repeat(2000))],
+        })),
+        ..event(event_id, notification_id, "https://hooks.example.com/l")
+    };
+    a.dispatched(&large).await.unwrap();
+    let finished = traced(
+        a.allocate_ids().await.unwrap(),
+        "https://hooks.example.com/f",
+    );
+    a.dispatched(&finished).await.unwrap();
+    let mut notification = pending(&finished, &b"{}"[..]);
+    a.finished(&notification).await.unwrap();
+    notification.attempts = 1;
+    notification.last_error = Some("the receiver answered 503".into());
+    a.attempted(&notification).await.unwrap();
+
+    match b.status(unfinished.event_id).await.unwrap() {
+        Some(EventSnapshot::Unfinished(event)) => assert_eq!(event, unfinished),
+        other => panic!("{other:?}"),
+    }
+    a.leave().await.unwrap(); // as if silent past its lease
+    let mut taken = b.take_over().unwrap().await.unwrap();
+    taken.unfinished.sort_by_key(|event| event.event_id);
+    let without_trace = EventRecord {
+        trace: None,
+        ..large
+    };
+    assert_eq!(taken.unfinished, [unfinished, keyed, without_trace]);
+    assert_eq!(taken.pending, [notification.clone()]);
+    assert_eq!(taken.pending[0].trace, trace);
+
+    b.dead(&notification).await.unwrap();
+    let dead = b.dead_letters(DeadLetterQuery::all()).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].trace, trace);
+    let revived = b.revive(notification.notification_id).await.unwrap();
+    assert_eq!(revived.unwrap().trace, trace);
+    match a.status(finished.event_id).await.unwrap() {
+        Some(EventSnapshot::Finished(record)) => assert_eq!(record.trace, trace),
+        other => panic!("{other:?}"),
+    }
 }

@@ -267,3 +267,45 @@ async fn a_cancel_of_a_dead_nodes_job_ends_it_cancelled_not_interrupted() {
     assert_eq!(notifications[&interrupted]["error"]["code"], "interrupted");
     drop(survivor);
 }
+
+#[cfg(feature = "opentelemetry")]
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_a_peer_took_over_is_in_the_callers_trace() {
+    if !pg::available("tests/postgres_failover.rs").await {
+        return;
+    }
+    let schema = pg::Schema::new();
+    let args = on_postgres(&schema, LEASE, &["--trace"]);
+    let mut receiver = Receiver::start(vec![Answer::status(503)]).await;
+    let (doomed, doomed_addr) = start(&receiver, &args);
+    let (survivor, _) = start(&receiver, &args);
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let request = http::Request::post(format!("http://{doomed_addr}/work"))
+        .header("Elements-Async-Request", "true")
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(client.request(request).await.unwrap().status(), 202);
+    let trace_of = |hit: &support::Hit| {
+        let value = hit.headers["traceparent"].to_str().unwrap().to_owned();
+        value.split('-').nth(1).unwrap().to_owned()
+    };
+    let first = receiver.next().await;
+    assert_eq!(
+        (first.answered.as_u16(), trace_of(&first)),
+        (503, trace.to_owned())
+    );
+    // Killed between the failed attempt and its retry: the survivor takes the notification.
+    doomed.kill();
+    survivor.log().until(TOOK_OVER, 1);
+    let retry = receiver.next().await;
+    assert_eq!(retry.answered, 200);
+    assert_eq!(
+        trace_of(&retry),
+        trace,
+        "the peer's retry is in the caller's trace"
+    );
+    survivor.kill();
+}

@@ -116,6 +116,25 @@ impl AttemptOutcome {
         })
     }
 
+    /// The attempt's `error.type`: the status code of a failed answer, or what kept it from one.
+    fn error_type(&self) -> Option<std::borrow::Cow<'static, str>> {
+        Some(match self {
+            Self::Delivered(_) => return None,
+            Self::Rejected { status, .. } => status.as_str().to_owned().into(),
+            Self::Gone => "410".into(),
+            Self::Unreachable(error) => match error.kind() {
+                SinkErrorKind::Connect => "connect",
+                SinkErrorKind::Timeout => "timeout",
+                SinkErrorKind::Protocol => "protocol",
+                SinkErrorKind::Forbidden => "forbidden",
+                SinkErrorKind::Closed => "closed",
+            }
+            .into(),
+            Self::Unsent(_) => "unsent".into(),
+            Self::Final(_) => "refused".into(),
+        })
+    }
+
     /// What the answer says about the receiver, for its circuit.
     fn verdict(&self) -> Verdict {
         match self {
@@ -161,6 +180,9 @@ pub(crate) struct Delivery {
     pub(crate) outbox: Outbox,
     /// Each receiver's bound on connections and circuit, each instance's pace.
     pub(crate) receivers: Receivers<Waiting>,
+    /// Whether callbacks carry their attempt's trace context (feature `opentelemetry`).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub(crate) propagate_trace: bool,
 }
 
 impl fmt::Debug for Delivery {
@@ -225,7 +247,12 @@ impl Delivery {
         let timestamp = now
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let request = self.prepare(notification, instance, target, timestamp);
+        #[allow(unused_mut)] // the trace context is added with the feature `opentelemetry`
+        let mut request = self.prepare(notification, instance, target, timestamp);
+        #[cfg(feature = "opentelemetry")]
+        if self.propagate_trace && instance.propagate_trace() {
+            crate::delivery::trace::inject(&tracing::Span::current(), request.headers_mut());
+        }
         let result =
             match tokio::time::timeout(self.attempt_timeout, self.sink.send_boxed(request)).await {
                 Ok(result) => result,
@@ -312,11 +339,28 @@ impl Delivery {
         let (instance, outcome) = match resolved {
             Ok((instance, target)) => {
                 notification.attempts += 1;
-                let span = tracing::info_span!("delivery_attempt", attempt = notification.attempts);
+                // A client span, named and attributed as OpenTelemetry's HTTP conventions ask.
+                let span = tracing::info_span!(
+                    "delivery_attempt",
+                    attempt = notification.attempts,
+                    otel.kind = "client",
+                    http.request.method = "POST",
+                    url.full = %WithoutQuery(&target),
+                    http.response.status_code = tracing::field::Empty,
+                    error.type = tracing::field::Empty,
+                );
+                #[cfg(feature = "opentelemetry")]
+                crate::delivery::trace::follow(&span, notification.trace.as_deref());
                 let outcome = self
                     .attempt(notification, &instance, &target)
-                    .instrument(span)
+                    .instrument(span.clone())
                     .await;
+                if let Some(status) = outcome.status() {
+                    span.record("http.response.status_code", status.as_u16());
+                }
+                if let Some(kind) = outcome.error_type() {
+                    span.record("error.type", kind.as_ref());
+                }
                 // Labelled by host only when the operator configured it: bounded.
                 let host = target.host().filter(|_| notification.instance_url);
                 counters.attempt(outcome.result(), host);
@@ -592,6 +636,21 @@ enum Next {
 /// How the reason of a dead letter its receiver's disabling made begins.
 pub(crate) const RECEIVER_DISABLED: &str = "receiver_disabled";
 
+/// A target as `url.full` shows it: without its query, which may carry a client's token.
+struct WithoutQuery<'a>(&'a Uri);
+
+impl fmt::Display for WithoutQuery<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(scheme) = self.0.scheme_str() {
+            write!(f, "{scheme}://")?;
+        }
+        if let Some(authority) = self.0.authority() {
+            f.write_str(authority.as_str())?;
+        }
+        f.write_str(self.0.path())
+    }
+}
+
 /// The dead letter's reason when its receiver is disabled.
 fn disabled_reason(receiver: &Receiver<Waiting>) -> String {
     format!(
@@ -771,6 +830,8 @@ async fn serve_outbox(mut incoming: mpsc::UnboundedReceiver<Waiting>) {
                     notification_id = notification.notification_id.get(),
                     instance_id = notification.instance_id,
                 );
+                #[cfg(feature = "opentelemetry")]
+                crate::delivery::trace::follow(&span, notification.trace.as_deref());
                 tokio::spawn(deliver(config, notification, permit, None).instrument(span));
             }
         }
@@ -874,6 +935,7 @@ mod tests {
             retention: Duration::from_secs(60),
             outbox: Outbox::default(),
             receivers: Receivers::new(1, Default::default(), Arc::default()),
+            propagate_trace: true,
         };
         let notification = NotificationRecord {
             event_id: EventId::new(1028),
@@ -890,6 +952,7 @@ mod tests {
             state: DeliveryState::Pending,
             retain_until_ms: 0,
             progress: None,
+            trace: None,
         };
         let instance = Instance::builder(30)
             .callback_url("https://hooks.example.com/in")

@@ -10,3 +10,5 @@ pub(crate) mod operational;
 pub mod receivers;
 pub mod retry;
 pub mod sink;
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod trace;

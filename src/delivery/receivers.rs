@@ -671,13 +671,22 @@ mod tests {
             .unwrap();
         let url = own.callback_url().unwrap().clone();
         let kept = receivers.receiver(&own, &url, true, None);
-        assert!(Arc::ptr_eq(&kept, &receivers.receiver(&own, &url, true, None)));
-        assert!(Arc::ptr_eq(&kept, &receivers.receiver(&own, &url, false, None)));
+        assert!(Arc::ptr_eq(
+            &kept,
+            &receivers.receiver(&own, &url, true, None)
+        ));
+        assert!(Arc::ptr_eq(
+            &kept,
+            &receivers.receiver(&own, &url, false, None)
+        ));
         // Another layer's receivers do not take it from the instance.
         let other = Receivers::<()>::new(4, CircuitSettings::default(), Arc::default());
         let theirs = other.receiver(&own, &url, true, None);
         assert!(!Arc::ptr_eq(&kept, &theirs));
-        assert!(Arc::ptr_eq(&theirs, &other.receiver(&own, &url, false, None)));
+        assert!(Arc::ptr_eq(
+            &theirs,
+            &other.receiver(&own, &url, false, None)
+        ));
     }
 
     #[test]

@@ -42,6 +42,7 @@ use crate::request::idempotency::{fingerprint, key_of};
 use crate::request::refusal::{Refusal, RefusalCode};
 use crate::store::{
     unix_ms, EventRecord, EventSnapshot, IdempotencyKey, KeyClaim, KeyScope, StoreError,
+    TraceContext,
 };
 use crate::wire::body::{read_to_end, OwnBody, RequestBody};
 use crate::wire::header::{IDEMPOTENT_REPLAYED, PREFERENCE_APPLIED};
@@ -64,6 +65,7 @@ pub(crate) async fn dispatch<S, ReqBody, ResBody>(
     config: Arc<Shared>,
     mut permit: Permit,
     parent: tracing::Span,
+    trace: Option<Box<TraceContext>>,
 ) -> Response<OwnBody>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -159,7 +161,9 @@ where
     };
     let mut request = Request::from_parts(parts, RequestBody::buffered(data, trailers));
 
-    let recorded = record_dispatched(&config, &target, instance.id(), key.as_ref()).await;
+    // The request's trace is kept unless its instance keeps callbacks out of it.
+    let trace = trace.filter(|_| instance.propagate_trace());
+    let recorded = record_dispatched(&config, &target, instance.id(), key.as_ref(), trace).await;
     drop(recording);
     let mut event = match recorded {
         Ok(Recorded::New(event)) => event,
@@ -210,6 +214,9 @@ where
         notification_id = event.notification_id.get(),
         instance_id = event.instance_id,
     );
+    // Under the call that asked for it, in a trace viewer.
+    #[cfg(feature = "opentelemetry")]
+    crate::delivery::trace::follow(&span, event.trace.as_deref());
     // With a status endpoint, clients may cancel the job and watch its progress: the handler
     // finds both in the request's extensions.
     let stop = config.jobs.as_ref().map(|jobs| {
@@ -395,6 +402,7 @@ async fn record_dispatched(
     target: &Target,
     instance_id: u64,
     key: Option<&IdempotencyKey>,
+    trace: Option<Box<TraceContext>>,
 ) -> Result<Recorded, (StoreError, Option<Box<EventRecord>>)> {
     ensure_recovered(config)
         .await
@@ -418,6 +426,7 @@ async fn record_dispatched(
         accepted_at_ms: unix_ms(),
         running: false,
         progress: None,
+        trace,
     };
     let Some(key) = key else {
         return match config.store.dispatched(&event).await {

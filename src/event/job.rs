@@ -134,6 +134,7 @@ pub(crate) fn notification(
         },
         retain_until_ms: now.saturating_add(config.delivery.retention.as_millis() as u64),
         progress: event.progress,
+        trace: event.trace,
     }
 }
 

@@ -67,6 +67,7 @@ async fn record_and_deliver(
         accepted_at_ms: now,
         running: false,
         progress: None,
+        trace: None,
     };
     delivery.store.dispatched(&event).await?;
     let notification = NotificationRecord {
@@ -84,6 +85,7 @@ async fn record_and_deliver(
         state: DeliveryState::Pending,
         retain_until_ms: now.saturating_add(delivery.retention.as_millis() as u64),
         progress: None,
+        trace: None,
     };
     delivery.store.finished(&notification).await?;
     tracing::info!(

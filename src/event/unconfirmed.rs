@@ -70,6 +70,7 @@ mod tests {
             accepted_at_ms: 0,
             running: false,
             progress: None,
+            trace: None,
         }
     }
 

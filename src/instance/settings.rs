@@ -32,6 +32,7 @@ struct Settings {
     max_connections: Option<usize>,
     max_delivery_rate: Option<f64>,
     operations_url: Option<Uri>,
+    propagate_trace: bool,
     /// Where delivery keeps what it found for this instance's own callback URL (its receiver),
     /// so the attempts of a healthy instance look nothing up: the layer that set it, by address,
     /// and its entry, opaque here.
@@ -69,6 +70,7 @@ impl Instance {
             max_connections: None,
             max_delivery_rate: None,
             operations_url: None,
+            propagate_trace: true,
         }
     }
 
@@ -102,6 +104,12 @@ impl Instance {
     /// `receiver.disabled`, `notification.dead`), if anywhere.
     pub fn operations_url(&self) -> Option<&Uri> {
         self.inner.operations_url.as_ref()
+    }
+
+    /// Whether its events keep the request's trace context and its callbacks carry
+    /// `traceparent` (feature `opentelemetry`; true unless turned off).
+    pub fn propagate_trace(&self) -> bool {
+        self.inner.propagate_trace
     }
 
     pub(crate) fn signer(&self) -> &Signer {
@@ -146,6 +154,7 @@ impl fmt::Debug for Instance {
             .field("max_connections", &self.inner.max_connections)
             .field("max_delivery_rate", &self.inner.max_delivery_rate)
             .field("operations_url", &self.inner.operations_url)
+            .field("propagate_trace", &self.inner.propagate_trace)
             .finish()
     }
 }
@@ -162,6 +171,7 @@ pub struct InstanceBuilder {
     max_connections: Option<usize>,
     max_delivery_rate: Option<f64>,
     operations_url: Option<String>,
+    propagate_trace: bool,
 }
 
 impl fmt::Debug for InstanceBuilder {
@@ -179,6 +189,7 @@ impl fmt::Debug for InstanceBuilder {
             .field("max_connections", &self.max_connections)
             .field("max_delivery_rate", &self.max_delivery_rate)
             .field("operations_url", &self.operations_url)
+            .field("propagate_trace", &self.propagate_trace)
             .finish()
     }
 }
@@ -252,6 +263,16 @@ impl InstanceBuilder {
     /// [`callback_url`](Self::callback_url).
     pub fn operations_url(mut self, url: impl Into<String>) -> Self {
         self.operations_url = Some(url.into());
+        self
+    }
+
+    /// With the feature `opentelemetry`: whether its events keep the request's trace context
+    /// and its callbacks carry the attempt's (`traceparent`, `tracestate`). On by default; turn
+    /// it off for receivers outside the operator's trust, which would otherwise learn the
+    /// caller's trace ids (W3C Trace Context, privacy considerations). Without the feature it
+    /// changes nothing.
+    pub fn propagate_trace(mut self, propagate: bool) -> Self {
+        self.propagate_trace = propagate;
         self
     }
 
@@ -349,6 +370,7 @@ impl InstanceBuilder {
                 max_connections: self.max_connections,
                 max_delivery_rate: self.max_delivery_rate,
                 operations_url,
+                propagate_trace: self.propagate_trace,
                 delivery_slot: OnceLock::new(),
             }),
         })

@@ -106,6 +106,7 @@ pub struct AsyncRequestLayerBuilder {
     max_response_bytes: usize,
     idempotency_retention: Duration,
     require_idempotency_key: bool,
+    propagate_trace: bool,
 }
 
 impl fmt::Debug for AsyncRequestLayerBuilder {
@@ -150,6 +151,7 @@ impl fmt::Debug for AsyncRequestLayerBuilder {
             .field("prefer_respond_async", &self.prefer_respond_async)
             .field("idempotency_retention", &self.idempotency_retention)
             .field("require_idempotency_key", &self.require_idempotency_key)
+            .field("propagate_trace", &self.propagate_trace)
             .finish_non_exhaustive()
     }
 }
@@ -188,6 +190,7 @@ impl Default for AsyncRequestLayerBuilder {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
             require_idempotency_key: false,
+            propagate_trace: true,
         }
     }
 }
@@ -359,6 +362,16 @@ impl AsyncRequestLayerBuilder {
     /// are never asked for one.
     pub fn require_idempotency_key(mut self, required: bool) -> Self {
         self.require_idempotency_key = required;
+        self
+    }
+
+    /// With the feature `opentelemetry`: whether events keep the request's trace context and
+    /// callbacks carry their attempt's (`traceparent`, `tracestate`), for every instance (each
+    /// may also turn it off: `InstanceBuilder::propagate_trace`). On by default. The spans are
+    /// made either way; this is what crosses to the receiver. Without the feature it changes
+    /// nothing.
+    pub fn propagate_trace(mut self, propagate: bool) -> Self {
+        self.propagate_trace = propagate;
         self
     }
 
@@ -583,6 +596,7 @@ impl AsyncRequestLayerBuilder {
                 self.circuit,
                 Arc::clone(&counters),
             ),
+            propagate_trace: self.propagate_trace,
         };
         let status = self
             .status_endpoint

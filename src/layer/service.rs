@@ -168,18 +168,38 @@ impl<S> AsyncRequest<S> {
                 let fresh = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, fresh);
                 let parent = tracing::Span::current();
+                let accepted = Accepted {
+                    callback,
+                    wait,
+                    preferred,
+                    grpc,
+                };
+                #[cfg(feature = "opentelemetry")]
+                {
+                    use tracing::Instrument;
+                    // The receipt's span, in the request's trace; the event keeps the trace.
+                    let trace = self
+                        .config
+                        .delivery
+                        .propagate_trace
+                        .then(|| crate::delivery::trace::capture(request.headers()))
+                        .flatten();
+                    let receipt = tracing::info_span!(parent: &parent, "async_request_receipt");
+                    crate::delivery::trace::follow(&receipt, trace.as_deref());
+                    let config = self.config.clone();
+                    let dispatching =
+                        dispatch(ready, request, accepted, config, permit, parent, trace);
+                    ResponseFuture::dispatch(Box::pin(dispatching.instrument(receipt)))
+                }
+                #[cfg(not(feature = "opentelemetry"))]
                 ResponseFuture::dispatch(Box::pin(dispatch(
                     ready,
                     request,
-                    Accepted {
-                        callback,
-                        wait,
-                        preferred,
-                        grpc,
-                    },
+                    accepted,
                     self.config.clone(),
                     permit,
                     parent,
+                    None,
                 )))
             }
         }

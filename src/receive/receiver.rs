@@ -113,6 +113,32 @@ pub struct Callback {
     pub body: Bytes,
 }
 
+#[cfg(feature = "opentelemetry")]
+impl Callback {
+    /// The trace context the callback carries (`traceparent`, `tracestate`: the sender's
+    /// delivery attempt), read with the globally installed propagator (feature
+    /// `opentelemetry`). Not covered by the signature: it tells where to file the receiver's
+    /// spans, nothing to trust.
+    pub fn trace_context(&self) -> opentelemetry::Context {
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&opentelemetry_http::HeaderExtractor(&self.headers))
+        })
+    }
+
+    /// Continues the sender's trace: makes `span` (the handler's, say
+    /// `tracing::Span::current()`) a child of the delivery attempt that sent this callback.
+    /// Does nothing when the callback carries no trace context or the span is not recorded by
+    /// a `tracing-opentelemetry` layer.
+    pub fn continue_trace(&self, span: &tracing::Span) {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        let context = self.trace_context();
+        if context.span().span_context().is_valid() {
+            let _ = span.set_parent(context);
+        }
+    }
+}
+
 /// Why a callback was refused; answers with a JSON `{code, message}`.
 #[derive(Debug)]
 #[non_exhaustive]

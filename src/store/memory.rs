@@ -423,6 +423,7 @@ mod tests {
             accepted_at_ms: 1,
             running: false,
             progress: None,
+            trace: None,
         };
         let key = IdempotencyKey {
             scope: KeyScope {
@@ -480,6 +481,7 @@ mod tests {
             state: DeliveryState::Pending,
             retain_until_ms: u64::MAX,
             progress: None,
+            trace: None,
         }
     }
 
@@ -496,6 +498,7 @@ mod tests {
             accepted_at_ms: 1,
             running: false,
             progress: None,
+            trace: None,
         };
         store.dispatched(&event).await.unwrap();
         store.running(event_id).await.unwrap();
@@ -596,6 +599,7 @@ mod tests {
             accepted_at_ms: 1,
             running: true,
             progress: None,
+            trace: None,
         }
     }
 
@@ -664,6 +668,39 @@ mod tests {
             Some(EventSnapshot::Finished(record)) => {
                 assert_eq!(record.progress, Some(Box::new(report(40, 20))))
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An event's trace comes back with it and with its notification: unfinished, pending after
+    /// an attempt, dead, revived.
+    #[tokio::test]
+    async fn the_trace_stays_with_the_event_and_its_notification() {
+        let store = MemoryStore::new();
+        let trace = Some(Box::new(crate::store::trace::tests::sample()));
+        let event = EventRecord {
+            trace: trace.clone(),
+            ..unfinished(100)
+        };
+        store.dispatched(&event).await.unwrap();
+        assert_eq!(store.recover().await.unwrap().unfinished, [event]);
+        let pending = NotificationRecord {
+            trace: trace.clone(),
+            ..notification(100)
+        };
+        store.finished(&pending).await.unwrap();
+        store.attempted(&pending).await.unwrap();
+        assert_eq!(
+            store.recover().await.unwrap().pending,
+            vec![pending.clone()]
+        );
+        store.dead(&pending).await.unwrap();
+        let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
+        assert_eq!(dead[0].trace, trace);
+        let revived = store.revive(pending.notification_id).await.unwrap();
+        assert_eq!(revived.unwrap().trace, trace);
+        match store.status(EventId::new(100)).await.unwrap() {
+            Some(EventSnapshot::Finished(record)) => assert_eq!(record.trace, trace),
             other => panic!("{other:?}"),
         }
     }

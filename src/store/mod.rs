@@ -9,7 +9,9 @@
 //! pending notifications (they resume their schedule).
 //!
 //! Records name the instance an event belongs to by id only: signing keys are never stored; each
-//! delivery attempt asks the layer's instances for the current ones.
+//! delivery attempt asks the layer's instances for the current ones. They keep the trace the
+//! event belongs to ([`TraceContext`]), so that work resumed or taken over stays in the caller's
+//! trace.
 //!
 //! # What waits for the disk
 //!
@@ -65,6 +67,7 @@ mod postgres;
 mod receivers;
 #[cfg(feature = "redb")]
 mod redb;
+pub(crate) mod trace;
 
 use std::fmt;
 use std::future::Future;
@@ -88,6 +91,7 @@ pub use self::postgres::{
 pub use self::receivers::DisabledReceiver;
 #[cfg(feature = "redb")]
 pub use self::redb::RedbStore;
+pub use self::trace::{TraceContext, MAX_TRACE_CONTEXT_BYTES};
 
 /// The future a store method returns.
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
@@ -113,6 +117,9 @@ pub struct EventRecord {
     /// The job's last progress report, if it made one (kept as the store can: see
     /// [`EventStore::progress`]); boxed, as most jobs never report.
     pub progress: Option<Box<ProgressRecord>>,
+    /// The trace the event belongs to, if the request carried one and the feature
+    /// `opentelemetry` is on; boxed, as most events have none.
+    pub trace: Option<Box<TraceContext>>,
 }
 
 /// Where a notification is in its delivery.
@@ -176,6 +183,9 @@ pub struct NotificationRecord {
     pub retain_until_ms: u64,
     /// The job's last progress report, if it made one; boxed, as most jobs never report.
     pub progress: Option<Box<ProgressRecord>>,
+    /// The trace the event belongs to (its [`EventRecord`]'s), if the request carried one and
+    /// the feature `opentelemetry` is on; boxed, as most events have none.
+    pub trace: Option<Box<TraceContext>>,
 }
 
 /// What a store knows about one event, for the status endpoint.

@@ -4,14 +4,15 @@ use bytes::Bytes;
 use tokio_postgres::Row;
 
 use crate::store::{
-    history, DeliveryState, EventRecord, NotificationRecord, ProgressRecord, StoreError,
+    history, trace, DeliveryState, EventRecord, NotificationRecord, ProgressRecord, StoreError,
+    TraceContext,
 };
 use crate::wire::ids::{EventId, NotificationId};
 
 /// The columns a record is read from, in [`record_of`]'s order.
 pub(super) const COLUMNS: &str = "event_id, notification_id, instance_id, target, instance_url, \
     accepted_at_ms, state, body, attempts, next_attempt_at_ms, last_error, retain_until_ms, \
-    history::text, progress_percent, progress_message, progress_at_ms";
+    history::text, progress_percent, progress_message, progress_at_ms, trace";
 
 /// A row read back: an event whose job has not finished, or its notification.
 pub(super) enum Stored {
@@ -42,6 +43,7 @@ pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
     let instance_url: bool = row.try_get(4).map_err(StoreError::new)?;
     let state: i16 = row.try_get(6).map_err(StoreError::new)?;
     let progress = progress_of(row)?;
+    let trace = trace_of(row)?;
     let state = match state {
         0 => {
             return Ok(Stored::Unfinished(EventRecord {
@@ -53,6 +55,7 @@ pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
                 accepted_at_ms: get_u64(5)?,
                 running: false,
                 progress,
+                trace,
             }))
         }
         1 => DeliveryState::Pending,
@@ -82,6 +85,7 @@ pub(super) fn record_of(row: &Row) -> Result<Stored, StoreError> {
         state,
         retain_until_ms: get_u64(11)?,
         progress,
+        trace,
     }))
 }
 
@@ -102,6 +106,15 @@ fn progress_of(row: &Row) -> Result<Option<Box<ProgressRecord>>, StoreError> {
             .map_err(StoreError::new)?
             .unwrap_or(0) as u64,
     })))
+}
+
+/// The trace column (16 of [`COLUMNS`]), if the event belongs to one.
+fn trace_of(row: &Row) -> Result<Option<Box<TraceContext>>, StoreError> {
+    row.try_get::<_, Option<&str>>(16)
+        .map_err(StoreError::new)?
+        .map(trace::decode)
+        .transpose()
+        .map_err(StoreError::new)
 }
 
 /// A body as stored: the exact bytes.

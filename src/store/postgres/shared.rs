@@ -63,10 +63,12 @@ impl Statements {
         Self {
             insert_events: format!(
                 "INSERT INTO {schema}.events
-                     (event_id, notification_id, instance_id, target, instance_url, accepted_at_ms, owner, state)
-                 SELECT e, n, i, t, u, a, $7, 0
-                 FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::bool[], $6::int8[])
-                     AS x(e, n, i, t, u, a)"
+                     (event_id, notification_id, instance_id, target, instance_url, accepted_at_ms,
+                      trace, owner, state)
+                 SELECT e, n, i, t, u, a, tr, $7, 0
+                 FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::bool[], $6::int8[],
+                     $8::text[])
+                     AS x(e, n, i, t, u, a, tr)"
             ),
             // A key held by a transaction not yet committed makes this one wait for it (the
             // unique index), then find it taken or, if it rolled back, free. Keys go in one
@@ -75,8 +77,8 @@ impl Statements {
                 "WITH x AS (
                      SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::int8[], $4::text[],
                          $5::bool[], $6::int8[], $8::text[], $9::text[], $10::text[],
-                         $11::bytea[], $12::int8[])
-                         AS x(e, n, i, t, u, a, km, kp, kk, kf, kx)
+                         $11::bytea[], $12::int8[], $14::text[])
+                         AS x(e, n, i, t, u, a, km, kp, kk, kf, kx, tr)
                  ), claimed AS (
                      INSERT INTO {schema}.idempotency_keys AS k
                          (instance_id, method, path, key, fingerprint, event_id, expires_at_ms)
@@ -89,8 +91,9 @@ impl Statements {
                      RETURNING event_id
                  )
                  INSERT INTO {schema}.events
-                     (event_id, notification_id, instance_id, target, instance_url, accepted_at_ms, owner, state)
-                 SELECT e, n, i, t, u, a, $7, 0 FROM x
+                     (event_id, notification_id, instance_id, target, instance_url, accepted_at_ms,
+                      trace, owner, state)
+                 SELECT e, n, i, t, u, a, tr, $7, 0 FROM x
                  WHERE kk IS NULL OR e IN (SELECT event_id FROM claimed)
                  RETURNING event_id"
             ),

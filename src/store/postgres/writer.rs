@@ -18,7 +18,7 @@ use tokio_postgres::types::ToSql;
 use super::rows::record_of;
 use super::shared::Shared;
 use crate::store::{
-    history, unix_ms, DeliveryState, EventRecord, IdempotencyKey, KeyClaim, KeyScope,
+    history, trace, unix_ms, DeliveryState, EventRecord, IdempotencyKey, KeyClaim, KeyScope,
     NotificationRecord, StoreError, Written,
 };
 use crate::wire::ids::{EventId, NotificationId};
@@ -228,6 +228,10 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
             .map(|(e, _)| e.instance_url)
             .collect::<Vec<_>>(),
         i64s(dispatched.iter().map(|(e, _)| e.accepted_at_ms).collect()),
+        dispatched
+            .iter()
+            .map(|(e, _)| trace::encode(e.trace.as_deref()))
+            .collect::<Vec<_>>(),
     );
     let key_part = |part: fn(&IdempotencyKey) -> &str| -> Vec<Option<&str>> {
         dispatched.iter().map(|(_, k)| k.map(part)).collect()
@@ -297,12 +301,12 @@ async fn commit(shared: &Shared, batch: &[Write], durable: bool) -> Result<Vec<A
             return Ok(None);
         }
         if !keyed {
-            let params: [&(dyn ToSql + Sync); 7] = [&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, me];
+            let params: [&(dyn ToSql + Sync); 8] = [&p.0, &p.1, &p.2, &p.3, &p.4, &p.5, me, &p.6];
             return client.execute(&insert, &params).await.map(|_| None);
         }
         let k = &key_params;
-        let params: [&(dyn ToSql + Sync); 13] = [
-            &p.0, &p.1, &p.2, &p.3, &p.4, &p.5, me, &k.0, &k.1, &k.2, &k.3, &k.4, &now_param,
+        let params: [&(dyn ToSql + Sync); 14] = [
+            &p.0, &p.1, &p.2, &p.3, &p.4, &p.5, me, &k.0, &k.1, &k.2, &k.3, &k.4, &now_param, &p.6,
         ];
         let rows = client.query(&insert, &params).await?;
         Ok(Some(

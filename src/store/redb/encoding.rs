@@ -5,7 +5,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{
-    AttemptRecord, DeliveryState, DisabledReceiver, EventRecord, NotificationRecord,
+    trace, AttemptRecord, DeliveryState, DisabledReceiver, EventRecord, NotificationRecord,
+    TraceContext,
 };
 use crate::wire::ids::{EventId, NotificationId};
 
@@ -21,6 +22,8 @@ pub(super) struct StoredEvent {
     pub(super) instance_url: bool,
     pub(super) accepted_at_ms: u64,
     pub(super) running: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) trace: Option<Vec<(String, String)>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -40,6 +43,8 @@ struct StoredNotification {
     last_error: Option<String>,
     state: u8,
     retain_until_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<Vec<(String, String)>>,
 }
 
 /// A disabled receiver but for its id, which is the key it is kept under.
@@ -91,7 +96,18 @@ pub(super) fn encode_event(event: &EventRecord) -> Vec<u8> {
         instance_url: event.instance_url,
         accepted_at_ms: event.accepted_at_ms,
         running: event.running,
+        trace: kept(event.trace.as_deref()),
     })
+}
+
+/// The trace a record keeps: none when it does not fit.
+fn kept(trace: Option<&TraceContext>) -> Option<Vec<(String, String)>> {
+    trace::kept(trace).map(<[_]>::to_vec)
+}
+
+/// A kept trace read back.
+pub(super) fn trace_of(fields: Option<Vec<(String, String)>>) -> Option<Box<TraceContext>> {
+    fields.map(|fields| Box::new(TraceContext { fields }))
 }
 
 /// `[meta length: u32 LE][meta JSON][body bytes]`: the body is stored as-is, not re-encoded.
@@ -108,6 +124,7 @@ pub(super) fn encode_notification(record: &NotificationRecord) -> Vec<u8> {
         last_error: record.last_error.clone(),
         state: state_code(record.state),
         retain_until_ms: record.retain_until_ms,
+        trace: kept(record.trace.as_deref()),
     });
     let mut out = Vec::with_capacity(4 + meta.len() + record.body.len());
     out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
@@ -144,6 +161,7 @@ pub(super) fn decode_notification(
         state: state_from(meta.state)?,
         retain_until_ms: meta.retain_until_ms,
         progress: None,
+        trace: trace_of(meta.trace),
     })
 }
 
@@ -197,6 +215,7 @@ pub(super) fn decode_key_holder(bytes: &[u8]) -> Result<(u64, [u8; 32], u64), re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MAX_TRACE_CONTEXT_BYTES;
 
     #[test]
     fn records_written_before_instances_read_as_instance_0() {
@@ -212,5 +231,80 @@ mod tests {
             decode_notification(6, &encode_notification(&record)).unwrap(),
             record
         );
+    }
+
+    fn event(trace: Option<TraceContext>) -> EventRecord {
+        EventRecord {
+            event_id: EventId::new(5),
+            notification_id: NotificationId::new(6),
+            instance_id: 7,
+            target: "https://example.com/".into(),
+            instance_url: false,
+            accepted_at_ms: 1,
+            running: false,
+            progress: None,
+            trace: trace.map(Box::new),
+        }
+    }
+
+    fn notification(trace: Option<TraceContext>) -> NotificationRecord {
+        NotificationRecord {
+            event_id: EventId::new(5),
+            notification_id: NotificationId::new(6),
+            instance_id: 7,
+            target: "https://example.com/".into(),
+            instance_url: false,
+            body: Bytes::from_static(b"{}"),
+            accepted_at_ms: 1,
+            attempts: 2,
+            history: Vec::new(),
+            next_attempt_at_ms: 3,
+            last_error: Some("503".into()),
+            state: DeliveryState::Pending,
+            retain_until_ms: 4,
+            progress: None,
+            trace: trace.map(Box::new),
+        }
+    }
+
+    fn event_trace(bytes: &[u8]) -> Option<Box<TraceContext>> {
+        trace_of(decode_json::<StoredEvent>(bytes).unwrap().trace)
+    }
+
+    #[test]
+    fn records_written_before_traces_read_without_one() {
+        let stored = br#"{"notification_id":6,"instance_id":7,"target":"https://example.com/","instance_url":false,"accepted_at_ms":1,"running":false}"#;
+        assert_eq!(event_trace(stored), None);
+        let meta = br#"{"event_id":5,"instance_id":7,"target":"https://example.com/","instance_url":false,"accepted_at_ms":1,"attempts":2,"next_attempt_at_ms":3,"last_error":"503","state":0,"retain_until_ms":4}"#;
+        let mut bytes = (meta.len() as u32).to_le_bytes().to_vec();
+        bytes.extend_from_slice(meta);
+        bytes.extend_from_slice(b"{}");
+        assert_eq!(decode_notification(6, &bytes).unwrap(), notification(None));
+        // And records without a trace are written as before (an older version reads them).
+        assert_eq!(encode_event(&event(None)), stored);
+        assert_eq!(encode_notification(&notification(None)), bytes);
+    }
+
+    #[test]
+    fn a_trace_is_kept_with_the_record_unless_it_is_too_large() {
+        let trace = crate::store::trace::tests::sample();
+        assert_eq!(
+            event_trace(&encode_event(&event(Some(trace.clone())))),
+            Some(Box::new(trace.clone()))
+        );
+        let traced = notification(Some(trace));
+        assert_eq!(
+            decode_notification(6, &encode_notification(&traced)).unwrap(),
+            traced
+        );
+        let large = TraceContext {
+            fields: vec![("tracestate".into(), "x".repeat(MAX_TRACE_CONTEXT_BYTES))],
+        };
+        assert_eq!(
+            event_trace(&encode_event(&event(Some(large.clone())))),
+            None
+        );
+        let record = decode_notification(6, &encode_notification(&notification(Some(large))));
+        assert_eq!(record.unwrap(), notification(None));
     }
 }

@@ -21,7 +21,7 @@ use std::thread;
 use redb::{Database, ReadableDatabase, ReadableTable};
 use tokio::sync::oneshot;
 
-use self::encoding::{decode_json, decode_notification, StoredEvent};
+use self::encoding::{decode_json, decode_notification, trace_of, StoredEvent};
 use self::queries::{disabled_receivers, notifications_where};
 use self::tables::{EVENTS, EVENT_INDEX, META, NEXT_ID, NOTIFICATIONS};
 use self::writer::{write_loop, Commits, Op, Write};
@@ -239,6 +239,7 @@ impl EventStore for RedbStore {
                     accepted_at_ms: stored.accepted_at_ms,
                     running,
                     progress,
+                    trace: trace_of(stored.trace),
                 })));
             }
             let Some(notification_id) = txn
@@ -282,6 +283,7 @@ impl EventStore for RedbStore {
                     accepted_at_ms: stored.accepted_at_ms,
                     running: stored.running,
                     progress: None,
+                    trace: trace_of(stored.trace),
                 });
             }
             let pending = notifications_where(db, 0, usize::MAX, |record| {
@@ -368,6 +370,7 @@ mod tests {
             accepted_at_ms: 1,
             running: false,
             progress: None,
+            trace: None,
         }
     }
 
@@ -387,6 +390,7 @@ mod tests {
             state: DeliveryState::Pending,
             retain_until_ms: u64::MAX,
             progress: None,
+            trace: event.trace.clone(),
         }
     }
 
@@ -474,6 +478,7 @@ mod tests {
                 accepted_at_ms: 1,
                 running: false,
                 progress: None,
+                trace: None,
             };
             store.dispatched(&event).await.unwrap();
             store.running(event.event_id).await.unwrap();
@@ -487,6 +492,7 @@ mod tests {
                 accepted_at_ms: 2,
                 running: false,
                 progress: None,
+                trace: None,
             };
             store.dispatched(&second).await.unwrap();
             pending = NotificationRecord {
@@ -547,6 +553,7 @@ mod tests {
             accepted_at_ms: 1,
             running: true,
             progress: None,
+            trace: None,
         };
         store.dispatched(&event).await.unwrap();
         let record = notification(&event);
@@ -575,6 +582,55 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(store.revive(notification_id).await.unwrap().is_none());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// An event's trace survives reopening, with the event and with its notification:
+    /// unfinished, pending after an attempt, dead, revived.
+    #[tokio::test]
+    async fn the_trace_survives_reopening_with_the_event_and_its_notification() {
+        let path = temp_path("trace");
+        let trace = Some(Box::new(crate::store::trace::tests::sample()));
+        let traced = |(event_id, notification_id), target| EventRecord {
+            trace: trace.clone(),
+            ..event(event_id, notification_id, target)
+        };
+        let (unfinished, pending);
+        {
+            let store = RedbStore::open(&path).unwrap();
+            unfinished = traced(store.allocate_ids().await.unwrap(), "https://example.com/a");
+            store.dispatched(&unfinished).await.unwrap();
+            let finished = traced(store.allocate_ids().await.unwrap(), "https://example.com/b");
+            store.dispatched(&finished).await.unwrap();
+            pending = NotificationRecord {
+                attempts: 1,
+                last_error: Some("503".into()),
+                ..notification(&finished)
+            };
+            store.finished(&pending).await.unwrap();
+            store.attempted(&pending).await.unwrap();
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let recovery = store.recover().await.unwrap();
+        assert_eq!(recovery.unfinished, vec![unfinished.clone()]);
+        assert_eq!(recovery.pending, vec![pending.clone()]);
+        assert_eq!(recovery.pending[0].trace, trace);
+        match store.status(unfinished.event_id).await.unwrap() {
+            Some(EventSnapshot::Unfinished(event)) => assert_eq!(event.trace, trace),
+            other => panic!("{other:?}"),
+        }
+        store.dead(&pending).await.unwrap();
+        drop(store);
+        let store = RedbStore::open(&path).unwrap();
+        let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
+        assert_eq!(dead[0].trace, trace);
+        let revived = store.revive(pending.notification_id).await.unwrap();
+        assert_eq!(revived.unwrap().trace, trace);
+        match store.status(pending.event_id).await.unwrap() {
+            Some(EventSnapshot::Finished(record)) => assert_eq!(record.trace, trace),
+            other => panic!("{other:?}"),
+        }
+        drop(store);
         let _ = std::fs::remove_file(&path);
     }
 
@@ -736,6 +792,7 @@ mod tests {
             accepted_at_ms: 1,
             running: false,
             progress: None,
+            trace: None,
         };
         store.dispatched(&event).await.unwrap();
         store.running(event_id).await.unwrap();
@@ -915,6 +972,7 @@ mod tests {
                     accepted_at_ms: 1,
                     running: false,
                     progress: None,
+                    trace: None,
                 };
                 store.dispatched(&event).await.unwrap();
             }));
