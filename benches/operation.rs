@@ -13,6 +13,11 @@
 //!   wait, beside the bytes of as many requests held by a bare service, and the CPU time the process
 //!   uses over 10 s while they are held and nothing else happens (from `/proc/self/stat`).
 //!   `-- --waits N` holds N instead.
+//!
+//! `-- --traced` puts a `traceparent` on every async request; with `--features opentelemetry`
+//! it also installs the W3C propagator, and `--otel-layer` records the spans with
+//! `tracing-opentelemetry` into a tracer provider that exports nowhere: what the feature costs
+//! an event that carries a trace, beside a build without the feature sent the same requests.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -67,10 +72,51 @@ fn layer(sink: ChannelSink, status: bool) -> AsyncRequestLayer {
 }
 
 fn async_request() -> Request<Full<Bytes>> {
-    Request::post("/work")
-        .header("Elements-Async-Request", "true")
+    let request = Request::post("/work").header("Elements-Async-Request", "true");
+    let request = match TRACED.get() {
+        Some(_) => request.header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        None => request,
+    };
+    request
         .body(Full::new(Bytes::from_static(b"payload")))
         .unwrap()
+}
+
+/// Set by `--traced`: requests carry a `traceparent`.
+static TRACED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+
+/// `--traced` (feature `opentelemetry`): the W3C propagator installed and a `traceparent` on
+/// every request; `--otel-layer` as well: spans recorded by `tracing-opentelemetry` into an SDK
+/// tracer provider that exports nowhere.
+#[cfg(feature = "opentelemetry")]
+fn trace(args: &[String]) {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::prelude::*;
+    if !args.iter().any(|a| a == "--traced") {
+        return;
+    }
+    TRACED.set(()).unwrap();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    if args.iter().any(|a| a == "--otel-layer") {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")))
+            .init();
+    }
+}
+
+/// Without the feature, `--traced` only puts the `traceparent` on: the same requests, for a
+/// build with the feature to be compared with.
+#[cfg(not(feature = "opentelemetry"))]
+fn trace(args: &[String]) {
+    if args.iter().any(|a| a == "--traced") {
+        TRACED.set(()).unwrap();
+    }
 }
 
 async fn quick(_: Request<impl Send>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -227,6 +273,7 @@ fn main() {
         .position(|a| a == "--waits")
         .and_then(|i| args.get(i + 1))
         .map_or(10_000, |n| n.parse().unwrap());
+    trace(&args);
     if !args.iter().any(|a| a == "--waits-only") {
         // `--plain`: the layer without a status endpoint (no cancellation token, no progress).
         receipts(!args.iter().any(|a| a == "--plain"));

@@ -1220,7 +1220,7 @@ async fn a_version_5_schema_is_migrated_to_keep_traces() {
     assert_eq!(dead[0].trace, None);
     let (event_id, notification_id) = store.allocate_ids().await.unwrap();
     let traced = EventRecord {
-        trace: Some(Box::new(trace_context())),
+        trace: Some(std::sync::Arc::new(trace_context())),
         ..event(event_id, notification_id, "https://hooks.example.com/in")
     };
     store.dispatched(&traced).await.unwrap();
@@ -1241,7 +1241,7 @@ async fn the_trace_stays_with_the_event_and_its_notification_on_every_node() {
     }
     let schema = Schema::new();
     let (a, b) = (store(&schema).await, store(&schema).await);
-    let trace = Some(Box::new(trace_context()));
+    let trace = Some(std::sync::Arc::new(trace_context()));
     let traced = |(event_id, notification_id), target: &str| EventRecord {
         trace: trace.clone(),
         ..event(event_id, notification_id, target)
@@ -1270,7 +1270,7 @@ async fn the_trace_stays_with_the_event_and_its_notification_on_every_node() {
     assert_eq!(claim, KeyClaim::Claimed);
     let (event_id, notification_id) = a.allocate_ids().await.unwrap();
     let large = EventRecord {
-        trace: Some(Box::new(TraceContext {
+        trace: Some(std::sync::Arc::new(TraceContext {
             fields: vec![("tracestate".into(), "x".repeat(2000))],
         })),
         ..event(event_id, notification_id, "https://hooks.example.com/l")

@@ -195,7 +195,7 @@ async fn an_instance_that_opts_out_gets_no_traceparent_and_keeps_no_context() {
 async fn stored_trace(
     handle: &tower_async_request::AsyncRequestHandle,
     id: u64,
-) -> Option<Box<tower_async_request::store::TraceContext>> {
+) -> Option<std::sync::Arc<tower_async_request::store::TraceContext>> {
     let snapshot = handle
         .event(tower_async_request::event::EventId::new(id))
         .await

@@ -355,11 +355,13 @@ impl Delivery {
                     .attempt(notification, &instance, &target)
                     .instrument(span.clone())
                     .await;
-                if let Some(status) = outcome.status() {
-                    span.record("http.response.status_code", status.as_u16());
-                }
-                if let Some(kind) = outcome.error_type() {
-                    span.record("error.type", kind.as_ref());
+                if !span.is_disabled() {
+                    if let Some(status) = outcome.status() {
+                        span.record("http.response.status_code", status.as_u16());
+                    }
+                    if let Some(kind) = outcome.error_type() {
+                        span.record("error.type", kind.as_ref());
+                    }
                 }
                 // Labelled by host only when the operator configured it: bounded.
                 let host = target.host().filter(|_| notification.instance_url);

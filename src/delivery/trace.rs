@@ -8,28 +8,33 @@
 //! (`opentelemetry::global::set_text_map_propagator`): W3C `traceparent`/`tracestate` with the
 //! usual set-up, B3 or others if the application installs them. Without one, nothing is captured.
 
+use std::sync::Arc;
+
 use http::HeaderMap;
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::{global, Context};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderInjector;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::store::TraceContext;
 
-/// The trace the request carries, if it carries a valid one: its propagation fields as the
-/// installed propagator writes them; `None` when they would not fit a store
-/// ([`TraceContext::fits`]).
-pub(crate) fn capture(headers: &HeaderMap) -> Option<Box<TraceContext>> {
-    let context =
-        global::get_text_map_propagator(|propagator| propagator.extract(&HeaderExtractor(headers)));
-    if !context.span().span_context().is_valid() {
-        return None;
-    }
-    let mut trace = Fields(TraceContext::default());
-    global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut trace));
-    let trace = trace.0;
-    (!trace.fields.is_empty() && trace.fits()).then(|| Box::new(trace))
+/// The trace the request carries: the headers the installed propagator reads (its `fields`),
+/// as received — parsed only where a span is made its child, so an event costs no parse when
+/// nothing records spans. `None` when the request has none of them, or they would not fit a
+/// store ([`TraceContext::fits`]); one that does not parse is ignored where it is read.
+pub(crate) fn capture(headers: &HeaderMap) -> Option<Arc<TraceContext>> {
+    let mut trace = TraceContext::default();
+    global::get_text_map_propagator(|propagator| {
+        for name in propagator.fields() {
+            if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
+                trace
+                    .fields
+                    .push((name.to_ascii_lowercase(), value.to_owned()));
+            }
+        }
+    });
+    (!trace.fields.is_empty() && trace.fits()).then(|| Arc::new(trace))
 }
 
 /// Makes the stored trace the parent of `span` (the job's, an attempt's).
@@ -37,6 +42,9 @@ pub(crate) fn follow(span: &tracing::Span, trace: Option<&TraceContext>) {
     let Some(trace) = trace else {
         return;
     };
+    if span.is_disabled() {
+        return;
+    }
     let context = global::get_text_map_propagator(|propagator| propagator.extract(&Stored(trace)));
     if context.span().span_context().is_valid() {
         // Fails only when the span is not recorded by an OpenTelemetry layer: nothing to join.
@@ -46,20 +54,14 @@ pub(crate) fn follow(span: &tracing::Span, trace: Option<&TraceContext>) {
 
 /// Puts `span`'s context on a callback's headers (`traceparent`, `tracestate`), if it has one.
 pub(crate) fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
     let context: Context = span.context();
     if context.span().span_context().is_valid() {
         global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut HeaderInjector(headers))
         });
-    }
-}
-
-/// Writes a propagator's fields into a [`TraceContext`].
-struct Fields(TraceContext);
-
-impl Injector for Fields {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.fields.push((key.to_ascii_lowercase(), value));
     }
 }
 

@@ -65,7 +65,7 @@ pub(crate) async fn dispatch<S, ReqBody, ResBody>(
     config: Arc<Shared>,
     mut permit: Permit,
     parent: tracing::Span,
-    trace: Option<Box<TraceContext>>,
+    trace: Option<Arc<TraceContext>>,
 ) -> Response<OwnBody>
 where
     S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>> + Send + 'static,
@@ -402,7 +402,7 @@ async fn record_dispatched(
     target: &Target,
     instance_id: u64,
     key: Option<&IdempotencyKey>,
-    trace: Option<Box<TraceContext>>,
+    trace: Option<Arc<TraceContext>>,
 ) -> Result<Recorded, (StoreError, Option<Box<EventRecord>>)> {
     ensure_recovered(config)
         .await

@@ -677,7 +677,7 @@ mod tests {
     #[tokio::test]
     async fn the_trace_stays_with_the_event_and_its_notification() {
         let store = MemoryStore::new();
-        let trace = Some(Box::new(crate::store::trace::tests::sample()));
+        let trace = Some(std::sync::Arc::new(crate::store::trace::tests::sample()));
         let event = EventRecord {
             trace: trace.clone(),
             ..unfinished(100)

@@ -58,6 +58,8 @@
 //! # drop(layer);
 //! ```
 
+use std::sync::Arc;
+
 pub(crate) mod history;
 mod keys;
 mod lifecycle;
@@ -118,8 +120,8 @@ pub struct EventRecord {
     /// [`EventStore::progress`]); boxed, as most jobs never report.
     pub progress: Option<Box<ProgressRecord>>,
     /// The trace the event belongs to, if the request carried one and the feature
-    /// `opentelemetry` is on; boxed, as most events have none.
-    pub trace: Option<Box<TraceContext>>,
+    /// `opentelemetry` is on; shared, as the records of one event are cloned often.
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 /// Where a notification is in its delivery.
@@ -184,8 +186,8 @@ pub struct NotificationRecord {
     /// The job's last progress report, if it made one; boxed, as most jobs never report.
     pub progress: Option<Box<ProgressRecord>>,
     /// The trace the event belongs to (its [`EventRecord`]'s), if the request carried one and
-    /// the feature `opentelemetry` is on; boxed, as most events have none.
-    pub trace: Option<Box<TraceContext>>,
+    /// the feature `opentelemetry` is on; shared, as the records of one event are cloned often.
+    pub trace: Option<Arc<TraceContext>>,
 }
 
 /// What a store knows about one event, for the status endpoint.

@@ -2,6 +2,8 @@
 //! restart, or a notification retried or taken over by another node, still belongs to the
 //! caller's trace.
 
+use std::sync::Arc;
+
 /// The most a store keeps of a [`TraceContext`]: the sum of its names' and values' lengths, in
 /// bytes. A durable store does not keep a larger one (the event is kept without it).
 pub const MAX_TRACE_CONTEXT_BYTES: usize = 1024;
@@ -45,8 +47,8 @@ pub(crate) fn encode(trace: Option<&TraceContext>) -> Option<String> {
 
 /// A stored trace read back.
 #[cfg(feature = "postgres")]
-pub(crate) fn decode(text: &str) -> Result<Box<TraceContext>, serde_json::Error> {
-    Ok(Box::new(TraceContext {
+pub(crate) fn decode(text: &str) -> Result<Arc<TraceContext>, serde_json::Error> {
+    Ok(Arc::new(TraceContext {
         fields: serde_json::from_str(text)?,
     }))
 }

@@ -1,5 +1,7 @@
 //! Reading rows back: the columns a record is read from, and the record they make.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use tokio_postgres::Row;
 
@@ -109,7 +111,7 @@ fn progress_of(row: &Row) -> Result<Option<Box<ProgressRecord>>, StoreError> {
 }
 
 /// The trace column (16 of [`COLUMNS`]), if the event belongs to one.
-fn trace_of(row: &Row) -> Result<Option<Box<TraceContext>>, StoreError> {
+fn trace_of(row: &Row) -> Result<Option<Arc<TraceContext>>, StoreError> {
     row.try_get::<_, Option<&str>>(16)
         .map_err(StoreError::new)?
         .map(trace::decode)

@@ -1,6 +1,8 @@
 //! How records are kept as bytes: JSON for an event and a notification's metadata, a
 //! notification's body as-is after it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -106,8 +108,8 @@ fn kept(trace: Option<&TraceContext>) -> Option<Vec<(String, String)>> {
 }
 
 /// A kept trace read back.
-pub(super) fn trace_of(fields: Option<Vec<(String, String)>>) -> Option<Box<TraceContext>> {
-    fields.map(|fields| Box::new(TraceContext { fields }))
+pub(super) fn trace_of(fields: Option<Vec<(String, String)>>) -> Option<Arc<TraceContext>> {
+    fields.map(|fields| Arc::new(TraceContext { fields }))
 }
 
 /// `[meta length: u32 LE][meta JSON][body bytes]`: the body is stored as-is, not re-encoded.
@@ -243,7 +245,7 @@ mod tests {
             accepted_at_ms: 1,
             running: false,
             progress: None,
-            trace: trace.map(Box::new),
+            trace: trace.map(Arc::new),
         }
     }
 
@@ -263,11 +265,11 @@ mod tests {
             state: DeliveryState::Pending,
             retain_until_ms: 4,
             progress: None,
-            trace: trace.map(Box::new),
+            trace: trace.map(Arc::new),
         }
     }
 
-    fn event_trace(bytes: &[u8]) -> Option<Box<TraceContext>> {
+    fn event_trace(bytes: &[u8]) -> Option<Arc<TraceContext>> {
         trace_of(decode_json::<StoredEvent>(bytes).unwrap().trace)
     }
 
@@ -290,7 +292,7 @@ mod tests {
         let trace = crate::store::trace::tests::sample();
         assert_eq!(
             event_trace(&encode_event(&event(Some(trace.clone())))),
-            Some(Box::new(trace.clone()))
+            Some(Arc::new(trace.clone()))
         );
         let traced = notification(Some(trace));
         assert_eq!(

@@ -590,7 +590,7 @@ mod tests {
     #[tokio::test]
     async fn the_trace_survives_reopening_with_the_event_and_its_notification() {
         let path = temp_path("trace");
-        let trace = Some(Box::new(crate::store::trace::tests::sample()));
+        let trace = Some(std::sync::Arc::new(crate::store::trace::tests::sample()));
         let traced = |(event_id, notification_id), target| EventRecord {
             trace: trace.clone(),
             ..event(event_id, notification_id, target)
