@@ -159,6 +159,22 @@ pub(crate) struct Args {
     /// Log lines as text for people, or JSON for collectors (filter with RUST_LOG).
     #[arg(long, env = "ASYNC_REQUEST_PROXY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub(crate) log_format: LogFormat,
+    /// Export traces over OTLP/HTTP (protobuf) to this collector URL (`/v1/traces` is added);
+    /// without it, from OTEL_EXPORTER_OTLP_ENDPOINT. Without either nothing is exported.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_OTLP_ENDPOINT", value_name = "URL", value_parser = parse_otlp_endpoint)]
+    pub(crate) otlp_endpoint: Option<String>,
+    /// The `service.name` of the exported traces.
+    #[arg(
+        long,
+        env = "ASYNC_REQUEST_PROXY_OTEL_SERVICE_NAME",
+        value_name = "NAME",
+        default_value = "async-request-proxy"
+    )]
+    pub(crate) otel_service_name: String,
+    /// The share of new traces sampled, 0.0 to 1.0; a request with a `traceparent` follows its
+    /// caller's decision.
+    #[arg(long, env = "ASYNC_REQUEST_PROXY_OTEL_SAMPLE_RATIO", value_name = "F", default_value_t = 1.0, value_parser = parse_ratio)]
+    pub(crate) otel_sample_ratio: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -211,6 +227,26 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// A duration longer than zero.
+/// An http:// or https:// URL: the collector's base, `/v1/traces` added.
+pub(crate) fn parse_otlp_endpoint(text: &str) -> Result<String, String> {
+    match text.parse::<http::Uri>() {
+        Ok(uri)
+            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+        {
+            Ok(format!("{}/v1/traces", text.trim_end_matches('/')))
+        }
+        _ => Err("an http:// or https:// URL, such as http://127.0.0.1:4318".to_owned()),
+    }
+}
+
+/// A ratio from 0.0 to 1.0.
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err("a number from 0.0 to 1.0".to_owned()),
+    }
+}
+
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         Duration::ZERO => Err("longer than zero: 500ms, 30s, 2m, 24h, 5d".to_owned()),

@@ -20,6 +20,7 @@ mod instances;
 mod serve;
 mod setup;
 mod signals;
+mod telemetry;
 mod tls;
 
 use std::convert::Infallible;
@@ -33,6 +34,7 @@ use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_async_request::layer::ShutdownReport;
+use tracing::Instrument;
 
 use crate::flags::{Args, LogFormat};
 use crate::serve::{serve, Limits};
@@ -52,7 +54,6 @@ fn main() -> ExitCode {
         Err(error) if !error.use_stderr() => error.exit(),
         Err(error) => return fail(2, &one_line(&error)),
     };
-    init_logging(args.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
         runtime.worker_threads(threads.into());
@@ -61,26 +62,42 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(1, &format!("no runtime: {error}")),
     };
-    runtime.block_on(run(args))
+    let traces = match telemetry::Traces::start(&args) {
+        Ok(traces) => traces,
+        Err(message) => return fail(2, &message),
+    };
+    init_logging(args.log_format, traces.as_ref());
+    let code = runtime.block_on(run(args));
+    if let Some(traces) = traces {
+        // Every task dropped, and so every span closed, before the last spans are exported.
+        drop(runtime);
+        traces.shutdown();
+    }
+    code
 }
 
-fn init_logging(format: LogFormat) {
+fn init_logging(format: LogFormat, traces: Option<&telemetry::Traces>) {
     use std::io::IsTerminal;
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
+    // RUST_LOG chooses the log lines; the exported spans are the info ones whatever it says.
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     // Colours for a person at a terminal (unless NO_COLOR says otherwise); none in a file, a
     // pipe or a log collector, where the escape codes would be noise.
-    let builder = match std::io::stderr().is_terminal() {
-        true => builder,
-        false => builder.with_ansi(false),
+    let lines = match std::io::stderr().is_terminal() {
+        true => lines,
+        false => lines.with_ansi(false),
     };
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let lines = match format {
+        LogFormat::Pretty => lines.boxed(),
+        LogFormat::Json => lines.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(traces.map(|traces| traces.layer().with_filter(LevelFilter::INFO)))
+        .init();
 }
 
 fn fail(code: u8, message: &str) -> ExitCode {
@@ -146,12 +163,15 @@ async fn run(args: Args) -> ExitCode {
     // The upstream's failures become the proxy's JSON answers (`502`, `504`).
     let service = tower::service_fn(move |request: Request<Incoming>| {
         let proxy = proxy.clone();
+        // Each request's span, in its caller's trace (with --otlp-endpoint).
+        let span = telemetry::request_span(&request);
         async move {
             Ok::<_, Infallible>(match proxy.oneshot(request).await {
                 Ok(response) => response.map(Either::Left),
                 Err(error) => error.into_response().map(Either::Right),
             })
         }
+        .instrument(span)
     });
 
     // SIGTERM or SIGINT stops the main listener; the admin listener stays until the drain ends,
