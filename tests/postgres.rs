@@ -399,6 +399,18 @@ async fn nodes_starting_together_create_the_schema_once() {
 
 /// `schema` as version `version` of the store left it (its migrations applied by hand), with one
 /// dead letter in it (event 5, notification 6, 8 attempts); a client and the quoted name.
+/// The newest version `quoted`'s migrations applied.
+async fn schema_version(client: &tokio_postgres::Client, quoted: &str) -> i32 {
+    client
+        .query_one(
+            &format!("SELECT max(version) FROM {quoted}.migrations"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 async fn schema_at_version(schema: &Schema, version: usize) -> (tokio_postgres::Client, String) {
     const VERSIONS: [&str; 5] = [
         include_str!("../src/store/postgres/schema_v1.sql"),
@@ -982,14 +994,7 @@ async fn a_version_2_schema_with_events_is_migrated_to_keep_idempotency_keys() {
     let store = store(&schema).await;
     let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
     assert_eq!(dead.len(), 1, "the version 2 data is there");
-    let version: i32 = client
-        .query_one(
-            &format!("SELECT max(version) FROM {quoted}.migrations"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let version = schema_version(&client, &quoted).await;
     assert_eq!(version, 6);
 
     let receiver = Receiver::start(vec![]).await;
@@ -1170,14 +1175,7 @@ async fn a_version_4_schema_is_migrated_to_keep_disabled_receivers() {
     );
     let store = store(&schema).await;
     assert!(exists(client.query_one(&table, &[]).await.unwrap()));
-    let version: i32 = client
-        .query_one(
-            &format!("SELECT max(version) FROM {quoted}.migrations"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let version = schema_version(&client, &quoted).await;
     assert_eq!(version, 6);
     assert_eq!(
         store
@@ -1206,14 +1204,7 @@ async fn a_version_5_schema_is_migrated_to_keep_traces() {
     let schema = Schema::new();
     let (client, quoted) = schema_at_version(&schema, 5).await;
     let store = store(&schema).await;
-    let version: i32 = client
-        .query_one(
-            &format!("SELECT max(version) FROM {quoted}.migrations"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let version = schema_version(&client, &quoted).await;
     assert_eq!(version, 6);
     let dead = store.dead_letters(DeadLetterQuery::all()).await.unwrap();
     assert_eq!(dead.len(), 1, "the version 5 data is there");
